@@ -1,0 +1,126 @@
+"""Diff stage: normalize desired and live objects, drop what Git does not own, compare.
+
+Called by the planner. Pure functions: no target access. Ray-aware rules live here, once:
+with `enableInTreeAutoscaling` the autoscaler owns `workerGroupSpecs[*].replicas` and
+`.scaleStrategy` (also inside a RayJob's `rayClusterSpec` and a RayService's `rayClusterConfig`).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Iterable
+
+import yaml
+
+from .model import REVISION_ANNOTATION, Manifest
+
+NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
+                  "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
+IGNORED_ANNOTATIONS = (REVISION_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
+CLUSTER_SPEC_PATHS = {"RayCluster": "/spec", "RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig"}
+AUTOSCALER_FIELDS = ("replicas", "scaleStrategy")
+
+
+def cluster_spec(manifest: Manifest) -> dict[str, Any]:
+    """The RayClusterSpec inside a RayCluster, RayJob or RayService ({} when absent)."""
+    node: Any = manifest
+    for key in CLUSTER_SPEC_PATHS.get(str(manifest.get("kind")), "/-").strip("/").split("/"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node if isinstance(node, dict) else {}
+
+
+def autoscaler_pointers(manifest: Manifest) -> list[str]:
+    """JSON pointers (with `*`) that the Ray autoscaler owns in this object, if it is enabled."""
+    base = CLUSTER_SPEC_PATHS.get(str(manifest.get("kind")))
+    if base is None or cluster_spec(manifest).get("enableInTreeAutoscaling") is not True:
+        return []
+    return [f"{base}/workerGroupSpecs/*/{name}" for name in AUTOSCALER_FIELDS]
+
+
+def remove_pointer(doc: Any, pointer: str) -> None:
+    """Delete the field(s) a JSON pointer names, in place; `*` matches every key or index."""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/")]
+
+    def walk(node: Any, rest: list[str]) -> None:
+        head, tail = rest[0], rest[1:]
+        children: list[Any]
+        if isinstance(node, dict):
+            keys = list(node) if head == "*" else [head] if head in node else []
+            if not tail:
+                for key in keys:
+                    del node[key]
+                return
+            children = [node[k] for k in keys]
+        elif isinstance(node, list):
+            indexes = range(len(node)) if head == "*" else [int(head)] if head.isdigit() and int(head) < len(node) else []
+            if not tail:
+                for i in sorted(indexes, reverse=True):
+                    del node[i]
+                return
+            children = [node[i] for i in indexes]
+        else:
+            return
+        for child in children:
+            walk(child, tail)
+
+    if parts and parts != [""]:
+        walk(doc, parts)
+
+
+def strip(manifest: Manifest, pointers: Iterable[str]) -> Manifest:
+    """A deep copy of `manifest` without the fields `pointers` name."""
+    out = copy.deepcopy(manifest)
+    for pointer in pointers:
+        remove_pointer(out, pointer)
+    return out
+
+
+def normalize(manifest: Manifest, ignore: Iterable[str] = ()) -> Manifest:
+    """What Git owns of an object: no status, no server metadata, no ignored fields."""
+    out = strip(manifest, ["/status", *(f"/metadata/{k}" for k in NOISY_METADATA), *ignore])
+    meta = out.get("metadata", {})
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in IGNORED_ANNOTATIONS}
+    if annotations:
+        meta["annotations"] = annotations
+    else:
+        meta.pop("annotations", None)
+    return out
+
+
+def _key(item: Any) -> str | None:
+    if isinstance(item, dict):
+        for field in ("groupName", "name"):
+            if isinstance(item.get(field), str):
+                return item[field]
+    return None
+
+
+def changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
+    """Dotted paths where `old` and `new` differ; lists of named items are matched by name."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new)):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in old or key not in new:
+                out.append(sub)
+            else:
+                out += changed_paths(old[key], new[key], sub)
+        return out
+    if isinstance(old, list) and isinstance(new, list):
+        old_keys, new_keys = [_key(i) for i in old], [_key(i) for i in new]
+        if None not in old_keys + new_keys and len(set(old_keys)) == len(old) and len(set(new_keys)) == len(new):
+            by_name = dict(zip(old_keys, old))
+            out = [f"{path}[{k}]" for k in old_keys if k not in new_keys]
+            for key, item in zip(new_keys, new):
+                out += changed_paths(by_name[key], item, f"{path}[{key}]") if key in by_name else [f"{path}[{key}]"]
+            return out
+        if len(old) == len(new):
+            return [p for i, (a, b) in enumerate(zip(old, new)) for p in changed_paths(a, b, f"{path}[{i}]")]
+    return [] if old == new else [path]
+
+
+def unified(old: Manifest | None, new: Manifest | None, name: str) -> str:
+    """A readable unified YAML diff from live (`old`) to Git (`new`)."""
+    def lines(doc: Manifest | None) -> list[str]:
+        return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False).splitlines(keepends=True) if doc else []
+    return "".join(difflib.unified_diff(lines(old), lines(new), f"live/{name}", f"git/{name}"))

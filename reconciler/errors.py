@@ -1,0 +1,50 @@
+"""One error tree for every stage.
+
+Messages start with the file or object they are about. `TemporaryError` is retried with backoff,
+`PermanentError` waits for a new revision, `ValidationError` pinpoints bad input in Git.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ReconcileError(Exception):
+    """Base of every error ray-gitops raises on purpose."""
+
+
+class TemporaryError(ReconcileError):
+    """A failure that may pass by itself (network, a target still starting)."""
+
+    def __init__(self, message: str, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PermanentError(ReconcileError):
+    """A failure that only a change in Git (or on the target) can fix."""
+
+
+@dataclass(frozen=True)
+class ValidationError:
+    """One precise problem in the Git content: where it is and what is wrong."""
+
+    file: str
+    reason: str
+    document: int | None = None
+    object: str = ""
+    path: str = ""
+
+    def __str__(self) -> str:
+        where = self.file if self.document is None else f"{self.file}#{self.document}"
+        parts = [where] + [p for p in (self.object, self.path) if p]
+        return f"{': '.join(parts)}: {self.reason}"
+
+
+class InvalidEnvironment(PermanentError):
+    """An environment whose content failed to render or validate; nothing of it is applied."""
+
+    def __init__(self, environment: str, errors: list[ValidationError]) -> None:
+        self.environment = environment
+        self.errors = errors
+        lines = "\n".join(f"  {e}" for e in errors)
+        super().__init__(f"environment {environment}: {len(errors)} validation error(s)\n{lines}")

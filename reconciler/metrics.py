@@ -1,0 +1,71 @@
+"""Every Prometheus metric of ray-gitops, defined once (prefix `ray_gitops_`).
+
+The daemon owns one `Metrics` per process; tests pass a fresh `CollectorRegistry`. Label values
+are bounded (environment, kind, object and group names, fixed enums): never messages or errors.
+Per-object gauges are replaced as a whole per environment, so deleted objects leave no series.
+"""
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+SYNC_STATUSES = ("Synced", "OutOfSync", "Failed", "Suspended")
+JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+_SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_LATENCY = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+_JOB = (1, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600)
+
+
+class Metrics:
+    """The metric families, registered in `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ns = "ray_gitops"
+        self.environment_info = Gauge("environment_info", "1 per environment, with its sync and health status",
+                                      ["environment", "target", "revision", "sync_status", "health_status"],
+                                      namespace=ns, registry=registry)
+        self.reconcile_total = Counter("reconcile_total", "Reconciles by result (success/noop/error)",
+                                       ["environment", "result"], namespace=ns, registry=registry)
+        self.reconcile_duration = Histogram("reconcile_duration_seconds", "Wall time of one reconcile",
+                                            ["environment"], namespace=ns, registry=registry, buckets=_SECONDS)
+        self.commit_to_applied = Histogram("commit_to_applied_seconds", "Commit time to the end of its apply",
+                                           ["environment"], namespace=ns, registry=registry, buckets=_LATENCY)
+        self.git_requests = Counter("git_requests_total", "Git requests by type and result",
+                                    ["request_type", "result"], namespace=ns, registry=registry)
+        self.git_duration = Histogram("git_request_duration_seconds", "Wall time of Git requests",
+                                      ["request_type", "result"], namespace=ns, registry=registry, buckets=_SECONDS)
+        self.apply_total = Counter("apply_total", "Changes made to targets by kind and action",
+                                   ["environment", "kind", "action"], namespace=ns, registry=registry)
+        self.drifted_objects = Gauge("drifted_objects", "Objects whose live state differs from the applied revision",
+                                     ["environment", "kind"], namespace=ns, registry=registry)
+        self.raycluster_workers = Gauge("raycluster_workers", "Workers per group: desired/min/max/ready/available",
+                                        ["environment", "cluster", "group", "state"], namespace=ns, registry=registry)
+        self.raycluster_state = Gauge("raycluster_state", "1 for the cluster's current state",
+                                      ["environment", "cluster", "state"], namespace=ns, registry=registry)
+        self.rayjob_status = Gauge("rayjob_status", "1 for the job's current run status",
+                                   ["environment", "job", "status"], namespace=ns, registry=registry)
+        self.rayjob_runs = Counter("rayjob_runs_total", "Finished RayJob runs by result",
+                                   ["environment", "job", "result"], namespace=ns, registry=registry)
+        self.rayjob_duration = Histogram("rayjob_duration_seconds", "Duration of finished RayJob runs",
+                                         ["environment", "job"], namespace=ns, registry=registry, buckets=_JOB)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
+
+    def git_request(self, request_type: str, result: str, seconds: float) -> None:
+        self.git_requests.labels(request_type, result).inc()
+        self.git_duration.labels(request_type, result).observe(seconds)
+
+    def replace(self, gauge: Gauge, environment: str, values: dict[tuple[str, ...], float]) -> None:
+        """Set `gauge` for `environment` to exactly `values` (labels after the environment)."""
+        with self._lock:
+            key = (gauge._name, environment)
+            for stale in self._series.get(key, set()) - set(values):
+                gauge.remove(environment, *stale)
+            for labels, value in values.items():
+                gauge.labels(environment, *labels).set(value)
+            self._series[key] = set(values)
+
+    def environment_status(self, environment: str, target: str, revision: str, sync: str, health: str) -> None:
+        self.replace(self.environment_info, environment, {(target, revision, sync, health): 1})

@@ -1,0 +1,187 @@
+"""Plain data shared by every stage: object references, desired/live objects, plans, outcomes.
+
+Nothing here does I/O. Every other module imports this one; it imports none of them.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "ray-gitops"
+ENVIRONMENT_LABEL = "gitops.ray.io/environment"
+REVISION_ANNOTATION = "gitops.ray.io/revision"
+PRUNE_ANNOTATION = "gitops.ray.io/prune"
+ON_CHANGE_ANNOTATION = "gitops.ray.io/on-change"
+ON_TEMPLATE_CHANGE_ANNOTATION = "gitops.ray.io/on-template-change"
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True, order=True)
+class ObjectRef:
+    """Identity of one object: API group, kind, namespace, name."""
+
+    group: str
+    kind: str
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
+
+    @classmethod
+    def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
+        api_version = str(manifest.get("apiVersion", ""))
+        group = api_version.rpartition("/")[0]
+        meta = manifest.get("metadata") or {}
+        return cls(group, str(manifest.get("kind", "")), str(meta.get("namespace") or default_namespace),
+                   str(meta.get("name", "")))
+
+
+@dataclass(frozen=True)
+class DesiredObject:
+    """An object rendered from Git, with where it came from."""
+
+    ref: ObjectRef
+    manifest: Manifest
+    file: str
+    document: int
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.manifest.get("metadata", {}).get("annotations") or {}
+
+
+@dataclass(frozen=True)
+class LiveObject:
+    """An object as the target reports it: its stored manifest and its status."""
+
+    ref: ObjectRef
+    manifest: Manifest
+    status: dict[str, Any] = field(default_factory=dict)
+    workers: dict[str, int] = field(default_factory=dict)  # group -> ready workers, when the target knows
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return self.manifest.get("metadata", {}).get("labels") or {}
+
+    @property
+    def annotations(self) -> dict[str, str]:
+        return self.manifest.get("metadata", {}).get("annotations") or {}
+
+
+class Action(str, enum.Enum):
+    """What the planner asks the target to do with one object."""
+
+    CREATE = "create"
+    UPDATE = "update"
+    RECREATE = "recreate"
+    DELETE = "delete"
+    SUBMIT = "submit"
+    SKIP = "skip"
+    NOOP = "noop"
+
+
+class Outcome(str, enum.Enum):
+    """What actually happened to one object."""
+
+    CREATED = "created"
+    CONFIGURED = "configured"
+    UNCHANGED = "unchanged"
+    RECREATED = "recreated"
+    DELETED = "deleted"
+    SKIPPED = "skipped"
+    SUBMITTED = "submitted"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class PlanItem:
+    """One step of a plan: the object, the action, why, and the diff that led to it."""
+
+    ref: ObjectRef
+    action: Action
+    reason: str
+    desired: DesiredObject | None = None
+    diff: str = ""
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """Where an environment is applied: `local` or `kubernetes`, with that target's options."""
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.options.get("namespace") or "default")
+
+
+@dataclass(frozen=True)
+class EnvironmentSpec:
+    """The parsed `environment.yaml` of one environment."""
+
+    name: str
+    target: TargetSpec
+    interval: float = 60.0
+    prune: bool = True
+    suspend: bool = False
+    ignore: tuple[str, ...] = ()
+    max_workers_per_group: int | None = None
+    prune_max_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
+class RenderedEnvironment:
+    """An environment at one revision: its settings and the objects Git wants."""
+
+    spec: EnvironmentSpec
+    objects: tuple[DesiredObject, ...]
+    revision: str = ""
+
+
+def spec_hash(manifest: Manifest, length: int = 10) -> str:
+    """Stable short hash of an object's spec (key order does not matter)."""
+    text = json.dumps(manifest.get("spec") or {}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+def job_submission_id(environment: str, name: str, manifest: Manifest) -> str:
+    """Submission id of a RayJob run: `<env>-<name>-<hash10>`, so a restart never submits twice."""
+    return f"{environment}-{name}-{spec_hash(manifest)}"
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_QUANTITY_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """`90s`, `5m`, `1h30m`, `500ms` or a bare number of seconds -> seconds."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    value = str(text).strip()
+    if re.fullmatch(r"\d+(\.\d+)?", value):
+        return float(value)
+    parts = _DURATION.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 1h)")
+    scale = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def parse_quantity(text: str | float | int) -> float:
+    """A Kubernetes resource quantity (`500m`, `2`, `1Gi`, `1e3`) -> a number."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return float(text)
+    match = re.fullmatch(r"([+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?", str(text).strip())
+    if not match:
+        raise ValueError(f"not a resource quantity: {text!r}")
+    return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""]

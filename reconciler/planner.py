@@ -1,0 +1,137 @@
+"""Plan stage: desired objects + live objects + inventory + job ledger -> ordered plan items.
+
+Called by the daemon and the CLI (`diff`, `plan`). Pure: it reads nothing and writes nothing.
+Encodes KubeRay's semantics: what is applied in place, what needs a restart, that RayJob spec
+edits are ignored by the operator (so: a new run), and the prune guards.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from . import diff
+from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, LiveObject, ObjectRef,
+                    PlanItem, RenderedEnvironment, job_submission_id)
+
+KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3}
+_IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
+                       r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.(suspend|enableInTreeAutoscaling|autoscalerOptions(\..*)?)"
+                       r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.workerGroupSpecs\[[^]]+\]"
+                       r"(\.(replicas|minReplicas|maxReplicas|scaleStrategy|suspend|idleTimeoutSeconds)(\..*)?)?)")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Knobs of one plan: prune guards can be overridden explicitly."""
+
+    allow_empty_prune: bool = False
+    allow_large_prune: bool = False
+
+
+def plan(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: set[ObjectRef],
+         finished_runs: dict[str, str], options: PlanOptions = PlanOptions()) -> list[PlanItem]:
+    """Ordered actions that make the target match Git. `finished_runs`: submission id -> result."""
+    items: list[PlanItem] = []
+    for desired in sorted(env.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
+        current = live.get(desired.ref)
+        if desired.ref.kind == "RayJob":
+            items.append(_job(env.spec.name, desired, current, finished_runs, env.spec.ignore))
+        else:
+            items.append(_object(desired, current, env.spec.ignore))
+    items += _prune(env, live, inventory, options)
+    return items
+
+
+def _object(desired: DesiredObject, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
+    if current is None:
+        return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
+                        diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
+    owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
+    old, new = diff.normalize(current.manifest, owned), diff.normalize(desired.manifest, owned)
+    paths = diff.changed_paths(old, new)
+    if not paths:
+        return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
+    text = diff.unified(old, new, str(desired.ref))
+    warnings = _group_warnings(current, desired)
+    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind != "ConfigMap" else []
+    removed = [w for w in warnings if "removed" in w]
+    if not restart and not removed:
+        return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(paths)}", desired, text, warnings)
+    changed = ", ".join(restart) or "worker groups removed"
+    if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
+        return PlanItem(desired.ref, Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate",
+                        desired, text, warnings)
+    if diff.cluster_spec(desired.manifest).get("upgradeStrategy", {}).get("type") == "Recreate":
+        return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods",
+                        desired, text, warnings)
+    return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep "
+                    "the old template; set upgradeStrategy.type: Recreate or "
+                    f"{ON_TEMPLATE_CHANGE_ANNOTATION}: recreate)", desired, text, warnings)
+
+
+def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[str, ...]:
+    old = [g.get("groupName") for g in diff.cluster_spec(current.manifest).get("workerGroupSpecs") or []]
+    new = [g.get("groupName") for g in diff.cluster_spec(desired.manifest).get("workerGroupSpecs") or []]
+    warnings = [f"worker group {name} removed: KubeRay leaves its pods running (kuberay#1739); scale it to 0 first "
+                f"or recreate the cluster" for name in old if name not in new]
+    common_old, common_new = [n for n in old if n in new], [n for n in new if n in old]
+    if common_old != common_new:
+        warnings.append("worker groups reordered: the Ray autoscaler patches groups by index")
+    return tuple(warnings)
+
+
+def _job(environment: str, desired: DesiredObject, current: LiveObject | None, finished: dict[str, str],
+         ignore: tuple[str, ...]) -> PlanItem:
+    run = job_submission_id(environment, desired.ref.name, desired.manifest)
+    if run in finished:
+        return PlanItem(desired.ref, Action.SKIP, f"run {run} already finished ({finished[run]}); not re-run", desired)
+    if current is None:
+        return PlanItem(desired.ref, Action.SUBMIT, f"new run {run}", desired,
+                        diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
+    owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
+    old, new = diff.normalize(current.manifest, owned), diff.normalize(desired.manifest, owned)
+    paths = [p for p in diff.changed_paths(old.get("spec"), new.get("spec"), "spec")]
+    if not paths:
+        meta = diff.changed_paths(old, new)
+        if meta:
+            return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(meta)}", desired,
+                            diff.unified(old, new, str(desired.ref)))
+        return PlanItem(desired.ref, Action.NOOP, f"run {run} in progress or done", desired)
+    text = diff.unified(old, new, str(desired.ref))
+    if paths == ["spec.suspend"]:
+        return PlanItem(desired.ref, Action.UPDATE, "suspend toggled", desired, text)
+    if desired.annotations.get(ON_CHANGE_ANNOTATION, "rerun") == "ignore":
+        return PlanItem(desired.ref, Action.SKIP, f"spec changed ({', '.join(paths)}); {ON_CHANGE_ANNOTATION}=ignore "
+                        "keeps the current run", desired, text)
+    return PlanItem(desired.ref, Action.RECREATE, f"spec changed ({', '.join(paths)}); KubeRay ignores RayJob edits, "
+                    f"so new run {run} (delete + create)", desired, text)
+
+
+def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: set[ObjectRef],
+           options: PlanOptions) -> list[PlanItem]:
+    wanted = {d.ref for d in env.objects}
+    gone = sorted((ref for ref in inventory - wanted if ref in live),
+                  key=lambda r: (-KIND_ORDER.get(r.kind, 9), r))
+    if not gone:
+        return []
+    if not env.spec.prune:
+        return [PlanItem(ref, Action.SKIP, "not in Git; prune is disabled for this environment") for ref in gone]
+    items, deletable = [], []
+    for ref in gone:
+        labels, annotations = live[ref].labels, live[ref].annotations
+        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != env.spec.name:
+            items.append(PlanItem(ref, Action.SKIP, "not in Git, but its ownership labels no longer match; kept"))
+        elif annotations.get(PRUNE_ANNOTATION) == "disabled":
+            items.append(PlanItem(ref, Action.SKIP, f"not in Git; protected by {PRUNE_ANNOTATION}: disabled"))
+        else:
+            deletable.append(ref)
+    refused = ""
+    if deletable and not wanted and not options.allow_empty_prune:
+        refused = "prune refused: the environment renders no objects (allow it explicitly to delete everything)"
+    elif (len(deletable) > 1 and len(deletable) > env.spec.prune_max_fraction * len(inventory)
+          and not options.allow_large_prune):
+        refused = (f"prune refused: {len(deletable)} of {len(inventory)} objects exceeds pruneGuard.maxFraction "
+                   f"{env.spec.prune_max_fraction}")
+    action = Action.SKIP if refused else Action.DELETE
+    return [PlanItem(ref, action, refused or "not in Git; pruned") for ref in deletable] + items

@@ -1,0 +1,92 @@
+"""Render stage: `environments/<env>/` of one revision -> the environment's settings and objects.
+
+Called by the daemon and the CLI with a `FileTree`. Every YAML document is parsed and validated;
+all errors of an environment are collected and raised together as `InvalidEnvironment`, so a
+broken environment applies nothing (and prunes nothing). Adds the ownership labels/annotation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from . import validate
+from .errors import InvalidEnvironment, ValidationError
+from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
+                    ObjectRef, RenderedEnvironment)
+from .source import FileTree
+
+ROOT = "environments"
+ENVIRONMENT_FILE = "environment.yaml"
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def list_environments(tree: FileTree) -> list[str]:
+    """Names of the directories under `environments/` that hold an `environment.yaml`."""
+    names = {path.split("/")[1] for path in tree.files(ROOT) if path.count("/") == 2
+             and path.endswith("/" + ENVIRONMENT_FILE)}
+    return sorted(names)
+
+
+def _documents(tree: FileTree, path: str) -> tuple[list[Any], list[ValidationError]]:
+    try:
+        return [doc for doc in yaml.load_all(tree.read(path), Loader=_Loader)], []
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return [], [ValidationError(path, f"invalid YAML{where}: {problem}")]
+
+
+def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvironment:
+    """Render and validate one environment; raise `InvalidEnvironment` with every error found."""
+    directory = f"{ROOT}/{environment}"
+    env_file = f"{directory}/{ENVIRONMENT_FILE}"
+    if not tree.exists(env_file):
+        raise InvalidEnvironment(environment, [ValidationError(env_file, "file not found")])
+    docs, errors = _documents(tree, env_file)
+    if not errors and len([d for d in docs if d is not None]) != 1:
+        errors.append(ValidationError(env_file, "must hold exactly one Environment document"))
+    spec, env_errors = validate.environment(docs[0] if docs else None, env_file, environment)
+    errors += env_errors
+    if spec is None:
+        raise InvalidEnvironment(environment, errors)
+    objects: list[DesiredObject] = []
+    seen: dict[ObjectRef, str] = {}
+    for path in tree.files(directory):
+        if path == env_file:
+            continue
+        if not path.endswith((".yaml", ".yml")):
+            errors.append(ValidationError(path, "only YAML files (.yaml, .yml) belong in an environment directory"))
+            continue
+        file_docs, file_errors = _documents(tree, path)
+        errors += file_errors
+        for index, doc in enumerate(file_docs):
+            if doc is None:
+                continue
+            if not isinstance(doc, dict):
+                errors.append(ValidationError(path, f"must be a mapping (an object), got {type(doc).__name__}", index))
+                continue
+            doc_errors = validate.ray_object(doc, path, index, spec)
+            if doc_errors:
+                errors += doc_errors
+                continue
+            ref = ObjectRef.of(doc, spec.target.namespace)
+            if ref in seen:
+                errors.append(ValidationError(path, f"duplicate object, first defined in {seen[ref]}", index, str(ref)))
+                continue
+            seen[ref] = f"{path}#{index}"
+            objects.append(DesiredObject(ref, _owned(doc, ref, environment, revision), path, index))
+    if errors:
+        raise InvalidEnvironment(environment, errors)
+    return RenderedEnvironment(spec, tuple(objects), revision)
+
+
+def _owned(doc: dict[str, Any], ref: ObjectRef, environment: str, revision: str) -> dict[str, Any]:
+    """A copy of `doc` with namespace, ownership labels and the revision annotation set."""
+    meta = dict(doc.get("metadata") or {})
+    meta["namespace"] = ref.namespace
+    meta["labels"] = {**(meta.get("labels") or {}), MANAGED_BY_LABEL: MANAGED_BY_VALUE, ENVIRONMENT_LABEL: environment}
+    if revision:
+        meta["annotations"] = {**(meta.get("annotations") or {}), REVISION_ANNOTATION: revision}
+    return {**doc, "metadata": meta}

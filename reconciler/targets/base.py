@@ -1,0 +1,36 @@
+"""The Target protocol: what every target (local Ray, Kubernetes) offers the reconcile stage.
+
+A target observes live objects, applies one plan item at a time and reports an `Outcome`.
+It never decides *what* to change (the planner does) and never touches the ledger.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
+
+from ..model import LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+
+
+@dataclass(frozen=True)
+class ApplyContext:
+    """What an apply may need beyond the plan item: the revision and its files on disk."""
+
+    environment: str
+    revision: str
+    materialize: Callable[[str], Path]  # repository path -> exported directory of that revision
+
+
+class Target(Protocol):
+    """A place where environments live."""
+
+    kind: str
+
+    def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
+        """Live state of `refs` (objects not found are absent from the result)."""
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""
+
+    def close(self, environment: str | None = None) -> None:
+        """Release what the target holds (for one environment, or all)."""

@@ -1,0 +1,244 @@
+"""Validate stage: structural checks of `environment.yaml` and of every Ray object.
+
+Called by `render` for each document. Returns errors naming file, document, object and field;
+never raises for bad input and never looks at a target. Checks mirror the KubeRay CRD types and
+the operator's own validation, so mistakes surface at commit time rather than as a stuck object.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import yaml
+
+from .errors import ValidationError
+from .model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, TargetSpec,
+                    parse_duration, parse_quantity)
+
+ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
+KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
+         ("v1", "ConfigMap"), ("v1", "Secret")}
+LOCAL_KINDS = {"RayCluster", "RayJob"}
+_DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+class Checker:
+    """Collects errors for one document; each check names the field path it looked at."""
+
+    def __init__(self, file: str, document: int | None, obj: str = "") -> None:
+        self.file, self.document, self.obj = file, document, obj
+        self.errors: list[ValidationError] = []
+
+    def fail(self, path: str, reason: str) -> None:
+        self.errors.append(ValidationError(self.file, reason, self.document, self.obj, path))
+
+    def mapping(self, value: Any, path: str, required: bool = False) -> dict[str, Any]:
+        if value is None:
+            if required:
+                self.fail(path, "required field is missing")
+            return {}
+        if not isinstance(value, dict):
+            self.fail(path, f"must be a mapping, got {type(value).__name__}")
+            return {}
+        return value
+
+    def sequence(self, value: Any, path: str) -> list[Any]:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            self.fail(path, f"must be a list, got {type(value).__name__}")
+            return []
+        return value
+
+    def integer(self, value: Any, path: str, minimum: int = 0) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(path, f"must be an integer >= {minimum}, got {value!r}")
+            return None
+        return value
+
+    def boolean(self, value: Any, path: str) -> None:
+        if value is not None and not isinstance(value, bool):
+            self.fail(path, f"must be true or false, got {value!r}")
+
+    def string(self, value: Any, path: str, required: bool = False) -> str | None:
+        if value is None or value == "":
+            if required:
+                self.fail(path, "required field is missing")
+            return None
+        if not isinstance(value, str):
+            self.fail(path, f"must be a string, got {value!r}")
+            return None
+        return value
+
+    def one_of(self, value: Any, path: str, allowed: set[str]) -> None:
+        if value is not None and value not in allowed:
+            self.fail(path, f"must be one of {', '.join(sorted(allowed))}, got {value!r}")
+
+
+def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSpec | None, list[ValidationError]]:
+    """Parse and check an `environment.yaml` document."""
+    c = Checker(file, None, f"Environment/{directory_name}")
+    doc = c.mapping(doc, "", required=True)
+    if doc and (doc.get("apiVersion"), doc.get("kind")) != (ENVIRONMENT_API_VERSION, "Environment"):
+        c.fail("apiVersion", f"must be {ENVIRONMENT_API_VERSION} kind Environment")
+    name = c.string(c.mapping(doc.get("metadata"), "metadata").get("name"), "metadata.name")
+    if name is not None and name != directory_name:
+        c.fail("metadata.name", f"must equal the directory name {directory_name!r}, got {name!r}")
+    spec = c.mapping(doc.get("spec"), "spec", required=bool(doc))
+    for unsupported in ("base", "patches"):
+        if spec.get(unsupported):
+            c.fail(f"spec.{unsupported}", "is not supported by this version of ray-gitops")
+    target = c.mapping(spec.get("target"), "spec.target", required=bool(doc))
+    kinds = [k for k in ("local", "kubernetes") if k in target]
+    if target and len(kinds) != 1 or set(target) - {"local", "kubernetes"}:
+        c.fail("spec.target", "must name exactly one target: local or kubernetes")
+    options = c.mapping(target.get(kinds[0]) if kinds else None, f"spec.target.{kinds[0] if kinds else ''}")
+    interval = 60.0
+    try:
+        interval = parse_duration(spec.get("interval", "60s"))
+    except ValueError as exc:
+        c.fail("spec.interval", str(exc))
+    for flag in ("prune", "suspend"):
+        c.boolean(spec.get(flag), f"spec.{flag}")
+    ignore = c.sequence(spec.get("ignore"), "spec.ignore")
+    for i, rule in enumerate(ignore):
+        if not isinstance(rule, str) or not rule.startswith("/"):
+            c.fail(f"spec.ignore[{i}]", f"must be a JSON pointer such as /spec/x/*/y, got {rule!r}")
+    policy = c.mapping(spec.get("policy"), "spec.policy")
+    max_workers = c.integer(policy.get("maxWorkersPerGroup"), "spec.policy.maxWorkersPerGroup", minimum=1)
+    guard = c.mapping(spec.get("pruneGuard"), "spec.pruneGuard")
+    fraction = guard.get("maxFraction", 0.5)
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        c.fail("spec.pruneGuard.maxFraction", f"must be a number in (0, 1], got {fraction!r}")
+        fraction = 0.5
+    if c.errors or not kinds:
+        return None, c.errors
+    return EnvironmentSpec(
+        name=directory_name, target=TargetSpec(kinds[0], dict(options)), interval=interval,
+        prune=bool(spec.get("prune", True)), suspend=bool(spec.get("suspend", False)),
+        ignore=tuple(ignore), max_workers_per_group=max_workers, prune_max_fraction=float(fraction),
+    ), []
+
+
+def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec) -> list[ValidationError]:
+    """Check one rendered object document."""
+    kind, api_version = doc.get("kind"), doc.get("apiVersion")
+    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
+    if (api_version, kind) not in KINDS:
+        c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
+               + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
+        return c.errors
+    if env.target.kind == "local" and kind not in LOCAL_KINDS and kind != "ConfigMap" and kind != "Secret":
+        c.fail("kind", f"{kind} is not supported by the local target")
+    name = c.string(c.mapping(doc.get("metadata"), "metadata", required=True).get("name"), "metadata.name",
+                    required=True)
+    if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):
+        c.fail("metadata.name", f"must be a DNS-1123 name of at most 63 characters, got {name!r}")
+    annotations = c.mapping(meta.get("annotations"), "metadata.annotations")
+    c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
+    c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",
+             {"recreate", "none"})
+    if kind == "RayCluster":
+        _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", env)
+    elif kind == "RayJob":
+        _job_spec(c, c.mapping(doc.get("spec"), "spec", required=True), env)
+    elif kind == "RayService":
+        spec = c.mapping(doc.get("spec"), "spec", required=True)
+        _cluster_spec(c, c.mapping(spec.get("rayClusterConfig"), "spec.rayClusterConfig", required=True),
+                      "spec.rayClusterConfig", env)
+    return c.errors
+
+
+def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, env: EnvironmentSpec) -> None:
+    c.boolean(spec.get("enableInTreeAutoscaling"), f"{path}.enableInTreeAutoscaling")
+    c.boolean(spec.get("suspend"), f"{path}.suspend")
+    upgrade = c.mapping(spec.get("upgradeStrategy"), f"{path}.upgradeStrategy")
+    c.one_of(upgrade.get("type"), f"{path}.upgradeStrategy.type", {"Recreate", "None"})
+    _group(c, c.mapping(spec.get("headGroupSpec"), f"{path}.headGroupSpec", required=True), f"{path}.headGroupSpec")
+    seen: set[str] = set()
+    for i, group in enumerate(c.sequence(spec.get("workerGroupSpecs"), f"{path}.workerGroupSpecs")):
+        gpath = f"{path}.workerGroupSpecs[{i}]"
+        group = c.mapping(group, gpath)
+        name = c.string(group.get("groupName"), f"{gpath}.groupName", required=True)
+        if name in seen:
+            c.fail(f"{gpath}.groupName", f"duplicate worker group {name!r}")
+        seen.add(name or "")
+        replicas = c.integer(group.get("replicas"), f"{gpath}.replicas")
+        low = c.integer(group.get("minReplicas"), f"{gpath}.minReplicas")
+        high = c.integer(group.get("maxReplicas"), f"{gpath}.maxReplicas")
+        c.integer(group.get("numOfHosts"), f"{gpath}.numOfHosts", minimum=1)
+        if low is not None and high is not None and low > high:
+            c.fail(f"{gpath}.minReplicas", f"minReplicas {low} is greater than maxReplicas {high}")
+        limit = env.max_workers_per_group
+        for field_name, value in (("replicas", replicas), ("maxReplicas", high)):
+            if limit is not None and value is not None and value > limit:
+                c.fail(f"{gpath}.{field_name}", f"{value} exceeds policy.maxWorkersPerGroup {limit}")
+        _group(c, group, gpath)
+
+
+def _group(c: Checker, group: dict[str, Any], path: str) -> None:
+    for key, value in c.mapping(group.get("rayStartParams"), f"{path}.rayStartParams").items():
+        if not isinstance(value, str):
+            c.fail(f"{path}.rayStartParams.{key}", f"must be a string (KubeRay's type is map[string]string), "
+                   f"got {value!r}; quote it")
+    template = c.mapping(group.get("template"), f"{path}.template", required=True)
+    pod = c.mapping(template.get("spec"), f"{path}.template.spec", required=bool(template))
+    containers = c.sequence(pod.get("containers"), f"{path}.template.spec.containers")
+    if pod and not containers:
+        c.fail(f"{path}.template.spec.containers", "must list at least one container")
+    for i, container in enumerate(containers):
+        cpath = f"{path}.template.spec.containers[{i}]"
+        container = c.mapping(container, cpath)
+        c.string(container.get("name"), f"{cpath}.name", required=True)
+        resources = c.mapping(container.get("resources"), f"{cpath}.resources")
+        for section in ("limits", "requests"):
+            for res, qty in c.mapping(resources.get(section), f"{cpath}.resources.{section}").items():
+                try:
+                    parse_quantity(qty)
+                except ValueError as exc:
+                    c.fail(f"{cpath}.resources.{section}.{res}", str(exc))
+
+
+def _job_spec(c: Checker, spec: dict[str, Any], env: EnvironmentSpec) -> None:
+    mode = spec.get("submissionMode")
+    c.one_of(mode, "spec.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
+    c.string(spec.get("entrypoint"), "spec.entrypoint", required=mode != "InteractiveMode")
+    has_cluster, has_selector = "rayClusterSpec" in spec, "clusterSelector" in spec
+    if has_cluster == has_selector:
+        c.fail("spec", "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
+               "(an existing RayCluster)")
+    if has_cluster:
+        _cluster_spec(c, c.mapping(spec["rayClusterSpec"], "spec.rayClusterSpec"), "spec.rayClusterSpec", env)
+    if has_selector:
+        selector = c.mapping(spec["clusterSelector"], "spec.clusterSelector")
+        c.string(selector.get("ray.io/cluster"), "spec.clusterSelector.ray.io/cluster", required=True)
+    c.boolean(spec.get("shutdownAfterJobFinishes"), "spec.shutdownAfterJobFinishes")
+    ttl = c.integer(spec.get("ttlSecondsAfterFinished"), "spec.ttlSecondsAfterFinished")
+    if ttl and not spec.get("shutdownAfterJobFinishes"):
+        c.fail("spec.ttlSecondsAfterFinished", "a value > 0 requires shutdownAfterJobFinishes: true")
+    for key in ("entrypointNumCpus", "entrypointNumGpus"):
+        value = spec.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            c.fail(f"spec.{key}", f"must be a number >= 0, got {value!r}")
+    runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), "spec.runtimeEnvYAML")
+    if runtime_env_yaml:
+        runtime_env(c, runtime_env_yaml)
+
+
+def runtime_env(c: Checker, text: str) -> dict[str, Any]:
+    """Parse `runtimeEnvYAML`; a relative `working_dir` must stay inside the repository."""
+    try:
+        env = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        c.fail("spec.runtimeEnvYAML", f"is not valid YAML: {str(exc).splitlines()[0]}")
+        return {}
+    env = c.mapping(env, "spec.runtimeEnvYAML")
+    working_dir = env.get("working_dir")
+    if isinstance(working_dir, str) and "://" not in working_dir:
+        if working_dir.startswith("/") or ".." in working_dir.split("/"):
+            c.fail("spec.runtimeEnvYAML.working_dir", f"must be relative to the repository root and stay "
+                   f"inside it, got {working_dir!r}")
+    return env
