@@ -39,6 +39,7 @@ class Result:
     message: str = ""
     outcomes: list[tuple[PlanItem, Outcome]] = field(default_factory=list)
     retry_after: float | None = None
+    interval: float = 60.0
 
 
 class EnvironmentReconciler:
@@ -80,7 +81,7 @@ class EnvironmentReconciler:
             self.ledger.set_state(EnvironmentState(name, target.kind, revision.sha, "Suspended", health.UNKNOWN,
                                                    "suspended in Git", time.time(), {}))
             self.metrics.environment_status(name, target.kind, revision.short, "Suspended", health.UNKNOWN)
-            return Result(name, "noop", "Suspended", health.UNKNOWN, "suspended")
+            return Result(name, "noop", "Suspended", health.UNKNOWN, "suspended", interval=env.spec.interval)
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
         self._record_runs(env, live)
@@ -109,7 +110,7 @@ class EnvironmentReconciler:
                                                time.time(), detail))
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
         result = "error" if errors else "success" if outcomes else "noop"
-        return Result(name, result, sync, env_health, message, outcomes)
+        return Result(name, result, sync, env_health, message, outcomes, interval=env.spec.interval)
 
     def _apply(self, env: RenderedEnvironment, items: list[PlanItem], target: Target,
                context: ApplyContext) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:

@@ -1,0 +1,72 @@
+"""Daemon settings: command-line flags > `RAY_GITOPS_*` environment variables > config file > defaults.
+
+Read once by the CLI; every other module receives a `Settings`. Never logs secrets.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from .model import parse_duration
+
+
+def default_state_dir() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "ray-gitops"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything `ray-gitops run` needs. Keys are the flag names with `_` for `-`."""
+
+    repo: str = ""
+    branch: str = "main"
+    environments: tuple[str, ...] = ()
+    interval: float = 30.0
+    metrics_address: str = "127.0.0.1:9464"
+    state_dir: Path = default_state_dir()
+    once: bool = False
+    log_format: str = "text"
+    log_level: str = "info"
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.metrics_address.rpartition(":")
+        return host or "127.0.0.1", int(port)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "interval":
+        return parse_duration(value)
+    if name == "state_dir":
+        return Path(value).expanduser()
+    if name == "environments":
+        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if name == "once":
+        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    return str(value)
+
+
+def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ, config_file: Path | None = None) -> Settings:
+    """Merge the three sources; unknown config-file keys are an error naming the file and key."""
+    names = {f.name for f in fields(Settings)}
+    merged: dict[str, Any] = {}
+    if config_file is not None:
+        data = yaml.safe_load(config_file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{config_file}: must be a mapping of settings")
+        for key, value in data.items():
+            name = str(key).replace("-", "_")
+            if name not in names:
+                raise ValueError(f"{config_file}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
+            merged[name] = value
+    for name in names:
+        value = environ.get(f"RAY_GITOPS_{name.upper()}")
+        if value not in (None, ""):
+            merged[name] = value
+    merged.update({k: v for k, v in flags.items() if k in names and v not in (None, (), [])})
+    return Settings(**{k: _coerce(k, v) for k, v in merged.items()})

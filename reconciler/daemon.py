@@ -1,0 +1,169 @@
+"""The loop: poll Git, schedule one reconcile per environment, serve /metrics /healthz /readyz.
+
+Started by `ray-gitops run`. Environments run in parallel threads, each with its own interval and
+error backoff, so a slow or broken one never holds the others. On stop it finishes the current
+steps, then closes the targets (the local target stops the Ray processes it started).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from .config import Settings
+from .errors import PermanentError, ReconcileError, TemporaryError
+from .ledger import Ledger
+from .metrics import Metrics
+from .model import EnvironmentSpec
+from .reconcile import EnvironmentReconciler, Result, TargetFactory
+from .render import list_environments
+from .source import GitSource, Revision
+from .targets.base import Target
+
+log = logging.getLogger(__name__)
+MAX_BACKOFF = 300.0
+
+
+def build_target(spec: EnvironmentSpec, state_dir: Path) -> Target:
+    """The target an environment asks for."""
+    if spec.target.kind == "local":
+        from .targets.local import LocalTarget  # needs ray[default]; imported only when used
+        return LocalTarget(state_dir)
+    raise PermanentError(f"environment {spec.name}: target {spec.target.kind} is not available in this version")
+
+
+class Daemon:
+    """One Git source, its environments, their targets, and the HTTP endpoints."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.ledger = Ledger(settings.state_dir)
+        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
+        self.targets = TargetFactory(lambda spec: build_target(spec, settings.state_dir))
+        self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._heartbeat = time.monotonic()
+        self._done: set[str] = set()
+        self._selected: list[str] = []
+        self._due: dict[str, tuple[str, float]] = {}  # env -> (revision reconciled, next time)
+        self._failures: dict[str, int] = {}
+        self._running: dict[str, Future[Result]] = {}
+
+    # -- scheduling ----------------------------------------------------------------------------------
+    def environments(self, revision: Revision) -> list[str]:
+        found = list_environments(revision.tree)
+        wanted = list(self.settings.environments) or found
+        for name in wanted:
+            if name not in found:
+                log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
+        return wanted
+
+    def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
+        result = future.result()
+        failures = self._failures[name] = self._failures.get(name, 0) + 1 if result.result == "error" else 0
+        delay = (result.retry_after or min(MAX_BACKOFF, 5.0 * 2 ** (failures - 1))) if failures else result.interval
+        self._due[name] = (revision.sha, time.monotonic() + delay)
+        self._done.add(name)
+
+    def _schedule(self, pool: ThreadPoolExecutor, revision: Revision) -> None:
+        self._selected = self.environments(revision)
+        for name in self._selected:
+            running = self._running.get(name)
+            if running is not None and not running.done():
+                continue
+            done_sha, next_time = self._due.get(name, ("", 0.0))
+            if done_sha == revision.sha and time.monotonic() < next_time:
+                continue
+            future = pool.submit(self.reconciler.reconcile, name, revision)
+            future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
+            self._running[name] = future
+
+    def run_once(self) -> bool:
+        """Reconcile every selected environment once; True only if all succeeded."""
+        revision = self.source.fetch()
+        names = self.environments(revision)
+        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+            results = list(pool.map(lambda n: self.reconciler.reconcile(n, revision), names))
+        for result in results:
+            log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
+                     result.sync_status, result.health_status)
+        return bool(names) and all(r.result != "error" for r in results) and len(names) == len(
+            set(names) & set(list_environments(revision.tree)))
+
+    def serve(self) -> None:
+        """Run until `stop()`: poll Git every `interval`, reconcile what is due."""
+        server = self._start_http()
+        pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        try:
+            while not self.stopping.is_set():
+                self._heartbeat = time.monotonic()
+                try:
+                    self._schedule(pool, self.source.fetch())
+                except TemporaryError as exc:
+                    log.error("%s", exc)
+                except ReconcileError as exc:
+                    log.error("%s", exc)
+                self.wake.wait(min(self.settings.interval, 1.0) if self._pending() else self.settings.interval)
+                self.wake.clear()
+        finally:
+            log.info("stopping: finishing the current steps")
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.targets.close()
+            server.shutdown()
+            server.server_close()
+            log.info("stopped")
+
+    def _pending(self) -> bool:
+        now = time.monotonic()
+        return any(next_time <= now + self.settings.interval for _, next_time in self._due.values())
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return bool(self._selected) and set(self._selected) <= self._done
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._heartbeat < 3 * self.settings.interval + 60
+
+    def _start_http(self) -> ThreadingHTTPServer:
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                if self.path == "/metrics":
+                    self._send(200, generate_latest(daemon.registry), CONTENT_TYPE_LATEST)
+                elif self.path == "/healthz":
+                    ok = daemon.healthy()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"loop stalled\n")
+                elif self.path == "/readyz":
+                    ok = daemon.ready()
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"first reconcile not done\n")
+                else:
+                    self._send(404, b"not found\n")
+
+            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        server = ThreadingHTTPServer(self.settings.host_port, Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+        log.info("serving /metrics /healthz /readyz on http://%s:%d", *server.server_address[:2])
+        return server
