@@ -1,0 +1,55 @@
+"""Shared test helpers: real Git repositories (a bare "remote" and a working clone, file://)."""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import git
+import pytest
+
+
+class GitRemote:
+    """A bare repository plus a working clone that commits and pushes to it."""
+
+    def __init__(self, root: Path) -> None:
+        self.bare_path = root / "remote.git"
+        git.Repo.init(self.bare_path, bare=True, initial_branch="main")
+        self.work_path = root / "work"
+        self.repo = git.Repo.clone_from(str(self.bare_path), self.work_path)
+        with self.repo.config_writer() as cfg:
+            cfg.set_value("user", "name", "Test").set_value("user", "email", "test@example.invalid")
+        self.repo.git.checkout("-b", "main")
+
+    @property
+    def url(self) -> str:
+        return str(self.bare_path)
+
+    def write(self, path: str, text: str) -> None:
+        target = self.work_path / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(text)
+
+    def remove(self, path: str) -> None:
+        self.repo.index.remove([path], working_tree=True)
+
+    def commit(self, message: str) -> str:
+        self.repo.git.add(A=True)
+        self.repo.index.commit(message)
+        self.repo.git.push("origin", "main")
+        return self.repo.head.commit.hexsha
+
+    def revert(self, sha: str) -> str:
+        self.repo.git.revert(sha, no_edit=True)
+        self.repo.git.push("origin", "main")
+        return self.repo.head.commit.hexsha
+
+
+@pytest.fixture
+def remote(tmp_path: Path) -> GitRemote:
+    return GitRemote(tmp_path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,135 @@
+"""The whole loop on the embedded local target: real Git, the daemon as a subprocess, real Ray."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from reconciler.targets.local_ray import LocalRayCluster
+from tests.conftest import GitRemote, free_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.ray]
+TESTDATA = Path(__file__).parent.parent / "testdata"
+ENV = "e2e"
+
+
+class Daemon:
+    """`ray-gitops run` in a subprocess, with its metrics endpoint."""
+
+    def __init__(self, repo: str, state_dir: Path, log: Path) -> None:
+        self.port = free_port()
+        self.log = log
+        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(state_dir),
+               "--interval", "1s", "--metrics-address", f"127.0.0.1:{self.port}", "--environment", ENV]
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    def samples(self) -> dict[tuple[str, frozenset], float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, frozenset(s.labels.items())): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        try:
+            return self.samples().get((name, frozenset(labels.items())))
+        except OSError:
+            return None
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
+            if check():
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=90)
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path):
+    state = tmp_path / "state"
+    yield state
+    clusters = state / "local" / "clusters"  # stop whatever a failed test left running, by PID
+    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
+        cluster = LocalRayCluster.adopt(record.parent.name, clusters)
+        if cluster is not None:
+            cluster.stop()
+
+
+def cluster_yaml(replicas: int) -> str:
+    return (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", str(replicas))
+
+
+def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote: GitRemote, state_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    remote.write(f"environments/{ENV}/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
+    remote.commit("one worker")
+    log = tmp_path / "daemon.log"
+    daemon = Daemon(remote.url, state_dir, log)
+    ready = dict(environment=ENV, cluster="demo", group="cpu", state="ready")
+    try:
+        daemon.wait_for("1 ready worker", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 1)
+
+        remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(2))
+        scale = remote.commit("two workers")
+        daemon.wait_for("2 ready workers", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 2)
+        ray = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")
+        assert ray is not None and ray.alive_nodes() == {"head": 1, "cpu": 2}
+
+        remote.write(f"environments/{ENV}/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
+        remote.commit("add a job")
+        succeeded = dict(environment=ENV, job="count", result="succeeded")
+        daemon.wait_for("the job's run", lambda: daemon.metric("ray_gitops_rayjob_runs_total", **succeeded) == 1)
+        assert daemon.metric("ray_gitops_rayjob_duration_seconds_count", environment=ENV, job="count") == 1
+
+        remote.revert(scale)
+        daemon.wait_for("1 ready worker after revert",
+                        lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 1)
+        assert ray.alive_nodes() == {"head": 1, "cpu": 1}
+
+        gcs, workers = ray.gcs_address, ray.worker_pids()
+        daemon.stop(signal.SIGKILL)
+        daemon = Daemon(remote.url, state_dir, log)
+        daemon.wait_for("a reconcile after restart",
+                        lambda: (daemon.metric("ray_gitops_reconcile_total", environment=ENV, result="noop") or 0) >= 2)
+        again = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")
+        assert again is not None and again.gcs_address == gcs and again.worker_pids() == workers
+        jobs = [j for j in _list_jobs(again.dashboard_url) if j.get("type") == "SUBMISSION"]
+        assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED"
+        assert daemon.metric("ray_gitops_rayjob_runs_total", **succeeded) is None  # never counted twice
+
+        daemon.stop(signal.SIGTERM)
+        assert daemon.proc.returncode == 0
+        assert not any(_alive(pid) for pid in sum(workers.values(), []))
+        with pytest.raises(OSError):
+            _list_jobs(again.dashboard_url)
+    finally:
+        daemon.stop(signal.SIGKILL)
+
+
+def _list_jobs(dashboard_url: str) -> list[dict]:
+    import json
+    with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
