@@ -1,0 +1,26 @@
+"""Settings precedence: flags > RAY_GITOPS_* > config file > defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from reconciler.config import load
+
+
+def test_flags_beat_environment_which_beats_the_config_file(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("repo: /from/file\ninterval: 1m\nbranch: file\nmetrics-address: 0.0.0.0:1\n")
+    env = {"RAY_GITOPS_INTERVAL": "10s", "RAY_GITOPS_BRANCH": "env"}
+
+    settings = load({"branch": "flag", "environments": []}, env, cfg)
+
+    assert (settings.repo, settings.interval, settings.branch) == ("/from/file", 10.0, "flag")
+    assert settings.host_port == ("0.0.0.0", 1)
+
+
+def test_unknown_config_key_names_the_file_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("repository: x\n")
+    with pytest.raises(ValueError, match=r"c\.yaml: unknown setting 'repository'"):
+        load({}, {}, cfg)
