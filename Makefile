@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test` (see README.md).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo main)
+
+.PHONY: install demo test controlplane bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,test]'
+	touch $@
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/ray-gitops run --repo . --branch $(BRANCH) --environment local --interval 5s \
+		--state-dir .state --metrics-address 127.0.0.1:9464
+
+# Builds kube-apiserver + etcd from Go modules once (cached outside the repo), then runs everything.
+controlplane:
+	bash tests/controlplane/build.sh >/dev/null
+
+test: install controlplane
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/render_plan.py
+
+clean:
+	rm -rf $(VENV) .state
