@@ -278,17 +278,22 @@ class LocalRayCluster:
                    metadata: dict | None = None, entrypoint_num_cpus: float | None = None,
                    entrypoint_num_gpus: float | None = None,
                    entrypoint_resources: dict[str, float] | None = None) -> bool:
-        """Submit unless a job with this id exists; True only if newly submitted."""
+        """Submit unless a job with this id exists; True only if newly submitted. Goes through Ray's SDK,
+        which uploads a local `working_dir`/`py_modules` as a package first (the REST API cannot)."""
+        from ray.job_submission import JobSubmissionClient  # heavy import, only when submitting
+
         if self.job_info(submission_id) is not None:
             return False
-        body = {"entrypoint": entrypoint, "submission_id": submission_id, "runtime_env": runtime_env,
-                "metadata": metadata, "entrypoint_num_cpus": entrypoint_num_cpus,
-                "entrypoint_num_gpus": entrypoint_num_gpus, "entrypoint_resources": entrypoint_resources}
-        resp = requests.post(f"{self.dashboard_url}/api/jobs/", timeout=2 * HTTP_TIMEOUT,
-                             json={k: v for k, v in body.items() if v is not None})
-        if resp.status_code == 500 and "Please use a different submission_id" in resp.text:
-            return False
-        self._check(resp, f"submitting job {submission_id!r}")
+        try:
+            JobSubmissionClient(self.dashboard_url).submit_job(
+                entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
+                metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None,
+                entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
+                entrypoint_resources=entrypoint_resources)
+        except (RuntimeError, ConnectionError, OSError) as exc:
+            if "Please use a different submission_id" in str(exc):
+                return False
+            raise LocalRayError(f"cluster {self.name}: submitting job {submission_id!r} failed: {exc}") from exc
         return True
 
     def job_info(self, submission_id: str) -> dict | None:

@@ -1,0 +1,144 @@
+"""The local target through the reconcile stage, on real Ray and real Git (no daemon process)."""
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reconciler.ledger import Ledger
+from reconciler.metrics import Metrics
+from reconciler.model import Outcome
+from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
+from reconciler.source import GitSource
+from reconciler.targets.local import LocalTarget
+from reconciler.targets.local_ray import LocalRayCluster
+from tests.conftest import GitRemote
+
+pytestmark = pytest.mark.ray
+TESTDATA = Path(__file__).parent.parent / "testdata"
+ENV = "t"
+
+
+class Harness:
+    def __init__(self, remote: GitRemote, state: Path) -> None:
+        self.remote, self.state = remote, state
+        self.metrics = Metrics(CollectorRegistry())
+        self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
+        self.target = LocalTarget(state)
+        self.reconciler = EnvironmentReconciler(self.source, Ledger(state), self.metrics,
+                                                TargetFactory(lambda spec: self.target))
+        remote.write(f"environments/{ENV}/environment.yaml",
+                     (TESTDATA / "environment-local.yaml").read_text().replace("name: e2e", f"name: {ENV}"))
+
+    def reconcile(self) -> Result:
+        result = self.reconciler.reconcile(ENV, self.source.fetch())
+        assert result.result != "error", result.message
+        return result
+
+    def until(self, what: str, check: Callable[[Result], bool], timeout: float = 120) -> Result:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = self.reconcile()
+            if check(result):
+                return result
+            time.sleep(1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def cluster(self, name: str) -> LocalRayCluster | None:
+        return LocalRayCluster.adopt(name, self.state / "local" / "clusters")
+
+
+@pytest.fixture
+def harness(remote: GitRemote, tmp_path: Path):
+    h = Harness(remote, tmp_path / "state")
+    yield h
+    h.target.close()
+    clusters = h.state / "local" / "clusters"
+    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
+        left = LocalRayCluster.adopt(record.parent.name, clusters)
+        if left is not None:
+            left.stop()
+
+
+def cluster_yaml(replicas: int, memory: str = "1Gi", extra: str = "") -> str:
+    text = (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", str(replicas))
+    return text.replace("memory: 1Gi", f"memory: {memory}").replace("spec:\n  headGroupSpec:",
+                                                                     f"spec:\n{extra}  headGroupSpec:")
+
+
+def test_job_with_its_own_cluster_runs_from_working_dir_then_shuts_the_cluster_down(harness: Harness) -> None:
+    harness.remote.write("jobs/hello/main.py", "import ray\nray.init()\nprint(ray.get(ray.remote(lambda: 42).remote()))\n")
+    harness.remote.write(f"environments/{ENV}/job.yaml", """\
+apiVersion: ray.io/v1
+kind: RayJob
+metadata: {name: hello}
+spec:
+  entrypoint: python main.py
+  runtimeEnvYAML: |
+    working_dir: jobs/hello
+  shutdownAfterJobFinishes: true
+  rayClusterSpec:
+    headGroupSpec:
+      rayStartParams: {num-cpus: "1"}
+      template: {spec: {containers: [{name: head, image: rayproject/ray:2.60.0}]}}
+""")
+    harness.remote.commit("a job with its own cluster")
+
+    first = harness.reconcile()
+    run = first.outcomes[0][0].reason.removeprefix("new run ")
+    assert [o for _, o in first.outcomes] == [Outcome.SUBMITTED]
+    assert harness.cluster(run) is not None
+    harness.until("the run to succeed", lambda r: r.health_status == "Healthy")
+
+    assert harness.reconciler.ledger.finished_runs(ENV) == {run: "succeeded"}
+    assert harness.cluster(run) is None  # shutdownAfterJobFinishes stopped it
+    assert harness.reconcile().outcomes == []  # and the finished run is not submitted again
+
+
+def test_dead_worker_is_drift_and_is_replaced(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
+    harness.remote.commit("one worker")
+    harness.reconcile()
+    cluster = harness.cluster(f"{ENV}-demo")
+    assert cluster is not None
+    [old] = cluster.worker_pids()["cpu"]
+
+    os.killpg(old, signal.SIGKILL)
+    harness.until("the worker to be replaced", lambda r: any(o == Outcome.CONFIGURED for _, o in r.outcomes))
+
+    replaced = harness.cluster(f"{ENV}-demo")
+    assert replaced is not None and replaced.alive_nodes() == {"head": 1, "cpu": 1}
+    assert replaced.worker_pids()["cpu"] != [old]
+    assert harness.metrics.registry.get_sample_value(
+        "ray_gitops_apply_total", {"environment": ENV, "kind": "RayCluster", "action": "update"}) >= 1
+
+
+@pytest.mark.parametrize("extra, outcome, restarted", [
+    pytest.param("", Outcome.CONFIGURED, False, id="pending-restart"),
+    pytest.param("  upgradeStrategy: {type: Recreate}\n", Outcome.RECREATED, True, id="upgrade-strategy-recreate"),
+])
+def test_template_change_restarts_nodes_only_when_asked(harness: Harness, extra: str, outcome: Outcome,
+                                                        restarted: bool) -> None:
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1, extra=extra))
+    harness.remote.commit("one worker")
+    harness.reconcile()
+    before = harness.cluster(f"{ENV}-demo")
+    assert before is not None
+    gcs, workers = before.gcs_address, before.worker_pids()
+
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1, memory="2Gi", extra=extra))
+    harness.remote.commit("more memory per worker")
+    result = harness.reconcile()
+
+    [(item, got)] = result.outcomes
+    assert got == outcome
+    assert ("pending restart" in item.reason) == (not restarted)
+    after = harness.cluster(f"{ENV}-demo")
+    assert after is not None
+    assert (after.gcs_address != gcs) == restarted
+    assert (after.worker_pids() != workers) == restarted
