@@ -63,7 +63,10 @@ def rayservice(status: dict[str, Any]) -> tuple[str, str]:
     ready = _condition(status, "Ready")
     if ready is None:
         return PROGRESSING, "no Ready condition yet"
-    return (HEALTHY, "ready") if ready.get("status") == "True" else (DEGRADED, str(ready.get("reason", "not ready")))
+    if ready.get("status") == "True":
+        return HEALTHY, "ready"
+    reason = str(ready.get("reason", "not ready"))
+    return (PROGRESSING if reason == "Initializing" else DEGRADED), reason
 
 
 def of(obj: LiveObject | None) -> tuple[str, str]:

@@ -159,8 +159,9 @@ def job_submission_id(environment: str, name: str, manifest: Manifest) -> str:
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
-_QUANTITY_SUFFIX = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-                    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+_QUANTITY_SUFFIX = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
+                    "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -181,7 +182,7 @@ def parse_quantity(text: str | float | int) -> float:
     """A Kubernetes resource quantity (`500m`, `2`, `1Gi`, `1e3`) -> a number."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         return float(text)
-    match = re.fullmatch(r"([+-]?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?", str(text).strip())
+    match = _QUANTITY.fullmatch(str(text).strip())
     if not match:
         raise ValueError(f"not a resource quantity: {text!r}")
     return float(match.group(1)) * _QUANTITY_SUFFIX[match.group(2) or ""]

@@ -16,6 +16,7 @@ from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CH
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3}
 _IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
+                       r"|spec\.serveConfigV2"
                        r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.(suspend|enableInTreeAutoscaling|autoscalerOptions(\..*)?)"
                        r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.workerGroupSpecs\[[^]]+\]"
                        r"(\.(replicas|minReplicas|maxReplicas|scaleStrategy|suspend|idleTimeoutSeconds)(\..*)?)?)")
@@ -62,7 +63,10 @@ def _object(desired: DesiredObject, current: LiveObject | None, ignore: tuple[st
     if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
         return PlanItem(desired.ref, Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate",
                         desired, text, warnings)
-    if diff.cluster_spec(desired.manifest).get("upgradeStrategy", {}).get("type") == "Recreate":
+    if desired.ref.kind == "RayService":
+        return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; KubeRay upgrades the RayService to a new "
+                        "cluster (zero-downtime)", desired, text, warnings)
+    if (diff.cluster_spec(desired.manifest).get("upgradeStrategy") or {}).get("type") == "Recreate":
         return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods",
                         desired, text, warnings)
     return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep "
@@ -127,8 +131,9 @@ def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventor
         else:
             deletable.append(ref)
     refused = ""
-    if deletable and not wanted and not options.allow_empty_prune:
-        refused = "prune refused: the environment renders no objects (allow it explicitly to delete everything)"
+    if deletable and not wanted:
+        if not options.allow_empty_prune:
+            refused = "prune refused: the environment renders no objects (allow it explicitly to delete everything)"
     elif (len(deletable) > 1 and len(deletable) > env.spec.prune_max_fraction * len(inventory)
           and not options.allow_large_prune):
         refused = (f"prune refused: {len(deletable)} of {len(inventory)} objects exceeds pruneGuard.maxFraction "

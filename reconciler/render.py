@@ -13,7 +13,7 @@ import yaml
 from . import validate
 from .errors import InvalidEnvironment, ValidationError
 from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
-                    ObjectRef, RenderedEnvironment)
+                    EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
 from .source import FileTree
 
 ROOT = "environments"
@@ -47,10 +47,10 @@ def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvi
     docs, errors = _documents(tree, env_file)
     if not errors and len([d for d in docs if d is not None]) != 1:
         errors.append(ValidationError(env_file, "must hold exactly one Environment document"))
-    spec, env_errors = validate.environment(docs[0] if docs else None, env_file, environment)
+    parsed, env_errors = validate.environment(docs[0] if docs else None, env_file, environment)
     errors += env_errors
-    if spec is None:
-        raise InvalidEnvironment(environment, errors)
+    # Object files are checked even when environment.yaml is broken, so every error shows at once.
+    spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown"))
     objects: list[DesiredObject] = []
     seen: dict[ObjectRef, str] = {}
     for path in tree.files(directory):

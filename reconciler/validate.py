@@ -81,18 +81,22 @@ def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSp
     """Parse and check an `environment.yaml` document."""
     c = Checker(file, None, f"Environment/{directory_name}")
     doc = c.mapping(doc, "", required=True)
-    if doc and (doc.get("apiVersion"), doc.get("kind")) != (ENVIRONMENT_API_VERSION, "Environment"):
+    if not doc:
+        c.fail("", f"must be an Environment document (apiVersion {ENVIRONMENT_API_VERSION}, kind Environment, "
+               "spec.target)")
+        return None, c.errors
+    if (doc.get("apiVersion"), doc.get("kind")) != (ENVIRONMENT_API_VERSION, "Environment"):
         c.fail("apiVersion", f"must be {ENVIRONMENT_API_VERSION} kind Environment")
     name = c.string(c.mapping(doc.get("metadata"), "metadata").get("name"), "metadata.name")
     if name is not None and name != directory_name:
         c.fail("metadata.name", f"must equal the directory name {directory_name!r}, got {name!r}")
-    spec = c.mapping(doc.get("spec"), "spec", required=bool(doc))
+    spec = c.mapping(doc.get("spec"), "spec", required=True)
     for unsupported in ("base", "patches"):
         if spec.get(unsupported):
             c.fail(f"spec.{unsupported}", "is not supported by this version of ray-gitops")
-    target = c.mapping(spec.get("target"), "spec.target", required=bool(doc))
+    target = c.mapping(spec.get("target"), "spec.target", required=True)
     kinds = [k for k in ("local", "kubernetes") if k in target]
-    if target and len(kinds) != 1 or set(target) - {"local", "kubernetes"}:
+    if len(kinds) != 1 or set(target) - {"local", "kubernetes"}:
         c.fail("spec.target", "must name exactly one target: local or kubernetes")
     options = c.mapping(target.get(kinds[0]) if kinds else None, f"spec.target.{kinds[0] if kinds else ''}")
     interval = 60.0

@@ -80,9 +80,7 @@ def test_rayjob_without_status_is_a_new_pending_run() -> None:
     pytest.param("not-ready", ("Degraded", "ZeroServeEndpoints"), id="ready-false"),
     pytest.param("upgrading", ("Progressing", "upgrade in progress"), id="upgrade-in-progress"),
     pytest.param("no-conditions-yet", ("Progressing", "no Ready condition yet"), id="no-conditions-yet"),
-    pytest.param("initializing", ("Progressing", "Initializing"), id="initializing", marks=pytest.mark.xfail(
-        strict=True, reason="bug: health.rayservice reports Degraded for a new RayService; KubeRay's first status "
-                            "is Ready=False reason=Initializing (calculateConditions), which is Progressing")),
+    pytest.param("initializing", ("Progressing", "Initializing"), id="initializing"),
 ])
 def test_rayservice_health(case: str, expected: tuple[str, str]) -> None:
     assert health.rayservice(status("rayservice", case)) == expected

@@ -127,15 +127,10 @@ CONFIGMAP = owned(fixture("configmap.yaml"))
                  f"{IMAGE_PATH} changed; upgradeStrategy Recreate restarts all pods",
                  id="template-change-with-upgrade-strategy-recreate"),
     pytest.param(edit(CLUSTER, spec__upgradeStrategy=None, **NEW_IMAGE), edit(CLUSTER, spec__upgradeStrategy=None),
-                 Action.UPDATE, "pending restart", id="template-change-with-null-upgrade-strategy",
-                 marks=pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-                     "bug: planner._object calls .get('type') on cluster_spec().get('upgradeStrategy', {}), which is "
-                     "None for `upgradeStrategy:` (null), accepted by validate"))),
+                 Action.UPDATE, f"{IMAGE_PATH} changed; applied, pending restart",
+                 id="template-change-with-null-upgrade-strategy"),
     pytest.param(edit(SERVICE, spec__serveConfigV2="applications: []\n"), SERVICE, Action.UPDATE,
-                 "changed in place: spec.serveConfigV2", id="rayservice-serve-config-changed-in-place",
-                 marks=pytest.mark.xfail(strict=True, reason=(
-                     "bug: planner._IN_PLACE lacks spec.serveConfigV2, which KubeRay applies in place through the "
-                     "Serve API; the plan says 'pending restart' (and RECREATE with on-template-change=recreate)"))),
+                 "changed in place: spec.serveConfigV2", id="rayservice-serve-config-changed-in-place"),
 ])
 def test_object_plan(git: dict[str, Any], on_target: dict[str, Any] | None, action: Action, reason: str) -> None:
     item = plan_one(git, on_target)
@@ -309,9 +304,6 @@ def test_empty_render_refuses_every_delete() -> None:
     assert all("refused" in reason and "renders no objects" in reason for _, _, reason in result)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: planner._prune checks maxFraction after allow_empty_prune, and deleting everything always exceeds it, "
-    "so allow_empty_prune alone never deletes more than one object"))
 def test_empty_render_deletes_everything_when_explicitly_allowed() -> None:
     objects = [configmap("a"), configmap("b")]
 

@@ -154,10 +154,8 @@ def test_invalid_environment_error_names_file_document_object_and_field(
 
 
 @pytest.mark.parametrize("environment_yaml", [
-    pytest.param(env_file({"spec.target": {}}), id="empty-target",
-                 marks=pytest.mark.xfail(strict=True, reason="bug: `target: {}` gives InvalidEnvironment, 0 errors")),
-    pytest.param("{}\n", id="empty-mapping",
-                 marks=pytest.mark.xfail(strict=True, reason="bug: environment.yaml `{}` gives 0 errors")),
+    pytest.param(env_file({"spec.target": {}}), id="empty-target"),
+    pytest.param("{}\n", id="empty-mapping"),
 ])
 def test_environment_without_a_target_says_what_is_missing(tmp_path: Path, environment_yaml: str) -> None:
     errors = errors_of(write_environment(tmp_path, {"environment.yaml": environment_yaml}))
@@ -185,8 +183,6 @@ def test_every_error_of_an_environment_is_reported_at_once(tmp_path: Path) -> No
     assert str(caught.value).startswith("environment prod: 4 validation error(s)\n")
 
 
-@pytest.mark.xfail(strict=True, reason="bug: render() stops at environment.yaml errors; object-file errors that do "
-                                       "not depend on it (a non-YAML file) are reported only on the next commit")
 def test_environment_file_errors_do_not_hide_errors_in_other_files(tmp_path: Path) -> None:
     tree = write_environment(tmp_path, {"environment.yaml": env_file({"metadata.name": "staging"}),
                                         "notes.txt": "todo\n"})
