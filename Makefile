@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: install
+	@echo "ray-gitops demo: reconciling environments/local/ of branch $(BRANCH) on the local Ray target."
+	@echo "  metrics:  curl -s 127.0.0.1:9464/metrics | grep ray_gitops_raycluster_workers"
+	@echo "  try:      edit environments/local/raycluster.yaml (replicas: 2), then git commit -am 'two workers'"
+	@echo "  then:     cp examples/rayjob-pi.yaml environments/local/ && git add -A && git commit -m job"
+	@echo "  undo:     git revert <sha>;  status: .venv/bin/ray-gitops status --state-dir .state;  stop: Ctrl-C"
 	$(BIN)/ray-gitops run --repo . --branch $(BRANCH) --environment local --interval 5s \
 		--state-dir .state --metrics-address 127.0.0.1:9464
 

@@ -83,6 +83,8 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
     ready = dict(environment=ENV, cluster="demo", group="cpu", state="ready")
     try:
         daemon.wait_for("1 ready worker", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 1)
+        assert _get(f"http://127.0.0.1:{daemon.port}/readyz") == 200
+        assert _get(f"http://127.0.0.1:{daemon.port}/healthz") == 200
 
         remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(2))
         scale = remote.commit("two workers")
@@ -119,6 +121,11 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
             _list_jobs(again.dashboard_url)
     finally:
         daemon.stop(signal.SIGKILL)
+
+
+def _get(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return resp.status
 
 
 def _list_jobs(dashboard_url: str) -> list[dict]:

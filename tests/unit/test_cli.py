@@ -1,0 +1,59 @@
+"""The CLI's contract: output and exit codes of validate, diff and status (real Git, no Ray needed)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from reconciler.cli import main
+from tests.conftest import GitRemote
+
+ROOT = Path(__file__).resolve().parents[2]
+TESTDATA = ROOT / "tests" / "testdata"
+
+
+def test_validate_accepts_this_repositorys_environments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(ROOT)]) == 0
+    assert "ok: environment local" in capsys.readouterr().out
+
+
+def test_validate_reports_every_error_and_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = tmp_path / "environments" / "e2e"
+    env.mkdir(parents=True)
+    shutil.copy(TESTDATA / "environment-local.yaml", env / "environment.yaml")
+    (env / "c.yaml").write_text((TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "-1"))
+
+    assert main(["validate", str(env)]) == 1
+    assert ("environments/e2e/c.yaml#0: RayCluster/demo: spec.workerGroupSpecs[0].replicas: must be an integer >= 0"
+            in capsys.readouterr().err)
+
+
+def test_diff_exits_1_with_changes_and_2_on_invalid_input(remote: GitRemote, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/e2e/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())
+    remote.write("environments/e2e/raycluster.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1"))
+    remote.commit("one cluster")
+    args = ["diff", "--repo", remote.url, "--environment", "e2e", "--state-dir", str(tmp_path / "state")]
+
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "  create RayCluster/default/demo: not on the target" in out and "+++ git/RayCluster/default/demo" in out
+
+    remote.write("environments/e2e/bad.yaml", "kind: RayCluster\n")
+    remote.commit("broken")
+    assert main(args) == 2
+    assert "environments/e2e/bad.yaml#0" in capsys.readouterr().err
+
+
+def test_status_prints_what_the_ledger_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.ledger import EnvironmentState, Ledger
+    Ledger(tmp_path).set_state(EnvironmentState("prod", "local", "a" * 40, "OutOfSync", "Degraded", "why", 0.0, {}))
+
+    assert main(["status", "--state-dir", str(tmp_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["ENVIRONMENT", "TARGET", "REVISION", "SYNC", "HEALTH", "UPDATED", "MESSAGE"]
+    assert table[1].split()[:5] == ["prod", "local", "a" * 12, "OutOfSync", "Degraded"]
+    assert main(["status", "--state-dir", str(tmp_path), "-o", "json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["sync_status"] == "OutOfSync"
