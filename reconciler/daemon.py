@@ -95,8 +95,7 @@ class Daemon:
         for result in results:
             log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
                      result.sync_status, result.health_status)
-        return bool(names) and all(r.result != "error" for r in results) and len(names) == len(
-            set(names) & set(list_environments(revision.tree)))
+        return bool(names) and all(r.result != "error" for r in results)
 
     def serve(self) -> None:
         """Run until `stop()`: poll Git every `interval`, reconcile what is due."""
@@ -111,7 +110,7 @@ class Daemon:
                     log.error("%s", exc)
                 except ReconcileError as exc:
                     log.error("%s", exc)
-                self.wake.wait(min(self.settings.interval, 1.0) if self._pending() else self.settings.interval)
+                self.wake.wait(self._until_next())
                 self.wake.clear()
         finally:
             log.info("stopping: finishing the current steps")
@@ -121,9 +120,10 @@ class Daemon:
             server.server_close()
             log.info("stopped")
 
-    def _pending(self) -> bool:
-        now = time.monotonic()
-        return any(next_time <= now + self.settings.interval for _, next_time in self._due.values())
+    def _until_next(self) -> float:
+        """Seconds to sleep: the Git poll interval, or less when an environment is due sooner."""
+        soonest = min((t for _, t in self._due.values()), default=float("inf")) - time.monotonic()
+        return max(0.2, min(self.settings.interval, soonest))
 
     def stop(self) -> None:
         self.stopping.set()

@@ -59,6 +59,9 @@ class EnvironmentReconciler:
         except ReconcileError as exc:
             log.error("environment %s: %s", name, exc)
             result = self._failed(name, revision, str(exc), getattr(exc, "retry_after", None))
+        except Exception as exc:  # a target or a bug: this environment fails, the others go on
+            log.exception("environment %s: reconcile failed", name)
+            result = self._failed(name, revision, f"{type(exc).__name__}: {exc}")
         self.metrics.reconcile_total.labels(name, result.result).inc()
         self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
         return result

@@ -164,3 +164,25 @@ def test_suspended_environment_changes_nothing(setup) -> None:
     result = reconciler.reconcile("a", source.fetch())
 
     assert result.sync_status == "Suspended" and target.calls == []
+
+
+def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    for env in ("a", "b"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml())
+    remote.commit("two environments")
+    revision = source.fetch()
+    observe = target.observe
+
+    def flaky(env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
+        if env.spec.name == "a":
+            raise ConnectionError("dashboard unreachable")
+        return observe(env, refs)
+
+    monkeypatch.setattr(target, "observe", flaky)
+    a, b = reconciler.reconcile("a", revision), reconciler.reconcile("b", revision)
+
+    assert (a.result, a.sync_status, a.message) == ("error", "Failed", "ConnectionError: dashboard unreachable")
+    assert (b.result, b.sync_status) == ("success", "Synced")
+    assert [s.sync_status for s in ledger.states()] == ["Failed", "Synced"]
