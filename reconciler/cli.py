@@ -74,7 +74,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
         ledger = Ledger(settings.state_dir)
         inventory = ledger.inventory(env.spec.name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
-        items = planner.plan(env, live, inventory, ledger.finished_runs(env.spec.name))
+        items = planner.plan(env, live, inventory, ledger.finished_runs(env.spec.name),
+                             expected=target.expected(env, live))
     except InvalidEnvironment as exc:
         print(exc, file=sys.stderr)
         return 2

@@ -50,6 +50,10 @@ class Metrics:
                                    ["environment", "job", "result"], namespace=ns, registry=registry)
         self.rayjob_duration = Histogram("rayjob_duration_seconds", "Duration of finished RayJob runs",
                                          ["environment", "job"], namespace=ns, registry=registry, buckets=_JOB)
+        self.kube_requests = Counter("kube_requests_total", "Kubernetes API requests by verb",
+                                     ["verb"], namespace=ns, registry=registry)
+        self.apply_conflicts = Counter("apply_conflicts_total", "Applies refused because another field manager "
+                                       "owns a field", ["environment", "kind"], namespace=ns, registry=registry)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 

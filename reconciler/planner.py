@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from . import diff
 from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, LiveObject, ObjectRef,
-                    PlanItem, RenderedEnvironment, job_submission_id)
+                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, LiveObject, Manifest,
+                    ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3}
 _IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
@@ -31,25 +31,28 @@ class PlanOptions:
 
 
 def plan(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: set[ObjectRef],
-         finished_runs: dict[str, str], options: PlanOptions = PlanOptions()) -> list[PlanItem]:
-    """Ordered actions that make the target match Git. `finished_runs`: submission id -> result."""
+         finished_runs: dict[str, str], options: PlanOptions = PlanOptions(),
+         expected: dict[ObjectRef, Manifest] | None = None) -> list[PlanItem]:
+    """Ordered actions that make the target match Git. `finished_runs`: submission id -> result;
+    `expected`: desired objects as the target would store them (default: as rendered)."""
     items: list[PlanItem] = []
     for desired in sorted(env.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
         current = live.get(desired.ref)
+        wanted = (expected or {}).get(desired.ref, desired.manifest)
         if desired.ref.kind == "RayJob":
-            items.append(_job(env.spec.name, desired, current, finished_runs, env.spec.ignore))
+            items.append(_job(env.spec.name, desired, wanted, current, finished_runs, env.spec.ignore))
         else:
-            items.append(_object(desired, current, env.spec.ignore))
+            items.append(_object(desired, wanted, current, env.spec.ignore))
     items += _prune(env, live, inventory, options)
     return items
 
 
-def _object(desired: DesiredObject, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
+def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
     if current is None:
         return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
                         diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
-    old, new = diff.normalize(current.manifest, owned), diff.normalize(desired.manifest, owned)
+    old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = diff.changed_paths(old, new)
     if not paths:
         return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
@@ -85,8 +88,8 @@ def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[str, .
     return tuple(warnings)
 
 
-def _job(environment: str, desired: DesiredObject, current: LiveObject | None, finished: dict[str, str],
-         ignore: tuple[str, ...]) -> PlanItem:
+def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: LiveObject | None,
+         finished: dict[str, str], ignore: tuple[str, ...]) -> PlanItem:
     run = job_submission_id(environment, desired.ref.name, desired.manifest)
     if run in finished:
         return PlanItem(desired.ref, Action.SKIP, f"run {run} already finished ({finished[run]}); not re-run", desired)
@@ -94,7 +97,7 @@ def _job(environment: str, desired: DesiredObject, current: LiveObject | None, f
         return PlanItem(desired.ref, Action.SUBMIT, f"new run {run}", desired,
                         diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
-    old, new = diff.normalize(current.manifest, owned), diff.normalize(desired.manifest, owned)
+    old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = [p for p in diff.changed_paths(old.get("spec"), new.get("spec"), "spec")]
     if not paths:
         meta = diff.changed_paths(old, new)

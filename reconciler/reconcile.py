@@ -88,7 +88,8 @@ class EnvironmentReconciler:
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
         self._record_runs(env, live)
-        items = planner.plan(env, live, inventory, self.ledger.finished_runs(name), self.options)
+        items = planner.plan(env, live, inventory, self.ledger.finished_runs(name), self.options,
+                             target.expected(env, live))
         last_applied = self.ledger.last_applied(name)
         self._report_drift(name, items, inventory, last_applied == revision.sha)
         context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..model import LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ..model import LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,10 @@ class Target(Protocol):
 
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
         """Live state of `refs` (objects not found are absent from the result)."""
+
+    def expected(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        """Each desired object that exists live, as the target would store it if applied now (Kubernetes:
+        a server-side dry-run apply, so CRD defaults and quantity formats never show as drift)."""
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""

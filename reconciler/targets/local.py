@@ -19,8 +19,8 @@ import yaml
 
 from ..diff import cluster_spec, strip
 from ..errors import PermanentError, TemporaryError
-from ..model import (Action, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment, job_submission_id,
-                     parse_quantity)
+from ..model import (Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
+                     job_submission_id, parse_quantity)
 from .base import ApplyContext
 from .local_ray import LocalRayCluster, NodeSpec
 
@@ -206,6 +206,10 @@ class LocalTarget:
                 if record.get("ephemeral") and record["manifest"]["spec"].get("shutdownAfterJobFinishes"):
                     self._stop(record["cluster"])
         return LiveObject(ref, record["manifest"], status)
+
+    def expected(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        """Stored as applied: the desired manifests themselves."""
+        return {d.ref: d.manifest for d in env.objects if d.ref in live}
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         env, ref = context.environment, item.ref

@@ -31,6 +31,9 @@ class MemoryTarget:
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
         return {ref: self.objects[ref] for ref in refs if ref in self.objects}
 
+    def expected(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, dict]:
+        return {d.ref: d.manifest for d in env.objects if d.ref in live}
+
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         self.calls.append((item.action.value, item.ref.name))
         if item.ref.name in self.failing:
