@@ -14,10 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from prometheus_client import CollectorRegistry
+
 from . import config, planner
 from .daemon import Daemon, build_target
 from .errors import InvalidEnvironment, ReconcileError
 from .ledger import Ledger
+from .metrics import Metrics
 from .model import Action
 from .render import ROOT, list_environments, render
 from .source import DirectoryTree, GitSource
@@ -70,7 +73,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
         source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
         revision = source.fetch()
         env = render(revision.tree, args.environment, revision.sha)
-        target = build_target(env.spec, settings.state_dir)
+        target = build_target(env.spec, settings.state_dir, Metrics(CollectorRegistry()))
         ledger = Ledger(settings.state_dir)
         inventory = ledger.inventory(env.spec.name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})

@@ -29,12 +29,15 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 
 
-def build_target(spec: EnvironmentSpec, state_dir: Path) -> Target:
-    """The target an environment asks for."""
+def build_target(spec: EnvironmentSpec, state_dir: Path, metrics: Metrics) -> Target:
+    """The target an environment asks for (each imported only when used: `local` needs ray[default])."""
     if spec.target.kind == "local":
-        from .targets.local import LocalTarget  # needs ray[default]; imported only when used
+        from .targets.local import LocalTarget
         return LocalTarget(state_dir)
-    raise PermanentError(f"environment {spec.name}: target {spec.target.kind} is not available in this version")
+    if spec.target.kind == "kubernetes":
+        from .targets.kubernetes import KubernetesTarget
+        return KubernetesTarget(spec.target.options, metrics)
+    raise PermanentError(f"environment {spec.name}: unknown target {spec.target.kind}")
 
 
 class Daemon:
@@ -46,7 +49,7 @@ class Daemon:
         self.metrics = Metrics(self.registry)
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
-        self.targets = TargetFactory(lambda spec: build_target(spec, settings.state_dir))
+        self.targets = TargetFactory(lambda spec: build_target(spec, settings.state_dir, self.metrics))
         self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
         self.stopping = threading.Event()
         self.wake = threading.Event()

@@ -119,6 +119,20 @@ class Ledger:
                                 (status, result, start_time, end_time, env, submission_id))
             return bool(result) and cursor.rowcount == 1
 
+    def submitted_runs(self, env: str) -> set[str]:
+        """Submission ids of every run ever submitted (finished or not)."""
+        with self._tx() as db:
+            rows = db.execute("SELECT submission_id FROM job_runs WHERE env=?", (env,)).fetchall()
+        return {row[0] for row in rows}
+
+    def mark_vanished(self, env: str, submission_id: str) -> bool:
+        """A submitted run whose RayJob disappeared before we saw it end (TTL, DeleteSelf, a person):
+        final, result `deleted`; True the first time."""
+        with self._tx() as db:
+            cursor = db.execute("UPDATE job_runs SET status='DELETED', result='deleted' WHERE env=? AND "
+                                "submission_id=? AND result IS NULL", (env, submission_id))
+            return cursor.rowcount == 1
+
     def finished_runs(self, env: str) -> dict[str, str]:
         """submission id -> result (succeeded/failed/stopped) of every finished run."""
         with self._tx() as db:

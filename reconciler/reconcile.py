@@ -88,6 +88,8 @@ class EnvironmentReconciler:
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
         self._record_runs(env, live)
+        if target.vanished_runs_are_final:
+            self._record_vanished(env, live)
         items = planner.plan(env, live, inventory, self.ledger.finished_runs(name), self.options,
                              target.expected(env, live))
         last_applied = self.ledger.last_applied(name)
@@ -164,6 +166,17 @@ class EnvironmentReconciler:
                 if start and end:
                     self.metrics.rayjob_duration.labels(env.spec.name, obj.ref.name).observe(max(0.0, end - start))
                 log.info("environment %s: RayJob %s run %s finished: %s", env.spec.name, obj.ref.name, run, result)
+
+    def _record_vanished(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> None:
+        """On Kubernetes a finished RayJob may be deleted by its TTL or DeleteSelf before we saw it end:
+        a submitted run whose object is gone is final and is never re-created."""
+        submitted = self.ledger.submitted_runs(env.spec.name)
+        for desired in env.objects:
+            run = job_submission_id(env.spec.name, desired.ref.name, desired.manifest)
+            if desired.ref.kind == "RayJob" and desired.ref not in live and run in submitted:
+                if self.ledger.mark_vanished(env.spec.name, run):
+                    log.warning("environment %s: %s run %s disappeared before it was seen to finish (TTL or "
+                                "deletion); it is not re-created", env.spec.name, desired.ref, run)
 
     def _report_drift(self, name: str, items: list[PlanItem], inventory: set[ObjectRef], steady: bool) -> None:
         counts: dict[tuple[str, ...], float] = {}

@@ -99,6 +99,7 @@ def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSp
     if len(kinds) != 1 or set(target) - {"local", "kubernetes"}:
         c.fail("spec.target", "must name exactly one target: local or kubernetes")
     options = c.mapping(target.get(kinds[0]) if kinds else None, f"spec.target.{kinds[0] if kinds else ''}")
+    _target_options(c, kinds[0] if len(kinds) == 1 else "", options)
     interval = 60.0
     try:
         interval = parse_duration(spec.get("interval", "60s"))
@@ -124,6 +125,24 @@ def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSp
         prune=bool(spec.get("prune", True)), suspend=bool(spec.get("suspend", False)),
         ignore=tuple(ignore), max_workers_per_group=max_workers, prune_max_fraction=float(fraction),
     ), []
+
+
+TARGET_OPTIONS = {"local": {"persist": bool},
+                  "kubernetes": {"context": str, "kubeconfig": str, "inCluster": bool, "namespace": str, "force": bool}}
+
+
+def _target_options(c: Checker, kind: str, options: dict[str, Any]) -> None:
+    known = TARGET_OPTIONS.get(kind, {})
+    for key, value in options.items():
+        path = f"spec.target.{kind}.{key}"
+        if key not in known:
+            c.fail(path, f"unknown option (known: {', '.join(sorted(known))})")
+        elif not isinstance(value, known[key]):
+            c.fail(path, f"must be {'true or false' if known[key] is bool else 'a string'}, got {value!r}")
+    if kind == "kubernetes" and not options.get("namespace"):
+        c.fail(f"spec.target.{kind}.namespace", "required field is missing")
+    if kind == "kubernetes" and options.get("inCluster") and options.get("context"):
+        c.fail(f"spec.target.{kind}", "set either inCluster: true or context, not both")
 
 
 def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec) -> list[ValidationError]:

@@ -25,6 +25,7 @@ class Target(Protocol):
     """A place where environments live."""
 
     kind: str
+    vanished_runs_are_final: bool  # True: a submitted RayJob that disappeared is never re-created
 
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
         """Live state of `refs` (objects not found are absent from the result)."""

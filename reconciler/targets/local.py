@@ -70,6 +70,7 @@ class LocalTarget:
     """Local Ray clusters and jobs for every environment whose target is `local`."""
 
     kind = "local"
+    vanished_runs_are_final = False  # a run its (restarted) cluster no longer knows is submitted again
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir / "local"

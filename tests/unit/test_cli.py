@@ -57,3 +57,21 @@ def test_status_prints_what_the_ledger_holds(tmp_path: Path, capsys: pytest.Capt
     assert table[1].split()[:5] == ["prod", "local", "a" * 12, "OutOfSync", "Degraded"]
     assert main(["status", "--state-dir", str(tmp_path), "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["sync_status"] == "OutOfSync"
+
+
+@pytest.mark.parametrize("target, message", [
+    pytest.param("kubernetes: {context: prod}", "spec.target.kubernetes.namespace: required field is missing",
+                 id="kubernetes-needs-namespace"),
+    pytest.param("kubernetes: {namespace: x, inCluster: true, context: prod}", "set either inCluster: true or context",
+                 id="in-cluster-or-context"),
+    pytest.param("local: {persit: true}", "spec.target.local.persit: unknown option (known: persist)", id="typo"),
+    pytest.param("local: {persist: 'yes'}", "spec.target.local.persist: must be true or false", id="not-a-bool"),
+])
+def test_target_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str], target: str,
+                                    message: str) -> None:
+    env = tmp_path / "environments" / "e2e"
+    env.mkdir(parents=True)
+    (env / "environment.yaml").write_text((TESTDATA / "environment-local.yaml").read_text().replace(
+        "target: {local: {}}", f"target: {{{target}}}"))
+    assert main(["validate", str(env)]) == 1
+    assert message in capsys.readouterr().err

@@ -22,6 +22,7 @@ class MemoryTarget:
     """Stores applied manifests; jobs finish as soon as they are submitted; can be told to fail."""
 
     kind = "local"
+    vanished_runs_are_final = False
 
     def __init__(self) -> None:
         self.objects: dict[ObjectRef, LiveObject] = {}
@@ -189,3 +190,32 @@ def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypa
     assert (a.result, a.sync_status, a.message) == ("error", "Failed", "ConnectionError: dashboard unreachable")
     assert (b.result, b.sync_status) == ("success", "Synced")
     assert [s.sync_status for s in ledger.states()] == ["Failed", "Synced"]
+
+
+def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    target.vanished_runs_are_final = True
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/raycluster.yaml", cluster_yaml())
+    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
+    remote.commit("a job")
+    revision = source.fetch()
+    apply = target.apply
+
+    def still_running(item: PlanItem, context: ApplyContext) -> Outcome:
+        outcome = apply(item, context)
+        if item.ref.kind == "RayJob":
+            obj = target.objects[item.ref]
+            target.objects[item.ref] = LiveObject(obj.ref, obj.manifest, {**obj.status, "jobStatus": "RUNNING",
+                                                                         "jobDeploymentStatus": "Running"})
+        return outcome
+
+    target.apply = still_running  # type: ignore[method-assign]
+    reconciler.reconcile("a", revision)
+    job = next(ref for ref in target.objects if ref.kind == "RayJob")
+    del target.objects[job]  # deleted (TTL, DeleteSelf) while we were not looking
+    reconciler.reconcile("a", revision)
+
+    assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]
+    assert list(ledger.finished_runs("a").values()) == ["deleted"]
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
