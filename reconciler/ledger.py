@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .model import ObjectRef
+from .model import LedgerSnapshot, ObjectRef
 
 TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped"}
 _SCHEMA = """
@@ -145,6 +145,24 @@ class Ledger:
             rows = db.execute("SELECT env, submission_id, job, status, result, start_time, end_time FROM job_runs "
                               "WHERE env=? ORDER BY submitted_at DESC LIMIT ?", (env, limit)).fetchall()
         return [JobRun(*row) for row in rows]
+
+    def snapshot(self, env: str, limit: int = 500) -> LedgerSnapshot:
+        """Inventory and the newest `limit` runs, for a target that persists them."""
+        with self._tx() as db:
+            rows = db.execute("SELECT submission_id, COALESCE(result, '') FROM job_runs WHERE env=? "
+                              "ORDER BY submitted_at DESC LIMIT ?", (env, limit)).fetchall()
+        return LedgerSnapshot(frozenset(self.inventory(env)), tuple(sorted(rows)))
+
+    def merge(self, env: str, snapshot: LedgerSnapshot) -> None:
+        """Adopt a target's persisted ledger: its inventory wins, its finished runs are added."""
+        self.set_inventory(env, set(snapshot.inventory))
+        with self._tx() as db:
+            for run, result in snapshot.runs:
+                db.execute("INSERT OR IGNORE INTO job_runs (env, submission_id, job, spec_hash, status, submitted_at) "
+                           "VALUES (?,?,?,?,?,?)", (env, run, "", run.rsplit("-", 1)[-1], "UNKNOWN", 0.0))
+                if result:
+                    db.execute("UPDATE job_runs SET result=?, status=UPPER(?) WHERE env=? AND submission_id=? AND "
+                               "result IS NULL", (result, result, env, run))
 
     def set_state(self, state: EnvironmentState) -> None:
         with self._tx() as db:

@@ -147,6 +147,15 @@ class RenderedEnvironment:
     revision: str = ""
 
 
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    """What a target keeps of an environment's ledger: its inventory and its job runs
+    (submission id -> result, or "" while the run has not been seen to end)."""
+
+    inventory: frozenset[ObjectRef] = frozenset()
+    runs: tuple[tuple[str, str], ...] = ()
+
+
 def spec_hash(manifest: Manifest, length: int = 10) -> str:
     """Stable short hash of an object's spec (key order does not matter)."""
     text = json.dumps(manifest.get("spec") or {}, sort_keys=True, separators=(",", ":"))

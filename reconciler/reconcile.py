@@ -17,7 +17,7 @@ from .diff import cluster_spec
 from .errors import InvalidEnvironment, ReconcileError
 from .ledger import EnvironmentState, Ledger
 from .metrics import JOB_STATUSES, Metrics
-from .model import (Action, EnvironmentSpec, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
+from .model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
                     job_submission_id, spec_hash)
 from .render import render
 from .source import GitSource, Revision
@@ -48,6 +48,7 @@ class EnvironmentReconciler:
     def __init__(self, source: GitSource, ledger: Ledger, metrics: Metrics, targets: TargetFactory,
                  options: planner.PlanOptions = planner.PlanOptions()) -> None:
         self.source, self.ledger, self.metrics, self.targets, self.options = source, ledger, metrics, targets, options
+        self._persisted: dict[str, LedgerSnapshot] = {}  # what each environment's target holds
 
     def reconcile(self, name: str, revision: Revision) -> Result:
         started = time.monotonic()
@@ -85,6 +86,7 @@ class EnvironmentReconciler:
                                                    "suspended in Git", time.time(), {}))
             self.metrics.environment_status(name, target.kind, revision.short, "Suspended", health.UNKNOWN)
             return Result(name, "noop", "Suspended", health.UNKNOWN, "suspended", interval=env.spec.interval)
+        self._adopt_ledger(name, target)
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
         self._record_runs(env, live)
@@ -101,6 +103,7 @@ class EnvironmentReconciler:
             live = target.observe(env, inventory | {d.ref for d in env.objects})
             self._record_runs(env, live)
         self.ledger.set_inventory(name, self._inventory(env, items, outcomes, live))
+        self._persist_ledger(name, target)
         pending = [i for i in items if i.action == Action.SKIP and i.desired is None and "refused" in i.reason]
         sync = "Failed" if errors else "OutOfSync" if pending else "Synced"
         env_health, detail = self._report_health(env, live)
@@ -166,6 +169,20 @@ class EnvironmentReconciler:
                 if start and end:
                     self.metrics.rayjob_duration.labels(env.spec.name, obj.ref.name).observe(max(0.0, end - start))
                 log.info("environment %s: RayJob %s run %s finished: %s", env.spec.name, obj.ref.name, run, result)
+
+    def _adopt_ledger(self, name: str, target: Target) -> None:
+        """Once per process: take the ledger the target keeps (a new leader, an empty state dir)."""
+        if name not in self._persisted:
+            snapshot = target.load_ledger(name)
+            if snapshot is not None:
+                self.ledger.merge(name, snapshot)
+            self._persisted[name] = self.ledger.snapshot(name)
+
+    def _persist_ledger(self, name: str, target: Target) -> None:
+        snapshot = self.ledger.snapshot(name)
+        if snapshot != self._persisted.get(name):
+            target.save_ledger(name, snapshot)
+            self._persisted[name] = snapshot
 
     def _record_vanished(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> None:
         """On Kubernetes a finished RayJob may be deleted by its TTL or DeleteSelf before we saw it end:

@@ -290,6 +290,12 @@ class LocalTarget:
                 self._stop(record["cluster"])
         self._forget(env, ref)
 
+    def load_ledger(self, environment: str) -> None:
+        return None  # the SQLite ledger under the state dir is the only copy
+
+    def save_ledger(self, environment: str, snapshot: object) -> None:
+        pass
+
     def close(self, environment: str | None = None) -> None:
         """Stop the Ray processes of every environment that does not ask to `persist`."""
         for env in [environment] if environment else list(self._persist):

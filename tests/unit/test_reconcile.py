@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.ledger import Ledger
 from reconciler.metrics import Metrics
-from reconciler.model import Action, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from reconciler.model import Action, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from reconciler.reconcile import EnvironmentReconciler, TargetFactory
 from reconciler.source import GitSource
 from reconciler.targets.base import ApplyContext
@@ -28,6 +28,7 @@ class MemoryTarget:
         self.objects: dict[ObjectRef, LiveObject] = {}
         self.failing: set[str] = set()
         self.calls: list[tuple[str, str]] = []
+        self.saved: dict[str, LedgerSnapshot] = {}
 
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
         return {ref: self.objects[ref] for ref in refs if ref in self.objects}
@@ -51,6 +52,12 @@ class MemoryTarget:
                       "endTime": 112.5}
         self.objects[item.ref] = LiveObject(item.ref, copy.deepcopy(item.desired.manifest), status)
         return Outcome.CREATED
+
+    def load_ledger(self, environment: str) -> LedgerSnapshot | None:
+        return self.saved.get(environment)
+
+    def save_ledger(self, environment: str, snapshot: LedgerSnapshot) -> None:
+        self.saved[environment] = snapshot
 
     def close(self, environment: str | None = None) -> None:
         pass
@@ -219,3 +226,25 @@ def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]
     assert list(ledger.finished_runs("a").values()) == ["deleted"]
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
+
+
+def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_daemon(setup, tmp_path: Path) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/raycluster.yaml", cluster_yaml())
+    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
+    remote.commit("a job")
+    revision = source.fetch()
+    reconciler.reconcile("a", revision)
+    saved = target.saved["a"]
+    reconciler.reconcile("a", revision)
+    assert target.saved["a"] is saved  # nothing changed: nothing written
+
+    fresh = EnvironmentReconciler(source, Ledger(tmp_path / "empty-state"), Metrics(CollectorRegistry()),
+                                  TargetFactory(lambda spec: target))
+    fresh.reconcile("a", revision)
+
+    assert {r.name for r in saved.inventory} == {"demo", "count"}
+    assert [result for _, result in saved.runs] == ["succeeded"]
+    assert fresh.ledger.inventory("a") == ledger.inventory("a")
+    assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]  # not re-run by the new one
