@@ -72,6 +72,15 @@ def cluster_yaml(name: str = "demo", replicas: int = 1) -> str:
         "name: demo", f"name: {name}")
 
 
+def commit_job_environment(remote: GitRemote, source: GitSource):
+    """Environment `a` with a cluster and the `count` RayJob, committed and fetched."""
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/raycluster.yaml", cluster_yaml())
+    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
+    remote.commit("a job")
+    return source.fetch()
+
+
 @pytest.fixture
 def setup(remote: GitRemote, tmp_path: Path):
     target = MemoryTarget()
@@ -130,11 +139,7 @@ def test_one_failing_object_does_not_stop_the_others(setup) -> None:
 
 def test_finished_job_is_counted_once_and_not_rerun_after_its_ttl_deletion(setup) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    remote.write("environments/a/environment.yaml", env_yaml("a"))
-    remote.write("environments/a/raycluster.yaml", cluster_yaml())
-    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
-    remote.commit("a job")
-    revision = source.fetch()
+    revision = commit_job_environment(remote, source)
 
     reconciler.reconcile("a", revision)
     reconciler.reconcile("a", revision)
@@ -202,11 +207,7 @@ def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypa
 def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(setup) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
     target.vanished_runs_are_final = True
-    remote.write("environments/a/environment.yaml", env_yaml("a"))
-    remote.write("environments/a/raycluster.yaml", cluster_yaml())
-    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
-    remote.commit("a job")
-    revision = source.fetch()
+    revision = commit_job_environment(remote, source)
     apply = target.apply
 
     def still_running(item: PlanItem, context: ApplyContext) -> Outcome:
@@ -230,11 +231,7 @@ def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(
 
 def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_daemon(setup, tmp_path: Path) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    remote.write("environments/a/environment.yaml", env_yaml("a"))
-    remote.write("environments/a/raycluster.yaml", cluster_yaml())
-    remote.write("environments/a/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
-    remote.commit("a job")
-    revision = source.fetch()
+    revision = commit_job_environment(remote, source)
     reconciler.reconcile("a", revision)
     saved = target.saved["a"]
     reconciler.reconcile("a", revision)
