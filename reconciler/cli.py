@@ -48,7 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
         return 2
     _logging(settings.log_format, settings.log_level)
-    daemon = Daemon(settings)
+    try:
+        daemon = Daemon(settings)
+    except ReconcileError as exc:
+        print(f"ray-gitops run: {exc}", file=sys.stderr)
+        return 2
     if settings.once:
         try:
             return 0 if daemon.run_once() else 1
@@ -156,6 +160,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--config", type=Path, help="YAML file of settings (flags and env vars win)")
+    run.add_argument("--leader-election", action="store_true", default=None,
+                     help="reconcile only while holding a coordination.k8s.io Lease (for more than one replica)")
+    run.add_argument("--leader-election-namespace", help="namespace of the Lease (default: the pod's, else default)")
+    run.add_argument("--leader-election-id", help="name of the Lease (default ray-gitops)")
+    for timing in ("lease-duration", "renew-deadline", "retry-period"):  # for tests; settings keys too
+        run.add_argument(f"--leader-election-{timing}", help=argparse.SUPPRESS)
+    run.add_argument("--kubeconfig", help="kubeconfig for the Lease (default: in-cluster, else $KUBECONFIG or "
+                     "~/.kube/config)")
+    run.add_argument("--kube-context", help="kubeconfig context for the Lease (default: the current context)")
     run.set_defaults(func=cmd_run)
 
     diff = sub.add_parser("diff", help="show what a reconcile would change (exit 0 none, 1 changes, 2 error)")

@@ -13,10 +13,22 @@ import yaml
 
 from .model import parse_duration
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
+             "leader_election_retry_period")
+
 
 def default_state_dir() -> Path:
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "ray-gitops"
+
+
+def default_namespace() -> str:
+    """The pod's namespace when running in a cluster, else "default"."""
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
 
 
 @dataclass(frozen=True)
@@ -32,6 +44,14 @@ class Settings:
     once: bool = False
     log_format: str = "text"
     log_level: str = "info"
+    leader_election: bool = False  # only the replica holding the Lease reconciles
+    leader_election_namespace: str = default_namespace()
+    leader_election_id: str = "ray-gitops"  # the Lease's name
+    leader_election_lease_duration: float = 15.0
+    leader_election_renew_deadline: float = 10.0
+    leader_election_retry_period: float = 2.0
+    kubeconfig: str = ""  # where the Lease lives: default in-cluster, else $KUBECONFIG / ~/.kube/config
+    kube_context: str = ""
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -40,13 +60,13 @@ class Settings:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name == "interval":
+    if name in DURATIONS:
         return parse_duration(value)
     if name == "state_dir":
         return Path(value).expanduser()
     if name == "environments":
         return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    if name == "once":
+    if name in ("once", "leader_election"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     return str(value)
 

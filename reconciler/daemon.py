@@ -3,6 +3,9 @@
 Started by `ray-gitops run`. Environments run in parallel threads, each with its own interval and
 error backoff, so a slow or broken one never holds the others. On stop it finishes the current
 steps, then closes the targets (the local target stops the Ray processes it started).
+With leader election on, only the replica holding the Lease fetches and reconciles; a follower
+serves /metrics, /healthz and a 200 /readyz (it stands by: a rolling update can proceed), and a
+leader that loses the Lease schedules nothing new while its running reconciles finish.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from .config import Settings
 from .errors import PermanentError, ReconcileError, TemporaryError
+from .leader import LeaderElectionOptions, LeaderElector, connect
 from .ledger import Ledger
 from .metrics import Metrics
 from .model import EnvironmentSpec
@@ -59,6 +63,42 @@ class Daemon:
         self._due: dict[str, tuple[str, float]] = {}  # env -> (revision reconciled, next time)
         self._failures: dict[str, int] = {}
         self._running: dict[str, Future[Result]] = {}
+        self.elector = self._elector() if settings.leader_election and not settings.once else None
+        self._led = False  # leading at the last turn of the loop
+
+    def _elector(self) -> LeaderElector:
+        s = self.settings
+        try:
+            options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
+                                            connect(s.kubeconfig, s.kube_context),
+                                            lease_duration=s.leader_election_lease_duration,
+                                            renew_deadline=s.leader_election_renew_deadline,
+                                            retry_period=s.leader_election_retry_period)
+        except Exception as exc:  # no kubeconfig, unknown context, inconsistent timing
+            raise PermanentError(f"leader election: {exc}") from exc
+        gauge = self.metrics.leader.labels(options.identity)
+        gauge.set(0)
+
+        def changed(leading: bool) -> None:
+            gauge.set(float(leading))
+            self.wake.set()
+        return LeaderElector(options, changed)
+
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def _lead(self) -> bool:
+        """This turn's leadership. A new term starts with a fresh reconciler, so each environment
+        adopts again the ledger its target keeps (another leader may have written it); a lost term
+        cancels the reconciles still queued (running ones finish)."""
+        leading = self.leading()
+        if leading and not self._led and self.elector is not None:
+            self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
+        if not leading:
+            for future in self._running.values():
+                future.cancel()
+        self._led = leading
+        return leading
 
     # -- scheduling ----------------------------------------------------------------------------------
     def environments(self, revision: Revision) -> list[str]:
@@ -70,6 +110,8 @@ class Daemon:
         return wanted
 
     def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
+        if future.cancelled():
+            return
         result = future.result()
         failures = self._failures[name] = self._failures.get(name, 0) + 1 if result.result == "error" else 0
         delay = (result.retry_after or min(MAX_BACKOFF, 5.0 * 2 ** (failures - 1))) if failures else result.interval
@@ -85,6 +127,8 @@ class Daemon:
             done_sha, next_time = self._due.get(name, ("", 0.0))
             if done_sha == revision.sha and time.monotonic() < next_time:
                 continue
+            if not self.leading():
+                return
             future = pool.submit(self.reconciler.reconcile, name, revision)
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
             self._running[name] = future
@@ -101,24 +145,30 @@ class Daemon:
         return bool(names) and all(r.result != "error" for r in results)
 
     def serve(self) -> None:
-        """Run until `stop()`: poll Git every `interval`, reconcile what is due."""
+        """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
         server = self._start_http()
         pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        if self.elector is not None:
+            self.elector.start()
         try:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
-                try:
-                    self._schedule(pool, self.source.fetch())
-                except TemporaryError as exc:
-                    log.error("%s", exc)
-                except ReconcileError as exc:
-                    log.error("%s", exc)
-                self.wake.wait(self._until_next())
                 self.wake.clear()
+                leading = self._lead()
+                if leading:
+                    try:
+                        self._schedule(pool, self.source.fetch())
+                    except TemporaryError as exc:
+                        log.error("%s", exc)
+                    except ReconcileError as exc:
+                        log.error("%s", exc)
+                self.wake.wait(self._until_next() if leading else self.settings.interval)
         finally:
             log.info("stopping: finishing the current steps")
             pool.shutdown(wait=True, cancel_futures=True)
             self.targets.close()
+            if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
+                self.elector.stop(release=True)
             server.shutdown()
             server.server_close()
             log.info("stopped")
@@ -134,6 +184,9 @@ class Daemon:
 
     # -- HTTP ----------------------------------------------------------------------------------------
     def ready(self) -> bool:
+        """After the first reconcile of every environment; a follower is ready as it is (standing by)."""
+        if not self.leading():
+            return True
         return bool(self._selected) and set(self._selected) <= self._done
 
     def healthy(self) -> bool:

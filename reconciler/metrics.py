@@ -54,6 +54,8 @@ class Metrics:
                                      ["verb"], namespace=ns, registry=registry)
         self.apply_conflicts = Counter("apply_conflicts_total", "Applies refused because another field manager "
                                        "owns a field", ["environment", "kind"], namespace=ns, registry=registry)
+        self.leader = Gauge("leader", "1 while this replica holds the leader election Lease", ["identity"],
+                            namespace=ns, registry=registry)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 

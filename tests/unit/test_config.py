@@ -24,3 +24,17 @@ def test_unknown_config_key_names_the_file_and_key(tmp_path: Path) -> None:
     cfg.write_text("repository: x\n")
     with pytest.raises(ValueError, match=r"c\.yaml: unknown setting 'repository'"):
         load({}, {}, cfg)
+
+
+def test_leader_election_settings_come_from_flags_and_environment(tmp_path: Path) -> None:
+    env = {"RAY_GITOPS_LEADER_ELECTION": "true", "RAY_GITOPS_LEADER_ELECTION_RETRY_PERIOD": "500ms",
+           "RAY_GITOPS_KUBECONFIG": "/kube/config"}
+
+    settings = load({"leader_election_namespace": "ray-system", "leader_election_lease_duration": "3s"}, env)
+
+    assert settings.leader_election is True
+    assert (settings.leader_election_namespace, settings.leader_election_id) == ("ray-system", "ray-gitops")
+    assert (settings.leader_election_lease_duration, settings.leader_election_renew_deadline,
+            settings.leader_election_retry_period) == (3.0, 10.0, 0.5)
+    assert (settings.kubeconfig, settings.kube_context) == ("/kube/config", "")
+    assert load({}, {}).leader_election is False
