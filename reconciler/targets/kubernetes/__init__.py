@@ -1,0 +1,202 @@
+"""The Kubernetes target: KubeRay objects (and ConfigMaps/Secrets) on a cluster, by server-side apply.
+
+The reconcile stage calls `KubernetesTarget` through the Target protocol (targets/base.py). It
+observes from informer caches (cache.py, observe.py), plans against server-side dry-runs
+(dryrun.py), applies as field manager `ray-gitops` (apply.py, body.py) and keeps each
+environment's ledger in a ConfigMap (ledger.py). It decides nothing: the planner does.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from typing import Any
+
+from kubernetes import client as k8s
+
+from ...diff import CLUSTER_SPEC_PATHS
+from ...errors import PermanentError
+from ...metrics import Metrics
+from ...model import Action, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ..base import ApplyContext
+from . import observe
+from .apply import Applier, translate
+from .body import forced
+from .cache import Informer
+from .client import RESOURCES, ApiError, Kube, connect, resource
+from .dryrun import DryRuns
+from .ledger import ConfigMapLedger
+
+log = logging.getLogger(__name__)
+OUTCOMES = {Action.CREATE: Outcome.CREATED, Action.UPDATE: Outcome.CONFIGURED, Action.RECREATE: Outcome.RECREATED,
+            Action.SUBMIT: Outcome.SUBMITTED}
+
+
+class KubernetesTarget:
+    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it."""
+
+    kind = "kubernetes"
+    vanished_runs_are_final = True  # a RayJob deleted by its TTL or DeleteSelf is never re-created
+
+    def __init__(self, options: dict[str, Any], metrics: Metrics, *, field_manager: str = "ray-gitops",
+                 api_client: k8s.ApiClient | None = None) -> None:
+        self.options, self.metrics, self.field_manager = dict(options), metrics, field_manager
+        self._owns_client = api_client is None
+        self.api_client = api_client if api_client is not None else connect(self.options)
+        self.kube = Kube(self.api_client, self._count)
+        self.applier = Applier(self.kube, metrics, field_manager, float(self.options.get("deleteTimeout", 60)))
+        self.dry_runs = DryRuns(self.kube, field_manager)
+        self._informers: dict[tuple[str, str], Informer] = {}
+        self._users: dict[tuple[str, str], set[str]] = {}  # informer -> environments reading it
+        self._namespaces: dict[str, str] = {}  # environment -> its namespace
+        self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
+        self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
+        self._lock = threading.Lock()
+
+    def _count(self, verb: str) -> None:
+        self.metrics.kube_requests.labels(verb).inc()
+
+    # -- caches --------------------------------------------------------------------------------------
+    def _informer(self, kind: str, namespace: str, environment: str) -> Informer:
+        key = (kind, namespace)
+        with self._lock:
+            informer = self._informers.get(key)
+            if informer is None:
+                res = RESOURCES[kind]
+                if kind == "Pod":
+                    informer = Informer(self.kube, res.collection(namespace), observe.WORKER_POD_SELECTOR,
+                                        observe.pod_summary)
+                else:
+                    informer = Informer(self.kube, res.collection(namespace), observe.selector(kind))
+                try:
+                    informer.start()
+                except ApiError as exc:
+                    raise translate(f"{kind} in namespace {namespace}", exc) from exc
+                self._informers[key] = informer
+            self._users.setdefault(key, set()).add(environment)
+        return informer
+
+    def _cached(self, ref: ObjectRef) -> Manifest | None:
+        """The live object from its cache (after our own writes show), else from a GET."""
+        informer = self._informers.get((ref.kind, ref.namespace))
+        if informer is None:
+            return self.applier.get(ref)
+        try:
+            informer.settle()
+        except ApiError as exc:
+            raise translate(ref, exc) from exc
+        return informer.get(ref.name)
+
+    # -- Target protocol -----------------------------------------------------------------------------
+    def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
+        environment = env.spec.name
+        self._namespaces[environment] = env.spec.target.namespace
+        wanted: list[tuple[ObjectRef, Informer]] = []
+        ray_namespaces = set()
+        for ref in sorted(refs):
+            try:
+                resource(ref)
+            except PermanentError as exc:
+                log.warning("environment %s: %s", environment, exc)
+                continue
+            wanted.append((ref, self._informer(ref.kind, ref.namespace, environment)))
+            if ref.kind in CLUSTER_SPEC_PATHS:
+                ray_namespaces.add(ref.namespace)
+        for informer in {id(i): i for _, i in wanted}.values():
+            try:
+                informer.settle()
+            except ApiError as exc:
+                raise translate(informer.path, exc) from exc
+        ready = {ns: self._ready_workers(ns, environment) for ns in ray_namespaces}
+        live = {}
+        for ref, informer in wanted:
+            manifest = informer.get(ref.name)
+            if manifest is not None:
+                live[ref] = observe.live_object(ref, manifest, ready.get(ref.namespace))
+        return live
+
+    def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str]] | None:
+        """Ready worker pods per (cluster, group); None when Pods cannot be read (workers stay unknown)."""
+        if namespace in self._no_pods:
+            return None
+        try:
+            return observe.ready_workers(self._informer("Pod", namespace, environment).items())
+        except PermanentError as exc:
+            log.warning("environment %s: ready workers unknown: %s", environment, exc)
+            self._no_pods.add(namespace)
+            return None
+
+    def expected(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        out = {}
+        for desired in env.objects:
+            current = live.get(desired.ref)
+            if current is not None and not current.manifest["metadata"].get("deletionTimestamp"):
+                out[desired.ref] = self.dry_runs.expected(env.spec.name, desired, current.manifest)
+        return out
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        ref = item.ref
+        if item.action == Action.DELETE:
+            self._delete(ref, wait=False)
+            return Outcome.DELETED
+        if item.action not in OUTCOMES or item.desired is None:
+            raise PermanentError(f"{ref}: cannot {item.action.value} on Kubernetes without a desired object")
+        live = self._cached(ref)
+        if item.action == Action.RECREATE:
+            self._delete(ref, wait=True, live=live)
+            live = None
+        stored = self.applier.apply(context.environment, item.desired, live, forced(self.options, item.desired))
+        self.dry_runs.remember(context.environment, item.desired, stored)
+        informer = self._informers.get((ref.kind, ref.namespace))
+        if informer is not None:
+            informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
+        return OUTCOMES[item.action]
+
+    def _delete(self, ref: ObjectRef, wait: bool, live: Manifest | None = None) -> None:
+        live = live if live is not None else self._cached(ref)
+        answer = self.applier.delete(ref)
+        self.dry_runs.forget(ref)
+        if answer is None:
+            return
+        uid = ((live or {}).get("metadata") or {}).get("uid") or (answer.get("metadata") or {}).get("uid") \
+            or (answer.get("details") or {}).get("uid")
+        if not uid:
+            return
+        informer = self._informers.get((ref.kind, ref.namespace))
+        if informer is not None:
+            informer.expect_gone(ref.name, uid)
+        if wait:
+            self.applier.wait_gone(ref, uid)
+
+    def load_ledger(self, environment: str) -> LedgerSnapshot | None:
+        return self._ledger(environment).load()
+
+    def save_ledger(self, environment: str, snapshot: LedgerSnapshot) -> None:
+        self._ledger(environment).save(snapshot)
+
+    def _ledger(self, environment: str) -> ConfigMapLedger:
+        """The ledger ConfigMap in the environment's namespace (the target's own, before the first observe)."""
+        namespace = self._namespaces.get(environment) or str(self.options.get("namespace") or "default")
+        key = (environment, namespace)
+        with self._lock:
+            if key not in self._ledgers:
+                self._ledgers[key] = ConfigMapLedger(k8s.CoreV1Api(self.api_client), namespace, environment,
+                                                     self._count)
+            return self._ledgers[key]
+
+    def close(self, environment: str | None = None) -> None:
+        """Stop the watches (of one environment, when no other environment reads them; or all)."""
+        with self._lock:
+            if environment is None:
+                keys = list(self._informers)
+            else:
+                for users in self._users.values():
+                    users.discard(environment)
+                keys = [k for k, users in self._users.items() if not users]
+            stopped = [self._informers.pop(k) for k in keys if k in self._informers]
+            for key in keys:
+                self._users.pop(key, None)
+        for informer in stopped:
+            informer.stop()
+        if environment is None and self._owns_client:
+            self.api_client.close()

@@ -1,0 +1,74 @@
+"""What the Kubernetes target sends: the server-side apply body of one desired object.
+
+Used by apply (the real apply) and dryrun (expected()), so both send the same body. Two rules:
+a RayJob carries `spec.jobId` = its submission id, and with `enableInTreeAutoscaling` an existing
+object's worker groups carry the live `replicas`/`scaleStrategy` (never Git's), guarded by the
+live resourceVersion. Pure functions: no API access.
+
+Why carry the live values instead of omitting them: KubeRay's `workerGroupSpecs` has no
+`x-kubernetes-list-type`, so server-side apply treats it as one atomic field. Omitting `replicas`
+from it sets the whole list to one without replicas (the CRD default 0 comes back), and the
+autoscaler's JSON patch makes it the owner of the whole list (checked on kube-apiserver 1.37).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from ...diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec
+from ...model import DesiredObject, Manifest, job_submission_id
+
+FORCE_ANNOTATION = "gitops.ray.io/force"
+
+
+def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) -> Manifest:
+    """The apply body of `desired`, given the live object (None: it is being created)."""
+    body = copy.deepcopy(desired.manifest)
+    if desired.ref.kind == "RayJob":
+        body.setdefault("spec", {})["jobId"] = job_submission_id(environment, desired.ref.name, desired.manifest)
+    if carries_live_scale(desired, live):
+        assert live is not None
+        live_groups = {g.get("groupName"): g for g in cluster_spec(live).get("workerGroupSpecs") or []}
+        for group in cluster_spec(body).get("workerGroupSpecs") or []:
+            current = live_groups.get(group.get("groupName"))
+            if current is None:
+                continue  # a group new in Git starts from Git's replicas
+            for name in AUTOSCALER_FIELDS:
+                if name in current:
+                    group[name] = copy.deepcopy(current[name])
+                else:
+                    group.pop(name, None)
+        body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+    return body
+
+
+def carries_live_scale(desired: DesiredObject, live: Manifest | None) -> bool:
+    """True when the body takes the autoscaler's fields from `live` (so it is only valid for that version)."""
+    return live is not None and bool(autoscaler_pointers(desired.manifest)) and bool(cluster_spec(live))
+
+
+def without_precondition(body: Manifest) -> Manifest:
+    """`body` without its resourceVersion precondition (a dry-run is keyed by the live version anyway)."""
+    if "resourceVersion" not in (body.get("metadata") or {}):
+        return body
+    out = {**body, "metadata": dict(body["metadata"])}
+    del out["metadata"]["resourceVersion"]
+    return out
+
+
+def worker_group_fields(kind: str) -> str:
+    """The conflict field path of the worker group list, e.g. `.spec.rayClusterSpec.workerGroupSpecs`."""
+    return CLUSTER_SPEC_PATHS[kind].replace("/", ".") + ".workerGroupSpecs"
+
+
+def only_worker_groups(kind: str, fields: list[str]) -> bool:
+    """True when every conflicting field is (inside) the worker group list the autoscaler patches."""
+    if kind not in CLUSTER_SPEC_PATHS:
+        return False
+    prefix = worker_group_fields(kind)
+    return bool(fields) and all(f == prefix or f.startswith(prefix + "[") for f in fields)
+
+
+def forced(options: dict[str, Any], desired: DesiredObject) -> bool:
+    """`force: true` for the environment (spec.target.kubernetes.force) or the object (annotation)."""
+    return options.get("force") is True or str(desired.annotations.get(FORCE_ANNOTATION, "")).lower() == "true"

@@ -1,0 +1,205 @@
+"""Informer-style cache of one collection (kind, namespace, label selector): one LIST, then a WATCH.
+
+The Kubernetes target reads live objects here instead of GETting each one every cycle. A daemon
+thread follows the watch from the last resourceVersion (bookmarks included), re-lists on 410 Gone
+and reconnects with bounded backoff. The target's own writes are awaited (`expect_*`, `settle`),
+so the observe right after an apply sees it. Nothing here decides anything about the objects.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Any, Callable
+
+from kubernetes.watch.watch import iter_resp_lines
+
+from .client import ApiError, Kube
+
+log = logging.getLogger(__name__)
+Transform = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+class Gone(Exception):
+    """The watch's resourceVersion is too old (410): list again."""
+
+
+def _version(value: str) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+class Informer:
+    """The objects of one collection, kept current by a watch thread."""
+
+    def __init__(self, kube: Kube, path: str, selector: str = "", transform: Transform | None = None,
+                 watch_seconds: int = 300, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+        self.kube, self.path, self.selector = kube, path, selector
+        self.transform = transform or (lambda obj: obj)
+        self.watch_seconds, self.backoff = watch_seconds, backoff
+        self._items: dict[str, dict[str, Any]] = {}
+        self._version = ""
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._response: Any = None
+        self._thread: threading.Thread | None = None
+        self._expected: list[Callable[[], bool | None]] = []  # each: met / not yet / cannot tell (None)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> "Informer":
+        """LIST now (so the first read is complete), then follow the WATCH in a daemon thread."""
+        self._list()
+        self._thread = threading.Thread(target=self._run, name=f"watch {self.path}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        response = self._response
+        if response is not None:
+            try:
+                response.shutdown()  # unblocks the watch thread's read
+            except Exception:  # already closed
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def restart_from(self, resource_version: str) -> None:
+        """Drop the current watch and resume from `resource_version` (tests: an expired version)."""
+        with self._cond:
+            self._version = resource_version
+        response = self._response
+        if response is not None:
+            response.shutdown()
+
+    # -- reads ---------------------------------------------------------------------------------------
+    def get(self, name: str) -> dict[str, Any] | None:
+        with self._cond:
+            return self._items.get(name)
+
+    def items(self) -> list[dict[str, Any]]:
+        with self._cond:
+            return list(self._items.values())
+
+    @property
+    def resource_version(self) -> str:
+        with self._cond:
+            return self._version
+
+    # -- read your own writes ------------------------------------------------------------------------
+    def expect_version(self, resource_version: str) -> None:
+        """Our write produced `resource_version`: reads wait until the watch got that far."""
+        wanted = _version(resource_version)
+
+        def met() -> bool | None:
+            have = _version(self._version)
+            return None if wanted is None or have is None else have >= wanted
+        with self._cond:
+            self._expected.append(met)
+
+    def expect_gone(self, name: str, uid: str) -> None:
+        """We deleted `name` (uid): reads wait until the watch reported it gone (or replaced)."""
+        def met() -> bool:
+            item = self._items.get(name)
+            return item is None or (item.get("metadata") or {}).get("uid") != uid
+        with self._cond:
+            self._expected.append(met)
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until every expected write is visible; if the watch cannot show it in time, LIST again."""
+        with self._cond:
+            if not self._expected:
+                return
+            self._cond.wait_for(lambda: self._met() is not False, timeout)
+            met = self._met()
+            self._expected.clear()
+        if met is not True:
+            log.info("watch %s does not show our writes (yet); listing again", self.path)
+            self._list()
+
+    def _met(self) -> bool | None:
+        results = [check() for check in self._expected]
+        return None if None in results else all(results)
+
+    # -- list and watch ------------------------------------------------------------------------------
+    def _list(self, replace: bool = False) -> None:
+        """LIST the collection; keep the result unless the cache is already newer (`replace`: keep it anyway)."""
+        data = self.kube.list(self.path, self.selector)
+        items = {i["metadata"]["name"]: self.transform(i) for i in data.get("items") or []}
+        version = str(data["metadata"].get("resourceVersion") or "")
+        with self._cond:
+            new, have = _version(version), _version(self._version)
+            if not replace and new is not None and have is not None and new < have:
+                return  # a concurrent list (or the watch) is already newer
+            self._items, self._version = items, version
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        delay = self.backoff[0]
+        while not self._stop.is_set():
+            try:
+                if self._watch():
+                    delay = self.backoff[0]
+                elif self._stop.wait(self.backoff[0]):  # an empty stream: do not spin
+                    return
+                continue
+            except Gone:
+                log.info("watch %s: resourceVersion %s expired; listing again", self.path, self._version)
+            except Exception as exc:  # the API server restarting, a network error: retry with backoff
+                if self._stop.is_set():
+                    return
+                log.warning("watch %s failed (%s); retrying in %.1fs", self.path, exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.backoff[1])
+                continue
+            try:
+                self._list(replace=True)
+            except Exception as exc:
+                log.warning("list %s failed (%s); retrying in %.1fs", self.path, exc, delay)
+                if self._stop.wait(delay):
+                    return
+                delay = min(delay * 2, self.backoff[1])
+
+    def _watch(self) -> bool:
+        """Follow one watch request until the server ends it; True if it delivered anything."""
+        try:
+            response = self.kube.watch(self.path, self.resource_version, self.selector, self.watch_seconds)
+        except ApiError as exc:
+            if exc.status == 410:
+                raise Gone() from exc
+            raise
+        self._response = response
+        delivered = False
+        try:
+            for line in iter_resp_lines(response):
+                if self._stop.is_set():
+                    return delivered
+                if line:
+                    self._event(json.loads(line))
+                    delivered = True
+        finally:
+            self._response = None
+            response.close()
+        return delivered
+
+    def _event(self, event: dict[str, Any]) -> None:
+        kind, obj = event.get("type"), event.get("object") or {}
+        if kind == "ERROR":
+            if obj.get("code") == 410:
+                raise Gone()
+            raise ApiError(int(obj.get("code") or 0), str(obj.get("reason") or ""), str(obj.get("message") or ""), obj)
+        meta = obj.get("metadata") or {}
+        version = str(meta.get("resourceVersion") or "")
+        with self._cond:
+            have = _version(self._version)
+            if have is not None and (_version(version) or 0) <= have:
+                return  # already in the list we took after this event was sent
+            if kind in ("ADDED", "MODIFIED"):
+                self._items[meta["name"]] = self.transform(obj)
+            elif kind == "DELETED":
+                self._items.pop(meta["name"], None)
+            self._version = version or self._version
+            self._cond.notify_all()

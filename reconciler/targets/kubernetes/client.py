@@ -1,0 +1,161 @@
+"""The Kubernetes connection: an ApiClient from a kubeconfig context or the in-cluster service
+account, and `Kube`, the one place every API request goes through (so each is counted by verb).
+
+Used by every module of the Kubernetes target. Requests and answers are plain JSON dicts (no
+generated models: one code path for custom resources and core kinds alike). It knows paths and
+HTTP, nothing about plans or Ray.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import urllib3
+from kubernetes import client, config
+
+from ...errors import PermanentError
+from ...model import ObjectRef
+
+APPLY_PATCH = "application/apply-patch+yaml"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Where a kind lives in the API: `/apis/ray.io/v1/namespaces/<ns>/rayclusters`."""
+
+    group: str
+    kind: str
+    prefix: str
+    plural: str
+
+    def collection(self, namespace: str) -> str:
+        return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
+
+    def item(self, namespace: str, name: str) -> str:
+        return f"{self.collection(namespace)}/{name}"
+
+
+RESOURCES = {r.kind: r for r in (
+    Resource("ray.io", "RayCluster", "/apis/ray.io/v1", "rayclusters"),
+    Resource("ray.io", "RayJob", "/apis/ray.io/v1", "rayjobs"),
+    Resource("ray.io", "RayService", "/apis/ray.io/v1", "rayservices"),
+    Resource("", "ConfigMap", "/api/v1", "configmaps"),
+    Resource("", "Secret", "/api/v1", "secrets"),
+    Resource("", "Pod", "/api/v1", "pods"),
+)}
+OBJECT_KINDS = ("RayCluster", "RayJob", "RayService", "ConfigMap", "Secret")  # what Git may hold
+
+
+def resource(ref: ObjectRef) -> Resource:
+    """The API resource of `ref` (PermanentError for a kind the target does not manage)."""
+    found = RESOURCES.get(ref.kind)
+    if found is None or found.kind not in OBJECT_KINDS or found.group != ref.group:
+        raise PermanentError(f"{ref}: the Kubernetes target does not manage {ref.group or 'core'}/{ref.kind}")
+    return found
+
+
+class ApiError(Exception):
+    """A failed request: HTTP status (0: no answer), reason, message and the server's causes."""
+
+    def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status, self.reason, self.message, self.body = status, reason, message, body or {}
+
+    @classmethod
+    def of(cls, status: int, data: bytes) -> "ApiError":
+        try:
+            body = json.loads(data)
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        return cls(status, str(body.get("reason") or ""), str(body.get("message") or data[:500].decode(errors="replace")),
+                   body)
+
+    @property
+    def causes(self) -> list[dict[str, str]]:
+        return list((self.body.get("details") or {}).get("causes") or [])
+
+    @property
+    def field_conflict(self) -> bool:
+        """409 from server-side apply: another field manager owns a field we set to another value."""
+        return self.status == 409 and any(c.get("reason") == "FieldManagerConflict" for c in self.causes)
+
+    @property
+    def stale(self) -> bool:
+        """409 from a resourceVersion precondition: the object changed since it was read."""
+        return self.status == 409 and not self.field_conflict
+
+    def conflicts(self) -> list[tuple[str, str]]:
+        """(manager, field) of each field conflict, e.g. ("autoscaler", ".spec.workerGroupSpecs")."""
+        out = []
+        for cause in self.causes:
+            if cause.get("reason") == "FieldManagerConflict":
+                match = re.search(r'conflict with "([^"]*)"', cause.get("message", ""))
+                out.append((match.group(1) if match else cause.get("message", "?"), cause.get("field", "?")))
+        return out
+
+
+def connect(options: dict[str, Any]) -> client.ApiClient:
+    """An ApiClient for `spec.target.kubernetes`: `inCluster: true`, else kubeconfig (`kubeconfig` key,
+    else $KUBECONFIG, else ~/.kube/config) with its `context` (else the current context)."""
+    if options.get("inCluster"):
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    return config.new_client_from_config(config_file=options.get("kubeconfig") or None,
+                                         context=options.get("context") or None, persist_config=False)
+
+
+class Kube:
+    """JSON requests to the API server; `count(verb)` is called once per request."""
+
+    def __init__(self, api_client: client.ApiClient, count: Callable[[str], None]) -> None:
+        self.api_client, self.count = api_client, count
+
+    def request(self, verb: str, method: str, path: str, query: list[tuple[str, Any]] | None = None,
+                body: Any = None, content_type: str = JSON, timeout: Any = 60.0,
+                stream: bool = False) -> Any:
+        """Send one request; the decoded JSON answer (or, with `stream`, the open urllib3 response)."""
+        self.count(verb)
+        headers = {"Accept": JSON, **({"Content-Type": content_type} if body is not None else {})}
+        method, url, headers, body, post = self.api_client.param_serialize(
+            method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
+        try:
+            response = self.api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
+            if stream and 200 <= response.status <= 299:
+                return response.response
+            data = response.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApiError(0, "Unavailable", f"{method} {path}: {exc}") from exc
+        if not 200 <= response.status <= 299:
+            raise ApiError.of(response.status, data)
+        return json.loads(data) if data else {}
+
+    def get(self, path: str) -> dict[str, Any]:
+        return self.request("get", "GET", path)
+
+    def list(self, path: str, selector: str = "") -> dict[str, Any]:
+        return self.request("list", "GET", path, [("labelSelector", selector)] if selector else [])
+
+    def watch(self, path: str, resource_version: str, selector: str = "", seconds: int = 300) -> urllib3.BaseHTTPResponse:
+        """An open watch stream from `resource_version` (the server ends it after `seconds`)."""
+        query: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
+                                        ("allowWatchBookmarks", "true"), ("timeoutSeconds", seconds)]
+        if selector:
+            query.append(("labelSelector", selector))
+        return self.request("watch", "GET", path, query, timeout=(10.0, seconds + 30.0), stream=True)
+
+    def apply(self, path: str, body: dict[str, Any], manager: str, force: bool = False,
+              dry_run: bool = False) -> dict[str, Any]:
+        """Server-side apply (PATCH application/apply-patch+yaml); the object as stored (or as it would be)."""
+        query: list[tuple[str, Any]] = [("fieldManager", manager), ("force", "true" if force else "false")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        return self.request("dryrun-apply" if dry_run else "apply", "PATCH", path, query, body, APPLY_PATCH)
+
+    def delete(self, path: str, propagation: str = "Background") -> dict[str, Any]:
+        return self.request("delete", "DELETE", path, [("propagationPolicy", propagation)])

@@ -1,0 +1,69 @@
+"""`expected()`: each desired object as the API server would store it, by server-side dry-run apply.
+
+Called by `KubernetesTarget.expected` before planning. The body is the real apply's (body.py),
+so CRD defaults, quantity spellings and field order never show as drift. Results are cached by
+(hash of the body, live resourceVersion): a cycle with no new revision and no live change sends
+no request. A body the server refuses is returned as is: the real apply then reports why.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+
+from ...errors import TemporaryError
+from ...model import DesiredObject, Manifest, ObjectRef
+from .apply import is_rejection
+from .body import apply_body, without_precondition
+from .client import ApiError, Kube, resource
+from .observe import redact
+
+
+def body_hash(body: Manifest) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+class DryRuns:
+    """Dry-run applies with a per-object cache."""
+
+    def __init__(self, kube: Kube, manager: str = "ray-gitops") -> None:
+        self.kube, self.manager = kube, manager
+        self._cache: dict[ObjectRef, tuple[tuple[str, str], Manifest]] = {}
+        self._lock = threading.Lock()
+
+    def expected(self, environment: str, desired: DesiredObject, live: Manifest) -> Manifest:
+        """`desired` as stored if applied now over `live`. Forced: a conflict is the real apply's to report,
+        the plan should still show the difference."""
+        ref = desired.ref
+        key, body = self._key(environment, desired, live)
+        with self._lock:
+            hit = self._cache.get(ref)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        try:
+            stored = self.kube.apply(resource(ref).item(ref.namespace, ref.name), body, self.manager, force=True,
+                                     dry_run=True)
+        except ApiError as exc:
+            if exc.status in (0, 429) or (exc.status >= 500 and not is_rejection(exc)):
+                raise TemporaryError(f"{ref}: dry-run apply failed: {exc}") from exc
+            stored = body
+        stored = redact(stored)
+        with self._lock:
+            self._cache[ref] = (key, stored)
+        return stored
+
+    def remember(self, environment: str, desired: DesiredObject, stored: Manifest) -> None:
+        """After a real apply: `stored` is what a dry-run of the same body over it returns, so the next
+        cycle needs none."""
+        key, _ = self._key(environment, desired, stored)
+        with self._lock:
+            self._cache[desired.ref] = (key, redact(stored))
+
+    def forget(self, ref: ObjectRef) -> None:
+        with self._lock:
+            self._cache.pop(ref, None)
+
+    @staticmethod
+    def _key(environment: str, desired: DesiredObject, live: Manifest) -> tuple[tuple[str, str], Manifest]:
+        body = without_precondition(apply_body(environment, desired, live))
+        return (body_hash(body), str(live["metadata"].get("resourceVersion"))), body

@@ -1,0 +1,79 @@
+"""Observe on Kubernetes: live objects, their status and ready workers, read from informer caches.
+
+Called by `KubernetesTarget.observe`. Which collections are watched (and with which label
+selector) is decided here; reading them costs no request once the caches are started.
+Ready workers per group come from the Pods KubeRay labels `ray.io/cluster` and `ray.io/group`.
+"""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+from collections import Counter
+from typing import Any, Iterable
+
+from ...diff import CLUSTER_SPEC_PATHS, cluster_spec
+from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
+
+CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
+WORKER_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL},{NODE_TYPE_LABEL}!=head"
+# ConfigMaps and Secrets: only ours, so the cache never holds a namespace's other secrets. An unlabelled
+# object of the same name therefore looks absent, and the create (server-side apply) adopts it.
+SELECTORS = {"ConfigMap": f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}", "Secret": f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"}
+
+
+def selector(kind: str) -> str:
+    return SELECTORS.get(kind, "")
+
+
+def pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a worker Pod: identity, cluster, group, and whether it is Ready."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    ready = not meta.get("deletionTimestamp") and any(
+        c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+    return {"metadata": {k: meta.get(k) for k in ("name", "uid", "resourceVersion")},
+            "cluster": labels.get(CLUSTER_LABEL), "group": labels.get(GROUP_LABEL), "ready": ready}
+
+
+def ready_workers(pods: Iterable[dict[str, Any]]) -> Counter[tuple[str, str]]:
+    """(cluster, group) -> Ready worker pods."""
+    return Counter((p["cluster"], p["group"]) for p in pods if p["ready"])
+
+
+def ray_cluster_name(manifest: Manifest) -> str | None:
+    """The RayCluster whose pods serve this object: itself, a RayJob's or a RayService's active one."""
+    kind, status = manifest.get("kind"), manifest.get("status") or {}
+    if kind == "RayCluster":
+        return str(manifest["metadata"]["name"])
+    if kind == "RayJob":
+        return status.get("rayClusterName") or None
+    if kind == "RayService":
+        return (status.get("activeServiceStatus") or {}).get("rayClusterName") or None
+    return None
+
+
+def redact(manifest: Manifest) -> Manifest:
+    """A Secret with each value replaced by a digest (of its base64 form, `stringData` folded into `data` as
+    the server does), so plans and diffs show that a value changed, never the value. Live and expected are
+    redacted alike; the apply body is not. Other kinds are returned as is."""
+    if manifest.get("kind") != "Secret" or not (manifest.get("data") or manifest.get("stringData")):
+        return manifest
+    data = {**(manifest.get("data") or {}),
+            **{k: base64.b64encode(str(v).encode()).decode() for k, v in (manifest.get("stringData") or {}).items()}}
+    out = {k: v for k, v in manifest.items() if k != "stringData"}
+    out["data"] = {k: "sha256:" + hashlib.sha256(str(v).encode()).hexdigest()[:16] for k, v in data.items()}
+    return out
+
+
+def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str]] | None) -> LiveObject:
+    """A LiveObject from a cached manifest (copied: callers may change theirs)."""
+    workers: dict[str, int] = {}
+    cluster = ray_cluster_name(manifest) if ready is not None and ref.kind in CLUSTER_SPEC_PATHS else None
+    if cluster and ready is not None:
+        for group in cluster_spec(manifest).get("workerGroupSpecs") or []:
+            name = str(group.get("groupName"))
+            workers[name] = ready[(cluster, name)]
+    manifest = copy.deepcopy(redact(manifest))
+    return LiveObject(ref, manifest, manifest.get("status") or {}, workers)

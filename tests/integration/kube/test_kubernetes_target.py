@@ -1,0 +1,197 @@
+"""KubernetesTarget on the real API server: server-side apply, dry-run expected state, errors,
+recreate/delete, RayJob submission ids, and an observe that reads watch caches, not the API."""
+from __future__ import annotations
+
+import base64
+from typing import Any, Callable
+
+import pytest
+
+from reconciler import diff, planner
+from reconciler.errors import PermanentError
+from reconciler.model import Action, Outcome, job_submission_id
+from target_kit import ENV, Kit, desired, eventually, load, managers
+
+pytestmark = pytest.mark.kube
+
+
+@pytest.fixture
+def kit(kube_control_plane, kube_namespace: str):
+    k = Kit(kube_control_plane, kube_namespace)
+    yield k
+    k.close()
+
+
+@pytest.mark.parametrize("name", ["raycluster.yaml", "configmap.yaml", "secret.yaml"])
+def test_create_is_a_server_side_apply_by_ray_gitops_without_last_applied_annotation(kit: Kit, name: str) -> None:
+    obj = desired(load(name), kit.namespace)
+    assert kit.observe(obj) == {}
+
+    item, outcome = kit.sync(obj)
+
+    assert (item.action, outcome) == (Action.CREATE, Outcome.CREATED)
+    live = kit.get(obj.ref.kind, obj.ref.name)
+    assert live is not None
+    assert live["metadata"]["labels"] == obj.manifest["metadata"]["labels"]
+    assert managers(live) == {"ray-gitops": "Apply"}
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in (live["metadata"].get("annotations") or {})
+    assert (kit.requests("apply"), kit.requests("create"), kit.requests("update")) == (1, 0, 0)
+
+
+def test_expected_state_makes_an_unchanged_object_noop_and_is_not_dry_run_again(kit: Kit) -> None:
+    obj = desired(load("raycluster.yaml"), kit.namespace)
+    kit.sync(obj)
+    assert kit.plan(obj).action == Action.NOOP
+    assert kit.requests("dryrun-apply") == 0  # the apply's answer is what a dry-run would have said
+
+    kit.custom.patch_namespaced_custom_object(  # someone else's change: a new resourceVersion to dry-run against
+        "ray.io", "v1", kit.namespace, "rayclusters", "demo", {"metadata": {"annotations": {"note": "x"}}},
+        _content_type="application/merge-patch+json")
+    kit.caught_up(obj)
+    live = kit.observe(obj)[obj.ref]
+    group = live.manifest["spec"]["workerGroupSpecs"][0]
+    assert group["numOfHosts"] == 1  # a CRD default Git never wrote: comparing with Git alone is drift
+    assert "spec.workerGroupSpecs[cpu].numOfHosts" in diff.changed_paths(diff.normalize(live.manifest),
+                                                                         diff.normalize(obj.manifest))
+    # custom resources keep the quantity as written (only built-in kinds canonicalise 1000m to 1)
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "1000m"
+    env = kit.environment(obj)
+
+    expected = kit.target.expected(env, {obj.ref: live})
+
+    assert kit.requests("dryrun-apply") == 1
+    assert diff.normalize(expected[obj.ref]) == diff.normalize(live.manifest)
+    [item] = planner.plan(env, {obj.ref: live}, set(), {}, expected=expected)
+    assert item.action == Action.NOOP
+    for _ in range(3):
+        assert kit.target.expected(env, kit.observe(obj)) == expected
+    assert kit.requests("dryrun-apply") == 1  # same body, same live resourceVersion: cached
+
+
+def test_secret_changes_show_in_plans_but_their_values_never_do(kit: Kit) -> None:
+    obj = desired(load("secret.yaml"), kit.namespace)
+    kit.sync(obj)
+    assert kit.plan(obj).action == Action.NOOP  # stringData in Git, data on the server: compared alike
+
+    leaked = base64.b64encode(b"changed-by-hand").decode()
+    kit.core.patch_namespaced_secret("credentials", kit.namespace, {"data": {"token": leaked}})
+    kit.caught_up(obj)
+    item = kit.plan(obj)
+
+    assert item.action == Action.UPDATE and "data.token" in item.reason
+    live = kit.observe(obj)[obj.ref].manifest
+    for value in ("changed-by-hand", leaked, "s3cr3t-from-git", base64.b64encode(b"s3cr3t-from-git").decode()):
+        assert value not in item.diff and value not in str(live)
+
+
+def _drop_head(doc: dict[str, Any]) -> None:
+    del doc["spec"]["headGroupSpec"]
+
+
+@pytest.mark.parametrize("break_it, field", [
+    pytest.param(_drop_head, "spec.headGroupSpec: Required value", id="missing-required-field"),
+    pytest.param(lambda d: d["spec"]["workerGroupSpecs"][0].update(replicas="three"),
+                 ".spec.workerGroupSpecs[0].replicas: expected numeric", id="string-for-integer"),
+    pytest.param(lambda d: d["spec"].update(autoscalerOptions={"upscalingMode": "Fast"}),
+                 "spec.autoscalerOptions.upscalingMode", id="value-outside-enum"),
+    pytest.param(lambda d: d["metadata"]["labels"].update(team="not valid!"), "metadata.labels", id="invalid-label"),
+])
+def test_object_the_server_rejects_is_a_permanent_error_naming_the_field_and_the_git_file(
+        kit: Kit, break_it: Callable[[dict[str, Any]], None], field: str) -> None:
+    doc = load("raycluster.yaml")
+    break_it(doc)
+    obj = desired(doc, kit.namespace, document=2)
+
+    with pytest.raises(PermanentError) as raised:
+        kit.apply(obj, Action.CREATE)
+
+    message = str(raised.value)
+    assert message.startswith(f"RayCluster/{kit.namespace}/demo: {obj.file}#2: rejected by the API server: ")
+    assert field in message
+    assert kit.get("RayCluster", "demo") is None
+
+
+def test_recreate_replaces_the_object_and_delete_removes_it(kit: Kit) -> None:
+    obj = desired(load("raycluster.yaml"), kit.namespace)
+    kit.apply(obj, Action.CREATE)
+    first = kit.get("RayCluster", "demo")
+    assert first is not None and kit.observe(obj)
+
+    assert kit.apply(obj, Action.RECREATE) == Outcome.RECREATED
+
+    second = kit.get("RayCluster", "demo")
+    assert second is not None and second["metadata"]["uid"] != first["metadata"]["uid"]
+    assert kit.observe(obj)[obj.ref].manifest["metadata"]["uid"] == second["metadata"]["uid"]
+
+    assert kit.apply(None, Action.DELETE, obj.ref) == Outcome.DELETED
+    assert kit.get("RayCluster", "demo") is None
+    assert kit.observe(obj) == {}  # the next observe sees our delete
+    assert kit.apply(None, Action.DELETE, obj.ref) == Outcome.DELETED  # already gone is fine
+
+
+def test_rayjob_submit_sets_job_id_to_the_submission_id_which_is_not_drift(kit: Kit) -> None:
+    obj = desired(load("rayjob.yaml"), kit.namespace)
+
+    item, outcome = kit.sync(obj)
+
+    assert (item.action, outcome) == (Action.SUBMIT, Outcome.SUBMITTED)
+    live = kit.get("RayJob", "count")
+    assert live is not None
+    assert live["spec"]["jobId"] == job_submission_id(ENV, "count", obj.manifest)
+    assert "jobId" not in obj.manifest["spec"]
+    assert kit.plan(obj).action == Action.NOOP
+
+
+def test_steady_state_observe_reads_watch_caches_and_sends_no_list_or_get(kit: Kit) -> None:
+    cluster, settings = desired(load("raycluster.yaml"), kit.namespace), desired(load("configmap.yaml"), kit.namespace)
+    kit.apply(cluster, Action.CREATE)
+    kit.apply(settings, Action.CREATE)
+    assert set(kit.observe(cluster, settings)) == {cluster.ref, settings.ref}
+    assert kit.requests("list") == 3  # RayClusters, ConfigMaps, worker Pods of the namespace
+    lists, gets = kit.requests("list"), kit.requests("get")
+
+    for _ in range(20):
+        assert set(kit.observe(cluster, settings)) == {cluster.ref, settings.ref}
+    kit.custom.patch_namespaced_custom_object(
+        "ray.io", "v1", kit.namespace, "rayclusters", "demo", {"metadata": {"labels": {"seen": "yes"}}},
+        _content_type="application/merge-patch+json")
+    assert eventually(lambda: kit.observe(cluster, settings)[cluster.ref].labels.get("seen") == "yes")
+
+    assert (kit.requests("list"), kit.requests("get")) == (lists, gets)
+    assert kit.requests("watch") >= 3
+
+
+def _pod(name: str, group: str, node_type: str) -> dict[str, Any]:
+    labels = {"ray.io/cluster": "demo", "ray.io/group": group, "ray.io/node-type": node_type}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "ray", "image": "rayproject/ray:2.60.0"}]}}
+
+
+def test_ready_workers_per_group_come_from_the_worker_pods_cache(kit: Kit) -> None:
+    cluster = desired(load("raycluster.yaml"), kit.namespace)
+    kit.apply(cluster, Action.CREATE)
+    assert kit.observe(cluster)[cluster.ref].workers == {"cpu": 0}
+    lists = kit.requests("list")
+
+    for name, group, node_type, ready in [("w1", "cpu", "worker", True), ("w2", "cpu", "worker", True),
+                                          ("w3", "cpu", "worker", False), ("head", "headgroup", "head", True)]:
+        kit.core.create_namespaced_pod(kit.namespace, _pod(name, group, node_type))
+        condition = {"type": "Ready", "status": "True" if ready else "False"}
+        kit.core.patch_namespaced_pod_status(name, kit.namespace, {"status": {"conditions": [condition]}})
+
+    assert eventually(lambda: kit.observe(cluster)[cluster.ref].workers == {"cpu": 2}), \
+        kit.observe(cluster)[cluster.ref].workers
+    assert kit.requests("list") == lists
+
+
+def test_watch_lists_again_when_its_resource_version_has_expired(kit: Kit) -> None:
+    cluster = desired(load("raycluster.yaml"), kit.namespace)
+    kit.observe(cluster)
+    informer = kit.target._informers[("RayCluster", kit.namespace)]
+    lists = kit.requests("list")
+
+    informer.restart_from("1")  # as after a long disconnection: the server no longer has that history
+
+    assert eventually(lambda: kit.requests("list") == lists + 1)
+    kit.apply(cluster, Action.CREATE)
+    assert cluster.ref in kit.observe(cluster)
