@@ -58,7 +58,7 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
         return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
     text = diff.unified(old, new, str(desired.ref))
     warnings = _group_warnings(current, desired)
-    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind != "ConfigMap" else []
+    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in ("ConfigMap", "Secret") else []
     removed = [w for w in warnings if "removed" in w]
     if not restart and not removed:
         return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(paths)}", desired, text, warnings)

@@ -86,7 +86,7 @@ class EnvironmentReconciler:
                                                    "suspended in Git", time.time(), {}))
             self.metrics.environment_status(name, target.kind, revision.short, "Suspended", health.UNKNOWN)
             return Result(name, "noop", "Suspended", health.UNKNOWN, "suspended", interval=env.spec.interval)
-        self._adopt_ledger(name, target)
+        self._adopt_ledger(env, target)
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
         self._record_runs(env, live)
@@ -103,7 +103,7 @@ class EnvironmentReconciler:
             live = target.observe(env, inventory | {d.ref for d in env.objects})
             self._record_runs(env, live)
         self.ledger.set_inventory(name, self._inventory(env, items, outcomes, live))
-        self._persist_ledger(name, target)
+        self._persist_ledger(env, target)
         pending = [i for i in items if i.action == Action.SKIP and i.desired is None and "refused" in i.reason]
         sync = "Failed" if errors else "OutOfSync" if pending else "Synced"
         env_health, detail = self._report_health(env, live)
@@ -170,18 +170,20 @@ class EnvironmentReconciler:
                     self.metrics.rayjob_duration.labels(env.spec.name, obj.ref.name).observe(max(0.0, end - start))
                 log.info("environment %s: RayJob %s run %s finished: %s", env.spec.name, obj.ref.name, run, result)
 
-    def _adopt_ledger(self, name: str, target: Target) -> None:
+    def _adopt_ledger(self, env: RenderedEnvironment, target: Target) -> None:
         """Once per process: take the ledger the target keeps (a new leader, an empty state dir)."""
+        name = env.spec.name
         if name not in self._persisted:
-            snapshot = target.load_ledger(name)
+            snapshot = target.load_ledger(env.spec)
             if snapshot is not None:
                 self.ledger.merge(name, snapshot)
             self._persisted[name] = self.ledger.snapshot(name)
 
-    def _persist_ledger(self, name: str, target: Target) -> None:
+    def _persist_ledger(self, env: RenderedEnvironment, target: Target) -> None:
+        name = env.spec.name
         snapshot = self.ledger.snapshot(name)
         if snapshot != self._persisted.get(name):
-            target.save_ledger(name, snapshot)
+            target.save_ledger(env.spec, snapshot)
             self._persisted[name] = snapshot
 
     def _record_vanished(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> None:

@@ -238,6 +238,8 @@ def _job_spec(c: Checker, spec: dict[str, Any], env: EnvironmentSpec) -> None:
     if has_selector:
         selector = c.mapping(spec["clusterSelector"], "spec.clusterSelector")
         c.string(selector.get("ray.io/cluster"), "spec.clusterSelector.ray.io/cluster", required=True)
+    if "jobId" in spec:
+        c.fail("spec.jobId", "is set by ray-gitops to the run id <env>-<name>-<hash10>; remove it")
     c.boolean(spec.get("shutdownAfterJobFinishes"), "spec.shutdownAfterJobFinishes")
     ttl = c.integer(spec.get("ttlSecondsAfterFinished"), "spec.ttlSecondsAfterFinished")
     if ttl and not spec.get("shutdownAfterJobFinishes"):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
-from ..model import LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ..model import EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class Target(Protocol):
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""
 
-    def load_ledger(self, environment: str) -> LedgerSnapshot | None:
+    def load_ledger(self, env: EnvironmentSpec) -> LedgerSnapshot | None:
         """The environment's ledger as the target keeps it (None: the target keeps none)."""
 
-    def save_ledger(self, environment: str, snapshot: LedgerSnapshot) -> None:
+    def save_ledger(self, env: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
         """Persist the ledger on the target (called only when it changed)."""
 
     def close(self, environment: str | None = None) -> None:

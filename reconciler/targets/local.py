@@ -19,7 +19,7 @@ import yaml
 
 from ..diff import cluster_spec, strip
 from ..errors import PermanentError, TemporaryError
-from ..model import (Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
+from ..model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
                      job_submission_id, parse_quantity)
 from .base import ApplyContext
 from .local_ray import LocalRayCluster, NodeSpec
@@ -290,10 +290,10 @@ class LocalTarget:
                 self._stop(record["cluster"])
         self._forget(env, ref)
 
-    def load_ledger(self, environment: str) -> None:
+    def load_ledger(self, env: EnvironmentSpec) -> None:
         return None  # the SQLite ledger under the state dir is the only copy
 
-    def save_ledger(self, environment: str, snapshot: object) -> None:
+    def save_ledger(self, env: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
         pass
 
     def close(self, environment: str | None = None) -> None:

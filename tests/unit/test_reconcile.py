@@ -53,11 +53,11 @@ class MemoryTarget:
         self.objects[item.ref] = LiveObject(item.ref, copy.deepcopy(item.desired.manifest), status)
         return Outcome.CREATED
 
-    def load_ledger(self, environment: str) -> LedgerSnapshot | None:
-        return self.saved.get(environment)
+    def load_ledger(self, env: object) -> LedgerSnapshot | None:
+        return self.saved.get(env.name)
 
-    def save_ledger(self, environment: str, snapshot: LedgerSnapshot) -> None:
-        self.saved[environment] = snapshot
+    def save_ledger(self, env: object, snapshot: LedgerSnapshot) -> None:
+        self.saved[env.name] = snapshot
 
     def close(self, environment: str | None = None) -> None:
         pass

@@ -17,7 +17,7 @@ from kubernetes import client as k8s
 from ...diff import CLUSTER_SPEC_PATHS
 from ...errors import PermanentError
 from ...metrics import Metrics
-from ...model import Action, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ...model import Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from ..base import ApplyContext
 from . import observe
 from .apply import Applier, translate
@@ -48,7 +48,6 @@ class KubernetesTarget:
         self.dry_runs = DryRuns(self.kube, field_manager)
         self._informers: dict[tuple[str, str], Informer] = {}
         self._users: dict[tuple[str, str], set[str]] = {}  # informer -> environments reading it
-        self._namespaces: dict[str, str] = {}  # environment -> its namespace
         self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
         self._lock = threading.Lock()
@@ -90,7 +89,6 @@ class KubernetesTarget:
     # -- Target protocol -----------------------------------------------------------------------------
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
         environment = env.spec.name
-        self._namespaces[environment] = env.spec.target.namespace
         wanted: list[tuple[ObjectRef, Informer]] = []
         ray_namespaces = set()
         for ref in sorted(refs):
@@ -168,15 +166,15 @@ class KubernetesTarget:
         if wait:
             self.applier.wait_gone(ref, uid)
 
-    def load_ledger(self, environment: str) -> LedgerSnapshot | None:
-        return self._ledger(environment).load()
+    def load_ledger(self, env: EnvironmentSpec) -> LedgerSnapshot | None:
+        return self._ledger(env).load()
 
-    def save_ledger(self, environment: str, snapshot: LedgerSnapshot) -> None:
-        self._ledger(environment).save(snapshot)
+    def save_ledger(self, env: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
+        self._ledger(env).save(snapshot)
 
-    def _ledger(self, environment: str) -> ConfigMapLedger:
-        """The ledger ConfigMap in the environment's namespace (the target's own, before the first observe)."""
-        namespace = self._namespaces.get(environment) or str(self.options.get("namespace") or "default")
+    def _ledger(self, env: EnvironmentSpec) -> ConfigMapLedger:
+        """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace."""
+        environment, namespace = env.name, env.target.namespace
         key = (environment, namespace)
         with self._lock:
             if key not in self._ledgers:

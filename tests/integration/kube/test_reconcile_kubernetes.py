@@ -1,0 +1,159 @@
+"""The reconcile stage on the Kubernetes target, end to end on the real API server with real Git:
+apply, prune, server errors, the RayJob run ledger, template changes, and a cheap steady state."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+from prometheus_client import CollectorRegistry
+
+from reconciler.ledger import Ledger
+from reconciler.metrics import Metrics
+from reconciler.model import Action, Outcome
+from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
+from reconciler.daemon import build_target
+from reconciler.source import GitSource
+from tests.conftest import GitRemote
+
+pytestmark = pytest.mark.kube
+TESTDATA = Path(__file__).resolve().parents[2] / "testdata"
+ENV = "k"
+WRITES = ("apply", "create", "update", "delete", "dryrun-apply")
+
+
+class Harness:
+    def __init__(self, remote: GitRemote, state: Path, plane, namespace: str) -> None:
+        self.remote, self.namespace = remote, namespace
+        self.metrics = Metrics(CollectorRegistry())
+        self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
+        self.ledger = Ledger(state)
+        self.factory = TargetFactory(lambda spec: build_target(spec, state, self.metrics))
+        self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.factory)
+        self.api = client.CustomObjectsApi(plane.api_client())
+        remote.write(f"environments/{ENV}/environment.yaml", f"""\
+apiVersion: gitops.ray.io/v1alpha1
+kind: Environment
+metadata: {{name: {ENV}}}
+spec:
+  target:
+    kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, namespace: {namespace}}}
+  interval: 5s
+""")
+
+    def reconcile(self) -> Result:
+        return self.reconciler.reconcile(ENV, self.source.fetch())
+
+    def objects(self, plural: str) -> dict[str, dict]:
+        items = self.api.list_namespaced_custom_object("ray.io", "v1", self.namespace, plural)["items"]
+        return {o["metadata"]["name"]: o for o in items}
+
+    def writes(self) -> float:
+        get = self.metrics.registry.get_sample_value
+        return sum(get("ray_gitops_kube_requests_total", {"verb": verb}) or 0 for verb in WRITES)
+
+
+@pytest.fixture
+def harness(remote: GitRemote, tmp_path: Path, kube_control_plane, kube_namespace: str):
+    h = Harness(remote, tmp_path / "state", kube_control_plane, kube_namespace)
+    yield h
+    h.factory.close()
+
+
+def cluster(name: str, replicas: int = 1, image: str = "rayproject/ray:2.60.0", labels: str = "") -> str:
+    text = (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", str(replicas))
+    text = text.replace("name: demo}", f"name: {name}{labels}}}")
+    return text.replace("image: rayproject/ray:2.60.0\n          resources", f"image: {image}\n          resources")
+
+
+def test_apply_then_prune_only_what_left_git(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
+    harness.remote.commit("two clusters")
+    first = harness.reconcile()
+    assert (first.result, first.sync_status) == ("success", "Synced"), first.message
+    live = harness.objects("rayclusters")
+    assert set(live) == {"a", "b"}
+    assert live["a"]["metadata"]["labels"]["gitops.ray.io/environment"] == ENV
+    assert live["a"]["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 4
+
+    harness.remote.remove(f"environments/{ENV}/b.yaml")
+    harness.remote.commit("drop b")
+    second = harness.reconcile()
+
+    assert [(i.ref.name, o) for i, o in second.outcomes] == [("b", Outcome.DELETED)]
+    assert set(harness.objects("rayclusters")) == {"a"}
+
+
+def test_steady_state_does_no_writes_and_no_dry_runs(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.commit("one cluster")
+    harness.reconcile()
+    harness.reconcile()  # the first dry-run of the applied object
+    before = harness.writes()
+
+    for _ in range(3):
+        assert harness.reconcile().result == "noop"
+
+    assert harness.writes() == before
+
+
+def test_object_the_server_rejects_fails_alone_and_deletes_nothing(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.commit("one cluster")
+    harness.reconcile()
+    harness.remote.write(f"environments/{ENV}/bad.yaml", cluster("bad", labels=", labels: {team: 'not valid!'}"))
+    harness.remote.write(f"environments/{ENV}/c.yaml", cluster("c"))
+    harness.remote.commit("a bad label and a good cluster")
+
+    result = harness.reconcile()
+
+    assert result.sync_status == "Failed"
+    assert "environments/k/bad.yaml" in result.message and "metadata.labels" in result.message
+    assert set(harness.objects("rayclusters")) == {"a", "c"}
+
+
+def test_pod_template_change_is_pending_restart_unless_recreate_is_asked(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.commit("one cluster")
+    harness.reconcile()
+    uid = harness.objects("rayclusters")["a"]["metadata"]["uid"]
+
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a", image="rayproject/ray:2.61.0"))
+    harness.remote.commit("new image")
+    [(item, outcome)] = harness.reconcile().outcomes
+    assert (item.action, outcome) == (Action.UPDATE, Outcome.CONFIGURED) and "pending restart" in item.reason
+    assert harness.objects("rayclusters")["a"]["metadata"]["uid"] == uid
+
+    recreate = ", annotations: {gitops.ray.io/on-template-change: recreate}"
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a", image="rayproject/ray:2.62.0", labels=recreate))
+    harness.remote.commit("newer image, recreate")
+    [(item, outcome)] = harness.reconcile().outcomes
+    assert (item.action, outcome) == (Action.RECREATE, Outcome.RECREATED)
+    assert harness.objects("rayclusters")["a"]["metadata"]["uid"] != uid
+
+
+def test_finished_rayjob_deleted_by_its_ttl_is_not_recreated_and_a_new_spec_is_a_new_run(harness: Harness) -> None:
+    job = (TESTDATA / "rayjob.yaml").read_text()
+    harness.remote.write(f"environments/{ENV}/job.yaml", job)
+    harness.remote.commit("a job")
+    harness.reconcile()
+    [first] = harness.objects("rayjobs").values()
+    run = first["spec"]["jobId"]
+    assert run.startswith(f"{ENV}-count-")
+
+    harness.api.patch_namespaced_custom_object_status(  # what the operator writes when the run ends
+        "ray.io", "v1", harness.namespace, "rayjobs", "count",
+        {"status": {"jobId": run, "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}})
+    harness.reconcile()
+    assert harness.ledger.finished_runs(ENV) == {run: "succeeded"}
+    harness.api.delete_namespaced_custom_object("ray.io", "v1", harness.namespace, "rayjobs", "count")  # the TTL
+    assert harness.reconcile().outcomes == []
+    assert harness.objects("rayjobs") == {}
+
+    harness.remote.write(f"environments/{ENV}/job.yaml", job.replace("range(10)", "range(20)"))
+    harness.remote.commit("a new spec")
+    [(item, outcome)] = harness.reconcile().outcomes
+    assert outcome == Outcome.SUBMITTED
+    [second] = harness.objects("rayjobs").values()
+    assert second["spec"]["jobId"] not in (run, "") and second["spec"]["jobId"].startswith(f"{ENV}-count-")
