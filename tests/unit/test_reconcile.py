@@ -245,3 +245,23 @@ def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_dae
     assert [result for _, result in saved.runs] == ["succeeded"]
     assert fresh.ledger.inventory("a") == ledger.inventory("a")
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]  # not re-run by the new one
+
+
+def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    for name in ("keep", "drop"):
+        remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
+    remote.commit("two clusters")
+    reconciler.reconcile("a", source.fetch())
+    remote.remove("environments/a/drop.yaml")
+    remote.commit("drop one")
+    target.failing.add("drop")
+
+    failed = reconciler.reconcile("a", source.fetch())
+    assert failed.sync_status == "Failed" and {r.name for r in ledger.inventory("a")} == {"keep", "drop"}
+    target.failing.clear()
+    retried = reconciler.reconcile("a", source.fetch())
+
+    assert [(i.ref.name, o) for i, o in retried.outcomes] == [("drop", Outcome.DELETED)]
+    assert {r.name for r in ledger.inventory("a")} == {"keep"}

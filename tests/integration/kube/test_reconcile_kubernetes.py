@@ -157,3 +157,16 @@ def test_finished_rayjob_deleted_by_its_ttl_is_not_recreated_and_a_new_spec_is_a
     assert outcome == Outcome.SUBMITTED
     [second] = harness.objects("rayjobs").values()
     assert second["spec"]["jobId"] not in (run, "") and second["spec"]["jobId"].startswith(f"{ENV}-count-")
+
+
+def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.commit("one cluster")
+    args = ["diff", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "cli")]
+
+    assert main(args) == 1
+    assert "create RayCluster/" in capsys.readouterr().out
+    harness.reconcile()
+    assert main(args) == 0
