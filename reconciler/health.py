@@ -25,10 +25,13 @@ def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
-def raycluster(status: dict[str, Any]) -> tuple[str, str]:
-    """(health, message) of a RayCluster."""
+def raycluster(status: dict[str, Any], generation: int | None = None) -> tuple[str, str]:
+    """(health, message) of a RayCluster; `generation` is the object's metadata.generation."""
     if not status:
         return PROGRESSING, "no status yet"
+    observed = status.get("observedGeneration")
+    if generation and observed and observed < generation:
+        return PROGRESSING, f"operator has not yet observed generation {generation} (status is for {observed})"
     if status.get("state") == "suspended" or (_condition(status, "RayClusterSuspended") or {}).get("status") == "True":
         return SUSPENDED, "suspended"
     failure = _condition(status, "ReplicaFailure")
@@ -73,7 +76,9 @@ def of(obj: LiveObject | None) -> tuple[str, str]:
     """Health of any live object; `Missing` when it is not there."""
     if obj is None:
         return MISSING, "not found"
-    check = {"RayCluster": raycluster, "RayJob": rayjob, "RayService": rayservice}.get(obj.ref.kind)
+    if obj.ref.kind == "RayCluster":
+        return raycluster(obj.status, obj.manifest.get("metadata", {}).get("generation"))
+    check = {"RayJob": rayjob, "RayService": rayservice}.get(obj.ref.kind)
     return check(obj.status) if check else (HEALTHY, "exists")
 
 

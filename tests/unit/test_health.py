@@ -116,3 +116,16 @@ def test_health_of_dispatches_by_kind(obj: LiveObject | None, expected: tuple[st
 ])
 def test_worst_health_is_the_least_healthy_object(healths: list[str], expected: str) -> None:
     assert health.worst(healths) == expected
+
+
+@pytest.mark.parametrize("generation, observed, expected", [
+    pytest.param(3, 2, "Progressing", id="status-older-than-spec"),
+    pytest.param(3, 3, "Healthy", id="status-current"),
+    pytest.param(3, None, "Healthy", id="operator-reports-no-observed-generation"),
+])
+def test_raycluster_status_older_than_its_spec_is_progressing(generation: int, observed: int | None,
+                                                              expected: str) -> None:
+    status = {"state": "ready", "readyWorkerReplicas": 1, "desiredWorkerReplicas": 1,
+              **({"observedGeneration": observed} if observed else {})}
+    obj = LiveObject(ObjectRef("ray.io", "RayCluster", "ns", "c"), {"metadata": {"generation": generation}}, status)
+    assert health.of(obj)[0] == expected
