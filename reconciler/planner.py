@@ -127,7 +127,12 @@ def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventor
     items, deletable = [], []
     for ref in gone:
         labels, annotations = live[ref].labels, live[ref].annotations
-        if labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != env.spec.name:
+        owners = live[ref].manifest.get("metadata", {}).get("ownerReferences") or []
+        if labels.get("ray.io/originated-from-crd") in ("RayJob", "RayService") or owners:
+            items.append(PlanItem(ref, Action.SKIP, "not in Git, but it belongs to "
+                                  f"{(owners[0].get('kind') if owners else labels['ray.io/originated-from-crd'])}; "
+                                  "operator children are never pruned"))
+        elif labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != env.spec.name:
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but its ownership labels no longer match; kept"))
         elif annotations.get(PRUNE_ANNOTATION) == "disabled":
             items.append(PlanItem(ref, Action.SKIP, f"not in Git; protected by {PRUNE_ANNOTATION}: disabled"))

@@ -288,6 +288,12 @@ def test_live_object_outside_the_inventory_is_never_pruned() -> None:
                  "not in Git, but its ownership labels no longer match; kept", id="labels-of-another-environment"),
     pytest.param(edit(configmap("gone"), metadata__labels={"gitops.ray.io/environment": "prod"}), True,
                  "not in Git, but its ownership labels no longer match; kept", id="managed-by-label-removed"),
+    pytest.param(edit(configmap("gone"), metadata__ownerReferences=[{"kind": "RayJob", "name": "j"}]), True,
+                 "not in Git, but it belongs to RayJob; operator children are never pruned", id="owner-reference"),
+    pytest.param(edit(configmap("gone"), metadata__labels={**configmap("gone")["metadata"]["labels"],
+                                                           "ray.io/originated-from-crd": "RayService"}), True,
+                 "not in Git, but it belongs to RayService; operator children are never pruned",
+                 id="originated-from-ray-service"),
 ])
 def test_prune_is_skipped_for_protected_objects(gone: dict[str, Any], prune: bool, reason: str) -> None:
     kept = configmap("kept")
