@@ -55,8 +55,7 @@ NAMESPACE = "ray-gitops"
 SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:ray-gitops"
 SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated"]
 KUBECTL_TIMEOUT_S = 60
-# Pinned here until tests/controlplane/versions.env (the control plane's one place for versions) has it.
-PROMETHEUS_OPERATOR_VERSION = kube_controlplane.read_versions().get("PROMETHEUS_OPERATOR_VERSION", "0.85.0")
+PROMETHEUS_OPERATOR_VERSION = kube_controlplane.read_versions()["PROMETHEUS_OPERATOR_VERSION"]
 MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 
 # README "Kubernetes target": what the daemon needs, per resource; nothing else is allowed.
