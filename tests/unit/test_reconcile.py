@@ -72,6 +72,15 @@ def cluster_yaml(name: str = "demo", replicas: int = 1) -> str:
         "name: demo", f"name: {name}")
 
 
+def commit_two_environments(remote: GitRemote, source: GitSource):
+    """Environments `a` and `b`, one cluster each, committed and fetched."""
+    for env in ("a", "b"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml())
+    remote.commit("two environments")
+    return source.fetch()
+
+
 def commit_job_environment(remote: GitRemote, source: GitSource):
     """Environment `a` with a cluster and the `count` RayJob, committed and fetched."""
     remote.write("environments/a/environment.yaml", env_yaml("a"))
@@ -97,11 +106,7 @@ def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
 
 def test_broken_environment_applies_and_prunes_nothing_while_others_go_on(setup) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    for env in ("a", "b"):
-        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
-        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml())
-    remote.commit("two environments")
-    revision = source.fetch()
+    revision = commit_two_environments(remote, source)
     assert [reconciler.reconcile(e, revision).result for e in ("a", "b")] == ["success", "success"]
 
     remote.remove("environments/a/raycluster.yaml")  # would be a prune...
@@ -184,11 +189,7 @@ def test_suspended_environment_changes_nothing(setup) -> None:
 
 def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypatch: pytest.MonkeyPatch) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    for env in ("a", "b"):
-        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
-        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml())
-    remote.commit("two environments")
-    revision = source.fetch()
+    revision = commit_two_environments(remote, source)
     observe = target.observe
 
     def flaky(env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
