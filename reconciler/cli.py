@@ -169,6 +169,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--kubeconfig", help="kubeconfig for the Lease (default: in-cluster, else $KUBECONFIG or "
                      "~/.kube/config)")
     run.add_argument("--kube-context", help="kubeconfig context for the Lease (default: the current context)")
+    run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
+                     "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
+    run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
     run.set_defaults(func=cmd_run)
 
     diff = sub.add_parser("diff", help="show what a reconcile would change (exit 0 none, 1 changes, 2 error)")

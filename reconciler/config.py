@@ -5,7 +5,7 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -52,6 +52,9 @@ class Settings:
     leader_election_retry_period: float = 2.0
     kubeconfig: str = ""  # where the Lease lives: default in-cluster, else $KUBECONFIG / ~/.kube/config
     kube_context: str = ""
+    webhook_secret: str = field(default="", repr=False)  # POST /hooks/git; empty (and no file): disabled
+    webhook_secret_file: str = ""  # a mounted Secret's file; wins over webhook_secret
+    webhook_max_body: int = 1024 * 1024  # bytes; larger webhook bodies get 413 unread
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -66,6 +69,8 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(value).expanduser()
     if name == "environments":
         return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    if name == "webhook_max_body":
+        return int(value)
     if name in ("once", "leader_election"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     return str(value)

@@ -13,11 +13,14 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import BinaryIO
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from . import webhook
 from .config import Settings
 from .errors import PermanentError, ReconcileError, TemporaryError
 from .leader import LeaderElectionOptions, LeaderElector, connect
@@ -57,6 +60,9 @@ class Daemon:
         self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        self.webhook_secret = self._webhook_secret()  # "" = /hooks/git disabled
+        self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
+        self._forced: set[str] = set()  # environments the next schedule runs whatever their interval
         self._heartbeat = time.monotonic()
         self._done: set[str] = set()
         self._selected: list[str] = []
@@ -83,6 +89,18 @@ class Daemon:
             gauge.set(float(leading))
             self.wake.set()
         return LeaderElector(options, changed)
+
+    def _webhook_secret(self) -> str:
+        try:
+            return webhook.read_secret(self.settings.webhook_secret, self.settings.webhook_secret_file)
+        except OSError as exc:
+            raise PermanentError(f"webhook_secret_file {self.settings.webhook_secret_file}: {exc.strerror}") from None
+
+    def trigger(self) -> None:
+        """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
+        interval. Only wakes the loop: nothing is reconciled in the caller's (HTTP) thread."""
+        self._force.set()
+        self.wake.set()
 
     def leading(self) -> bool:
         return self.elector is None or self.elector.is_leader()
@@ -117,18 +135,23 @@ class Daemon:
         delay = (result.retry_after or min(MAX_BACKOFF, 5.0 * 2 ** (failures - 1))) if failures else result.interval
         self._due[name] = (revision.sha, time.monotonic() + delay)
         self._done.add(name)
+        if name in self._forced:  # a webhook came while it ran: run it again now
+            self.wake.set()
 
-    def _schedule(self, pool: ThreadPoolExecutor, revision: Revision) -> None:
+    def _schedule(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
         self._selected = self.environments(revision)
+        if force:
+            self._forced.update(self._selected)
         for name in self._selected:
             running = self._running.get(name)
             if running is not None and not running.done():
                 continue
             done_sha, next_time = self._due.get(name, ("", 0.0))
-            if done_sha == revision.sha and time.monotonic() < next_time:
+            if done_sha == revision.sha and time.monotonic() < next_time and name not in self._forced:
                 continue
             if not self.leading():
                 return
+            self._forced.discard(name)
             future = pool.submit(self.reconciler.reconcile, name, revision)
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
             self._running[name] = future
@@ -154,10 +177,12 @@ class Daemon:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
                 self.wake.clear()
+                force = self._force.is_set()
+                self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
                 leading = self._lead()
                 if leading:
                     try:
-                        self._schedule(pool, self.source.fetch())
+                        self._schedule(pool, self.source.fetch(), force)
                     except TemporaryError as exc:
                         log.error("%s", exc)
                     except ReconcileError as exc:
@@ -206,10 +231,31 @@ class Daemon:
                     ok = daemon.ready()
                     self._send(200 if ok else 503, b"ok\n" if ok else b"first reconcile not done\n")
                 else:
+                    self._other()
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.path.split("?")[0] != webhook.PATH or not daemon.webhook_secret:
+                    self._send(404, b"not found\n")
+                    return
+                code, body = daemon.hook(self.headers, self.rfile)
+                self._send(code, body)
+
+            def _other(self) -> None:
+                if self.path.split("?")[0] == webhook.PATH and daemon.webhook_secret:
+                    self._send(405, b"use POST\n", allow="POST")
+                else:
                     self._send(404, b"not found\n")
 
-            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8") -> None:
+            do_PUT = do_DELETE = do_PATCH = _other  # noqa: N815
+
+            def _send(self, code: int, body: bytes, content_type: str = "text/plain; charset=utf-8",
+                      allow: str = "") -> None:
                 self.send_response(code)
+                if allow:
+                    self.send_header("Allow", allow)
+                if code == 413:  # the body was left unread: this connection cannot carry another request
+                    self.send_header("Connection", "close")
+                    self.close_connection = True
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -221,5 +267,34 @@ class Daemon:
         server = ThreadingHTTPServer(self.settings.host_port, Handler)
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-        log.info("serving /metrics /healthz /readyz on http://%s:%d", *server.server_address[:2])
+        log.info("serving /metrics /healthz /readyz%s on http://%s:%d",
+                 " " + webhook.PATH if self.webhook_secret else "", *server.server_address[:2])
         return server
+
+    def hook(self, headers: Message, body: BinaryIO) -> tuple[int, bytes]:
+        """One POST /hooks/git: (status, response body). Reads at most `webhook_max_body` bytes."""
+        try:
+            length = int(headers.get("Content-Length", ""))
+        except ValueError:
+            length = -1
+        provider = webhook.provider(dict(headers.items()))
+        if length < 0:
+            self.metrics.webhook_requests.labels(provider, "bad_request").inc()
+            return 411, b"Content-Length required\n"
+        if length > self.settings.webhook_max_body:
+            self.metrics.webhook_requests.labels(provider, "too_large").inc()
+            log.warning("webhook: %s request of %d bytes refused (limit %d)", provider, length,
+                        self.settings.webhook_max_body)
+            return 413, b"body too large\n"
+        verdict = webhook.verify(self.webhook_secret, dict(headers.items()), body.read(length))
+        if not verdict.valid:
+            self.metrics.webhook_requests.labels(verdict.provider, "unauthorized").inc()
+            log.warning("webhook: %s request with a missing or wrong signature/token refused", verdict.provider)
+            return 401, b"signature or token missing or wrong\n"
+        if verdict.ping:
+            self.metrics.webhook_requests.labels(verdict.provider, "ping").inc()
+            return 202, b"pong\n"
+        self.metrics.webhook_requests.labels(verdict.provider, "accepted").inc()
+        log.info("webhook: %s notification accepted: fetching now", verdict.provider)
+        self.trigger()
+        return 202, b"accepted: fetching now\n"

@@ -56,6 +56,9 @@ class Metrics:
                                        "owns a field", ["environment", "kind"], namespace=ns, registry=registry)
         self.leader = Gauge("leader", "1 while this replica holds the leader election Lease", ["identity"],
                             namespace=ns, registry=registry)
+        self.webhook_requests = Counter("webhook_requests_total", "POST /hooks/git requests by provider and result "
+                                        "(accepted/ping/unauthorized/too_large/bad_request)", ["provider", "result"],
+                                        namespace=ns, registry=registry)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
