@@ -1,4 +1,4 @@
-"""Command line: run, diff, validate, status (`ray-gitops --help`).
+"""Command line: run, diff, plan, validate, status, history, rollback, suspend, resume (`ray-gitops --help`).
 
 The outermost layer: parses flags, builds `Settings`, wires the daemon or a one-shot pipeline,
 prints results and maps them to exit codes. Holds no reconcile logic of its own.
@@ -14,16 +14,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry
-
-from . import config, planner
-from .daemon import Daemon, build_target
+from . import config
+from .daemon import Daemon
 from .errors import InvalidEnvironment, ReconcileError
 from .ledger import Ledger
-from .metrics import Metrics
 from .model import Action
+from .preview import Preview, preview
 from .render import ROOT, list_environments, render
-from .source import DirectoryTree, GitSource
+from .source import DirectoryTree
 
 
 class JsonFormatter(logging.Formatter):
@@ -70,36 +68,69 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_diff(args: argparse.Namespace) -> int:
+def _preview(command: str, args: argparse.Namespace) -> Preview | int:
+    """The plan `diff` and `plan` print, or exit code 2 with the error on stderr."""
     settings = config.load(vars(args))
     _logging("text", "warning")
     try:
-        source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
-        revision = source.fetch()
-        env = render(revision.tree, args.environment, revision.sha)
-        target = build_target(env.spec, settings.state_dir, Metrics(CollectorRegistry()))
-        ledger = Ledger(settings.state_dir)
-        inventory = ledger.inventory(env.spec.name)
-        live = target.observe(env, inventory | {d.ref for d in env.objects})
-        items = planner.plan(env, live, inventory, ledger.finished_runs(env.spec.name),
-                             expected=target.expected(env, live))
+        return preview(settings, args.environment)
     except InvalidEnvironment as exc:
         print(exc, file=sys.stderr)
-        return 2
     except ReconcileError as exc:
-        print(f"ray-gitops diff: {exc}", file=sys.stderr)
-        return 2
-    changes = [i for i in items if i.action not in (Action.NOOP, Action.SKIP)]
-    for item in items:
+        print(f"ray-gitops {command}: {exc}", file=sys.stderr)
+    return 2
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    return _print_plan(_preview("diff", args), bodies=True)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _print_plan(_preview("plan", args), bodies=False)
+
+
+def _print_plan(found: Preview | int, bodies: bool) -> int:
+    """One line per object that is not unchanged (action, object, reason), its warnings, optionally
+    its diff; exit 0 no changes, 1 changes."""
+    if isinstance(found, int):
+        return found
+    for item in found.items:
         if item.action == Action.NOOP:
             continue
         print(f"{item.action.value:>8} {item.ref}: {item.reason}")
         for warning in item.warnings:
             print(f"         warning: {warning}")
-        if item.diff:
+        if bodies and item.diff:
             print(item.diff.rstrip("\n"))
-    print(f"{len(changes)} change(s) for environment {env.spec.name} at {revision.short}")
-    return 1 if changes else 0
+    print(f"{len(found.changes)} change(s) for environment {found.environment} at {found.revision.short}")
+    return 1 if found.changes else 0
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = config.load(vars(args))
+    rows = Ledger(settings.state_dir).history(args.environment, args.limit)
+    if args.output == "json":
+        keys = ("revision", "commit_time", "applied_at", "result", "summary")
+        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no applied revisions recorded for environment {args.environment} in {settings.state_dir}",
+              file=sys.stderr)
+        return 0
+    _table([("REVISION", "COMMITTED", "APPLIED", "RESULT", "SUMMARY")] + [
+        (revision[:12], _time(committed), _time(applied), result, summary.splitlines()[0][:100] if summary else "")
+        for revision, committed, applied, result, summary in rows])
+    return 0
+
+
+def _time(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -131,12 +162,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     rows = [("ENVIRONMENT", "TARGET", "REVISION", "SYNC", "HEALTH", "UPDATED", "MESSAGE")]
     for s in states:
-        updated = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.updated_at))
-        rows.append((s.env, s.target, s.revision[:12], s.sync_status, s.health_status, updated,
+        rows.append((s.env, s.target, s.revision[:12], s.sync_status, s.health_status, _time(s.updated_at),
                      s.message.splitlines()[0][:80] if s.message else ""))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _table(rows)
     return 0
 
 
@@ -178,6 +206,19 @@ def parser() -> argparse.ArgumentParser:
     source_flags(diff)
     diff.add_argument("--environment", required=True)
     diff.set_defaults(func=cmd_diff)
+
+    plan = sub.add_parser("plan", help="what apply would do per object, no diff bodies (exit 0 none, 1 changes, "
+                          "2 error)")
+    source_flags(plan)
+    plan.add_argument("--environment", required=True)
+    plan.set_defaults(func=cmd_plan)
+
+    history = sub.add_parser("history", help="revisions applied to an environment, newest first (from the ledger)")
+    history.add_argument("--environment", required=True)
+    history.add_argument("--state-dir", type=Path)
+    history.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
+    history.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    history.set_defaults(func=cmd_history)
 
     val = sub.add_parser("validate", help="check a repository or environment directory (exit 0 ok, 1 invalid)")
     val.add_argument("path")

@@ -1,0 +1,45 @@
+"""What a reconcile of one environment would do, without doing it: fetch -> render -> observe -> plan.
+
+Called by the `diff` and `plan` commands (one code path for both); applies, prunes and records
+nothing. Errors propagate as `ReconcileError`/`InvalidEnvironment` for the CLI to print.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from . import planner
+from .config import Settings
+from .daemon import build_target
+from .ledger import Ledger
+from .metrics import Metrics
+from .model import Action, PlanItem
+from .render import render
+from .source import GitSource, Revision
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The plan for one environment at the branch's head."""
+
+    environment: str
+    revision: Revision
+    items: list[PlanItem]
+
+    @property
+    def changes(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action not in (Action.NOOP, Action.SKIP)]
+
+
+def preview(settings: Settings, environment: str) -> Preview:
+    source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
+    revision = source.fetch()
+    env = render(revision.tree, environment, revision.sha)
+    target = build_target(env.spec, settings.state_dir, Metrics(CollectorRegistry()))
+    ledger = Ledger(settings.state_dir)
+    inventory = ledger.inventory(env.spec.name)
+    live = target.observe(env, inventory | {d.ref for d in env.objects})
+    items = planner.plan(env, live, inventory, ledger.finished_runs(env.spec.name),
+                         expected=target.expected(env, live))
+    return Preview(env.spec.name, revision, items)

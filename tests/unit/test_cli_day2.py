@@ -1,0 +1,75 @@
+"""Day-2 commands through `main([...])`: history, plan, suspend/resume (real Git; in-memory target)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reconciler.cli import main
+from reconciler.ledger import Ledger
+from reconciler.metrics import Metrics
+from reconciler.reconcile import EnvironmentReconciler, TargetFactory
+from reconciler.source import GitSource
+from tests.conftest import GitRemote
+from tests.unit.test_reconcile import MemoryTarget, cluster_yaml, env_yaml
+
+TESTDATA = Path(__file__).parent.parent / "testdata"
+
+
+@pytest.fixture
+def stage(remote: GitRemote, tmp_path: Path):
+    """The reconcile stage on environment `a` with a state dir the CLI reads too."""
+    target, state = MemoryTarget(), tmp_path / "state"
+    source = GitSource(remote.url, "main", tmp_path / "cache")
+    reconciler = EnvironmentReconciler(source, Ledger(state), Metrics(CollectorRegistry()),
+                                       TargetFactory(lambda spec: target))
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/raycluster.yaml", cluster_yaml())
+    return remote, source, reconciler, target, state
+
+
+def test_history_lists_applied_revisions_newest_first(stage, capsys: pytest.CaptureFixture[str]) -> None:
+    remote, source, reconciler, target, state = stage
+    first = remote.commit("one worker")
+    reconciler.reconcile("a", source.fetch())
+    remote.write("environments/a/raycluster.yaml", cluster_yaml(replicas=2))
+    second = remote.commit("two workers")
+    reconciler.reconcile("a", source.fetch())
+
+    assert main(["history", "--environment", "a", "--state-dir", str(state)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["REVISION", "COMMITTED", "APPLIED", "RESULT", "SUMMARY"]
+    assert [line.split()[0] for line in table[1:]] == [second[:12], first[:12]]
+    assert "RayCluster/default/demo created" in table[2]
+    assert main(["history", "--environment", "a", "--state-dir", str(state), "-o", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["revision"], r["result"]) for r in rows] == [(second, "success"), (first, "success")]
+    assert rows[0]["commit_time"] <= rows[0]["applied_at"]
+
+
+def test_history_of_an_unknown_environment_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["history", "--environment", "nope", "--state-dir", str(tmp_path)]) == 0
+    assert "no applied revisions recorded for environment nope" in capsys.readouterr().err
+
+
+def test_plan_lists_actions_without_diff_bodies_and_exits_like_diff(remote: GitRemote, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/e2e/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())
+    remote.commit("an empty environment")
+    args = ["plan", "--repo", remote.url, "--environment", "e2e", "--state-dir", str(tmp_path / "state")]
+    assert main(args) == 0
+    assert "0 change(s) for environment e2e" in capsys.readouterr().out
+
+    remote.write("environments/e2e/raycluster.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1"))
+    remote.commit("one cluster")
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert "  create RayCluster/default/demo: not on the target" in out and "+++" not in out
+    assert "1 change(s) for environment e2e" in out
+
+    remote.write("environments/e2e/bad.yaml", "kind: RayCluster\n")
+    remote.commit("broken")
+    assert main(args) == 2
+    assert "environments/e2e/bad.yaml#0" in capsys.readouterr().err
