@@ -123,6 +123,21 @@ def cmd_history(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_suspend(args: argparse.Namespace) -> int:
+    ledger = Ledger(config.load(vars(args)).state_dir)
+    if args.command == "suspend":
+        ledger.suspend(args.environment, args.reason or "")
+        print(f"environment {args.environment}: suspended in {ledger.path}; from its next reconcile the daemon "
+              f"reports Suspended and applies nothing (`ray-gitops resume` lifts it; `spec.suspend: true` in Git "
+              f"is the GitOps way)")
+    elif ledger.resume(args.environment):
+        print(f"environment {args.environment}: resumed; its next reconcile applies Git again")
+    else:
+        print(f"environment {args.environment}: was not suspended in {ledger.path} (a `spec.suspend: true` "
+              f"in Git is lifted only by a commit)")
+    return 0
+
+
 def _time(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
 
@@ -219,6 +234,15 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
     history.add_argument("-o", "--output", choices=["table", "json"], default="table")
     history.set_defaults(func=cmd_history)
+
+    for verb, text in (("suspend", "stop applying to an environment (ledger flag; the daemon sees it at its "
+                                   "next reconcile)"), ("resume", "undo `suspend`")):
+        hold = sub.add_parser(verb, help=text)
+        hold.add_argument("--environment", required=True)
+        hold.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+        if verb == "suspend":
+            hold.add_argument("--reason", help="shown in status (e.g. an incident number)")
+        hold.set_defaults(func=cmd_suspend)
 
     val = sub.add_parser("validate", help="check a repository or environment directory (exit 0 ok, 1 invalid)")
     val.add_argument("path")

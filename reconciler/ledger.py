@@ -26,6 +26,7 @@ CREATE TABLE IF NOT EXISTS job_runs (env TEXT, submission_id TEXT, job TEXT, spe
     result TEXT, submitted_at REAL, start_time REAL, end_time REAL, PRIMARY KEY (env, submission_id));
 CREATE TABLE IF NOT EXISTS environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status TEXT,
     health_status TEXT, message TEXT, updated_at REAL, detail TEXT);
+CREATE TABLE IF NOT EXISTS suspended (env TEXT PRIMARY KEY, since REAL, reason TEXT);
 """
 
 
@@ -163,6 +164,22 @@ class Ledger:
                 if result:
                     db.execute("UPDATE job_runs SET result=?, status=UPPER(?) WHERE env=? AND submission_id=? AND "
                                "result IS NULL", (result, result, env, run))
+
+    def suspend(self, env: str, reason: str = "") -> None:
+        """`ray-gitops suspend`: the reconcile stage applies nothing to `env` until `resume`."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO suspended VALUES (?,?,?)", (env, time.time(), reason))
+
+    def resume(self, env: str) -> bool:
+        """Lift `suspend`; True if it was suspended."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM suspended WHERE env=?", (env,)).rowcount == 1
+
+    def suspended(self, env: str) -> str | None:
+        """The reason given (maybe "") while `env` is suspended by the CLI, else None."""
+        with self._tx() as db:
+            row = db.execute("SELECT reason FROM suspended WHERE env=?", (env,)).fetchone()
+        return row[0] if row else None
 
     def set_state(self, state: EnvironmentState) -> None:
         with self._tx() as db:

@@ -79,13 +79,15 @@ class EnvironmentReconciler:
         return Result(name, "error", "Failed", health_status, message, retry_after=retry_after)
 
     def _reconcile(self, name: str, revision: Revision) -> Result:
+        held = self.ledger.suspended(name)  # read every time: `ray-gitops suspend/resume` need no restart
+        if held is not None:
+            previous = next((s for s in self.ledger.states() if s.env == name), None)
+            reason = "suspended by `ray-gitops suspend`" + (f": {held}" if held else "")
+            return self._suspended(name, revision, previous.target if previous else "unknown", reason)
         env = render(revision.tree, name, revision.sha)
         target = self.targets.get(env)
         if env.spec.suspend:
-            self.ledger.set_state(EnvironmentState(name, target.kind, revision.sha, "Suspended", health.UNKNOWN,
-                                                   "suspended in Git", time.time(), {}))
-            self.metrics.environment_status(name, target.kind, revision.short, "Suspended", health.UNKNOWN)
-            return Result(name, "noop", "Suspended", health.UNKNOWN, "suspended", interval=env.spec.interval)
+            return self._suspended(name, revision, target.kind, "suspended in Git", env.spec.interval)
         self._adopt_ledger(env, target)
         inventory = self.ledger.inventory(name)
         live = target.observe(env, inventory | {d.ref for d in env.objects})
@@ -120,6 +122,13 @@ class EnvironmentReconciler:
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
         result = "error" if errors else "success" if outcomes else "noop"
         return Result(name, result, sync, env_health, message, outcomes, interval=env.spec.interval)
+
+    def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
+        """Report `Suspended` and touch nothing (Git's `spec.suspend: true` or the ledger's flag)."""
+        self.ledger.set_state(EnvironmentState(name, target, revision.sha, "Suspended", health.UNKNOWN, reason,
+                                               time.time(), {}))
+        self.metrics.environment_status(name, target, revision.short, "Suspended", health.UNKNOWN)
+        return Result(name, "noop", "Suspended", health.UNKNOWN, reason, interval=interval)
 
     def _apply(self, env: RenderedEnvironment, items: list[PlanItem], target: Target,
                context: ApplyContext) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:

@@ -73,3 +73,50 @@ def test_plan_lists_actions_without_diff_bodies_and_exits_like_diff(remote: GitR
     remote.commit("broken")
     assert main(args) == 2
     assert "environments/e2e/bad.yaml#0" in capsys.readouterr().err
+
+
+def test_suspend_holds_new_commits_and_resume_applies_them_without_a_restart(
+        stage, capsys: pytest.CaptureFixture[str]) -> None:
+    remote, source, reconciler, target, state = stage
+    remote.commit("one worker")
+    assert reconciler.reconcile("a", source.fetch()).result == "success"
+    calls = len(target.calls)
+
+    assert main(["suspend", "--environment", "a", "--state-dir", str(state), "--reason", "INC-42"]) == 0
+    assert "environment a: suspended" in capsys.readouterr().out
+    remote.write("environments/a/raycluster.yaml", cluster_yaml(replicas=3))
+    remote.commit("three workers")
+    held = reconciler.reconcile("a", source.fetch())  # the same reconciler: no restart
+
+    assert (held.result, held.sync_status) == ("noop", "Suspended") and len(target.calls) == calls
+    assert main(["status", "--state-dir", str(state)]) == 0
+    assert "suspended by `ray-gitops suspend`: INC-42" in capsys.readouterr().out
+
+    assert main(["resume", "--environment", "a", "--state-dir", str(state)]) == 0
+    assert "environment a: resumed" in capsys.readouterr().out
+    resumed = reconciler.reconcile("a", source.fetch())
+
+    assert (resumed.result, resumed.sync_status) == ("success", "Synced")
+    assert target.calls[calls:] == [("update", "demo")]
+    assert main(["resume", "--environment", "a", "--state-dir", str(state)]) == 0
+    assert "was not suspended" in capsys.readouterr().out
+
+
+def test_suspend_holds_even_an_environment_git_cannot_render(stage) -> None:
+    remote, source, reconciler, target, state = stage
+    remote.write("environments/a/broken.yaml", "kind: [unclosed")
+    remote.commit("broken")
+    Ledger(state).suspend("a")
+
+    assert reconciler.reconcile("a", source.fetch()).sync_status == "Suspended" and target.calls == []
+
+
+def test_each_applied_object_is_logged_at_info_as_it_happens(stage, caplog: pytest.LogCaptureFixture) -> None:
+    remote, source, reconciler, target, state = stage
+    remote.write("environments/a/two.yaml", cluster_yaml("two"))
+    remote.commit("two clusters")
+    with caplog.at_level("INFO", logger="reconciler.reconcile"):
+        reconciler.reconcile("a", source.fetch())
+    applied = [r.getMessage() for r in caplog.records if " created (" in r.getMessage()]
+    assert applied == ["environment a: RayCluster/default/demo created (not on the target)",
+                       "environment a: RayCluster/default/two created (not on the target)"]
