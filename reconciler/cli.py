@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import config
+from . import config, rollback
 from .daemon import Daemon
 from .errors import InvalidEnvironment, ReconcileError
 from .ledger import Ledger
@@ -138,6 +138,27 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    last = Ledger(args.state_dir).last_applied(args.environment) if args.state_dir else None
+    try:
+        done = rollback.rollback(Path(args.repo), args.environment, args.to, args.branch, last, args.all_paths,
+                                 args.push)
+    except rollback.RollbackError as exc:
+        print(f"ray-gitops rollback: {exc}", file=sys.stderr)
+        return 2
+    if not done.reverted:
+        print(f"nothing to roll back: no commit changed environments/{args.environment}/ since the chosen revision")
+        return 0
+    for sha, subject in done.reverted:
+        print(f"reverted {sha[:12]} {subject}")
+    print(done.diff.rstrip("\n") or f"(no net change under environments/{args.environment}/)")
+    branch = args.branch
+    where = f"pushed to origin/{branch}" if done.pushed else f"not pushed (git push origin {branch} or --push)"
+    print(f"{len(done.reverted)} revert commit(s) {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; "
+          f"{where}")
+    return 0
+
+
 def _time(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
 
@@ -234,6 +255,19 @@ def parser() -> argparse.ArgumentParser:
     history.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
     history.add_argument("-o", "--output", choices=["table", "json"], default="table")
     history.set_defaults(func=cmd_history)
+
+    back = sub.add_parser("rollback", help="git revert the commits that changed an environment, in a local clone "
+                          "(exit 0 done, 2 refused or conflict)")
+    back.add_argument("--repo", required=True, help="path of a clean local clone (work tree) on --branch")
+    back.add_argument("--environment", required=True)
+    back.add_argument("--to", help="revert every commit after this revision that changed the environment (default: "
+                      "the parent of the last applied revision with --state-dir, else of the environment's newest "
+                      "commit)")
+    back.add_argument("--branch", default="main")
+    back.add_argument("--state-dir", type=Path, help="the daemon's state directory (for the last applied revision)")
+    back.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths")
+    back.add_argument("--push", action="store_true", help="push the revert commit(s) (default: only commit locally)")
+    back.set_defaults(func=cmd_rollback)
 
     for verb, text in (("suspend", "stop applying to an environment (ledger flag; the daemon sees it at its "
                                    "next reconcile)"), ("resume", "undo `suspend`")):

@@ -62,7 +62,8 @@ def test_plan_lists_actions_without_diff_bodies_and_exits_like_diff(remote: GitR
     assert main(args) == 0
     assert "0 change(s) for environment e2e" in capsys.readouterr().out
 
-    remote.write("environments/e2e/raycluster.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1"))
+    cluster = (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1")
+    remote.write("environments/e2e/raycluster.yaml", cluster)
     remote.commit("one cluster")
     assert main(args) == 1
     out = capsys.readouterr().out

@@ -1,0 +1,109 @@
+"""`ray-gitops rollback` on real repositories: revert commits of one environment, never rewrite history."""
+from __future__ import annotations
+
+import pytest
+
+from reconciler.cli import main
+from reconciler.ledger import Ledger
+from tests.conftest import GitRemote
+
+
+def remote_head(remote: GitRemote) -> str:
+    return remote.repo.git.ls_remote(str(remote.bare_path), "refs/heads/main").split()[0]
+
+
+@pytest.fixture
+def history(remote: GitRemote) -> dict[str, str]:
+    """a: v1 -> v2 -> v3 (two commits after the first), b: one change in between."""
+    shas = {}
+    remote.write("environments/a/values.yaml", "v1\n")
+    remote.write("environments/b/values.yaml", "v1\n")
+    shas["start"] = remote.commit("start")
+    remote.write("environments/a/values.yaml", "v2\n")
+    shas["a2"] = remote.commit("a: v2")
+    remote.write("environments/b/values.yaml", "v2\n")
+    shas["b2"] = remote.commit("b: v2")
+    remote.write("environments/a/values.yaml", "v3\n")
+    shas["a3"] = remote.commit("a: v3")
+    return shas
+
+
+def run(remote: GitRemote, *extra: str) -> int:
+    return main(["rollback", "--repo", str(remote.work_path), "--environment", "a", *extra])
+
+
+def test_rollback_reverts_only_the_environments_commits_newest_first_and_does_not_push(
+        remote: GitRemote, history: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(remote, "--to", history["start"]) == 0
+    out = capsys.readouterr().out
+
+    log = remote.repo.git.log("--format=%s", f"{history['a3']}..HEAD").splitlines()
+    assert log == ['Revert "a: v2"', 'Revert "a: v3"']  # newest commit reverted first
+    assert (remote.work_path / "environments/a/values.yaml").read_text() == "v1\n"
+    assert (remote.work_path / "environments/b/values.yaml").read_text() == "v2\n"
+    assert f"reverted {history['a3'][:12]} a: v3" in out and "-v3\n+v1" in out
+    assert "environments/b" not in out and "not pushed" in out
+    assert remote_head(remote) == history["a3"]
+    assert remote.repo.git.merge_base("--is-ancestor", history["a3"], "HEAD") == ""  # history kept
+
+
+def test_rollback_pushes_only_with_push(remote: GitRemote, history: dict[str, str],
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(remote, "--push") == 0  # default: the parent of a's newest commit
+    assert remote_head(remote) == remote.repo.head.commit.hexsha
+    assert remote.repo.head.commit.summary == 'Revert "a: v3"'
+    assert (remote.work_path / "environments/a/values.yaml").read_text() == "v2\n"
+    assert "pushed to origin/main" in capsys.readouterr().out
+
+
+def test_rollback_defaults_to_before_the_last_applied_revision(remote: GitRemote, history: dict[str, str],
+                                                               tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    Ledger(tmp_path).record_revision("a", history["a2"], 0.0, "success", "applied")
+
+    assert run(remote, "--state-dir", str(tmp_path)) == 0
+    reverted = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("reverted")]
+    assert reverted == [history["a3"][:12], history["a2"][:12]]
+
+
+def test_rollback_refuses_a_dirty_tree_and_another_branch(remote: GitRemote, history: dict[str, str],
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/a/values.yaml", "edited by hand\n")
+    assert run(remote) == 2
+    assert "uncommitted changes (environments/a/values.yaml)" in capsys.readouterr().err
+    remote.repo.git.checkout("--", ".")
+
+    remote.repo.git.checkout("-b", "topic")
+    assert run(remote) == 2
+    assert "on branch topic, not main" in capsys.readouterr().err
+    assert remote.repo.git.log("--format=%H", "-1", "main") == history["a3"]
+
+
+def test_rollback_refuses_a_commit_shared_with_another_environment_unless_all_paths(
+        remote: GitRemote, history: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/a/values.yaml", "v4\n")
+    remote.write("environments/b/values.yaml", "v4\n")
+    both = remote.commit("a and b: v4")
+
+    assert run(remote, "--to", history["a3"]) == 2
+    err = capsys.readouterr().err
+    assert f"{both[:12]} (environments/b/values.yaml)" in err and "--all-paths" in err
+    assert remote.repo.head.commit.hexsha == both
+
+    assert run(remote, "--to", history["a3"], "--all-paths") == 0
+    assert (remote.work_path / "environments/b/values.yaml").read_text() == "v2\n"
+
+
+def test_rollback_aborts_cleanly_on_conflict(remote: GitRemote, history: dict[str, str],
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/a/values.yaml", "v4\n")
+    remote.write("environments/b/values.yaml", "v4\n")
+    remote.commit("a and b: v4")
+    remote.write("environments/b/values.yaml", "v5\n")  # b moved on: reverting the shared commit conflicts
+    later = remote.commit("b: v5")
+
+    assert run(remote, "--to", history["a3"], "--all-paths") == 2
+    err = capsys.readouterr().err
+    assert "conflicts with later changes in environments/b/values.yaml; nothing was changed" in err
+    assert remote.repo.head.commit.hexsha == later and not remote.repo.is_dirty(untracked_files=True)
+    assert not (remote.work_path / ".git" / "REVERT_HEAD").exists()
+    assert len(remote.repo.git.worktree("list").splitlines()) == 1  # the scratch worktree is gone
