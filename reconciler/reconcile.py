@@ -150,8 +150,10 @@ class EnvironmentReconciler:
                 log.error("environment %s: %s %s failed: %s", env.spec.name, item.ref, item.action.value, exc)
                 errors.append(f"{item.ref} {item.action.value} failed: {exc}")
                 outcomes.append((item, Outcome.FAILED))
+                target.report_event(item, Outcome.FAILED, f"{item.action.value} failed: {exc}", context)
                 continue
             log.info("environment %s: %s %s (%s)", env.spec.name, item.ref, outcome.value, item.reason)
+            target.report_event(item, outcome, f"{outcome.value}: {item.reason}", context)
             self.metrics.apply_total.labels(env.spec.name, item.ref.kind, item.action.value).inc()
             outcomes.append((item, outcome))
         return outcomes, errors

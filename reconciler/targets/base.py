@@ -37,6 +37,9 @@ class Target(Protocol):
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""
 
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
+        """Tell the target's users what was done to an object (Kubernetes: an Event); never raises."""
+
     def load_ledger(self, env: EnvironmentSpec) -> LedgerSnapshot | None:
         """The environment's ledger as the target keeps it (None: the target keeps none)."""
 

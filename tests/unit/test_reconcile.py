@@ -53,6 +53,9 @@ class MemoryTarget:
         self.objects[item.ref] = LiveObject(item.ref, copy.deepcopy(item.desired.manifest), status)
         return Outcome.CREATED
 
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
+        pass  # the log line is the record on this target
+
     def load_ledger(self, env: object) -> LedgerSnapshot | None:
         return self.saved.get(env.name)
 

@@ -19,7 +19,7 @@ from ...errors import PermanentError
 from ...metrics import Metrics
 from ...model import Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from ..base import ApplyContext
-from . import observe
+from . import events, observe
 from .apply import Applier, translate
 from .body import forced
 from .cache import Informer
@@ -149,6 +149,11 @@ class KubernetesTarget:
         if informer is not None:
             informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
         return OUTCOMES[item.action]
+
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
+        uid = str(((self._cached(item.ref) or {}).get("metadata") or {}).get("uid", ""))
+        events.emit(self.kube, item.ref, uid, outcome, f"{message} (revision {context.revision[:12]})",
+                    context.environment)
 
     def _delete(self, ref: ObjectRef, wait: bool, live: Manifest | None = None) -> None:
         live = live if live is not None else self._cached(ref)

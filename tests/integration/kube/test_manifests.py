@@ -68,13 +68,14 @@ CLUSTER_WIDE = {
     ("", "configmaps"): ALL_WRITE,
     ("", "secrets"): ALL_WRITE,
     ("", "pods"): {"list", "watch"},
+    ("", "events"): {"create"},
 }
 LEASE = ("coordination.k8s.io", "leases")
 LEASE_NAME = "ray-gitops"
 # Resources the daemon must NOT reach (subresources as "resource/subresource").
 NOT_GRANTED = [
     ("ray.io", "rayclusters/status"), ("ray.io", "rayjobs/status"), ("", "pods/log"), ("", "pods/exec"),
-    ("", "services"), ("", "serviceaccounts"), ("", "events"), ("", "persistentvolumeclaims"),
+    ("", "services"), ("", "serviceaccounts"), ("", "persistentvolumeclaims"),
     ("", "namespaces"), ("", "nodes"), ("apps", "deployments"), ("batch", "jobs"),
     ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "clusterroles"),
     ("rbac.authorization.k8s.io", "rolebindings"), ("apiextensions.k8s.io", "customresourcedefinitions"),

@@ -170,3 +170,17 @@ def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_pat
     assert "create RayCluster/" in capsys.readouterr().out
     harness.reconcile()
     assert main(args) == 0
+
+
+def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(harness: Harness, kube_control_plane) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    sha = harness.remote.commit("one cluster")
+    harness.reconcile()
+    harness.reconcile()
+    core = client.CoreV1Api(kube_control_plane.api_client())
+
+    events = core.list_namespaced_event(harness.namespace).items
+
+    assert [(e.reason, e.involved_object.kind, e.involved_object.name, e.type) for e in events] == [
+        ("Created", "RayCluster", "a", "Normal")]
+    assert sha[:12] in events[0].message and events[0].involved_object.uid
