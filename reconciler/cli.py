@@ -21,7 +21,7 @@ from .ledger import Ledger
 from .model import Action
 from .preview import Preview, preview
 from .render import ROOT, list_environments, render
-from .source import DirectoryTree
+from .source import DirectoryTree, redact
 
 
 class JsonFormatter(logging.Formatter):
@@ -62,7 +62,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop())
     host, port = settings.host_port
-    print(f"ray-gitops: reconciling {settings.repo} ({settings.branch}) every {settings.interval:g}s; "
+    print(f"ray-gitops: reconciling {redact(settings.repo)} ({settings.branch}) every {settings.interval:g}s; "
           f"metrics on http://{host}:{port}/metrics; state in {settings.state_dir}", file=sys.stderr)
     daemon.serve()
     return 0

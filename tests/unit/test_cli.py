@@ -75,3 +75,13 @@ def test_target_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
         "target: {local: {}}", f"target: {{{target}}}"))
     assert main(["validate", str(env)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_run_never_prints_credentials_from_the_repository_url(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    url = "https://user:s3cret-token@127.0.0.1:9/none.git"
+    proc = subprocess.run([sys.executable, "-m", "reconciler", "run", "--repo", url, "--once", "--state-dir",
+                           str(tmp_path), "--environment", "x"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "s3cret-token" not in proc.stdout + proc.stderr and "***@127.0.0.1" in proc.stderr
