@@ -163,10 +163,18 @@ def _time(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
 
 
-def _table(rows: list[tuple[str, ...]]) -> None:
+def _table(rows: list[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
+    """Aligned columns; `details[i]` are indented lines printed under data row i."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+
+    print(line(rows[0]))
+    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]]):
+        print(line(row))
+        for text in extra:
+            print(f"  {text}")
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -200,8 +208,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     for s in states:
         rows.append((s.env, s.target, s.revision[:12], s.sync_status, s.health_status, _time(s.updated_at),
                      s.message.splitlines()[0][:80] if s.message else ""))
-    _table(rows)
+    _table(rows, [_details(s.detail) for s in states])
     return 0
+
+
+def _details(detail: dict) -> list[str]:
+    """One line per cluster (workers ready/desired per group) and per job (status of its run)."""
+    lines = []
+    for name, cluster in sorted((detail.get("clusters") or {}).items()):
+        groups = ", ".join(f"{g} {c.get('ready', 0)}/{c.get('desired', 0)}"
+                           for g, c in sorted((cluster.get("groups") or {}).items()))
+        lines.append(f"RayCluster {name}: {cluster.get('health', '')}; workers ready/desired: {groups or 'none'}")
+    for name, job in sorted((detail.get("jobs") or {}).items()):
+        lines.append(f"RayJob {name}: {job.get('status') or 'no run yet'} ({job.get('health', '')})")
+    return lines
 
 
 def parser() -> argparse.ArgumentParser:

@@ -49,12 +49,16 @@ def test_diff_exits_1_with_changes_and_2_on_invalid_input(remote: GitRemote, tmp
 
 def test_status_prints_what_the_ledger_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from reconciler.ledger import EnvironmentState, Ledger
-    Ledger(tmp_path).set_state(EnvironmentState("prod", "local", "a" * 40, "OutOfSync", "Degraded", "why", 0.0, {}))
+    detail = {"clusters": {"demo": {"health": "Healthy", "groups": {"cpu": {"ready": 1, "desired": 2}}}},
+              "jobs": {"count": {"status": "SUCCEEDED", "health": "Healthy"}}}
+    Ledger(tmp_path).set_state(EnvironmentState("prod", "local", "a" * 40, "OutOfSync", "Degraded", "why", 0.0, detail))
 
     assert main(["status", "--state-dir", str(tmp_path)]) == 0
     table = capsys.readouterr().out.splitlines()
     assert table[0].split() == ["ENVIRONMENT", "TARGET", "REVISION", "SYNC", "HEALTH", "UPDATED", "MESSAGE"]
     assert table[1].split()[:5] == ["prod", "local", "a" * 12, "OutOfSync", "Degraded"]
+    assert table[2:] == ["  RayCluster demo: Healthy; workers ready/desired: cpu 1/2",
+                         "  RayJob count: SUCCEEDED (Healthy)"]
     assert main(["status", "--state-dir", str(tmp_path), "-o", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["sync_status"] == "OutOfSync"
 
