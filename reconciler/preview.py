@@ -38,8 +38,9 @@ def preview(settings: Settings, environment: str) -> Preview:
     env = render(revision.tree, environment, revision.sha)
     target = build_target(env.spec, settings.state_dir, Metrics(CollectorRegistry()))
     ledger = Ledger(settings.state_dir)
-    inventory = ledger.inventory(env.spec.name)
+    kept = target.load_ledger(env.spec)  # the cluster's copy (Kubernetes) is newer than a local one
+    inventory = set(kept.inventory) if kept else ledger.inventory(env.spec.name)
+    finished = {**ledger.finished_runs(env.spec.name), **{run: r for run, r in (kept.runs if kept else ()) if r}}
     live = target.observe(env, inventory | {d.ref for d in env.objects})
-    items = planner.plan(env, live, inventory, ledger.finished_runs(env.spec.name),
-                         expected=target.expected(env, live))
+    items = planner.plan(env, live, inventory, finished, expected=target.expected(env, live))
     return Preview(env.spec.name, revision, items)

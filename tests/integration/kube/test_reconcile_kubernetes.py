@@ -184,3 +184,18 @@ def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(h
     assert [(e.reason, e.involved_object.kind, e.involved_object.name, e.type) for e in events] == [
         ("Created", "RayCluster", "a", "Normal")]
     assert sha[:12] in events[0].message and events[0].involved_object.uid
+
+
+def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledger(
+        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from reconciler.cli import main
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
+    harness.remote.commit("two clusters")
+    harness.reconcile()
+    harness.remote.remove(f"environments/{ENV}/b.yaml")
+    harness.remote.commit("drop b")
+
+    args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh")]
+    assert main(args) == 1
+    assert "delete RayCluster/" in capsys.readouterr().out
