@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from . import webhook
 from .config import Settings
-from .errors import PermanentError, ReconcileError, TemporaryError
+from .errors import PermanentError, ReconcileError
 from .leader import LeaderElectionOptions, LeaderElector, connect
 from .ledger import Ledger
 from .metrics import Metrics
@@ -183,9 +183,7 @@ class Daemon:
                 if leading:
                     try:
                         self._schedule(pool, self.source.fetch(), force)
-                    except TemporaryError as exc:
-                        log.error("%s", exc)
-                    except ReconcileError as exc:
+                    except ReconcileError as exc:  # a failed first fetch: retried next turn
                         log.error("%s", exc)
                 self.wake.wait(self._until_next() if leading else self.settings.interval)
         finally:
