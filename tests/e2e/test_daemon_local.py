@@ -3,59 +3,22 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Callable
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.targets.local_ray import LocalRayCluster
-from tests.conftest import GitRemote, free_port
+from tests.conftest import GitRemote
+from tests.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 TESTDATA = Path(__file__).parent.parent / "testdata"
 ENV = "e2e"
 
 
-class Daemon:
-    """`ray-gitops run` in a subprocess, with its metrics endpoint."""
-
-    def __init__(self, repo: str, state_dir: Path, log: Path) -> None:
-        self.port = free_port()
-        self.log = log
-        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(state_dir),
-               "--interval", "1s", "--metrics-address", f"127.0.0.1:{self.port}", "--environment", ENV]
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-    def samples(self) -> dict[tuple[str, frozenset], float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        return {(s.name, frozenset(s.labels.items())): s.value
-                for family in text_string_to_metric_families(text) for s in family.samples}
-
-    def metric(self, name: str, **labels: str) -> float | None:
-        try:
-            return self.samples().get((name, frozenset(labels.items())))
-        except OSError:
-            return None
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            if check():
-                return
-            time.sleep(0.5)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=90)
+def start_daemon(repo: str, state_dir: Path, log: Path) -> DaemonProcess:
+    return DaemonProcess(repo, state_dir, log, ["--interval", "1s", "--environment", ENV])
 
 
 @pytest.fixture
@@ -79,7 +42,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
     remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
     remote.commit("one worker")
     log = tmp_path / "daemon.log"
-    daemon = Daemon(remote.url, state_dir, log)
+    daemon = start_daemon(remote.url, state_dir, log)
     ready = dict(environment=ENV, cluster="demo", group="cpu", state="ready")
     try:
         daemon.wait_for("1 ready worker", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 1)
@@ -105,7 +68,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
 
         gcs, workers = ray.gcs_address, ray.worker_pids()
         daemon.stop(signal.SIGKILL)
-        daemon = Daemon(remote.url, state_dir, log)
+        daemon = start_daemon(remote.url, state_dir, log)
         daemon.wait_for("a reconcile after restart",
                         lambda: (daemon.metric("ray_gitops_reconcile_total", environment=ENV, result="noop") or 0) >= 2)
         again = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")

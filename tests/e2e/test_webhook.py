@@ -4,18 +4,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import http.client
-import os
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import GitRemote, free_port
+from tests.conftest import GitRemote
+from tests.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.e2e]
 ENV = "hooked"
@@ -29,35 +25,14 @@ spec:
 """
 
 
-class Daemon:
-    """`ray-gitops run --interval 1h` in a subprocess: only a webhook makes it fetch again."""
+class Daemon(DaemonProcess):
+    """`ray-gitops run --interval 1h`: only a webhook makes it fetch again."""
 
     def __init__(self, repo: str, state_dir: Path, log: Path, environ: dict[str, str]) -> None:
-        self.port, self.log = free_port(), log
-        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(state_dir),
-               "--interval", "1h", "--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "info"]
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                     env={**{k: v for k, v in os.environ.items() if not k.startswith("RAY_GITOPS_")},
-                                          **environ})
+        super().__init__(repo, state_dir, log, ["--interval", "1h", "--log-level", "info"], environ)
 
-    def metric(self, name: str, **labels: str) -> float | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        samples = {(s.name, frozenset(s.labels.items())): s.value
-                   for family in text_string_to_metric_families(text) for s in family.samples}
-        return samples.get((name, frozenset(labels.items())))
-
-    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            if check():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 30, poll: float = 0.2) -> None:
+        super().wait_for(what, check, timeout, poll)
 
     def request(self, method: str, headers: dict[str, str], body: bytes = b"",
                 length: int | None = None) -> int:
@@ -71,15 +46,6 @@ class Daemon:
             return conn.getresponse().status
         finally:
             conn.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 @pytest.fixture

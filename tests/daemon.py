@@ -1,0 +1,57 @@
+"""`ray-gitops run` as a subprocess for end-to-end tests: its metrics, waiting, stopping by PID."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import free_port
+
+
+class DaemonProcess:
+    """One daemon on a free loopback port; `args` follow `ray-gitops run --repo ... --state-dir ...`."""
+
+    def __init__(self, repo: str, state_dir: Path, log: Path, args: list[str],
+                 environ: dict[str, str] | None = None) -> None:
+        self.port, self.log = free_port(), log
+        cmd = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(state_dir),
+               "--metrics-address", f"127.0.0.1:{self.port}", *args]
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_GITOPS_")}, **(environ or {})}
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """One sample's value, None when absent or when the daemon does not answer."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        samples = {(s.name, frozenset(s.labels.items())): s.value
+                   for family in text_string_to_metric_families(text) for s in family.samples}
+        return samples.get((name, frozenset(labels.items())))
+
+    def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180, poll: float = 0.5) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
+            if check():
+                return
+            time.sleep(poll)
+        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> None:
+        """Signal the daemon and wait; SIGKILL if it does not end in time."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
