@@ -55,6 +55,9 @@ class Settings:
     webhook_secret: str = field(default="", repr=False)  # POST /hooks/git; empty (and no file): disabled
     webhook_secret_file: str = ""  # a mounted Secret's file; wins over webhook_secret
     webhook_max_body: int = 1024 * 1024  # bytes; larger webhook bodies get 413 unread
+    concurrency: int = 4  # environments reconciled at the same time (as Flux's --concurrent)
+    kube_api_qps: float = 50.0  # client-side rate limit per API server (as Flux's --kube-api-qps)
+    kube_api_burst: int = 100
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -69,8 +72,13 @@ def _coerce(name: str, value: Any) -> Any:
         return Path(value).expanduser()
     if name == "environments":
         return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
-    if name == "webhook_max_body":
-        return int(value)
+    if name in ("webhook_max_body", "concurrency", "kube_api_burst"):
+        number = int(value)
+        if number < 1:
+            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        return number
+    if name == "kube_api_qps":
+        return float(value)
     if name in ("once", "leader_election"):
         return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
     return str(value)

@@ -28,7 +28,7 @@ from .ledger import Ledger
 from .metrics import Metrics
 from .model import EnvironmentSpec
 from .reconcile import EnvironmentReconciler, Result, TargetFactory
-from .render import list_environments
+from .render import ROOT, list_environments
 from .source import GitSource, Revision
 from .targets.base import Target
 
@@ -36,29 +36,37 @@ log = logging.getLogger(__name__)
 MAX_BACKOFF = 300.0
 
 
-def build_target(spec: EnvironmentSpec, state_dir: Path, metrics: Metrics) -> Target:
+def build_target(spec: EnvironmentSpec, settings: Settings, metrics: Metrics) -> Target:
     """The target an environment asks for (each imported only when used: `local` needs ray[default])."""
     if spec.target.kind == "local":
         from .targets.local import LocalTarget
-        return LocalTarget(state_dir)
+        return LocalTarget(settings.state_dir)
     if spec.target.kind == "kubernetes":
         from .targets.kubernetes import KubernetesTarget
-        return KubernetesTarget(spec.target.options, metrics)
+        from .targets.kubernetes.client import RateLimiter
+        return KubernetesTarget(spec.target.options, metrics,
+                                limiter=RateLimiter(settings.kube_api_qps, settings.kube_api_burst))
     raise PermanentError(f"environment {spec.name}: unknown target {spec.target.kind}")
 
 
 class Daemon:
-    """One Git source, its environments, their targets, and the HTTP endpoints."""
+    """One Git source, its environments, their targets, and the HTTP endpoints.
+
+    Thread ownership: the main loop (`serve`/`run_once`) owns the scheduling state and is the only
+    caller of `source.fetch`; at most `settings.concurrency` environment threads reconcile at once,
+    each environment in one thread at a time, reading only the fetched revision's immutable snapshot.
+    The HTTP thread reads only thread-safe state (the metrics registry, Events, sets it copies).
+    """
 
     def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, process=registry is None)
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
-        self.targets = TargetFactory(lambda spec: build_target(spec, settings.state_dir, self.metrics))
-        self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
+        self.targets = TargetFactory(lambda spec: build_target(spec, settings, self.metrics))
         self.stopping = threading.Event()
+        self.reconciler = self._reconciler()
         self.wake = threading.Event()
         self.webhook_secret = self._webhook_secret()  # "" = /hooks/git disabled
         self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
@@ -66,11 +74,15 @@ class Daemon:
         self._heartbeat = time.monotonic()
         self._done: set[str] = set()
         self._selected: list[str] = []
+        self._listed = ""  # the revision whose environments were last listed (and logged)
         self._due: dict[str, tuple[str, float]] = {}  # env -> (revision reconciled, next time)
         self._failures: dict[str, int] = {}
         self._running: dict[str, Future[Result]] = {}
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
+
+    def _reconciler(self) -> EnvironmentReconciler:
+        return EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping)
 
     def _elector(self) -> LeaderElector:
         s = self.settings
@@ -111,7 +123,7 @@ class Daemon:
         cancels the reconciles still queued (running ones finish)."""
         leading = self.leading()
         if leading and not self._led and self.elector is not None:
-            self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.targets)
+            self.reconciler = self._reconciler()
         if not leading:
             for future in self._running.values():
                 future.cancel()
@@ -120,11 +132,17 @@ class Daemon:
 
     # -- scheduling ----------------------------------------------------------------------------------
     def environments(self, revision: Revision) -> list[str]:
+        """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
         found = list_environments(revision.tree)
         wanted = list(self.settings.environments) or found
-        for name in wanted:
-            if name not in found:
-                log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
+        if revision.sha != self._listed:
+            self._listed = revision.sha
+            for name in wanted:
+                if name not in found:
+                    log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
+            for path, reason in revision.tree.problems(ROOT):
+                if path.count("/") < 2 or path.split("/")[1] not in found:
+                    log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
         return wanted
 
     def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
@@ -160,7 +178,7 @@ class Daemon:
         """Reconcile every selected environment once; True only if all succeeded."""
         revision = self.source.fetch()
         names = self.environments(revision)
-        with ThreadPoolExecutor(max_workers=max(1, len(names))) as pool:
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
             results = list(pool.map(lambda n: self.reconciler.reconcile(n, revision), names))
         for result in results:
             log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
@@ -170,7 +188,7 @@ class Daemon:
     def serve(self) -> None:
         """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
         server = self._start_http()
-        pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="env")
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if self.elector is not None:
             self.elector.start()
         try:
@@ -181,10 +199,7 @@ class Daemon:
                 self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
                 leading = self._lead()
                 if leading:
-                    try:
-                        self._schedule(pool, self.source.fetch(), force)
-                    except ReconcileError as exc:  # a failed first fetch: retried next turn
-                        log.error("%s", exc)
+                    self._turn(pool, force)
                 self.wake.wait(self._until_next() if leading else self.settings.interval)
         finally:
             log.info("stopping: finishing the current steps")
@@ -195,6 +210,19 @@ class Daemon:
             server.shutdown()
             server.server_close()
             log.info("stopped")
+
+    def _turn(self, pool: ThreadPoolExecutor, force: bool) -> None:
+        """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
+        at once. Nothing here may end the loop: repository content and Git failures are only logged."""
+        failing = self.source.failure is not None
+        try:
+            revision = self.source.fetch()
+            force = force or failing != (self.source.failure is not None)
+            self._schedule(pool, revision, force)
+        except ReconcileError as exc:  # no revision yet: the source logged it; retried next turn
+            log.debug("%s", exc)
+        except Exception:  # a bug must not stop the other environments' schedule
+            log.exception("scheduling failed; retrying next turn")
 
     def _until_next(self) -> float:
         """Seconds to sleep: the Git poll interval, or less when an environment is due sooner."""

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import threading
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
+                               ProcessCollector)
 
-SYNC_STATUSES = ("Synced", "OutOfSync", "Failed", "Suspended")
+SYNC_STATUSES = ("Synced", "OutOfSync", "Failed", "Suspended", "Stale")
 JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LATENCY = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -20,8 +21,13 @@ _JOB = (1, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600)
 class Metrics:
     """The metric families, registered in `registry`."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, process: bool = False) -> None:
+        """`process`: also export the standard `process_*`, `python_gc_*` and `python_info` series."""
         self.registry = registry
+        if process:
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
         ns = "ray_gitops"
         self.environment_info = Gauge("environment_info", "1 per environment, with its sync and health status",
                                       ["environment", "target", "revision", "sync_status", "health_status"],
@@ -34,6 +40,8 @@ class Metrics:
                                            ["environment"], namespace=ns, registry=registry, buckets=_LATENCY)
         self.git_requests = Counter("git_requests_total", "Git requests by type and result",
                                     ["request_type", "result"], namespace=ns, registry=registry)
+        self.git_last_fetch_success = Gauge("git_last_fetch_success_timestamp_seconds", "Unix time of the last "
+                                            "successful Git fetch", namespace=ns, registry=registry)
         self.git_duration = Histogram("git_request_duration_seconds", "Wall time of Git requests",
                                       ["request_type", "result"], namespace=ns, registry=registry, buckets=_SECONDS)
         self.apply_total = Counter("apply_total", "Changes made to targets by kind and action",
@@ -65,6 +73,8 @@ class Metrics:
     def git_request(self, request_type: str, result: str, seconds: float) -> None:
         self.git_requests.labels(request_type, result).inc()
         self.git_duration.labels(request_type, result).observe(seconds)
+        if request_type == "fetch" and result == "success":
+            self.git_last_fetch_success.set_to_current_time()
 
     def replace(self, gauge: Gauge, environment: str, values: dict[tuple[str, ...], float]) -> None:
         """Set `gauge` for `environment` to exactly `values` (labels after the environment)."""

@@ -36,7 +36,7 @@ def preview(settings: Settings, environment: str) -> Preview:
     source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
     revision = source.fetch()
     env = render(revision.tree, environment, revision.sha)
-    target = build_target(env.spec, settings.state_dir, Metrics(CollectorRegistry()))
+    target = build_target(env.spec, settings, Metrics(CollectorRegistry()))
     ledger = Ledger(settings.state_dir)
     kept = target.load_ledger(env.spec)  # the cluster's copy (Kubernetes) is newer than a local one
     inventory = set(kept.inventory) if kept else ledger.inventory(env.spec.name)

@@ -6,15 +6,16 @@ and keeps its last applied state. Everything it learns goes to the ledger and th
 """
 from __future__ import annotations
 
-import logging
 import json
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 from . import health, planner
 from .diff import cluster_spec
-from .errors import InvalidEnvironment, ReconcileError
+from .errors import InvalidEnvironment, ReconcileError, TemporaryError
 from .ledger import EnvironmentState, Ledger
 from .metrics import JOB_STATUSES, Metrics
 from .model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
@@ -42,18 +43,34 @@ class Result:
     interval: float = 60.0
 
 
+class Interrupted(TemporaryError):
+    """The daemon is stopping: the rest of this reconcile is left for the next start."""
+
+
 class EnvironmentReconciler:
-    """Reconciles environments of one Git source onto their targets."""
+    """Reconciles environments of one Git source onto their targets.
+
+    Thread ownership: called from several environment threads at once, never twice at the same time
+    for one environment (the daemon's scheduler guarantees it). It reads only the revision's immutable
+    snapshot; per-environment entries of `_persisted` and `_said` are touched only by the thread
+    reconciling that environment; the ledger, metrics and targets are thread-safe.
+    """
 
     def __init__(self, source: GitSource, ledger: Ledger, metrics: Metrics, targets: TargetFactory,
-                 options: planner.PlanOptions = planner.PlanOptions()) -> None:
+                 options: planner.PlanOptions = planner.PlanOptions(),
+                 stopping: threading.Event | None = None) -> None:
         self.source, self.ledger, self.metrics, self.targets, self.options = source, ledger, metrics, targets, options
+        self.stopping = stopping or threading.Event()  # set: apply nothing more, leave the rest for later
         self._persisted: dict[str, LedgerSnapshot] = {}  # what each environment's target holds
+        self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
 
     def reconcile(self, name: str, revision: Revision) -> Result:
         started = time.monotonic()
         try:
             result = self._reconcile(name, revision)
+        except Interrupted as exc:
+            log.info("environment %s: %s", name, exc)
+            return Result(name, "error", "Unknown", health.UNKNOWN, str(exc))
         except InvalidEnvironment as exc:
             log.error("%s", exc)
             result = self._failed(name, revision, "invalid environment: " + "; ".join(str(e) for e in exc.errors))
@@ -100,6 +117,9 @@ class EnvironmentReconciler:
         self._report_drift(name, items, inventory, last_applied == revision.sha)
         context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(
             revision, path, self.ledger.path.parent / "checkouts"))
+        creating = {i.ref for i in items if i.action in (Action.CREATE, Action.RECREATE, Action.SUBMIT)}
+        if creating - inventory:  # owned before it exists: a crash or a stop mid-apply never loses track of it
+            self.ledger.set_inventory(name, inventory | creating)
         outcomes, errors = self._apply(env, items, target, context)
         if outcomes:
             live = target.observe(env, inventory | {d.ref for d in env.objects})
@@ -107,10 +127,12 @@ class EnvironmentReconciler:
         self.ledger.set_inventory(name, self._inventory(env, items, outcomes, live))
         self._persist_ledger(env, target)
         pending = [i for i in items if i.action == Action.SKIP and i.desired is None and "refused" in i.reason]
-        sync = "Failed" if errors else "OutOfSync" if pending else "Synced"
+        stale = self.source.failure
+        sync = "Failed" if errors else "Stale" if stale else "OutOfSync" if pending else "Synced"
         env_health, detail = self._report_health(env, live)
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
-        message = "; ".join(errors) or "; ".join(i.reason for i in pending) or summary
+        message = ("; ".join(errors) or (f"Stale: {stale}" if stale else "") or "; ".join(i.reason for i in pending)
+                   or summary)
         if not errors and (outcomes or last_applied != revision.sha):
             self.ledger.record_revision(name, revision.sha, revision.commit_time, "success", summary[:2000])
             if last_applied != revision.sha:
@@ -133,13 +155,18 @@ class EnvironmentReconciler:
     def _apply(self, env: RenderedEnvironment, items: list[PlanItem], target: Target,
                context: ApplyContext) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
         outcomes, errors = [], []
+        name = env.spec.name
+        said, self._said[name] = self._said.get(name, set()), set()
         for item in items:
             for warning in item.warnings:
-                log.warning("environment %s: %s: %s", env.spec.name, item.ref, warning)
+                self._say(name, said, logging.WARNING, f"{item.ref}: {warning}")
             if item.action not in CHANGES:
                 if item.action == Action.SKIP:
-                    log.info("environment %s: %s skipped: %s", env.spec.name, item.ref, item.reason)
+                    self._say(name, said, logging.INFO, f"{item.ref} skipped: {item.reason}")
                 continue
+            if self.stopping.is_set():
+                left = sum(1 for i in items[items.index(item):] if i.action in CHANGES)
+                raise Interrupted(f"stopping: {left} change(s) left for the next start")
             if item.action in (Action.SUBMIT, Action.RECREATE) and item.ref.kind == "RayJob" and item.desired:
                 manifest = item.desired.manifest
                 self.ledger.record_submission(env.spec.name, job_submission_id(env.spec.name, item.ref.name, manifest),
@@ -157,6 +184,12 @@ class EnvironmentReconciler:
             self.metrics.apply_total.labels(env.spec.name, item.ref.kind, item.action.value).inc()
             outcomes.append((item, outcome))
         return outcomes, errors
+
+    def _say(self, name: str, said: set[str], level: int, message: str) -> None:
+        """Log a skip or a warning when it is new (a steady state repeats them every cycle: said once)."""
+        self._said[name].add(message)
+        if message not in said:
+            log.log(level, "environment %s: %s", name, message)
 
     @staticmethod
     def _inventory(env: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],

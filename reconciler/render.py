@@ -51,6 +51,7 @@ def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvi
     errors += env_errors
     # Object files are checked even when environment.yaml is broken, so every error shows at once.
     spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown"))
+    errors += [ValidationError(path, reason) for path, reason in tree.problems(directory)]
     objects: list[DesiredObject] = []
     seen: dict[ObjectRef, str] = {}
     for path in tree.files(directory):

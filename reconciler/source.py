@@ -1,94 +1,178 @@
-"""Fetch stage: clone once, then fetch; expose a revision as a read-only file tree.
+"""Fetch stage: clone once, then fetch; turn a revision into an immutable in-memory snapshot.
 
-Called by the daemon and the CLI. Content is read from Git objects of one commit (never from a
-working tree that a later fetch could change); `materialize` exports a sub-tree when a job needs
-real files (a runtime-env `working_dir`). Credentials in URLs never reach logs or errors.
+Thread ownership: `GitSource` owns the only gitpython `Repo` and touches it only under its lock,
+from whichever thread calls `fetch`/`materialize` (the daemon's main loop, or a CLI command).
+`fetch` reads everything a reconcile may read from the new commit (the whole file listing, and
+the content of every YAML file) into a `Snapshot` in one pass, before any environment thread
+sees it; environment threads then read only that plain, immutable data. Unusual tree entries
+(symlinks, submodules, `..`, names that are not plain file names, oversized files) are recorded
+as problems for render to report, never raised. Credentials in URLs never reach logs or errors.
 """
 from __future__ import annotations
 
 import io
+import logging
+import os
 import re
 import shutil
+import stat
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, Iterator, Protocol
+from types import MappingProxyType
+from typing import Callable, Iterator, Mapping, Protocol
 
 import git
 
 from .errors import TemporaryError
 
+log = logging.getLogger(__name__)
+YAML_SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 2 * 1024 * 1024  # one YAML file; larger ones are a problem, not read
+MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # all YAML of one revision together
+_FILE_MODES = {"100644", "100755", "100664"}
+
 
 class FileTree(Protocol):
-    """Read-only view of a repository's files (a Git commit or a directory on disk)."""
+    """Read-only view of a repository's files (a fetched revision or a directory on disk)."""
 
     def files(self, under: str) -> Iterator[str]: ...
     def read(self, path: str) -> bytes: ...
     def exists(self, path: str) -> bool: ...
+    def problems(self, under: str) -> Iterator[tuple[str, str]]: ...
+
+
+def name_problem(name: str) -> str | None:
+    """Why one path component is not a plain file name (None when it is)."""
+    if name in ("", ".", ".."):
+        return f"entry name {name!r} is not allowed"
+    if not name.isprintable() or "\\" in name:
+        return f"entry name {ascii(name)} holds invisible, control or backslash characters"
+    if name.casefold() == ".git":
+        return "entry name .git is not allowed"
+    return None
+
+
+def path_problem(path: str) -> str | None:
+    for part in path.split("/"):
+        problem = name_problem(part)
+        if problem:
+            return problem
+    return None
+
+
+def _under(path: str, prefix: str) -> bool:
+    prefix = prefix.strip("/")
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The files of one commit, read once: YAML contents, the names of all other files, and problems
+    (path -> reason) for entries that cannot be used. Immutable and safe to share between threads."""
+
+    contents: Mapping[str, bytes]  # YAML files within the size limits
+    others: frozenset[str] = frozenset()  # other regular files (listed, not read)
+    problem_map: Mapping[str, str] = field(default_factory=dict)
+
+    def files(self, under: str) -> Iterator[str]:
+        yield from sorted(p for p in (*self.contents, *self.others) if _under(p, under))
+
+    def read(self, path: str) -> bytes:
+        try:
+            return self.contents[path]
+        except KeyError:
+            raise FileNotFoundError(path) from None
+
+    def exists(self, path: str) -> bool:
+        return path in self.contents or path in self.others
+
+    def problems(self, under: str) -> Iterator[tuple[str, str]]:
+        yield from sorted((p, r) for p, r in self.problem_map.items() if _under(p, under))
+
+    @property
+    def size(self) -> int:
+        return sum(len(b) for b in self.contents.values())
 
 
 class DirectoryTree:
-    """A plain directory on disk (used by `ray-gitops validate PATH`)."""
+    """A plain directory on disk (used by `ray-gitops validate PATH`). Like Git, it never follows a
+    symbolic link: one is a problem of its environment, as in a commit."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def files(self, under: str) -> Iterator[str]:
+    def _walk(self, under: str) -> Iterator[tuple[str, str | None]]:
+        """(path, problem or None) of every file below `under`, without following links."""
         base = self.root / under
-        for path in sorted(base.rglob("*")):
-            if path.is_file() and ".git" not in path.relative_to(self.root).parts:
-                yield path.relative_to(self.root).as_posix()
-
-    def read(self, path: str) -> bytes:
-        return (self.root / path).read_bytes()
-
-    def exists(self, path: str) -> bool:
-        return (self.root / path).exists()
-
-
-class CommitTree:
-    """The files of one Git commit, read from the object database."""
-
-    def __init__(self, commit: git.Commit) -> None:
-        self.commit = commit
-
-    def _entry(self, path: str) -> git.objects.base.Object | None:
-        try:
-            return self.commit.tree / path if path.strip("/") else self.commit.tree
-        except KeyError:
-            return None
+        if base.is_symlink():
+            yield under, "symbolic links are not followed"
+            return
+        for top, dirs, names in os.walk(base):
+            rel = Path(top).relative_to(self.root).as_posix()
+            prefix = "" if rel == "." else rel + "/"
+            for name in sorted(dirs):
+                if os.path.islink(os.path.join(top, name)):
+                    yield f"{prefix}{name}", "symbolic links are not followed"
+            dirs[:] = sorted(d for d in dirs if d != ".git" and not os.path.islink(os.path.join(top, d)))
+            for name in sorted(names):
+                path, full = f"{prefix}{name}", os.path.join(top, name)
+                mode = os.lstat(full).st_mode
+                problem = (path_problem(path) or ("symbolic links are not followed" if stat.S_ISLNK(mode) else None)
+                           or (None if stat.S_ISREG(mode) else "not a regular file")
+                           or _size_problem(os.lstat(full).st_size, path))
+                yield path, problem
 
     def files(self, under: str) -> Iterator[str]:
-        tree = self._entry(under)
-        if not isinstance(tree, git.Tree):
-            return
-        for item in sorted(tree.traverse(), key=lambda o: o.path):
-            if isinstance(item, git.Blob):
-                yield item.path
+        yield from sorted(p for p, problem in self._walk(under) if problem is None)
 
     def read(self, path: str) -> bytes:
-        blob = self._entry(path)
-        if not isinstance(blob, git.Blob):
+        full = self.root / path
+        if full.is_symlink() or path_problem(path):
             raise FileNotFoundError(path)
-        return blob.data_stream.read()
+        return full.read_bytes()
 
     def exists(self, path: str) -> bool:
-        return self._entry(path) is not None
+        full = self.root / path
+        return full.is_file() and not full.is_symlink()
+
+    def problems(self, under: str) -> Iterator[tuple[str, str]]:
+        yield from sorted((p, r) for p, r in self._walk(under) if r is not None)
+
+
+def _size_problem(size: int, path: str) -> str | None:
+    if path.endswith(YAML_SUFFIXES) and size > MAX_FILE_BYTES:
+        return f"file is {size} bytes, more than the limit of {MAX_FILE_BYTES}"
+    return None
 
 
 @dataclass(frozen=True)
 class Revision:
-    """A fetched commit: SHA, commit time (Unix seconds) and its files."""
+    """A fetched commit: SHA, commit time (Unix seconds), subject and author, and its snapshot."""
 
     sha: str
     commit_time: float
-    tree: CommitTree
+    tree: Snapshot
+    subject: str = ""
+    author: str = ""
 
     @property
     def short(self) -> str:
         return self.sha[:12]
+
+
+@dataclass(frozen=True)
+class FetchFailure:
+    """The source's fetches are failing: since when (Unix time) and the last reason."""
+
+    since: float
+    reason: str
+
+    def __str__(self) -> str:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"fetch failing since {when}: {self.reason}"
 
 
 def redact(url: str) -> str:
@@ -99,8 +183,47 @@ def redact(url: str) -> str:
 GitObserver = Callable[[str, str, float], None]  # (request_type, result, seconds)
 
 
+def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
+    """Read commit `sha` of `repo` into a Snapshot: one `git ls-tree`, then one `git cat-file` per YAML
+    blob. Git itself lists the entries, so a crafted tree that gitpython cannot parse is still read."""
+    listing = repo.git.ls_tree("-r", "-z", "-l", "--full-tree", sha, stdout_as_string=False)
+    contents: dict[str, bytes] = {}
+    others: set[str] = set()
+    problems: dict[str, str] = {}
+    total = 0
+    for raw in listing.split(b"\0"):
+        if not raw:
+            continue
+        meta, _, raw_path = raw.partition(b"\t")
+        mode, kind, blob, size = meta.split()
+        try:
+            path = raw_path.decode("utf-8")
+        except UnicodeDecodeError:
+            problems[raw_path.decode("utf-8", "backslashreplace")] = "entry name is not valid UTF-8"
+            continue
+        mode_text = mode.decode()
+        problem = (path_problem(path)
+                   or ("duplicate entry" if path in contents or path in others else None)
+                   or ("submodules are not supported" if kind == b"commit" else None)
+                   or ("symbolic links are not followed" if mode_text == "120000" else None)
+                   or (None if kind == b"blob" and mode_text in _FILE_MODES else f"unsupported entry mode {mode_text}")
+                   or _size_problem(int(size), path))
+        if problem is None and path.endswith(YAML_SUFFIXES):
+            if total + int(size) > MAX_SNAPSHOT_BYTES:
+                problem = f"the revision's YAML files exceed {MAX_SNAPSHOT_BYTES} bytes together; not read"
+            else:
+                contents[path] = repo.odb.stream(bytes.fromhex(blob.decode())).read()
+                total += len(contents[path])
+                continue
+        if problem is None:
+            others.add(path)
+        else:
+            problems[path] = problem
+    return Snapshot(MappingProxyType(contents), frozenset(others), MappingProxyType(problems))
+
+
 class GitSource:
-    """A repository mirrored under `cache_dir`, fetched on demand; thread-safe."""
+    """A repository mirrored under `cache_dir`, fetched on demand; thread-safe (one lock around the Repo)."""
 
     def __init__(self, url: str, branch: str, cache_dir: Path, observer: GitObserver | None = None) -> None:
         self.url = str(Path(url).resolve()) if Path(url).exists() else url
@@ -110,6 +233,7 @@ class GitSource:
         self._lock = threading.Lock()
         self._repo: git.Repo | None = None
         self._current: Revision | None = None
+        self.failure: FetchFailure | None = None  # set while fetches fail; the last good revision stays
 
     def _open(self) -> git.Repo:
         if self._repo is None:
@@ -123,24 +247,46 @@ class GitSource:
         return self._repo
 
     def fetch(self) -> Revision:
-        """Fetch the branch; return its head. On failure keep and return the last good revision."""
+        """Fetch the branch; return its head as a snapshot. On failure keep and return the last good
+        revision (and set `failure`); with none yet, raise TemporaryError. Logs only state changes."""
         with self._lock:
             started = time.monotonic()
             try:
                 repo = self._open()
                 refspec = f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"
                 repo.remotes.origin.fetch(refspec, depth=None)
-                commit = repo.commit(f"refs/remotes/origin/{self.branch}")
-            except (git.GitCommandError, git.BadName, ValueError, OSError) as exc:
+                sha = repo.git.rev_parse("--verify", f"refs/remotes/origin/{self.branch}^{{commit}}").strip()
+                if self._current is None or self._current.sha != sha:
+                    self._current = self._revision(repo, sha)
+            except Exception as exc:  # git, the network, a corrupt cache, unreadable content: never fatal
                 self._observe("fetch", "error", time.monotonic() - started)
+                self._failed(exc)
                 if self._current is not None:
                     return self._current
-                message = redact(str(exc)).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
-                raise TemporaryError(f"git fetch {redact(self.url)} branch {self.branch}: {redact(message)}") from None
+                raise TemporaryError(f"git fetch {redact(self.url)} branch {self.branch}: "
+                                     f"{self.failure.reason if self.failure else ''}") from None
             self._observe("fetch", "success", time.monotonic() - started)
-            if self._current is None or self._current.sha != commit.hexsha:
-                self._current = Revision(commit.hexsha, float(commit.committed_date), CommitTree(commit))
+            if self.failure is not None:
+                log.info("git fetch of %s branch %s works again (failing since %s)", redact(self.url), self.branch,
+                         time.strftime("%H:%M:%S", time.localtime(self.failure.since)))
+                self.failure = None
             return self._current
+
+    def _revision(self, repo: git.Repo, sha: str) -> Revision:
+        fields = repo.git.log("-1", "--format=%ct%x00%an%x00%s", sha).split("\0")
+        return Revision(sha, float(fields[0]), read_snapshot(repo, sha), subject=fields[2][:200],
+                        author=fields[1][:100])
+
+    def _failed(self, exc: Exception) -> None:
+        text = redact(str(exc)).strip()
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        reason = redact(lines[-1] if lines else type(exc).__name__)[:300]
+        if self.failure is None:
+            log.error("git fetch of %s branch %s failed: %s (the last good revision %s stays applied)",
+                      redact(self.url), self.branch, reason, self._current.short if self._current else "(none yet)")
+            self.failure = FetchFailure(time.time(), reason)
+        elif self.failure.reason != reason:
+            self.failure = FetchFailure(self.failure.since, reason)
 
     def materialize(self, revision: Revision, path: str, into: Path) -> Path:
         """Export `path` of `revision` under `into/<sha>/` once; return the exported directory."""

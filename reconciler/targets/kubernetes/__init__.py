@@ -23,7 +23,7 @@ from . import events, observe
 from .apply import Applier, translate
 from .body import forced
 from .cache import Informer
-from .client import RESOURCES, ApiError, Kube, connect, resource
+from .client import RESOURCES, ApiError, Kube, RateLimiter, connect, resource
 from .dryrun import DryRuns
 from .ledger import ConfigMapLedger
 
@@ -39,17 +39,18 @@ class KubernetesTarget:
     vanished_runs_are_final = True  # a RayJob deleted by its TTL or DeleteSelf is never re-created
 
     def __init__(self, options: dict[str, Any], metrics: Metrics, *, field_manager: str = "ray-gitops",
-                 api_client: k8s.ApiClient | None = None) -> None:
+                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None) -> None:
         self.options, self.metrics, self.field_manager = dict(options), metrics, field_manager
         self._owns_client = api_client is None
         self.api_client = api_client if api_client is not None else connect(self.options)
-        self.kube = Kube(self.api_client, self._count)
+        self.kube = Kube(self.api_client, self._count, limiter)
         self.applier = Applier(self.kube, metrics, field_manager, float(self.options.get("deleteTimeout", 60)))
         self.dry_runs = DryRuns(self.kube, field_manager)
         self._informers: dict[tuple[str, str], Informer] = {}
         self._users: dict[tuple[str, str], set[str]] = {}  # informer -> environments reading it
         self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
+        self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
         self._lock = threading.Lock()
 
     def _count(self, verb: str) -> None:
@@ -57,34 +58,47 @@ class KubernetesTarget:
 
     # -- caches --------------------------------------------------------------------------------------
     def _informer(self, kind: str, namespace: str, environment: str) -> Informer:
-        key = (kind, namespace)
+        """The cache holding `kind` objects of `namespace`: one list+watch per kind for the whole cluster
+        (filtered by label), or, when the daemon may not list that kind cluster-wide, one per namespace."""
         with self._lock:
+            key = (kind, namespace if kind in self._namespaced else "")
             informer = self._informers.get(key)
             if informer is None:
-                res = RESOURCES[kind]
-                if kind == "Pod":
-                    informer = Informer(self.kube, res.collection(namespace), observe.WORKER_POD_SELECTOR,
-                                        observe.pod_summary)
-                else:
-                    informer = Informer(self.kube, res.collection(namespace), observe.selector(kind))
                 try:
-                    informer.start()
+                    informer = self._start_informer(*key)
                 except ApiError as exc:
-                    raise translate(f"{kind} in namespace {namespace}", exc) from exc
+                    if key[1] or exc.status != 403:
+                        raise translate(f"{kind} in namespace {namespace}", exc) from exc
+                    log.info("%s may not be listed cluster-wide (%s); watching it per namespace", kind, exc.reason)
+                    self._namespaced.add(kind)
+                    key = (kind, namespace)
+                    try:
+                        informer = self._start_informer(*key)
+                    except ApiError as exc2:
+                        raise translate(f"{kind} in namespace {namespace}", exc2) from exc2
                 self._informers[key] = informer
             self._users.setdefault(key, set()).add(environment)
         return informer
 
+    def _start_informer(self, kind: str, namespace: str) -> Informer:
+        transform = observe.pod_summary if kind == "Pod" else None
+        return Informer(self.kube, RESOURCES[kind].collection(namespace), observe.selector(kind), transform).start()
+
+    def _known(self, ref: ObjectRef) -> Informer | None:
+        """The cache already holding `ref`'s kind and namespace, if any."""
+        with self._lock:
+            return self._informers.get((ref.kind, ref.namespace if ref.kind in self._namespaced else ""))
+
     def _cached(self, ref: ObjectRef) -> Manifest | None:
         """The live object from its cache (after our own writes show), else from a GET."""
-        informer = self._informers.get((ref.kind, ref.namespace))
+        informer = self._known(ref)
         if informer is None:
             return self.applier.get(ref)
         try:
             informer.settle()
         except ApiError as exc:
             raise translate(ref, exc) from exc
-        return informer.get(ref.name)
+        return informer.get(ref.namespace, ref.name)
 
     # -- Target protocol -----------------------------------------------------------------------------
     def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
@@ -108,13 +122,14 @@ class KubernetesTarget:
         ready = {ns: self._ready_workers(ns, environment) for ns in ray_namespaces}
         live = {}
         for ref, informer in wanted:
-            manifest = informer.get(ref.name)
+            manifest = informer.get(ref.namespace, ref.name)
             if manifest is not None:
                 live[ref] = observe.live_object(ref, manifest, ready.get(ref.namespace))
         return live
 
-    def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str]] | None:
-        """Ready worker pods per (cluster, group); None when Pods cannot be read (workers stay unknown)."""
+    def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str, str]] | None:
+        """Ready worker pods per (namespace, cluster, group); None when Pods cannot be read (workers stay
+        unknown)."""
         if namespace in self._no_pods:
             return None
         try:
@@ -145,7 +160,7 @@ class KubernetesTarget:
             live = None
         stored = self.applier.apply(context.environment, item.desired, live, forced(self.options, item.desired))
         self.dry_runs.remember(context.environment, item.desired, stored)
-        informer = self._informers.get((ref.kind, ref.namespace))
+        informer = self._known(ref)
         if informer is not None:
             informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
         return OUTCOMES[item.action]
@@ -165,9 +180,9 @@ class KubernetesTarget:
             or (answer.get("details") or {}).get("uid")
         if not uid:
             return
-        informer = self._informers.get((ref.kind, ref.namespace))
+        informer = self._known(ref)
         if informer is not None:
-            informer.expect_gone(ref.name, uid)
+            informer.expect_gone(ref.namespace, ref.name, uid)
         if wait:
             self.applier.wait_gone(ref, uid)
 

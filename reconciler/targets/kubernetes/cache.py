@@ -1,4 +1,5 @@
-"""Informer-style cache of one collection (kind, namespace, label selector): one LIST, then a WATCH.
+"""Informer-style cache of one collection (kind, namespace or the whole cluster, label selector): one
+LIST, then a WATCH. Objects are keyed by (namespace, name).
 
 The Kubernetes target reads live objects here instead of GETting each one every cycle. A daemon
 thread follows the watch from the last resourceVersion (bookmarks included), re-lists on 410 Gone
@@ -24,6 +25,11 @@ class Gone(Exception):
     """The watch's resourceVersion is too old (410): list again."""
 
 
+def _key(obj: dict[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
 def _version(value: str) -> int | None:
     try:
         return int(value)
@@ -39,7 +45,7 @@ class Informer:
         self.kube, self.path, self.selector = kube, path, selector
         self.transform = transform or (lambda obj: obj)
         self.watch_seconds, self.backoff = watch_seconds, backoff
-        self._items: dict[str, dict[str, Any]] = {}
+        self._items: dict[tuple[str, str], dict[str, Any]] = {}
         self._version = ""
         self._cond = threading.Condition()
         self._stop = threading.Event()
@@ -75,9 +81,9 @@ class Informer:
             response.shutdown()
 
     # -- reads ---------------------------------------------------------------------------------------
-    def get(self, name: str) -> dict[str, Any] | None:
+    def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._cond:
-            return self._items.get(name)
+            return self._items.get((namespace, name))
 
     def items(self) -> list[dict[str, Any]]:
         with self._cond:
@@ -99,10 +105,10 @@ class Informer:
         with self._cond:
             self._expected.append(met)
 
-    def expect_gone(self, name: str, uid: str) -> None:
+    def expect_gone(self, namespace: str, name: str, uid: str) -> None:
         """We deleted `name` (uid): reads wait until the watch reported it gone (or replaced)."""
         def met() -> bool:
-            item = self._items.get(name)
+            item = self._items.get((namespace, name))
             return item is None or (item.get("metadata") or {}).get("uid") != uid
         with self._cond:
             self._expected.append(met)
@@ -127,7 +133,7 @@ class Informer:
     def _list(self, replace: bool = False) -> None:
         """LIST the collection; keep the result unless the cache is already newer (`replace`: keep it anyway)."""
         data = self.kube.list(self.path, self.selector)
-        items = {i["metadata"]["name"]: self.transform(i) for i in data.get("items") or []}
+        items = {_key(i): self.transform(i) for i in data.get("items") or []}
         version = str(data["metadata"].get("resourceVersion") or "")
         with self._cond:
             new, have = _version(version), _version(self._version)
@@ -198,8 +204,8 @@ class Informer:
             if have is not None and (_version(version) or 0) <= have:
                 return  # already in the list we took after this event was sent
             if kind in ("ADDED", "MODIFIED"):
-                self._items[meta["name"]] = self.transform(obj)
+                self._items[_key(obj)] = self.transform(obj)
             elif kind == "DELETED":
-                self._items.pop(meta["name"], None)
+                self._items.pop(_key(obj), None)
             self._version = version or self._version
             self._cond.notify_all()

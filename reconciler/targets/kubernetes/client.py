@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -31,8 +33,9 @@ class Resource:
     prefix: str
     plural: str
 
-    def collection(self, namespace: str) -> str:
-        return f"{self.prefix}/namespaces/{namespace}/{self.plural}"
+    def collection(self, namespace: str = "") -> str:
+        """The namespace's collection, or with "" the cluster-wide one."""
+        return f"{self.prefix}/namespaces/{namespace}/{self.plural}" if namespace else f"{self.prefix}/{self.plural}"
 
     def item(self, namespace: str, name: str) -> str:
         return f"{self.collection(namespace)}/{name}"
@@ -99,27 +102,61 @@ class ApiError(Exception):
         return out
 
 
+POOL_SIZE = 32  # kept-alive connections per API server: the watches plus the environment threads
+
+
 def connect(options: dict[str, Any]) -> client.ApiClient:
     """An ApiClient for `spec.target.kubernetes`: `inCluster: true`, else kubeconfig (`kubeconfig` key,
     else $KUBECONFIG, else ~/.kube/config) with its `context` (else the current context)."""
+    configuration = client.Configuration()
     if options.get("inCluster"):
-        configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(config_file=options.get("kubeconfig") or None,
-                                         context=options.get("context") or None, persist_config=False)
+    else:
+        config.load_kube_config(config_file=options.get("kubeconfig") or None,
+                                context=options.get("context") or None, client_configuration=configuration,
+                                persist_config=False)
+    configuration.connection_pool_maxsize = POOL_SIZE
+    return client.ApiClient(configuration)
+
+
+class RateLimiter:
+    """Client-side rate limit, a token bucket as client-go's: `qps` requests per second on average, bursts
+    of up to `burst`. Thread-safe; each caller waits for its own turn. `qps <= 0` means unlimited."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.qps, self.burst, self._clock, self._sleep = qps, max(1, burst), clock, sleep
+        self._tokens, self._last = float(self.burst), clock()
+        self._lock = threading.Lock()
+
+    def wait(self) -> float:
+        """Take one token, sleeping until it is there; the seconds waited."""
+        if self.qps <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(float(self.burst), self._tokens + (now - self._last) * self.qps)
+            self._last = now
+            self._tokens -= 1.0  # reserved now, possibly ahead of time: later callers wait behind it
+            delay = max(0.0, -self._tokens / self.qps)
+        if delay:
+            self._sleep(delay)
+        return delay
 
 
 class Kube:
-    """JSON requests to the API server; `count(verb)` is called once per request."""
+    """JSON requests to the API server; `count(verb)` is called once per request, after `limiter`."""
 
-    def __init__(self, api_client: client.ApiClient, count: Callable[[str], None]) -> None:
+    def __init__(self, api_client: client.ApiClient, count: Callable[[str], None],
+                 limiter: RateLimiter | None = None) -> None:
         self.api_client, self.count = api_client, count
+        self.limiter = limiter or RateLimiter(0, 1)
 
     def request(self, verb: str, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str = JSON, timeout: Any = 60.0,
                 stream: bool = False) -> Any:
         """Send one request; the decoded JSON answer (or, with `stream`, the open urllib3 response)."""
+        self.limiter.wait()
         self.count(verb)
         headers = {"Accept": JSON, **({"Content-Type": content_type} if body is not None else {})}
         method, url, headers, body, post = self.api_client.param_serialize(

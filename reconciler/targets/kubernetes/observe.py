@@ -17,13 +17,15 @@ from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, O
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
 WORKER_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL},{NODE_TYPE_LABEL}!=head"
-# ConfigMaps and Secrets: only ours, so the cache never holds a namespace's other secrets. An unlabelled
-# object of the same name therefore looks absent, and the create (server-side apply) adopts it.
-SELECTORS = {"ConfigMap": f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}", "Secret": f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"}
+# Objects from Git: only ours, so a cluster-wide cache never holds other teams' objects or secrets. An
+# unlabelled object of the same name therefore looks absent, and the create (server-side apply) adopts
+# it (or reports the fields another manager owns).
+OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 
 
 def selector(kind: str) -> str:
-    return SELECTORS.get(kind, "")
+    """The label selector of the cache that holds `kind`."""
+    return WORKER_POD_SELECTOR if kind == "Pod" else OWNED_SELECTOR
 
 
 def pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
@@ -33,13 +35,13 @@ def pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = not meta.get("deletionTimestamp") and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-    return {"metadata": {k: meta.get(k) for k in ("name", "uid", "resourceVersion")},
+    return {"metadata": {k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion")},
             "cluster": labels.get(CLUSTER_LABEL), "group": labels.get(GROUP_LABEL), "ready": ready}
 
 
-def ready_workers(pods: Iterable[dict[str, Any]]) -> Counter[tuple[str, str]]:
-    """(cluster, group) -> Ready worker pods."""
-    return Counter((p["cluster"], p["group"]) for p in pods if p["ready"])
+def ready_workers(pods: Iterable[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
+    """(namespace, cluster, group) -> Ready worker pods."""
+    return Counter((p["metadata"]["namespace"], p["cluster"], p["group"]) for p in pods if p["ready"])
 
 
 def ray_cluster_name(manifest: Manifest) -> str | None:
@@ -67,13 +69,13 @@ def redact(manifest: Manifest) -> Manifest:
     return out
 
 
-def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str]] | None) -> LiveObject:
+def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str, str]] | None) -> LiveObject:
     """A LiveObject from a cached manifest (copied: callers may change theirs)."""
     workers: dict[str, int] = {}
     cluster = ray_cluster_name(manifest) if ready is not None and ref.kind in CLUSTER_SPEC_PATHS else None
     if cluster and ready is not None:
         for group in cluster_spec(manifest).get("workerGroupSpecs") or []:
             name = str(group.get("groupName"))
-            workers[name] = ready[(cluster, name)]
+            workers[name] = ready[(ref.namespace, cluster, name)]
     manifest = copy.deepcopy(redact(manifest))
     return LiveObject(ref, manifest, manifest.get("status") or {}, workers)
