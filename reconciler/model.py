@@ -100,6 +100,12 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
 
 
+class Flag(str, enum.Enum):
+    """A fact about a plan item that later stages act on (instead of reading its reason text)."""
+
+    RUN_FINISHED = "run-finished"  # a RayJob skipped because its run already ended: the normal steady state
+
+
 @dataclass(frozen=True)
 class PlanItem:
     """One step of a plan: the object, the action, why, and the diff that led to it."""
@@ -110,6 +116,7 @@ class PlanItem:
     desired: DesiredObject | None = None
     diff: str = ""
     warnings: tuple[str, ...] = ()
+    flags: frozenset[Flag] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from . import diff
 from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, LiveObject, Manifest,
+                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
                     ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3}
@@ -92,7 +92,8 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
          finished: dict[str, str], ignore: tuple[str, ...]) -> PlanItem:
     run = job_submission_id(environment, desired.ref.name, desired.manifest)
     if run in finished:
-        return PlanItem(desired.ref, Action.SKIP, f"run {run} already finished ({finished[run]}); not re-run", desired)
+        return PlanItem(desired.ref, Action.SKIP, f"run {run} already finished ({finished[run]}); not re-run", desired,
+                        flags=frozenset({Flag.RUN_FINISHED}))
     if current is None:
         return PlanItem(desired.ref, Action.SUBMIT, f"new run {run}", desired,
                         diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))

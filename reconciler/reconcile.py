@@ -18,7 +18,7 @@ from .diff import cluster_spec
 from .errors import InvalidEnvironment, ReconcileError, TemporaryError
 from .ledger import EnvironmentState, Ledger
 from .metrics import JOB_STATUSES, Metrics
-from .model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
+from .model import (Action, EnvironmentSpec, Flag, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
                     job_submission_id, spec_hash)
 from .render import render
 from .source import GitSource, Revision
@@ -162,7 +162,8 @@ class EnvironmentReconciler:
                 self._say(name, said, logging.WARNING, f"{item.ref}: {warning}")
             if item.action not in CHANGES:
                 if item.action == Action.SKIP:
-                    self._say(name, said, logging.INFO, f"{item.ref} skipped: {item.reason}")
+                    level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
+                    self._say(name, said, level, f"{item.ref} skipped: {item.reason}")
                 continue
             if self.stopping.is_set():
                 left = sum(1 for i in items[items.index(item):] if i.action in CHANGES)

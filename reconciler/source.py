@@ -55,6 +55,11 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def shown(path: str) -> str:
+    """`path` safe to print: invisible and control characters escaped (`\\u200c`)."""
+    return "".join(c if c.isprintable() and c != "\\" else ascii(c)[1:-1] for c in path)
+
+
 def path_problem(path: str) -> str | None:
     for part in path.split("/"):
         problem = name_problem(part)
@@ -123,7 +128,7 @@ class DirectoryTree:
                 problem = (path_problem(path) or ("symbolic links are not followed" if stat.S_ISLNK(mode) else None)
                            or (None if stat.S_ISREG(mode) else "not a regular file")
                            or _size_problem(os.lstat(full).st_size, path))
-                yield path, problem
+                yield (path, problem) if problem is None else (shown(path), problem)
 
     def files(self, under: str) -> Iterator[str]:
         yield from sorted(p for p, problem in self._walk(under) if problem is None)
@@ -199,7 +204,7 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
         try:
             path = raw_path.decode("utf-8")
         except UnicodeDecodeError:
-            problems[raw_path.decode("utf-8", "backslashreplace")] = "entry name is not valid UTF-8"
+            problems[shown(raw_path.decode("utf-8", "backslashreplace"))] = "entry name is not valid UTF-8"
             continue
         mode_text = mode.decode()
         problem = (path_problem(path)
@@ -218,7 +223,7 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
         if problem is None:
             others.add(path)
         else:
-            problems[path] = problem
+            problems[shown(path)] = problem
     return Snapshot(MappingProxyType(contents), frozenset(others), MappingProxyType(problems))
 
 
