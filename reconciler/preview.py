@@ -37,10 +37,14 @@ def preview(settings: Settings, environment: str) -> Preview:
     revision = source.fetch()
     env = render(revision.tree, environment, revision.sha)
     target = build_target(env.spec, settings, Metrics(CollectorRegistry()))
-    ledger = Ledger(settings.state_dir)
-    kept = target.load_ledger(env.spec)  # the cluster's copy (Kubernetes) is newer than a local one
-    inventory = set(kept.inventory) if kept else ledger.inventory(env.spec.name)
-    finished = {**ledger.finished_runs(env.spec.name), **{run: r for run, r in (kept.runs if kept else ()) if r}}
-    live = target.observe(env, inventory | {d.ref for d in env.objects})
-    items = planner.plan(env, live, inventory, finished, expected=target.expected(env, live))
+    try:
+        ledger = Ledger(settings.state_dir)
+        kept = target.load_ledger(env.spec)  # the cluster's copy (Kubernetes) is newer than a local one
+        inventory = set(kept.inventory) if kept else ledger.inventory(env.spec.name)
+        finished = {**ledger.finished_runs(env.spec.name), **{run: r for run, r in (kept.runs if kept else ()) if r}}
+        live = target.observe(env, inventory | {d.ref for d in env.objects})
+        items = planner.plan(env, live, inventory, finished, expected=target.expected(env, live))
+    finally:
+        if env.spec.target.kind != "local":  # a local target's close() stops clusters the daemon runs
+            target.close()
     return Preview(env.spec.name, revision, items)

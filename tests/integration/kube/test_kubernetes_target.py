@@ -3,13 +3,17 @@ recreate/delete, RayJob submission ids, and an observe that reads watch caches, 
 from __future__ import annotations
 
 import base64
+import threading
 from typing import Any, Callable
 
 import pytest
+from kubernetes import client
 
 from reconciler import diff, planner
 from reconciler.errors import PermanentError
-from reconciler.model import Action, Outcome, job_submission_id
+from reconciler.model import (Action, EnvironmentSpec, Outcome, PlanItem, RenderedEnvironment, TargetSpec,
+                              job_submission_id)
+from reconciler.targets.kubernetes import KubernetesTarget
 from target_kit import ENV, Kit, desired, eventually, load, managers
 
 pytestmark = pytest.mark.kube
@@ -187,7 +191,7 @@ def test_ready_workers_per_group_come_from_the_worker_pods_cache(kit: Kit) -> No
 def test_watch_lists_again_when_its_resource_version_has_expired(kit: Kit) -> None:
     cluster = desired(load("raycluster.yaml"), kit.namespace)
     kit.observe(cluster)
-    informer = kit.target._informers[("RayCluster", kit.namespace)]
+    informer = kit.target._informers[("RayCluster", "")]  # one cluster-wide watch per kind
     lists = kit.requests("list")
 
     informer.restart_from("1")  # as after a long disconnection: the server no longer has that history
@@ -195,3 +199,70 @@ def test_watch_lists_again_when_its_resource_version_has_expired(kit: Kit) -> No
     assert eventually(lambda: kit.requests("list") == lists + 1)
     kit.apply(cluster, Action.CREATE)
     assert cluster.ref in kit.observe(cluster)
+
+
+def _namespaces(kit: Kit, count: int) -> list[str]:
+    names = [f"{kit.namespace}-{i}" for i in range(count)]
+    for name in names:
+        kit.core.create_namespace({"metadata": {"name": name}})
+    return names
+
+
+def _watch_threads() -> list[str]:
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("watch "))
+
+
+def test_watches_grow_with_kinds_not_namespaces(kit: Kit) -> None:
+    namespaces = _namespaces(kit, 6)
+    try:
+        for ns in namespaces:
+            env = EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", {"namespace": ns}))
+            objects = [desired(load("raycluster.yaml"), ns), desired(load("configmap.yaml"), ns)]
+            for obj in objects:
+                kit.apply(obj, Action.CREATE)
+            live = kit.target.observe(RenderedEnvironment(env, tuple(objects)), {o.ref for o in objects})
+            assert set(live) == {o.ref for o in objects}
+            assert live[objects[0].ref].manifest["metadata"]["namespace"] == ns
+
+        assert set(kit.target._informers) == {("RayCluster", ""), ("ConfigMap", ""), ("Pod", "")}
+        assert _watch_threads() == ["watch /api/v1/configmaps", "watch /api/v1/pods",
+                                    "watch /apis/ray.io/v1/rayclusters"]
+        assert kit.requests("list") == 3
+    finally:
+        for ns in namespaces:
+            kit.core.delete_namespace(ns)
+
+
+def test_without_cluster_wide_list_rights_each_namespace_gets_its_own_watch(kit: Kit, kube_control_plane) -> None:
+    """A daemon bound by RoleBindings in some namespaces only (no ClusterRole) still works, per namespace."""
+    namespaces = _namespaces(kit, 2)
+    rbac = client.RbacAuthorizationV1Api(kit.api_client)
+    kit.core.create_namespaced_service_account(kit.namespace, {"metadata": {"name": "limited"}})
+    rules = [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch", "patch", "create"]},
+             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "patch"]},
+             {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
+    user = f"system:serviceaccount:{kit.namespace}:limited"
+    for ns in namespaces:
+        rbac.create_namespaced_role(ns, {"metadata": {"name": "limited"}, "rules": rules})
+        rbac.create_namespaced_role_binding(ns, {
+            "metadata": {"name": "limited"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                          "name": "limited"},
+            "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": kit.namespace}]})
+    limited_client = kube_control_plane.api_client()
+    limited_client.set_default_header("Impersonate-User", user)
+    target = KubernetesTarget({"namespace": namespaces[0]}, kit.metrics, api_client=limited_client)
+    try:
+        for ns in namespaces:
+            cluster = desired(load("raycluster.yaml"), ns)
+            env = RenderedEnvironment(EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", {"namespace": ns})),
+                                      (cluster,))
+            assert target.observe(env, {cluster.ref}) == {}
+            target.apply(PlanItem(cluster.ref, Action.CREATE, "test", cluster), kit.context)
+            assert set(target.observe(env, {cluster.ref})) == {cluster.ref}
+
+        assert set(target._informers) == {(kind, ns) for kind in ("RayCluster", "Pod") for ns in namespaces}
+    finally:
+        target.close()
+        limited_client.close()
+        for ns in namespaces:
+            kit.core.delete_namespace(ns)

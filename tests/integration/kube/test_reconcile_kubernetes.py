@@ -2,17 +2,19 @@
 apply, prune, server errors, the RayJob run ledger, template changes, and a cheap steady state."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
+from reconciler.config import Settings
 from reconciler.ledger import Ledger
 from reconciler.metrics import Metrics
 from reconciler.model import Action, Outcome
-from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
 from reconciler.daemon import build_target
+from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
 from reconciler.source import GitSource
 from tests.conftest import GitRemote
 
@@ -22,27 +24,60 @@ ENV = "k"
 WRITES = ("apply", "create", "update", "delete", "dryrun-apply")
 
 
+NEIGHBOURS = ("n1", "n2")  # environments reconciled beside `k`, each in its own namespace
+
+
 class Harness:
+    """Environment `k` (the test's, in `namespace`) and two neighbours holding a RayCluster of the same
+    name `a` and a ConfigMap; every reconcile runs the three at once, as the daemon does."""
+
     def __init__(self, remote: GitRemote, state: Path, plane, namespace: str) -> None:
         self.remote, self.namespace = remote, namespace
         self.metrics = Metrics(CollectorRegistry())
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.ledger = Ledger(state)
-        self.factory = TargetFactory(lambda spec: build_target(spec, state, self.metrics))
+        settings = Settings(state_dir=state)
+        self.factory = TargetFactory(lambda spec: build_target(spec, settings, self.metrics))
         self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.factory)
+        self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
-        remote.write(f"environments/{ENV}/environment.yaml", f"""\
+        self.neighbours = {env: f"{namespace}-{env}" for env in NEIGHBOURS}
+        for env, ns in {ENV: namespace, **self.neighbours}.items():
+            remote.write(f"environments/{env}/environment.yaml", f"""\
 apiVersion: gitops.ray.io/v1alpha1
 kind: Environment
-metadata: {{name: {ENV}}}
+metadata: {{name: {env}}}
 spec:
   target:
-    kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, namespace: {namespace}}}
+    kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, namespace: {ns}}}
   interval: 5s
 """)
+        for env, ns in self.neighbours.items():
+            self.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=ns)))
+            remote.write(f"environments/{env}/a.yaml", cluster("a"))
+            remote.write(f"environments/{env}/settings.yaml",
+                         f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{owner: {env}}}\n")
 
     def reconcile(self) -> Result:
-        return self.reconciler.reconcile(ENV, self.source.fetch())
+        """Reconcile the three environments concurrently; check the neighbours; `k`'s result."""
+        revision = self.source.fetch()
+        with ThreadPoolExecutor(3) as pool:
+            results = dict(zip((ENV, *NEIGHBOURS), pool.map(lambda env: self.reconciler.reconcile(env, revision),
+                                                              (ENV, *NEIGHBOURS))))
+        for env, ns in self.neighbours.items():
+            assert results[env].result != "error", results[env].message
+            clusters = self.api.list_namespaced_custom_object("ray.io", "v1", ns, "rayclusters")["items"]
+            assert [(c["metadata"]["name"], c["metadata"]["labels"]["gitops.ray.io/environment"])
+                    for c in clusters] == [("a", env)]
+            owned = self.core.list_namespaced_config_map(ns, label_selector="gitops.ray.io/environment").items
+            assert {c.metadata.name: (c.data or {}).get("owner") for c in owned} == {
+                "settings": env, f"ray-gitops-ledger-{env}": None}
+        return results[ENV]
+
+    def close(self) -> None:
+        self.factory.close()
+        for ns in self.neighbours.values():
+            self.core.delete_namespace(ns)
 
     def objects(self, plural: str) -> dict[str, dict]:
         items = self.api.list_namespaced_custom_object("ray.io", "v1", self.namespace, plural)["items"]
@@ -57,7 +92,7 @@ spec:
 def harness(remote: GitRemote, tmp_path: Path, kube_control_plane, kube_namespace: str):
     h = Harness(remote, tmp_path / "state", kube_control_plane, kube_namespace)
     yield h
-    h.factory.close()
+    h.close()
 
 
 def cluster(name: str, replicas: int = 1, image: str = "rayproject/ray:2.60.0", labels: str = "") -> str:
