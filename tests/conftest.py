@@ -53,3 +53,17 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+NEIGHBOURS = ("n1", "n2")  # environments e2e and integration tests run beside the one under test
+
+
+def write_neighbours(remote: GitRemote, names: tuple[str, ...] = NEIGHBOURS, interval: str = "2s") -> None:
+    """Cheap environments on the local target (one ConfigMap each, no Ray), so every test runs several
+    environments at once, as users do."""
+    for name in names:
+        remote.write(f"environments/{name}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\n"
+                     f"kind: Environment\nmetadata: {{name: {name}}}\nspec: {{target: {{local: {{}}}}, "
+                     f"interval: {interval}}}\n")
+        remote.write(f"environments/{name}/settings.yaml",
+                     f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{owner: {name}}}\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.targets.local_ray import LocalRayCluster
-from tests.conftest import GitRemote
+from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -18,7 +18,7 @@ ENV = "e2e"
 
 
 def start_daemon(repo: str, state_dir: Path, log: Path) -> DaemonProcess:
-    return DaemonProcess(repo, state_dir, log, ["--interval", "1s", "--environment", ENV])
+    return DaemonProcess(repo, state_dir, log, ["--interval", "1s"])
 
 
 @pytest.fixture
@@ -40,7 +40,8 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
                                                                         tmp_path: Path) -> None:
     remote.write(f"environments/{ENV}/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())
     remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
-    remote.commit("one worker")
+    write_neighbours(remote)
+    remote.commit("one worker, and two neighbour environments")
     log = tmp_path / "daemon.log"
     daemon = start_daemon(remote.url, state_dir, log)
     ready = dict(environment=ENV, cluster="demo", group="cpu", state="ready")
@@ -77,6 +78,9 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED"
         assert daemon.metric("ray_gitops_rayjob_runs_total", **succeeded) is None  # never counted twice
 
+        for env in NEIGHBOURS:  # reconciled all along beside the Ray environment
+            assert (daemon.metric("ray_gitops_reconcile_total", environment=env, result="noop") or 0) >= 1
+            assert daemon.metric("ray_gitops_reconcile_total", environment=env, result="error") is None
         daemon.stop(signal.SIGTERM)
         assert daemon.proc.returncode == 0
         assert not any(_alive(pid) for pid in sum(workers.values(), []))

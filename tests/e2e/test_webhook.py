@@ -10,7 +10,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from tests.conftest import GitRemote
+from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.e2e]
@@ -66,15 +66,16 @@ def github(body: bytes, secret: str = SECRET) -> dict[str, str]:
             "X-Hub-Signature-256": "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()}
 
 
-def info(daemon: Daemon, revision: str) -> float | None:
-    return daemon.metric("ray_gitops_environment_info", environment=ENV, target="local", revision=revision[:12],
+def info(daemon: Daemon, revision: str, env: str = ENV) -> float | None:
+    return daemon.metric("ray_gitops_environment_info", environment=env, target="local", revision=revision[:12],
                          sync_status="Synced", health_status="Healthy")
 
 
 def test_signed_push_fetches_at_once_and_a_bad_signature_changes_nothing(remote: GitRemote, tmp_path: Path,
                                                                        start: Callable[..., Daemon]) -> None:
     remote.write(f"environments/{ENV}/environment.yaml", ENVIRONMENT)
-    first = remote.commit("an environment with no objects")
+    write_neighbours(remote, interval="1h")
+    first = remote.commit("an environment with no objects, and two neighbours")
     (tmp_path / "secret").write_text(SECRET + "\n")
     daemon = start({"RAY_GITOPS_WEBHOOK_SECRET_FILE": str(tmp_path / "secret")})
     daemon.wait_for("the first reconcile", lambda: info(daemon, first) == 1)
@@ -92,7 +93,8 @@ def test_signed_push_fetches_at_once_and_a_bad_signature_changes_nothing(remote:
 
     started = time.monotonic()
     assert daemon.request("POST", github(body), body) == 202
-    daemon.wait_for("the pushed revision", lambda: info(daemon, second) == 1, timeout=10)
+    daemon.wait_for("the pushed revision", lambda: all(info(daemon, second, env) == 1 for env in (ENV, *NEIGHBOURS)),
+                    timeout=10)
     print(f"webhook to applied revision: {time.monotonic() - started:.2f}s")
     assert daemon.metric("ray_gitops_webhook_requests_total", provider="github", result="accepted") == 1
 

@@ -1,0 +1,78 @@
+"""The daemon as a subprocess with 20 environments on the local target (ConfigMaps, no Ray): ready,
+standard process metrics, a fetch failure seen once and as Stale, recovery, and a prompt SIGTERM."""
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GitRemote, write_neighbours
+from tests.daemon import DaemonProcess
+
+pytestmark = [pytest.mark.e2e]
+ENVIRONMENTS = tuple(f"team-{i:02d}" for i in range(20))
+GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
+
+
+def status(state: Path) -> dict[str, dict]:
+    out = subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(state), "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    return {s["env"]: s for s in json.loads(out)}
+
+
+def ready(daemon: DaemonProcess) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promptly(
+        remote: GitRemote, tmp_path: Path) -> None:
+    write_neighbours(remote, ENVIRONMENTS, interval="1s")
+    sha = remote.commit("twenty environments")
+    state, log = tmp_path / "state", tmp_path / "daemon.log"
+    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s", "--concurrency", "4"])
+    try:
+        daemon.wait_for("/readyz", lambda: ready(daemon), timeout=60)
+        assert {e: s["sync_status"] for e, s in status(state).items()} == dict.fromkeys(ENVIRONMENTS, "Synced")
+        for family in ("process_resident_memory_bytes", "process_open_fds", "python_gc_objects_collected_total"):
+            labels = {"generation": "0"} if family.startswith("python_gc") else {}
+            assert daemon.metric(family, **labels) is not None, family
+        succeeded = daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds")
+        assert succeeded is not None and abs(succeeded - time.time()) < 30
+
+        shutil.move(remote.bare_path, tmp_path / "away.git")  # the remote is gone for a while
+        daemon.wait_for("every environment Stale", lambda: {
+            s["sync_status"] for s in status(state).values()} == {"Stale"}, timeout=60)
+        last_success = daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds")
+        time.sleep(3)  # several more failing polls
+        stale = status(state)["team-07"]
+        assert stale["revision"] == sha and stale["message"].startswith("Stale: fetch failing since ")
+        assert daemon.metric("ray_gitops_environment_info", environment="team-07", target="local",
+                             revision=sha[:12], sync_status="Stale", health_status="Healthy") == 1
+        failures = [line for line in log.read_text().splitlines() if "ERROR" in line]
+        assert len(failures) == 1 and "git fetch of" in failures[0], failures
+        assert daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds") == last_success
+
+        shutil.move(tmp_path / "away.git", remote.bare_path)
+        daemon.wait_for("every environment Synced again", lambda: {
+            s["sync_status"] for s in status(state).values()} == {"Synced"}, timeout=60)
+        assert "works again" in log.read_text()
+
+        started = time.monotonic()
+        daemon.stop(signal.SIGTERM, timeout=GRACE_SECONDS)
+        stopped = time.monotonic() - started
+        print(f"SIGTERM to exit with 20 environments: {stopped:.2f}s")
+        assert daemon.proc.returncode == 0 and stopped < GRACE_SECONDS
+        assert "Traceback" not in log.read_text()
+    finally:
+        daemon.stop(signal.SIGKILL)
