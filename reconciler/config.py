@@ -56,8 +56,8 @@ class Settings:
     webhook_secret_file: str = ""  # a mounted Secret's file; wins over webhook_secret
     webhook_max_body: int = 1024 * 1024  # bytes; larger webhook bodies get 413 unread
     concurrency: int = 4  # environments reconciled at the same time (as Flux's --concurrent)
-    kube_api_qps: float = 50.0  # client-side rate limit per API server (as Flux's --kube-api-qps)
-    kube_api_burst: int = 100
+    kube_api_qps: float = 50.0  # client-side rate limit per API server (Flux: 50 and a burst of 300)
+    kube_api_burst: int = 300
 
     @property
     def host_port(self) -> tuple[str, int]:

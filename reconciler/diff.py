@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import yaml
 
@@ -119,8 +119,18 @@ def changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [path]
 
 
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def unified(old: Manifest | None, new: Manifest | None, name: str) -> str:
     """A readable unified YAML diff from live (`old`) to Git (`new`)."""
     def lines(doc: Manifest | None) -> list[str]:
-        return yaml.safe_dump(doc, sort_keys=True, default_flow_style=False).splitlines(keepends=True) if doc else []
+        if not doc:
+            return []
+        return yaml.dump(doc, Dumper=_Dumper, sort_keys=True, default_flow_style=False).splitlines(keepends=True)
     return "".join(difflib.unified_diff(lines(old), lines(new), f"live/{name}", f"git/{name}"))
+
+
+def lazy(old: Manifest | None, new: Manifest | None, name: str) -> Callable[[], str]:
+    """`unified` of already normalized documents (`new` as rendered for a create), computed when called."""
+    return lambda: unified(old, new if old is not None else normalize(new or {}), name)

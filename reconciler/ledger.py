@@ -2,14 +2,16 @@
 
 Written by the daemon after each step, read by the planner (inventory, finished runs) and by
 `ray-gitops status`. SQLite in WAL mode with synchronous=FULL: each write is one transaction, so a
-`kill -9` at any point leaves the last committed state. One connection per call (thread-safe).
+`kill -9` at any point leaves the last committed state. Thread-safe: each thread has its own
+connection (SQLite connections are not shared between threads).
 """
 from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -63,16 +65,20 @@ class Ledger:
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
         self.path = state_dir / "ledger.sqlite3"
+        self._local = threading.local()
         with self._tx() as db:
             db.executescript(_SCHEMA)
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with closing(sqlite3.connect(self.path, timeout=30)) as db:
+        """One transaction on this thread's connection (opened once per thread)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
-            with db:
-                yield db
+        with db:
+            yield db
 
     def inventory(self, env: str) -> set[ObjectRef]:
         with self._tx() as db:

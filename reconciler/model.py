@@ -5,11 +5,12 @@ Nothing here does I/O. Every other module imports this one; it imports none of t
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
@@ -108,15 +109,20 @@ class Flag(str, enum.Enum):
 
 @dataclass(frozen=True)
 class PlanItem:
-    """One step of a plan: the object, the action, why, and the diff that led to it."""
+    """One step of a plan: the object, the action, why, and the diff that led to it (rendered as text
+    only when someone reads `diff`: the daemon never does, `ray-gitops diff` does)."""
 
     ref: ObjectRef
     action: Action
     reason: str
     desired: DesiredObject | None = None
-    diff: str = ""
+    difference: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     warnings: tuple[str, ...] = ()
     flags: frozenset[Flag] = frozenset()
+
+    @functools.cached_property
+    def diff(self) -> str:
+        return self.difference() if self.difference is not None else ""
 
 
 @dataclass(frozen=True)

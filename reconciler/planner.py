@@ -50,13 +50,13 @@ def plan(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory:
 def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
     if current is None:
         return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
-                        diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
+                        diff.lazy(None, desired.manifest, str(desired.ref)))
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = diff.changed_paths(old, new)
     if not paths:
         return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
-    text = diff.unified(old, new, str(desired.ref))
+    text = diff.lazy(old, new, str(desired.ref))
     warnings = _group_warnings(current, desired)
     restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in ("ConfigMap", "Secret") else []
     removed = [w for w in warnings if "removed" in w]
@@ -96,7 +96,7 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
                         flags=frozenset({Flag.RUN_FINISHED}))
     if current is None:
         return PlanItem(desired.ref, Action.SUBMIT, f"new run {run}", desired,
-                        diff.unified(None, diff.normalize(desired.manifest), str(desired.ref)))
+                        diff.lazy(None, desired.manifest, str(desired.ref)))
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = [p for p in diff.changed_paths(old.get("spec"), new.get("spec"), "spec")]
@@ -104,9 +104,9 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
         meta = diff.changed_paths(old, new)
         if meta:
             return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(meta)}", desired,
-                            diff.unified(old, new, str(desired.ref)))
+                            diff.lazy(old, new, str(desired.ref)))
         return PlanItem(desired.ref, Action.NOOP, f"run {run} in progress or done", desired)
-    text = diff.unified(old, new, str(desired.ref))
+    text = diff.lazy(old, new, str(desired.ref))
     if paths == ["spec.suspend"]:
         return PlanItem(desired.ref, Action.UPDATE, "suspend toggled", desired, text)
     if desired.annotations.get(ON_CHANGE_ANNOTATION, "rerun") == "ignore":

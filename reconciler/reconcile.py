@@ -301,19 +301,24 @@ def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str,
 
 
 class TargetFactory:
-    """Builds each target once per (kind, connection options) and closes them all on shutdown."""
+    """Builds each target once per (kind, connection options) and closes them all on shutdown.
+    Thread-safe: environment threads ask for their target at the same time."""
 
     def __init__(self, build: Callable[[EnvironmentSpec], Target]) -> None:
         self._build = build
         self._targets: dict[str, Target] = {}
+        self._lock = threading.Lock()
 
     def get(self, env: RenderedEnvironment) -> Target:
         options = {k: v for k, v in env.spec.target.options.items() if k not in ("namespace", "persist")}
         key = json.dumps([env.spec.target.kind, options], sort_keys=True)
-        if key not in self._targets:
-            self._targets[key] = self._build(env.spec)
-        return self._targets[key]
+        with self._lock:
+            if key not in self._targets:
+                self._targets[key] = self._build(env.spec)
+            return self._targets[key]
 
     def close(self) -> None:
-        for target in self._targets.values():
+        with self._lock:
+            targets = list(self._targets.values())
+        for target in targets:
             target.close()

@@ -25,7 +25,7 @@ from .body import forced
 from .cache import Informer
 from .client import RESOURCES, ApiError, Kube, RateLimiter, connect, resource
 from .dryrun import DryRuns
-from .ledger import ConfigMapLedger
+from .ledger import ConfigMapLedger, ledger_name
 
 log = logging.getLogger(__name__)
 OUTCOMES = {Action.CREATE: Outcome.CREATED, Action.UPDATE: Outcome.CONFIGURED, Action.RECREATE: Outcome.RECREATED,
@@ -193,14 +193,20 @@ class KubernetesTarget:
         self._ledger(env).save(snapshot)
 
     def _ledger(self, env: EnvironmentSpec) -> ConfigMapLedger:
-        """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace."""
+        """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
+        ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET."""
         environment, namespace = env.name, env.target.namespace
-        key = (environment, namespace)
+        ref = ObjectRef("", "ConfigMap", namespace, ledger_name(environment))
+
+        def read() -> Manifest | None:
+            try:
+                return self._informer("ConfigMap", namespace, environment).get(namespace, ref.name)
+            except PermanentError:
+                return self.applier.get(ref)
         with self._lock:
-            if key not in self._ledgers:
-                self._ledgers[key] = ConfigMapLedger(k8s.CoreV1Api(self.api_client), namespace, environment,
-                                                     self._count)
-            return self._ledgers[key]
+            if (environment, namespace) not in self._ledgers:
+                self._ledgers[(environment, namespace)] = ConfigMapLedger(self.kube, namespace, environment, read)
+            return self._ledgers[(environment, namespace)]
 
     def close(self, environment: str | None = None) -> None:
         """Stop the watches (of one environment, when no other environment reads them; or all)."""

@@ -1,42 +1,55 @@
 """The environment's ledger on the cluster: ConfigMap `ray-gitops-ledger-<env>` in its namespace.
 
 Used by `KubernetesTarget.load_ledger/save_ledger`, so a daemon with an empty state dir, or a new
-leader, knows the inventory it may prune and the RayJob runs it must never re-run. Writes carry
-the resourceVersion read last; on a conflict the newer copy is re-read and merged, never lost.
+leader, knows the inventory it may prune and the RayJob runs it must never re-run. The first read
+comes from the target's ConfigMap cache (one LIST for every environment, not a GET each). Writes
+go through `Kube` and carry the resourceVersion read last; on a conflict the newer copy is read
+again and merged, never lost.
 """
 from __future__ import annotations
 
 import json
-from typing import Callable
+from typing import Any, Callable
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
-from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, ENVIRONMENT_LABEL, LedgerSnapshot, ObjectRef
+from ...errors import TemporaryError
+from ...model import ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, LedgerSnapshot, Manifest, ObjectRef
+from .client import RESOURCES, ApiError, Kube
 
 MAX_RUNS = 500  # newest runs kept; a ConfigMap holds at most 1 MiB
+Reader = Callable[[], Manifest | None]
+
+
+def ledger_name(environment: str) -> str:
+    return f"ray-gitops-ledger-{environment}"
 
 
 class ConfigMapLedger:
     """Read and write one environment's ledger ConfigMap with optimistic concurrency."""
 
-    def __init__(self, core: client.CoreV1Api, namespace: str, environment: str,
-                 count: Callable[[str], None] = lambda verb: None) -> None:
-        self.core, self.namespace, self.environment, self.count = core, namespace, environment, count
-        self.name = f"ray-gitops-ledger-{environment}"
+    def __init__(self, kube: Kube, namespace: str, environment: str, read: Reader | None = None) -> None:
+        self.kube, self.namespace, self.environment = kube, namespace, environment
+        self.name = ledger_name(environment)
+        self.path = RESOURCES["ConfigMap"].item(namespace, self.name)
+        self._read = read or self._get
         self._version: str | None = None
 
-    def load(self) -> LedgerSnapshot | None:
-        """The stored snapshot, or None when there is none yet."""
-        self.count("get")
+    def _get(self) -> Manifest | None:
         try:
-            cm = self.core.read_namespaced_config_map(self.name, self.namespace)
-        except ApiException as exc:
+            return self.kube.get(self.path)
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
-        self._version = cm.metadata.resource_version
-        data = cm.data or {}
+
+    def load(self) -> LedgerSnapshot | None:
+        """The stored snapshot, or None when there is none yet."""
+        return self._parse(self._read())
+
+    def _parse(self, cm: Manifest | None) -> LedgerSnapshot | None:
+        if cm is None:
+            return None
+        self._version = cm["metadata"]["resourceVersion"]
+        data = cm.get("data") or {}
         inventory = frozenset(ObjectRef(*ref) for ref in json.loads(data.get("inventory", "[]")))
         runs = tuple(sorted(json.loads(data.get("runs", "{}")).items()))
         return LedgerSnapshot(inventory, runs)
@@ -47,29 +60,27 @@ class ConfigMapLedger:
             body = self._body(snapshot)
             try:
                 if self._version is None:
-                    self.count("create")
-                    created = self.core.create_namespaced_config_map(self.namespace, body)
-                    self._version = created.metadata.resource_version
+                    stored = self.kube.request("create", "POST", RESOURCES["ConfigMap"].collection(self.namespace),
+                                               body=body)
                 else:
-                    body.metadata.resource_version = self._version
-                    self.count("update")
-                    replaced = self.core.replace_namespaced_config_map(self.name, self.namespace, body)
-                    self._version = replaced.metadata.resource_version
+                    body["metadata"]["resourceVersion"] = self._version
+                    stored = self.kube.request("update", "PUT", self.path, body=body)
+                self._version = stored["metadata"]["resourceVersion"]
                 return
-            except ApiException as exc:
+            except ApiError as exc:
                 if exc.status != 409:
                     raise
-                theirs = self.load()
+                theirs = self._parse(self._get())
                 if theirs is not None:
                     runs = dict(theirs.runs)
                     runs.update({run: result for run, result in snapshot.runs if result or run not in runs})
                     snapshot = LedgerSnapshot(snapshot.inventory, tuple(sorted(runs.items())))
-        raise RuntimeError(f"ConfigMap/{self.namespace}/{self.name}: conflicting writes, gave up after 3 tries")
+        raise TemporaryError(f"ConfigMap/{self.namespace}/{self.name}: conflicting writes, gave up after 3 tries")
 
-    def _body(self, snapshot: LedgerSnapshot) -> client.V1ConfigMap:
+    def _body(self, snapshot: LedgerSnapshot) -> dict[str, Any]:
         runs = dict(sorted(snapshot.runs)[-MAX_RUNS:])
         inventory = sorted([r.group, r.kind, r.namespace, r.name] for r in snapshot.inventory)
         labels = {MANAGED_BY_LABEL: MANAGED_BY_VALUE, ENVIRONMENT_LABEL: self.environment}
-        return client.V1ConfigMap(
-            metadata=client.V1ObjectMeta(name=self.name, namespace=self.namespace, labels=labels),
-            data={"inventory": json.dumps(inventory), "runs": json.dumps(runs, sort_keys=True)})
+        return {"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": self.name, "namespace": self.namespace, "labels": labels},
+                "data": {"inventory": json.dumps(inventory), "runs": json.dumps(runs, sort_keys=True)}}

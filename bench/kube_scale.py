@@ -1,0 +1,227 @@
+"""Many environments on the test control plane, measured side by side with `kubectl apply --server-side`.
+
+For each N (default 30, 100, 300) it makes a Git repository of N environments, each in its own
+namespace holding 1 RayCluster (2 worker groups, autoscaling on) and 2 RayJobs (one with
+`clusterSelector`, one with `rayClusterSpec`), and prints:
+- the initial sync by `ray-gitops run --once` against `kubectl apply --server-side -R -f` of the same
+  rendered objects (into other, equally empty namespaces), and their ratio;
+- the peak RSS of `run --once` and of a daemon;
+- a daemon that adopts that state (fresh state dir): requests per no-op cycle by verb, list+watch
+  streams and threads.
+Run: `make bench-kube` (builds the control plane once, like the tests). No test asserts timings.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "controlplane"))
+sys.path.insert(0, str(ROOT))
+import kube_controlplane  # noqa: E402
+
+from reconciler.render import render  # noqa: E402
+from reconciler.source import DirectoryTree  # noqa: E402
+from tests.conftest import free_port  # noqa: E402
+
+CLUSTER = """\
+apiVersion: ray.io/v1
+kind: RayCluster
+metadata: {name: train}
+spec:
+  enableInTreeAutoscaling: true
+  headGroupSpec:
+    rayStartParams: {num-cpus: "0"}
+    template: {spec: {containers: [{name: ray-head, image: rayproject/ray:2.60.0}]}}
+  workerGroupSpecs:
+  - groupName: cpu
+    replicas: 1
+    minReplicas: 0
+    maxReplicas: 8
+    template: {spec: {containers: [{name: ray-worker, image: rayproject/ray:2.60.0,
+      resources: {limits: {cpu: "2", memory: 4Gi}}}]}}
+  - groupName: gpu
+    replicas: 0
+    minReplicas: 0
+    maxReplicas: 2
+    template: {spec: {containers: [{name: ray-worker, image: rayproject/ray:2.60.0,
+      resources: {limits: {cpu: "4", memory: 16Gi, nvidia.com/gpu: "1"}}}]}}
+---
+apiVersion: ray.io/v1
+kind: RayJob
+metadata: {name: nightly}
+spec:
+  clusterSelector: {ray.io/cluster: train}
+  entrypoint: python -c "print(1)"
+---
+apiVersion: ray.io/v1
+kind: RayJob
+metadata: {name: batch}
+spec:
+  entrypoint: python -c "print(2)"
+  shutdownAfterJobFinishes: true
+  rayClusterSpec:
+    enableInTreeAutoscaling: true
+    headGroupSpec:
+      rayStartParams: {num-cpus: "0"}
+      template: {spec: {containers: [{name: ray-head, image: rayproject/ray:2.60.0}]}}
+    workerGroupSpecs:
+    - groupName: cpu
+      replicas: 2
+      minReplicas: 1
+      maxReplicas: 4
+      template: {spec: {containers: [{name: ray-worker, image: rayproject/ray:2.60.0}]}}
+"""
+
+
+def write_repo(root: Path, n: int, plane: kube_controlplane.ControlPlane, prefix: str) -> None:
+    for i in range(n):
+        env = root / "environments" / f"e{i:03d}"
+        env.mkdir(parents=True)
+        (env / "environment.yaml").write_text(
+            "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
+            f"metadata: {{name: e{i:03d}}}\nspec:\n  interval: 10s\n  target:\n    kubernetes: "
+            f"{{kubeconfig: \"{plane.kubeconfig}\", context: {plane.context}, namespace: {prefix}{i:03d}}}\n")
+        (env / "ray.yaml").write_text(CLUSTER)
+    subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=root, check=True)
+    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm",
+                    "bench"], cwd=root, check=True)
+
+
+def rendered_files(repo: Path, into: Path, n: int, prefix: str) -> None:
+    """The objects ray-gitops would apply (labels included), as files for kubectl, in `prefix` namespaces."""
+    tree = DirectoryTree(repo)
+    for i in range(n):
+        env = render(tree, f"e{i:03d}", "0" * 40)
+        docs = []
+        for obj in env.objects:
+            manifest = {**obj.manifest, "metadata": {**obj.manifest["metadata"], "namespace": f"{prefix}{i:03d}"}}
+            docs.append(manifest)
+        (into / f"e{i:03d}.yaml").write_text(yaml.safe_dump_all(docs))
+
+
+def namespaces(kubectl: list[str], prefix: str, n: int, directory: Path) -> None:
+    docs = [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"{prefix}{i:03d}"}} for i in range(n)]
+    path = directory / f"ns-{prefix}.yaml"
+    path.write_text(yaml.safe_dump_all(docs))
+    subprocess.run([*kubectl, "apply", "--server-side", "-f", str(path)], check=True, capture_output=True)
+
+
+def timed_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
+    """(seconds, peak RSS MiB, exit code) of one command."""
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
+        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{tail}")
+    return time.monotonic() - started, usage.ru_maxrss / 1024, proc.returncode
+
+
+def metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = re.match(r'(ray_gitops_kube_requests_total\{verb="(\w[\w-]*)"\}|ray_gitops_reconcile_total\{.*'
+                         r'result="(\w+)"\}) ([0-9.e+]+)', line)
+        if match:
+            key = match.group(2) or f"reconcile_{match.group(3)}"
+            out[key] = out.get(key, 0) + float(match.group(4))
+    return out
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+
+
+def daemon_adopting(repo: Path, state: Path, n: int, cycles_wait: float) -> dict[str, float]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "reconciler", "run", "--repo", str(repo), "--state-dir", str(state),
+           "--interval", "10s", "--metrics-address", f"127.0.0.1:{port}", "--log-level", "warning"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise SystemExit("the daemon never became ready")
+        time.sleep(12)  # the first cycle after adoption dry-runs each live object once
+        before = metrics(port)
+        time.sleep(cycles_wait)
+        after = metrics(port)
+        status = proc_status(proc.pid)
+        cycles = (after.get("reconcile_noop", 0) - before.get("reconcile_noop", 0)) / n
+        delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)
+                 if not k.startswith("reconcile_")}
+        return {"cycles": cycles, **{f"req_{k}": v / max(cycles, 1e-9) for k, v in delta.items()},
+                "watches": after.get("watch", 0), "lists": after.get("list", 0),
+                "threads": int(status["Threads"]), "rss": int(status["VmHWM"].split()[0]) / 1024}
+    finally:
+        proc.terminate()
+        proc.wait(60)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="30,100,300")
+    args = parser.parse_args()
+    assets = kube_controlplane.ensure_assets()
+    kubectl = [str(assets / "kubectl")]
+    rows = []
+    for n in (int(x) for x in args.sizes.split(",")):
+        plane = kube_controlplane.ControlPlane.start(assets)
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                work = Path(tmp)
+                k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
+                repo = work / "repo"
+                repo.mkdir()
+                write_repo(repo, n, plane, "d")
+                files = work / "kubectl"
+                files.mkdir()
+                rendered_files(repo, files, n, "k")
+                namespaces(k, "d", n, work)
+                namespaces(k, "k", n, work)
+                kubectl_s, kubectl_rss, _ = timed_process([*k, "apply", "--server-side", "--field-manager",
+                                                           "bench", "-R", "-f", str(files)])
+                once_s, once_rss, _ = timed_process([sys.executable, "-m", "reconciler", "run", "--once", "--repo",
+                                                     str(repo), "--state-dir", str(work / "once"),
+                                                     "--log-level", "warning"])
+                daemon = daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
+        finally:
+            plane.cleanup()
+        rows.append((n, once_s, kubectl_s, once_rss, kubectl_rss, daemon))
+        print(f"N={n}: run --once {once_s:.1f} s, kubectl {kubectl_s:.1f} s", file=sys.stderr)
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
+          f"3 objects per environment, each environment in its own namespace")
+    print("| N | run --once | kubectl apply --server-side | ratio | RSS run --once | RSS daemon | writes/no-op "
+          "cycle | dry-runs/no-op cycle | reads/no-op cycle | list+watch streams | daemon threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, once_s, kubectl_s, once_rss, kubectl_rss, d in rows:
+        writes = sum(v for k, v in d.items() if k in ("req_apply", "req_create", "req_update", "req_delete"))
+        reads = sum(v for k, v in d.items() if k in ("req_get", "req_list"))
+        print(f"| {n} | {once_s:.1f} s | {kubectl_s:.1f} s | {once_s / kubectl_s:.2f} | {once_rss:.0f} MiB | "
+              f"{d['rss']:.0f} MiB | {writes:.0f} | {d.get('req_dryrun-apply', 0):.0f} | {reads:.0f} | "
+              f"{d['lists']:.0f}+{d['watches']:.0f} | {d['threads']} |")
+
+
+if __name__ == "__main__":
+    main()
