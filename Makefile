@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo main)
 
-.PHONY: install demo test controlplane bench clean
+.PHONY: install demo test controlplane bench bench-kube clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: install controlplane
 
 bench: install
 	$(BIN)/python bench/render_plan.py
+
+# N = 30, 100, 300 environments on the test control plane against kubectl apply --server-side (minutes).
+bench-kube: install controlplane
+	$(BIN)/python bench/kube_scale.py
 
 clean:
 	rm -rf $(VENV) .state

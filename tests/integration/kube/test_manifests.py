@@ -484,7 +484,7 @@ REQUIRED_ALERTS = {  # alert -> (metric, what its expression must contain, `for`
     "RayGitopsEnvironmentOutOfSync": ("ray_gitops_environment_info", "sync_status!~", "30m"),
     "RayGitopsDriftDetected": ("ray_gitops_drifted_objects", "> 0", "15m"),
     "RayGitopsRayJobFailed": ("ray_gitops_rayjob_runs_total", 'result="failed"}[1h]', None),
-    "RayGitopsGitFetchFailing": ("ray_gitops_git_requests_total", 'result="error"}[15m]', None),
+    "RayGitopsGitFetchFailing": ("ray_gitops_git_last_fetch_success_timestamp_seconds", "> 600", "5m"),
 }
 
 
