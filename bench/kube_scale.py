@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT / "tests" / "controlplane"))
 sys.path.insert(0, str(ROOT))
 import kube_controlplane  # noqa: E402
 
-from reconciler.render import render  # noqa: E402
-from reconciler.source import DirectoryTree  # noqa: E402
+from reconciler.pipeline.render import render  # noqa: E402
+from reconciler.pipeline.source import DirectoryTree  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
 CLUSTER = """\

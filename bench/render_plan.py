@@ -16,9 +16,10 @@ from unittest import mock
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reconciler import planner, render  # noqa: E402
+from reconciler.pipeline import planner, render  # noqa: E402
 from reconciler.model import LiveObject  # noqa: E402
-from reconciler.source import DirectoryTree  # noqa: E402
+from reconciler.pipeline.source import DirectoryTree  # noqa: E402
+from tests.memory import TARGETS  # noqa: E402
 
 CLUSTERS = 300
 CLUSTER = (Path(__file__).resolve().parents[1] / "tests" / "testdata" / "raycluster.yaml").read_text()
@@ -42,10 +43,10 @@ def main() -> None:
         for i in range(CLUSTERS):
             (env / f"c{i}.yaml").write_text(CLUSTER.replace("REPLICAS", "2").replace("name: demo", f"name: c{i}"))
         tree = DirectoryTree(Path(tmp))
-        fast = timed(lambda: render.render(tree, "bench"))
+        fast = timed(lambda: render.render(tree, "bench", "", TARGETS))
         with mock.patch.object(render, "_Loader", yaml.SafeLoader):
-            slow = timed(lambda: render.render(tree, "bench"))
-        rendered = render.render(tree, "bench")
+            slow = timed(lambda: render.render(tree, "bench", "", TARGETS))
+        rendered = render.render(tree, "bench", "", TARGETS)
         live = {d.ref: LiveObject(d.ref, d.manifest, {"state": "ready"}) for d in rendered.objects}
         first = timed(lambda: planner.plan(rendered, {}, set(), {}))
         steady = timed(lambda: planner.plan(rendered, live, set(live), {}))

@@ -1,6 +1,6 @@
 """`python -m reconciler` is `ray-gitops`."""
 import sys
 
-from .cli import main
+from .commands.cli import main
 
 sys.exit(main())

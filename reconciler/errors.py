@@ -1,18 +1,24 @@
-"""One error tree for every stage.
+"""One error tree for everything ray-gitops raises on purpose.
 
-Messages start with the file or object they are about. `TemporaryError` is retried with backoff,
-`PermanentError` waits for a new revision, `ValidationError` pinpoints bad input in Git.
+Every such error derives from `RayGitopsError`, whose message is one line a person can act on
+(the CLI prints it as is, with its documented exit code). Messages start with the file or object
+they are about. `TemporaryError` is retried with backoff, `PermanentError` waits for a new revision
+(or a fixed setting), `ValidationError` pinpoints bad input in Git.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 
-class ReconcileError(Exception):
+class RayGitopsError(Exception):
     """Base of every error ray-gitops raises on purpose."""
 
 
-class TemporaryError(ReconcileError):
+class ConfigError(RayGitopsError):
+    """A setting (flag, RAY_GITOPS_* variable, config file) is wrong; names the setting."""
+
+
+class TemporaryError(RayGitopsError):
     """A failure that may pass by itself (network, a target still starting)."""
 
     def __init__(self, message: str, retry_after: float = 5.0) -> None:
@@ -20,7 +26,7 @@ class TemporaryError(ReconcileError):
         self.retry_after = retry_after
 
 
-class PermanentError(ReconcileError):
+class PermanentError(RayGitopsError):
     """A failure that only a change in Git (or on the target) can fix."""
 
 

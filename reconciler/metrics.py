@@ -11,8 +11,8 @@ import threading
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
                                ProcessCollector)
 
-SYNC_STATUSES = ("Synced", "OutOfSync", "Failed", "Suspended", "Stale")
-JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+from .model import Health, SyncStatus
+
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LATENCY = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB = (1, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600)
@@ -86,5 +86,6 @@ class Metrics:
                 gauge.labels(environment, *labels).set(value)
             self._series[key] = set(values)
 
-    def environment_status(self, environment: str, target: str, revision: str, sync: str, health: str) -> None:
+    def environment_status(self, environment: str, target: str, revision: str, sync: SyncStatus,
+                           health: Health) -> None:
         self.replace(self.environment_info, environment, {(target, revision, sync, health): 1})

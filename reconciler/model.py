@@ -10,7 +10,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from datetime import datetime
+from typing import Any, Callable, Protocol
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
@@ -101,10 +102,44 @@ class Outcome(str, enum.Enum):
     FAILED = "failed"
 
 
-class Flag(str, enum.Enum):
+class Flag(enum.StrEnum):
     """A fact about a plan item that later stages act on (instead of reading its reason text)."""
 
     RUN_FINISHED = "run-finished"  # a RayJob skipped because its run already ended: the normal steady state
+    PRUNE_REFUSED = "prune-refused"  # a guard kept an object Git no longer holds: the environment is OutOfSync
+    GROUP_REMOVED = "group-removed"  # a worker group left Git (KubeRay leaves its pods running)
+    PENDING_RESTART = "pending-restart"  # applied, but existing pods keep the old template
+
+
+class SyncStatus(enum.StrEnum):
+    """How an environment's target compares with Git (the `sync_status` label)."""
+
+    SYNCED = "Synced"
+    OUT_OF_SYNC = "OutOfSync"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+    STALE = "Stale"  # Git cannot be fetched: the last good revision is applied
+
+
+class Health(enum.StrEnum):
+    """An object's or an environment's health (the `health_status` label), best first."""
+
+    HEALTHY = "Healthy"
+    UNKNOWN = "Unknown"
+    SUSPENDED = "Suspended"
+    PROGRESSING = "Progressing"
+    MISSING = "Missing"
+    DEGRADED = "Degraded"
+
+    @staticmethod
+    def worst(healths: "list[Health]") -> "Health":
+        """The least healthy (Healthy when empty)."""
+        order = list(Health)
+        return max(healths, key=order.index, default=Health.HEALTHY)
+
+
+JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")  # a RayJob's status.jobStatus
+TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped"}  # -> run result
 
 
 @dataclass(frozen=True)
@@ -119,22 +154,32 @@ class PlanItem:
     difference: Callable[[], str] | None = field(default=None, repr=False, compare=False)
     warnings: tuple[str, ...] = ()
     flags: frozenset[Flag] = frozenset()
+    changes: tuple[str, ...] = ()  # the changed field paths, e.g. spec.workerGroupSpecs[cpu].replicas
 
     @functools.cached_property
     def diff(self) -> str:
         return self.difference() if self.difference is not None else ""
 
 
+class TargetOptions(Protocol):
+    """A target's typed, frozen options (each target defines and validates its own)."""
+
+    namespace: str  # where objects without a namespace go
+
+    def connection(self) -> tuple[Any, ...]:
+        """What identifies one connection: environments with equal values share one target instance."""
+
+
 @dataclass(frozen=True)
 class TargetSpec:
-    """Where an environment is applied: `local` or `kubernetes`, with that target's options."""
+    """Where an environment is applied: a registered target kind and its options."""
 
     kind: str
-    options: dict[str, Any] = field(default_factory=dict)
+    options: TargetOptions
 
     @property
     def namespace(self) -> str:
-        return str(self.options.get("namespace") or "default")
+        return self.options.namespace
 
 
 @dataclass(frozen=True)
@@ -169,6 +214,12 @@ class LedgerSnapshot:
     runs: tuple[tuple[str, str], ...] = ()
 
 
+def desired_workers(group: dict[str, Any]) -> int:
+    """clamp(replicas, minReplicas, maxReplicas) x numOfHosts, as KubeRay computes a group's pods."""
+    low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
+    return min(max(group.get("replicas", 0), low), high) * group.get("numOfHosts", 1)
+
+
 def spec_hash(manifest: Manifest, length: int = 10) -> str:
     """Stable short hash of an object's spec (key order does not matter)."""
     text = json.dumps(manifest.get("spec") or {}, sort_keys=True, separators=(",", ":"))
@@ -184,6 +235,18 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
 _QUANTITY_SUFFIX = {"": 1, "n": 1e-9, "u": 1e-6, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
                     "E": 1e18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
 _QUANTITY = re.compile(r"([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?")
+
+
+def parse_time(value: Any) -> float | None:
+    """A time as Unix seconds: KubeRay's RFC 3339 strings (`2026-12-03T10:00:00Z`) or a number."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) or None
+    if isinstance(value, str) and value:
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return None
+    return None
 
 
 def parse_duration(text: str | float | int) -> float:

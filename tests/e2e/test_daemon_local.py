@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.targets.local_ray import LocalRayCluster
+from reconciler.targets.local.runtime import LocalRayCluster
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 

@@ -1,4 +1,4 @@
-"""Real-Ray tests of reconciler.targets.local_ray: real `ray start` nodes on this machine, no mocks.
+"""Real-Ray tests of reconciler.targets.local.runtime: real `ray start` nodes on this machine, no mocks.
 
 Two module-scoped clusters keep the wall time low on 2 cores: "alpha" (head + 2 "small" workers,
 started here) and "beta" (head + 1 "big" worker, started by a separate daemon process that is then
@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from reconciler.targets.local_ray import LocalRayCluster, NodeSpec
+from reconciler.targets.local.nodes import NodeSpec
+from reconciler.targets.local.runtime import LocalRayCluster
 
 pytestmark = pytest.mark.ray
 
@@ -29,7 +30,8 @@ SLEEPER = 'python -c "import ray, time; ray.init(); time.sleep(300)" {tag}'  # t
 DAEMON = """
 import sys, time
 from pathlib import Path
-from reconciler.targets.local_ray import LocalRayCluster, NodeSpec
+from reconciler.targets.local.nodes import NodeSpec
+from reconciler.targets.local.runtime import LocalRayCluster
 cluster = LocalRayCluster.start("beta", NodeSpec("head", num_cpus=1), Path(sys.argv[1]))
 cluster.add_worker(NodeSpec("big", num_cpus=2))
 Path(sys.argv[2]).touch()

@@ -4,20 +4,21 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.ledger import Ledger
 from reconciler.metrics import Metrics
 from reconciler.model import Outcome
-from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
-from reconciler.source import GitSource
-from reconciler.targets.local import LocalTarget
-from reconciler.targets.local_ray import LocalRayCluster
-from tests.conftest import GitRemote
+from reconciler.pipeline.reconcile import Result
+from reconciler.pipeline.source import GitSource
+from reconciler.targets.local.runtime import LocalRayCluster
+from reconciler.targets.local.target import LocalTarget
+from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.memory import pipeline
 
 pytestmark = pytest.mark.ray
 TESTDATA = Path(__file__).parent.parent / "testdata"
@@ -25,19 +26,24 @@ ENV = "t"
 
 
 class Harness:
+    """Environment `t` on the local target, reconciled at once with two neighbours (ConfigMaps)."""
+
     def __init__(self, remote: GitRemote, state: Path) -> None:
         self.remote, self.state = remote, state
         self.metrics = Metrics(CollectorRegistry())
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.target = LocalTarget(state)
-        self.reconciler = EnvironmentReconciler(self.source, Ledger(state), self.metrics,
-                                                TargetFactory(lambda spec: self.target))
+        self.reconciler = pipeline(self.source, state, self.target, self.metrics)
         remote.write(f"environments/{ENV}/environment.yaml",
                      (TESTDATA / "environment-local.yaml").read_text().replace("name: e2e", f"name: {ENV}"))
+        write_neighbours(remote)
 
     def reconcile(self) -> Result:
-        result = self.reconciler.reconcile(ENV, self.source.fetch())
+        revision = self.source.fetch()
+        with ThreadPoolExecutor(3) as pool:
+            result, *neighbours = pool.map(lambda env: self.reconciler.reconcile(env, revision), (ENV, *NEIGHBOURS))
         assert result.result != "error", result.message
+        assert all(n.result != "error" for n in neighbours), [n.message for n in neighbours]
         return result
 
     def until(self, what: str, check: Callable[[Result], bool], timeout: float = 120) -> Result:
@@ -57,7 +63,7 @@ class Harness:
 def harness(remote: GitRemote, tmp_path: Path):
     h = Harness(remote, tmp_path / "state")
     yield h
-    h.target.close()
+    h.target.close(workloads=True)
     clusters = h.state / "local" / "clusters"
     for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
         left = LocalRayCluster.adopt(record.parent.name, clusters)
@@ -95,7 +101,7 @@ spec:
     assert harness.cluster(run) is not None
     harness.until("the run to succeed", lambda r: r.health_status == "Healthy")
 
-    assert harness.reconciler.ledger.finished_runs(ENV) == {run: "succeeded"}
+    assert harness.reconciler.ledger.load(ENV).finished == {run: "succeeded"}
     assert harness.cluster(run) is None  # shutdownAfterJobFinishes stopped it
     assert harness.reconcile().outcomes == []  # and the finished run is not submitted again
 

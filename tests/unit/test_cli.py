@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.cli import main
+from reconciler.commands.cli import main
 from tests.conftest import GitRemote
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,10 +48,12 @@ def test_diff_exits_1_with_changes_and_2_on_invalid_input(remote: GitRemote, tmp
 
 
 def test_status_prints_what_the_ledger_holds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.ledger import EnvironmentState, Ledger
+    from reconciler.model import Health, SyncStatus
+    from reconciler.pipeline.ledger import EnvironmentState, Ledger
     detail = {"clusters": {"demo": {"health": "Healthy", "groups": {"cpu": {"ready": 1, "desired": 2}}}},
               "jobs": {"count": {"status": "SUCCEEDED", "health": "Healthy"}}}
-    Ledger(tmp_path).set_state(EnvironmentState("prod", "local", "a" * 40, "OutOfSync", "Degraded", "why", 0.0, detail))
+    Ledger(tmp_path).commit("prod", state=EnvironmentState("prod", "local", "a" * 40, SyncStatus.OUT_OF_SYNC,
+                                                           Health.DEGRADED, "why", 0.0, detail))
 
     assert main(["status", "--state-dir", str(tmp_path)]) == 0
     table = capsys.readouterr().out.splitlines()

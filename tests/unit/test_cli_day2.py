@@ -5,15 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from reconciler.cli import main
-from reconciler.ledger import Ledger
-from reconciler.metrics import Metrics
-from reconciler.reconcile import EnvironmentReconciler, TargetFactory
-from reconciler.source import GitSource
+from reconciler.commands.cli import main
+from reconciler.pipeline.source import GitSource
 from tests.conftest import GitRemote
-from tests.unit.test_reconcile import MemoryTarget, cluster_yaml, env_yaml
+from tests.memory import MemoryTarget, pipeline
+from tests.unit.test_reconcile import cluster_yaml, env_yaml
 
 TESTDATA = Path(__file__).parent.parent / "testdata"
 
@@ -23,8 +20,7 @@ def stage(remote: GitRemote, tmp_path: Path):
     """The reconcile stage on environment `a` with a state dir the CLI reads too."""
     target, state = MemoryTarget(), tmp_path / "state"
     source = GitSource(remote.url, "main", tmp_path / "cache")
-    reconciler = EnvironmentReconciler(source, Ledger(state), Metrics(CollectorRegistry()),
-                                       TargetFactory(lambda spec: target))
+    reconciler = pipeline(source, state, target)
     remote.write("environments/a/environment.yaml", env_yaml("a"))
     remote.write("environments/a/raycluster.yaml", cluster_yaml())
     return remote, source, reconciler, target, state
@@ -107,7 +103,7 @@ def test_suspend_holds_even_an_environment_git_cannot_render(stage) -> None:
     remote, source, reconciler, target, state = stage
     remote.write("environments/a/broken.yaml", "kind: [unclosed")
     remote.commit("broken")
-    Ledger(state).suspend("a")
+    reconciler.ledger.suspend("a")
 
     assert reconciler.reconcile("a", source.fetch()).sync_status == "Suspended" and target.calls == []
 
@@ -116,7 +112,7 @@ def test_each_applied_object_is_logged_at_info_as_it_happens(stage, caplog: pyte
     remote, source, reconciler, target, state = stage
     remote.write("environments/a/two.yaml", cluster_yaml("two"))
     remote.commit("two clusters")
-    with caplog.at_level("INFO", logger="reconciler.reconcile"):
+    with caplog.at_level("INFO", logger="reconciler.pipeline.reconcile"):
         reconciler.reconcile("a", source.fetch())
     applied = [r.getMessage() for r in caplog.records if " created (" in r.getMessage()]
     assert applied == ["environment a: RayCluster/default/demo created (not on the target)",

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.config import load
+from reconciler.errors import ConfigError
+from reconciler.service.config import load
 
 
 def test_flags_beat_environment_which_beats_the_config_file(tmp_path: Path) -> None:
@@ -22,7 +23,7 @@ def test_flags_beat_environment_which_beats_the_config_file(tmp_path: Path) -> N
 def test_unknown_config_key_names_the_file_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "c.yaml"
     cfg.write_text("repository: x\n")
-    with pytest.raises(ValueError, match=r"c\.yaml: unknown setting 'repository'"):
+    with pytest.raises(ConfigError, match=r"c\.yaml: unknown setting 'repository'"):
         load({}, {}, cfg)
 
 

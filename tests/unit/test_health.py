@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import health
-from reconciler.model import LiveObject, ObjectRef
+from reconciler.pipeline import health
+from reconciler.model import Health, LiveObject, ObjectRef
 
 STATUSES = Path(__file__).parent.parent / "testdata" / "unit" / "health"
 
@@ -115,7 +115,7 @@ def test_health_of_dispatches_by_kind(obj: LiveObject | None, expected: tuple[st
     pytest.param(["Degraded", "Missing", "Progressing", "Healthy"], "Degraded", id="degraded-beats-everything"),
 ])
 def test_worst_health_is_the_least_healthy_object(healths: list[str], expected: str) -> None:
-    assert health.worst(healths) == expected
+    assert Health.worst(healths) == expected
 
 
 @pytest.mark.parametrize("generation, observed, expected", [

@@ -8,11 +8,15 @@ import socket
 import pytest
 from kubernetes import client
 
-from reconciler.leader import LeaderElectionOptions
+from reconciler.errors import ConfigError
+from reconciler.kubeapi import Kube
+from reconciler.service.leader import LeaderElectionOptions
+
+KUBE = Kube(client.ApiClient(), lambda verb: None)
 
 
 def test_identity_defaults_to_hostname_and_pid() -> None:
-    options = LeaderElectionOptions("ray-gitops", "default", client.ApiClient())
+    options = LeaderElectionOptions("ray-gitops", "default", KUBE)
     assert options.identity == f"{socket.gethostname()}_{os.getpid()}"
     assert (options.lease_duration, options.renew_deadline, options.retry_period) == (15.0, 10.0, 2.0)
 
@@ -23,5 +27,5 @@ def test_identity_defaults_to_hostname_and_pid() -> None:
     pytest.param({"retry_period": 0.0}, id="no-retry-period"),
 ])
 def test_inconsistent_timing_is_refused(timing: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="lease duration .* > renew deadline"):
-        LeaderElectionOptions("ray-gitops", "default", client.ApiClient(), **timing)
+    with pytest.raises(ConfigError, match="lease duration .* > renew deadline"):
+        LeaderElectionOptions("ray-gitops", "default", KUBE, **timing)

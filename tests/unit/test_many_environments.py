@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.config import Settings
-from reconciler.daemon import Daemon
+from reconciler.service.config import Settings
+from reconciler.service.daemon import Daemon
 from reconciler.errors import InvalidEnvironment
-from reconciler.ledger import Ledger
+from reconciler.pipeline.ledger import Ledger
 from reconciler.metrics import Metrics
-from reconciler.reconcile import EnvironmentReconciler, TargetFactory
-from reconciler.render import list_environments, render
-from reconciler.source import GitSource
-from reconciler.targets.kubernetes.client import RateLimiter
+from reconciler.pipeline.render import list_environments, render
+from reconciler.pipeline.source import GitSource
+from reconciler.kubeapi import RateLimiter
 from tests.conftest import GitRemote
-from tests.unit.test_reconcile import MemoryTarget, cluster_yaml, commit_job_environment, env_yaml
+from tests.memory import MemoryTarget, pipeline
+from tests.unit.test_reconcile import cluster_yaml, commit_job_environment, env_yaml
 
 ENVIRONMENTS = [f"team-{i:02d}" for i in range(20)]
 
@@ -103,7 +103,7 @@ def test_unusual_tree_entries_are_errors_of_their_environment_and_the_others_go_
     revision = daemon.source.fetch()
     assert revision.sha == sha and list_environments(revision.tree) == ["bad", "good"]
     with pytest.raises(InvalidEnvironment) as err:
-        render(revision.tree, "bad", sha)
+        render(revision.tree, "bad", sha, daemon.targets)
     assert sorted(str(e) for e in err.value.errors) == [
         "environments/bad/../x.yaml: entry name '..' is not allowed",
         "environments/bad/.g\\u200cit/x.yaml: entry name '.g\\u200cit' holds invisible, control or backslash "
@@ -122,8 +122,8 @@ def test_a_failing_fetch_is_logged_once_shows_stale_and_recovers(
         remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics(CollectorRegistry())
     source = GitSource(remote.url, "main", tmp_path / "cache", metrics.git_request)
-    ledger = Ledger(tmp_path / "state")
-    reconciler = EnvironmentReconciler(source, ledger, metrics, TargetFactory(lambda spec: MemoryTarget()))
+    reconciler = pipeline(source, tmp_path / "state", MemoryTarget(), metrics)
+    ledger = reconciler.ledger
     remote.write("environments/a/environment.yaml", env_yaml("a"))
     remote.write("environments/a/raycluster.yaml", cluster_yaml())
     sha = remote.commit("a")
@@ -132,7 +132,7 @@ def test_a_failing_fetch_is_logged_once_shows_stale_and_recovers(
     assert last_success is not None and last_success > 0
     shutil.move(remote.bare_path, tmp_path / "away.git")  # the remote is unreachable
 
-    with caplog.at_level(logging.INFO, logger="reconciler.source"):
+    with caplog.at_level(logging.INFO, logger="reconciler.pipeline.source"):
         revisions = [source.fetch() for _ in range(3)]
         result = reconciler.reconcile("a", revisions[-1])
         failing = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
@@ -171,18 +171,17 @@ def test_a_stopping_daemon_applies_nothing_more_yet_owns_what_it_planned(setup_j
 
     result = reconciler.reconcile("a", revision)
 
-    target = reconciler.targets.get(render(revision.tree, "a", revision.sha))
+    target = reconciler.targets.get(render(revision.tree, "a", revision.sha, reconciler.targets).spec)
     assert result.result == "error" and result.message == "stopping: 2 change(s) left for the next start"
     assert target.calls == []
-    assert {r.name for r in reconciler.ledger.inventory("a")} == {"demo", "count"}
+    assert {r.name for r in reconciler.ledger.load("a").inventory} == {"demo", "count"}
 
 
 @pytest.fixture
 def setup_job(remote: GitRemote, tmp_path: Path):
     metrics = Metrics(CollectorRegistry())
     source = GitSource(remote.url, "main", tmp_path / "cache", metrics.git_request)
-    target = MemoryTarget()
-    reconciler = EnvironmentReconciler(source, Ledger(tmp_path / "state"), metrics, TargetFactory(lambda spec: target))
+    reconciler = pipeline(source, tmp_path / "state", MemoryTarget(), metrics)
     return reconciler, commit_job_environment(remote, source)
 
 

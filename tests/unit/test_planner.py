@@ -10,7 +10,7 @@ import yaml
 
 from reconciler.model import (Action, DesiredObject, EnvironmentSpec, LiveObject, ObjectRef, PlanItem,
                               RenderedEnvironment, TargetSpec, job_submission_id)
-from reconciler.planner import PlanOptions, plan
+from reconciler.pipeline.planner import PlanOptions, plan
 
 TESTDATA = Path(__file__).parent.parent / "testdata" / "unit"
 NAMESPACE = "ray-prod"

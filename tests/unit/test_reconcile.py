@@ -1,69 +1,19 @@
 """The reconcile stage with real Git and an in-memory target: isolation, prune safety, job ledger."""
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.ledger import Ledger
 from reconciler.metrics import Metrics
-from reconciler.model import Action, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
-from reconciler.reconcile import EnvironmentReconciler, TargetFactory
-from reconciler.source import GitSource
-from reconciler.targets.base import ApplyContext
+from reconciler.model import Action, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from reconciler.pipeline.source import GitSource
+from reconciler.pipeline.target import ApplyContext, Observation
 from tests.conftest import GitRemote
+from tests.memory import MemoryTarget, pipeline
 
 TESTDATA = Path(__file__).parent.parent / "testdata"
-
-
-class MemoryTarget:
-    """Stores applied manifests; jobs finish as soon as they are submitted; can be told to fail."""
-
-    kind = "local"
-    vanished_runs_are_final = False
-
-    def __init__(self) -> None:
-        self.objects: dict[ObjectRef, LiveObject] = {}
-        self.failing: set[str] = set()
-        self.calls: list[tuple[str, str]] = []
-        self.saved: dict[str, LedgerSnapshot] = {}
-
-    def observe(self, env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
-        return {ref: self.objects[ref] for ref in refs if ref in self.objects}
-
-    def expected(self, env: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, dict]:
-        return {d.ref: d.manifest for d in env.objects if d.ref in live}
-
-    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
-        self.calls.append((item.action.value, item.ref.name))
-        if item.ref.name in self.failing:
-            raise RuntimeError("refused by the target")
-        if item.action == Action.DELETE:
-            del self.objects[item.ref]
-            return Outcome.DELETED
-        assert item.desired is not None
-        status = {"state": "ready"}
-        if item.ref.kind == "RayJob":
-            from reconciler.model import job_submission_id
-            status = {"jobId": job_submission_id(context.environment, item.ref.name, item.desired.manifest),
-                      "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete", "startTime": 100.0,
-                      "endTime": 112.5}
-        self.objects[item.ref] = LiveObject(item.ref, copy.deepcopy(item.desired.manifest), status)
-        return Outcome.CREATED
-
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
-        pass  # the log line is the record on this target
-
-    def load_ledger(self, env: object) -> LedgerSnapshot | None:
-        return self.saved.get(env.name)
-
-    def save_ledger(self, env: object, snapshot: LedgerSnapshot) -> None:
-        self.saved[env.name] = snapshot
-
-    def close(self, environment: str | None = None) -> None:
-        pass
 
 
 def env_yaml(name: str) -> str:
@@ -98,9 +48,8 @@ def setup(remote: GitRemote, tmp_path: Path):
     target = MemoryTarget()
     metrics = Metrics(CollectorRegistry())
     source = GitSource(remote.url, "main", tmp_path / "cache", metrics.git_request)
-    ledger = Ledger(tmp_path / "state")
-    reconciler = EnvironmentReconciler(source, ledger, metrics, TargetFactory(lambda spec: target))
-    return remote, source, ledger, metrics, target, reconciler
+    reconciler = pipeline(source, tmp_path / "state", target, metrics)
+    return remote, source, reconciler.ledger, metrics, target, reconciler
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -122,7 +71,7 @@ def test_broken_environment_applies_and_prunes_nothing_while_others_go_on(setup)
     assert (a.result, a.sync_status) == ("error", "Failed")
     assert "environments/a/broken.yaml" in a.message
     assert ("delete", "demo") not in target.calls
-    assert len(ledger.inventory("a")) == 1
+    assert len(ledger.load("a").inventory) == 1
     assert (b.result, b.sync_status) == ("success", "Synced")
     assert [(i.action, o) for i, o in b.outcomes] == [(Action.UPDATE, Outcome.CREATED)]
     assert sample(metrics, "ray_gitops_reconcile_total", environment="a", result="error") == 1
@@ -141,8 +90,8 @@ def test_one_failing_object_does_not_stop_the_others(setup) -> None:
     assert (result.result, result.sync_status) == ("error", "Failed")
     assert "RayCluster/default/one create failed: refused by the target" in result.message
     assert {r.name for r in target.objects} == {"two"}
-    assert {r.name for r in ledger.inventory("a")} == {"one", "two"}  # a half-made object stays prunable
-    assert ledger.last_applied("a") is None
+    assert {r.name for r in ledger.load("a").inventory} == {"one", "two"}  # a half-made object stays prunable
+    assert ledger.load("a").last_applied is None
 
 
 def test_finished_job_is_counted_once_and_not_rerun_after_its_ttl_deletion(setup) -> None:
@@ -176,7 +125,7 @@ def test_changed_job_spec_is_a_new_run(setup) -> None:
 
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count"), ("recreate", "count")]
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 2
-    assert len(ledger.finished_runs("a")) == 2
+    assert len(ledger.load("a").finished) == 2
 
 
 def test_suspended_environment_changes_nothing(setup) -> None:
@@ -195,10 +144,10 @@ def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypa
     revision = commit_two_environments(remote, source)
     observe = target.observe
 
-    def flaky(env: RenderedEnvironment, refs: set[ObjectRef]) -> dict[ObjectRef, LiveObject]:
-        if env.spec.name == "a":
+    def flaky(rendered: RenderedEnvironment, refs: set[ObjectRef], pending: frozenset[str]) -> Observation:
+        if rendered.spec.name == "a":
             raise ConnectionError("dashboard unreachable")
-        return observe(env, refs)
+        return observe(rendered, refs, pending)
 
     monkeypatch.setattr(target, "observe", flaky)
     a, b = reconciler.reconcile("a", revision), reconciler.reconcile("b", revision)
@@ -210,7 +159,7 @@ def test_unexpected_target_exception_fails_only_that_environment(setup, monkeypa
 
 def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(setup) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    target.vanished_runs_are_final = True
+    target.reports_deleted_runs = True
     revision = commit_job_environment(remote, source)
     apply = target.apply
 
@@ -229,7 +178,7 @@ def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(
     reconciler.reconcile("a", revision)
 
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]
-    assert list(ledger.finished_runs("a").values()) == ["deleted"]
+    assert list(ledger.load("a").finished.values()) == ["deleted"]
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
 
 
@@ -241,13 +190,12 @@ def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_dae
     reconciler.reconcile("a", revision)
     assert target.saved["a"] is saved  # nothing changed: nothing written
 
-    fresh = EnvironmentReconciler(source, Ledger(tmp_path / "empty-state"), Metrics(CollectorRegistry()),
-                                  TargetFactory(lambda spec: target))
+    fresh = pipeline(source, tmp_path / "empty-state", target)
     fresh.reconcile("a", revision)
 
     assert {r.name for r in saved.inventory} == {"demo", "count"}
     assert [result for _, result in saved.runs] == ["succeeded"]
-    assert fresh.ledger.inventory("a") == ledger.inventory("a")
+    assert fresh.ledger.load("a").inventory == ledger.load("a").inventory
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]  # not re-run by the new one
 
 
@@ -263,9 +211,9 @@ def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
     target.failing.add("drop")
 
     failed = reconciler.reconcile("a", source.fetch())
-    assert failed.sync_status == "Failed" and {r.name for r in ledger.inventory("a")} == {"keep", "drop"}
+    assert failed.sync_status == "Failed" and {r.name for r in ledger.load("a").inventory} == {"keep", "drop"}
     target.failing.clear()
     retried = reconciler.reconcile("a", source.fetch())
 
     assert [(i.ref.name, o) for i, o in retried.outcomes] == [("drop", Outcome.DELETED)]
-    assert {r.name for r in ledger.inventory("a")} == {"keep"}
+    assert {r.name for r in ledger.load("a").inventory} == {"keep"}

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from reconciler.errors import InvalidEnvironment
-from reconciler.render import list_environments, render
-from reconciler.source import DirectoryTree
+from reconciler.pipeline.render import list_environments, render
+from reconciler.pipeline.source import DirectoryTree
+from tests.memory import TARGETS
 
 TESTDATA = Path(__file__).parent.parent / "testdata" / "unit"
 ENV = "environments/prod"
@@ -53,7 +54,7 @@ def write_environment(root: Path, files: dict[str, str], name: str = "prod") -> 
 
 def errors_of(tree: DirectoryTree, name: str = "prod") -> list[str]:
     with pytest.raises(InvalidEnvironment) as caught:
-        render(tree, name)
+        render(tree, name, "", TARGETS)
     assert caught.value.environment == name
     return [str(e) for e in caught.value.errors]
 
@@ -173,7 +174,7 @@ def test_every_error_of_an_environment_is_reported_at_once(tmp_path: Path) -> No
     })
 
     with pytest.raises(InvalidEnvironment) as caught:
-        render(tree, "prod")
+        render(tree, "prod", "", TARGETS)
 
     errors = [str(e) for e in caught.value.errors]
     assert len(errors) == 4, errors
@@ -206,7 +207,7 @@ def test_valid_multi_document_file_renders_every_object_with_ownership(tmp_path:
         "jobs/train.yaml": dump(fixture("rayjob.yaml")),
     })
 
-    rendered = render(tree, "prod", revision="0123abcdef")
+    rendered = render(tree, "prod", "0123abcdef", TARGETS)
 
     assert rendered.revision == "0123abcdef"
     assert (rendered.spec.name, rendered.spec.target.kind, rendered.spec.target.namespace) == (
@@ -231,7 +232,7 @@ def test_valid_multi_document_file_renders_every_object_with_ownership(tmp_path:
 def test_no_revision_annotation_without_a_revision(tmp_path: Path) -> None:
     tree = write_environment(tmp_path, {"configmap.yaml": dump(CONFIGMAP)})
 
-    (obj,) = render(tree, "prod").objects
+    (obj,) = render(tree, "prod", "", TARGETS).objects
 
     assert "annotations" not in obj.manifest["metadata"]
     assert obj.manifest["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "ray-gitops",
@@ -242,7 +243,7 @@ def test_local_target_puts_objects_in_the_default_namespace(tmp_path: Path) -> N
     tree = write_environment(tmp_path, {"environment.yaml": LOCAL_ENV,
                                         "cluster.yaml": dump(fixture("raycluster.yaml"))})
 
-    (obj,) = render(tree, "prod").objects
+    (obj,) = render(tree, "prod", "", TARGETS).objects
 
     assert (obj.ref.namespace, obj.manifest["metadata"]["namespace"]) == ("default", "default")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.cli import main
-from reconciler.ledger import Ledger
+from reconciler.commands.cli import main
+from reconciler.pipeline.ledger import Applied, Ledger
 from tests.conftest import GitRemote
 
 
@@ -58,7 +58,7 @@ def test_rollback_pushes_only_with_push(remote: GitRemote, history: dict[str, st
 
 def test_rollback_defaults_to_before_the_last_applied_revision(remote: GitRemote, history: dict[str, str],
                                                                tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    Ledger(tmp_path).record_revision("a", history["a2"], 0.0, "success", "applied")
+    Ledger(tmp_path).commit("a", applied=Applied(history["a2"], 0.0, "success", "applied"))
 
     assert run(remote, "--state-dir", str(tmp_path)) == 0
     reverted = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("reverted")]

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.errors import TemporaryError
 from reconciler.metrics import Metrics
-from reconciler.source import GitSource, redact
+from reconciler.pipeline.source import GitSource, redact
 from tests.conftest import GitRemote
 
 

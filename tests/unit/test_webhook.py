@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.webhook import Verdict, read_secret, verify
+from reconciler.service.webhook import Verdict, read_secret, verify
 
 SECRET = "s3cret"
 BODY = b'{"ref": "refs/heads/main"}'

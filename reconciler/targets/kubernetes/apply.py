@@ -12,11 +12,11 @@ import logging
 import time
 from typing import Any
 
-from ...errors import PermanentError, ReconcileError, TemporaryError
+from ...errors import PermanentError, RayGitopsError, TemporaryError
 from ...metrics import Metrics
 from ...model import DesiredObject, Manifest, ObjectRef
 from .body import apply_body, carries_live_scale, only_worker_groups
-from .client import ApiError, Kube, resource
+from ...kubeapi import ApiError, Kube, resource
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +26,8 @@ def is_rejection(exc: ApiError) -> bool:
     return exc.status in (400, 422) or (exc.status == 500 and "failed to create typed patch object" in exc.message)
 
 
-def translate(ref: ObjectRef | str, exc: ApiError, desired: DesiredObject | None = None) -> ReconcileError:
-    """A ReconcileError whose message starts with the object (and names the Git file when rejected)."""
+def translate(ref: ObjectRef | str, exc: ApiError, desired: DesiredObject | None = None) -> RayGitopsError:
+    """A RayGitopsError whose message starts with the object (and names the Git file when rejected)."""
     if is_rejection(exc) and desired is not None:
         fields = sorted({c["field"] for c in exc.causes if c.get("field")})
         where = f"{desired.file}#{desired.document}"
@@ -51,10 +51,8 @@ def conflict_error(ref: ObjectRef, exc: ApiError) -> PermanentError:
 class Applier:
     """Apply, delete and wait for one object at a time, as field manager `manager`."""
 
-    def __init__(self, kube: Kube, metrics: Metrics, manager: str = "ray-gitops", delete_timeout: float = 60.0,
-                 attempts: int = 3) -> None:
-        self.kube, self.metrics, self.manager = kube, metrics, manager
-        self.delete_timeout, self.attempts = delete_timeout, attempts
+    def __init__(self, kube: Kube, metrics: Metrics, manager: str = "ray-gitops", attempts: int = 3) -> None:
+        self.kube, self.metrics, self.manager, self.attempts = kube, metrics, manager, attempts
 
     def get(self, ref: ObjectRef) -> Manifest | None:
         try:
@@ -98,15 +96,15 @@ class Applier:
                 return None
             raise translate(ref, exc) from exc
 
-    def wait_gone(self, ref: ObjectRef, uid: str, poll: float = 0.2) -> None:
-        """Until no object with `uid` exists (finalizers may hold it a while); bounded by delete_timeout."""
-        deadline = time.monotonic() + self.delete_timeout
+    def wait_gone(self, ref: ObjectRef, uid: str, timeout: float, poll: float = 0.2) -> None:
+        """Until no object with `uid` exists (finalizers may hold it a while), at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
         while True:
             current = self.get(ref)
             if current is None or current["metadata"].get("uid") != uid:
                 return
             if time.monotonic() > deadline:
                 finalizers: Any = current["metadata"].get("finalizers") or []
-                raise TemporaryError(f"{ref}: still being deleted after {self.delete_timeout:.0f}s "
+                raise TemporaryError(f"{ref}: still being deleted after {timeout:.0f}s "
                                      f"(finalizers: {', '.join(finalizers) or 'none'})", retry_after=10.0)
             time.sleep(poll)

@@ -13,9 +13,8 @@ autoscaler's JSON patch makes it the owner of the whole list (checked on kube-ap
 from __future__ import annotations
 
 import copy
-from typing import Any
 
-from ...diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec
+from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
 from ...model import DesiredObject, Manifest, job_submission_id
 
 FORCE_ANNOTATION = "gitops.ray.io/force"
@@ -28,9 +27,9 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) 
         body.setdefault("spec", {})["jobId"] = job_submission_id(environment, desired.ref.name, desired.manifest)
     if carries_live_scale(desired, live):
         assert live is not None
-        live_groups = {g.get("groupName"): g for g in cluster_spec(live).get("workerGroupSpecs") or []}
-        for group in cluster_spec(body).get("workerGroupSpecs") or []:
-            current = live_groups.get(group.get("groupName"))
+        live_groups = worker_groups(live)
+        for name, group in worker_groups(body).items():
+            current = live_groups.get(name)
             if current is None:
                 continue  # a group new in Git starts from Git's replicas
             for name in AUTOSCALER_FIELDS:
@@ -69,6 +68,6 @@ def only_worker_groups(kind: str, fields: list[str]) -> bool:
     return bool(fields) and all(f == prefix or f.startswith(prefix + "[") for f in fields)
 
 
-def forced(options: dict[str, Any], desired: DesiredObject) -> bool:
+def forced(environment_force: bool, desired: DesiredObject) -> bool:
     """`force: true` for the environment (spec.target.kubernetes.force) or the object (annotation)."""
-    return options.get("force") is True or str(desired.annotations.get(FORCE_ANNOTATION, "")).lower() == "true"
+    return environment_force or str(desired.annotations.get(FORCE_ANNOTATION, "")).lower() == "true"

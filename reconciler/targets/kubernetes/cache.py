@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from kubernetes.watch.watch import iter_resp_lines
 
-from .client import ApiError, Kube
+from ...kubeapi import ApiError, Kube
 
 log = logging.getLogger(__name__)
 Transform = Callable[[dict[str, Any]], dict[str, Any]]

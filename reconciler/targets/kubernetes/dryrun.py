@@ -15,7 +15,7 @@ from ...errors import TemporaryError
 from ...model import DesiredObject, Manifest, ObjectRef
 from .apply import is_rejection
 from .body import apply_body, without_precondition
-from .client import ApiError, Kube, resource
+from ...kubeapi import ApiError, Kube, resource
 from .observe import redact
 
 

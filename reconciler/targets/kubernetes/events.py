@@ -10,7 +10,7 @@ import secrets
 from datetime import datetime, timezone
 
 from ...model import ObjectRef, Outcome
-from .client import ApiError, Kube
+from ...kubeapi import ApiError, Kube
 
 log = logging.getLogger(__name__)
 REASONS = {Outcome.CREATED: "Created", Outcome.CONFIGURED: "Updated", Outcome.RECREATED: "Recreated",

@@ -12,7 +12,7 @@ import hashlib
 from collections import Counter
 from typing import Any, Iterable
 
-from ...diff import CLUSTER_SPEC_PATHS, cluster_spec
+from ...pipeline.diff import CLUSTER_SPEC_PATHS, worker_groups
 from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
@@ -74,8 +74,7 @@ def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, st
     workers: dict[str, int] = {}
     cluster = ray_cluster_name(manifest) if ready is not None and ref.kind in CLUSTER_SPEC_PATHS else None
     if cluster and ready is not None:
-        for group in cluster_spec(manifest).get("workerGroupSpecs") or []:
-            name = str(group.get("groupName"))
+        for name in worker_groups(manifest):
             workers[name] = ready[(ref.namespace, cluster, name)]
     manifest = copy.deepcopy(redact(manifest))
     return LiveObject(ref, manifest, manifest.get("status") or {}, workers)

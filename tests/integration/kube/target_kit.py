@@ -12,13 +12,14 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from reconciler import planner
+from reconciler.pipeline import planner
 from reconciler.metrics import Metrics
 from reconciler.model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, Action,
                               DesiredObject, EnvironmentSpec, LiveObject, ObjectRef, Outcome, PlanItem,
                               RenderedEnvironment, TargetSpec)
-from reconciler.targets.base import ApplyContext
-from reconciler.targets.kubernetes import KubernetesTarget
+from reconciler.pipeline.target import ApplyContext
+from reconciler.targets.kubernetes.options import KubernetesOptions
+from reconciler.targets.kubernetes.target import KubernetesTarget
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "kube"
 ENV = "t"
@@ -48,22 +49,23 @@ class Kit:
         self.namespace = namespace
         self.metrics = Metrics(CollectorRegistry())
         self.api_client = plane.api_client()
-        self.target = KubernetesTarget({"namespace": namespace, **options}, self.metrics, api_client=self.api_client)
+        self.options = KubernetesOptions(namespace, **options)
+        self.target = KubernetesTarget(self.options, self.metrics, api_client=self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
-        self.context = ApplyContext(ENV, "r1", lambda path: Path(path))
+        self.context = ApplyContext(ENV, "r1", lambda path: Path(path), self.options)
 
     def close(self) -> None:
-        self.target.close()
+        self.target.close(workloads=True)
         self.api_client.close()
 
     def environment(self, *objects: DesiredObject) -> RenderedEnvironment:
-        spec = EnvironmentSpec(ENV, TargetSpec("kubernetes", dict(self.target.options)))
+        spec = EnvironmentSpec(ENV, TargetSpec("kubernetes", self.options))
         return RenderedEnvironment(spec, tuple(objects), "r1")
 
     # -- the reconcile steps, one object at a time ---------------------------------------------------
     def observe(self, *objects: DesiredObject) -> dict[ObjectRef, LiveObject]:
-        return self.target.observe(self.environment(*objects), {o.ref for o in objects})
+        return self.target.observe(self.environment(*objects), {o.ref for o in objects}, frozenset()).live
 
     def caught_up(self, obj: DesiredObject) -> None:
         """Wait until the target's cache shows the object's current version: a change made by someone
@@ -79,8 +81,8 @@ class Kit:
 
     def plan(self, obj: DesiredObject) -> PlanItem:
         env = self.environment(obj)
-        live = self.target.observe(env, {obj.ref})
-        [item] = planner.plan(env, live, set(), {}, expected=self.target.expected(env, live))
+        live = self.target.observe(env, {obj.ref}, frozenset()).live
+        [item] = planner.plan(env, live, frozenset(), {}, expected=self.target.expected(env, live))
         return item
 
     def apply(self, obj: DesiredObject | None, action: Action, ref: ObjectRef | None = None) -> Outcome:

@@ -5,7 +5,7 @@ import pytest
 from kubernetes import client
 
 from reconciler.model import LedgerSnapshot, ObjectRef
-from reconciler.targets.kubernetes.client import Kube
+from reconciler.kubeapi import Kube
 from reconciler.targets.kubernetes.ledger import ConfigMapLedger
 
 pytestmark = pytest.mark.kube

@@ -9,11 +9,12 @@ from typing import Any, Callable
 import pytest
 from kubernetes import client
 
-from reconciler import diff, planner
+from reconciler.pipeline import diff, planner
 from reconciler.errors import PermanentError
 from reconciler.model import (Action, EnvironmentSpec, Outcome, PlanItem, RenderedEnvironment, TargetSpec,
                               job_submission_id)
-from reconciler.targets.kubernetes import KubernetesTarget
+from reconciler.targets.kubernetes.options import KubernetesOptions
+from reconciler.targets.kubernetes.target import KubernetesTarget
 from target_kit import ENV, Kit, desired, eventually, load, managers
 
 pytestmark = pytest.mark.kube
@@ -65,7 +66,7 @@ def test_expected_state_makes_an_unchanged_object_noop_and_is_not_dry_run_again(
 
     assert kit.requests("dryrun-apply") == 1
     assert diff.normalize(expected[obj.ref]) == diff.normalize(live.manifest)
-    [item] = planner.plan(env, {obj.ref: live}, set(), {}, expected=expected)
+    [item] = planner.plan(env, {obj.ref: live}, frozenset(), {}, expected=expected)
     assert item.action == Action.NOOP
     for _ in range(3):
         assert kit.target.expected(env, kit.observe(obj)) == expected
@@ -216,11 +217,12 @@ def test_watches_grow_with_kinds_not_namespaces(kit: Kit) -> None:
     namespaces = _namespaces(kit, 6)
     try:
         for ns in namespaces:
-            env = EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", {"namespace": ns}))
+            env = EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", KubernetesOptions(ns)))
             objects = [desired(load("raycluster.yaml"), ns), desired(load("configmap.yaml"), ns)]
             for obj in objects:
                 kit.apply(obj, Action.CREATE)
-            live = kit.target.observe(RenderedEnvironment(env, tuple(objects)), {o.ref for o in objects})
+            live = kit.target.observe(RenderedEnvironment(env, tuple(objects)), {o.ref for o in objects},
+                                      frozenset()).live
             assert set(live) == {o.ref for o in objects}
             assert live[objects[0].ref].manifest["metadata"]["namespace"] == ns
 
@@ -250,19 +252,19 @@ def test_without_cluster_wide_list_rights_each_namespace_gets_its_own_watch(kit:
             "subjects": [{"kind": "ServiceAccount", "name": "limited", "namespace": kit.namespace}]})
     limited_client = kube_control_plane.api_client()
     limited_client.set_default_header("Impersonate-User", user)
-    target = KubernetesTarget({"namespace": namespaces[0]}, kit.metrics, api_client=limited_client)
+    target = KubernetesTarget(KubernetesOptions(namespaces[0]), kit.metrics, api_client=limited_client)
     try:
         for ns in namespaces:
             cluster = desired(load("raycluster.yaml"), ns)
-            env = RenderedEnvironment(EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", {"namespace": ns})),
+            env = RenderedEnvironment(EnvironmentSpec(f"e-{ns[-1]}", TargetSpec("kubernetes", KubernetesOptions(ns))),
                                       (cluster,))
-            assert target.observe(env, {cluster.ref}) == {}
+            assert target.observe(env, {cluster.ref}, frozenset()).live == {}
             target.apply(PlanItem(cluster.ref, Action.CREATE, "test", cluster), kit.context)
-            assert set(target.observe(env, {cluster.ref})) == {cluster.ref}
+            assert set(target.observe(env, {cluster.ref}, frozenset()).live) == {cluster.ref}
 
         assert set(target._informers) == {(kind, ns) for kind in ("RayCluster", "Pod") for ns in namespaces}
     finally:
-        target.close()
+        target.close(workloads=True)
         limited_client.close()
         for ns in namespaces:
             kit.core.delete_namespace(ns)

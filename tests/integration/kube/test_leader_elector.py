@@ -14,7 +14,8 @@ import kube_controlplane
 import pytest
 from kubernetes import client, config
 
-from reconciler.leader import LeaderElectionOptions, LeaderElector
+from reconciler.kubeapi import Kube
+from reconciler.service.leader import LeaderElectionOptions, LeaderElector
 
 pytestmark = pytest.mark.kube
 LEASE = "ray-gitops"
@@ -73,7 +74,8 @@ def coordination(kube_control_plane: kube_controlplane.ControlPlane) -> Iterator
 
 def elector(namespace: str, api_client: client.ApiClient, identity: str, clock: Clock | None = None,
             changes: list[bool] | None = None, **timing: float) -> LeaderElector:
-    options = LeaderElectionOptions(LEASE, namespace, api_client, identity=identity, clock=clock or Clock(),
+    options = LeaderElectionOptions(LEASE, namespace, Kube(api_client, lambda verb: None), identity=identity,
+                                    clock=clock or Clock(),
                                     **{"lease_duration": 15.0, "renew_deadline": 10.0, "retry_period": 2.0, **timing})
     return LeaderElector(options, changes.append if changes is not None else lambda leading: None)
 
@@ -156,7 +158,7 @@ def test_each_renewal_seen_restarts_the_wait_whatever_the_wall_clocks_say(
 def test_two_candidates_creating_the_lease_at_once_yield_one_leader(
         make_client: Any, coordination: client.CoordinationV1Api, kube_namespace: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.leader")
+    caplog.set_level(logging.INFO, logger="reconciler.service.leader")
     gate = threading.Barrier(2)  # both read "no Lease" before either creates it
     a = elector(kube_namespace, make_client(gate), "a")
     b = elector(kube_namespace, make_client(gate), "b")
@@ -174,7 +176,7 @@ def test_two_candidates_creating_the_lease_at_once_yield_one_leader(
 def test_two_candidates_taking_an_expired_lease_at_once_yield_one_leader(
         make_client: Any, coordination: client.CoordinationV1Api, kube_namespace: str,
         caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="reconciler.leader")
+    caplog.set_level(logging.INFO, logger="reconciler.service.leader")
     old = elector(kube_namespace, make_client(), "old")
     old.try_acquire_or_renew()
     b_clock, c_clock = Clock(), Clock()
@@ -250,7 +252,8 @@ def test_threads_elect_one_leader_and_a_stop_hands_over_within_a_retry_period(
         kube_control_plane: kube_controlplane.ControlPlane, kube_namespace: str) -> None:
     timing = {"lease_duration": 4.0, "renew_deadline": 3.0, "retry_period": 0.25}
     with kube_control_plane.api_client() as api_client:
-        electors = [LeaderElector(LeaderElectionOptions(LEASE, kube_namespace, api_client, identity=name, **timing))
+        kube = Kube(api_client, lambda verb: None)
+        electors = [LeaderElector(LeaderElectionOptions(LEASE, kube_namespace, kube, identity=name, **timing))
                     for name in ("a", "b", "c")]
         try:
             for e in electors:

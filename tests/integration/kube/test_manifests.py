@@ -44,7 +44,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from reconciler import cli, config
+from reconciler.commands import cli
+from reconciler.service import config
 from reconciler.metrics import Metrics
 
 pytestmark = pytest.mark.kube

@@ -9,13 +9,12 @@ import pytest
 from kubernetes import client
 from prometheus_client import CollectorRegistry
 
-from reconciler.config import Settings
-from reconciler.ledger import Ledger
 from reconciler.metrics import Metrics
 from reconciler.model import Action, Outcome
-from reconciler.daemon import build_target
-from reconciler.reconcile import EnvironmentReconciler, Result, TargetFactory
-from reconciler.source import GitSource
+from reconciler.pipeline.ledger import Ledger
+from reconciler.pipeline.reconcile import Pipeline, Result
+from reconciler.pipeline.source import GitSource
+from reconciler.targets import Registry, Runtime
 from tests.conftest import GitRemote
 
 pytestmark = pytest.mark.kube
@@ -36,9 +35,8 @@ class Harness:
         self.metrics = Metrics(CollectorRegistry())
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.ledger = Ledger(state)
-        settings = Settings(state_dir=state)
-        self.factory = TargetFactory(lambda spec: build_target(spec, settings, self.metrics))
-        self.reconciler = EnvironmentReconciler(self.source, self.ledger, self.metrics, self.factory)
+        self.targets = Registry(Runtime(state, self.metrics))
+        self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
         self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
         self.neighbours = {env: f"{namespace}-{env}" for env in NEIGHBOURS}
@@ -75,7 +73,7 @@ spec:
         return results[ENV]
 
     def close(self) -> None:
-        self.factory.close()
+        self.targets.close()
         for ns in self.neighbours.values():
             self.core.delete_namespace(ns)
 
@@ -181,7 +179,7 @@ def test_finished_rayjob_deleted_by_its_ttl_is_not_recreated_and_a_new_spec_is_a
         "ray.io", "v1", harness.namespace, "rayjobs", "count",
         {"status": {"jobId": run, "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}})
     harness.reconcile()
-    assert harness.ledger.finished_runs(ENV) == {run: "succeeded"}
+    assert harness.ledger.load(ENV).finished == {run: "succeeded"}
     harness.api.delete_namespaced_custom_object("ray.io", "v1", harness.namespace, "rayjobs", "count")  # the TTL
     assert harness.reconcile().outcomes == []
     assert harness.objects("rayjobs") == {}
@@ -196,7 +194,7 @@ def test_finished_rayjob_deleted_by_its_ttl_is_not_recreated_and_a_new_spec_is_a
 
 def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.cli import main
+    from reconciler.commands.cli import main
     harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
     harness.remote.commit("one cluster")
     args = ["diff", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "cli")]
@@ -223,7 +221,7 @@ def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(h
 
 def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledger(
         harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.cli import main
+    from reconciler.commands.cli import main
     harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
     harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
     harness.remote.commit("two clusters")

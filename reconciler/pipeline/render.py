@@ -10,10 +10,12 @@ from typing import Any
 
 import yaml
 
+from dataclasses import dataclass
+
+from ..errors import InvalidEnvironment, ValidationError
+from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
+                     EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
 from . import validate
-from .errors import InvalidEnvironment, ValidationError
-from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
-                    EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
 from .source import FileTree
 
 ROOT = "environments"
@@ -38,8 +40,19 @@ def _documents(tree: FileTree, path: str) -> tuple[list[Any], list[ValidationErr
         return [], [ValidationError(path, f"invalid YAML{where}: {problem}")]
 
 
-def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvironment:
-    """Render and validate one environment; raise `InvalidEnvironment` with every error found."""
+@dataclass(frozen=True)
+class _UnknownTarget:
+    """Stands in while `environment.yaml` is broken, so the object files are still checked."""
+
+    namespace: str = "default"
+
+    def connection(self) -> tuple[()]:
+        return ()
+
+
+def render(tree: FileTree, environment: str, revision: str, targets: validate.TargetCatalog) -> RenderedEnvironment:
+    """Render and validate one environment; raise `InvalidEnvironment` with every error found. The one
+    loader behind `validate`, `plan`, `diff` and the daemon."""
     directory = f"{ROOT}/{environment}"
     env_file = f"{directory}/{ENVIRONMENT_FILE}"
     if not tree.exists(env_file):
@@ -47,10 +60,11 @@ def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvi
     docs, errors = _documents(tree, env_file)
     if not errors and len([d for d in docs if d is not None]) != 1:
         errors.append(ValidationError(env_file, "must hold exactly one Environment document"))
-    parsed, env_errors = validate.environment(docs[0] if docs else None, env_file, environment)
+    parsed, env_errors = validate.environment(docs[0] if docs else None, env_file, environment, targets)
     errors += env_errors
     # Object files are checked even when environment.yaml is broken, so every error shows at once.
-    spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown"))
+    spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown", _UnknownTarget()))
+    supported = targets.kinds(spec.target.kind) if parsed else frozenset(k for _, k in validate.KINDS)
     errors += [ValidationError(path, reason) for path, reason in tree.problems(directory)]
     objects: list[DesiredObject] = []
     seen: dict[ObjectRef, str] = {}
@@ -68,7 +82,7 @@ def render(tree: FileTree, environment: str, revision: str = "") -> RenderedEnvi
             if not isinstance(doc, dict):
                 errors.append(ValidationError(path, f"must be a mapping (an object), got {type(doc).__name__}", index))
                 continue
-            doc_errors = validate.ray_object(doc, path, index, spec)
+            doc_errors = validate.ray_object(doc, path, index, spec, supported)
             if doc_errors:
                 errors += doc_errors
                 continue

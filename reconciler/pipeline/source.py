@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Mapping, Protocol
 
 import git
 
-from .errors import TemporaryError
+from ..errors import TemporaryError
 
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from .model import parse_duration
+from ..errors import ConfigError
+from ..model import parse_duration
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
@@ -66,6 +67,13 @@ class Settings:
 
 
 def _coerce(name: str, value: Any) -> Any:
+    try:
+        return _value(name, value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}: {exc}") from None
+
+
+def _value(name: str, value: Any) -> Any:
     if name in DURATIONS:
         return parse_duration(value)
     if name == "state_dir":
@@ -89,13 +97,16 @@ def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ, conf
     names = {f.name for f in fields(Settings)}
     merged: dict[str, Any] = {}
     if config_file is not None:
-        data = yaml.safe_load(config_file.read_text()) or {}
+        try:
+            data = yaml.safe_load(config_file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{config_file}: {str(exc).splitlines()[0]}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{config_file}: must be a mapping of settings")
+            raise ConfigError(f"{config_file}: must be a mapping of settings")
         for key, value in data.items():
             name = str(key).replace("-", "_")
             if name not in names:
-                raise ValueError(f"{config_file}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
+                raise ConfigError(f"{config_file}: unknown setting {key!r} (known: {', '.join(sorted(names))})")
             merged[name] = value
     for name in names:
         value = environ.get(f"RAY_GITOPS_{name.upper()}")

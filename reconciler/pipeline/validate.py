@@ -7,19 +7,27 @@ the operator's own validation, so mistakes surface at commit time rather than as
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Mapping, Protocol
 
 import yaml
 
-from .errors import ValidationError
-from .model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, TargetSpec,
-                    parse_duration, parse_quantity)
+from ..errors import ValidationError
+from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, TargetOptions,
+                     TargetSpec, parse_duration, parse_quantity)
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
          ("v1", "ConfigMap"), ("v1", "Secret")}
-LOCAL_KINDS = {"RayCluster", "RayJob"}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+class TargetCatalog(Protocol):
+    """What validation asks of the target registry (`reconciler.targets`): which target kinds exist,
+    each kind's options (parsed and checked by the target's own options class), its object kinds."""
+
+    def names(self) -> tuple[str, ...]: ...
+    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str) -> TargetOptions | None: ...
+    def kinds(self, kind: str) -> frozenset[str]: ...
 
 
 class Checker:
@@ -72,12 +80,18 @@ class Checker:
             return None
         return value
 
+    def known_keys(self, value: Mapping[str, Any], path: str, known: set[str]) -> None:
+        for key in value:
+            if key not in known:
+                self.fail(f"{path}.{key}", f"unknown option (known: {', '.join(sorted(known))})")
+
     def one_of(self, value: Any, path: str, allowed: set[str]) -> None:
         if value is not None and value not in allowed:
             self.fail(path, f"must be one of {', '.join(sorted(allowed))}, got {value!r}")
 
 
-def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSpec | None, list[ValidationError]]:
+def environment(doc: Any, file: str, directory_name: str,
+                targets: TargetCatalog) -> tuple[EnvironmentSpec | None, list[ValidationError]]:
     """Parse and check an `environment.yaml` document."""
     c = Checker(file, None, f"Environment/{directory_name}")
     doc = c.mapping(doc, "", required=True)
@@ -95,11 +109,14 @@ def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSp
         if spec.get(unsupported):
             c.fail(f"spec.{unsupported}", "is not supported by this version of ray-gitops")
     target = c.mapping(spec.get("target"), "spec.target", required=True)
-    kinds = [k for k in ("local", "kubernetes") if k in target]
-    if len(kinds) != 1 or set(target) - {"local", "kubernetes"}:
-        c.fail("spec.target", "must name exactly one target: local or kubernetes")
-    options = c.mapping(target.get(kinds[0]) if kinds else None, f"spec.target.{kinds[0] if kinds else ''}")
-    _target_options(c, kinds[0] if len(kinds) == 1 else "", options)
+    names = targets.names()
+    kinds = [k for k in names if k in target]
+    if len(kinds) != 1 or set(target) - set(names):
+        c.fail("spec.target", f"must name exactly one target: {' or '.join(names)}")
+    options = None
+    if len(kinds) == 1:
+        path = f"spec.target.{kinds[0]}"
+        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path)
     interval = 60.0
     try:
         interval = parse_duration(spec.get("interval", "60s"))
@@ -118,35 +135,18 @@ def environment(doc: Any, file: str, directory_name: str) -> tuple[EnvironmentSp
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         c.fail("spec.pruneGuard.maxFraction", f"must be a number in (0, 1], got {fraction!r}")
         fraction = 0.5
-    if c.errors or not kinds:
+    if c.errors or options is None:
         return None, c.errors
     return EnvironmentSpec(
-        name=directory_name, target=TargetSpec(kinds[0], dict(options)), interval=interval,
+        name=directory_name, target=TargetSpec(kinds[0], options), interval=interval,
         prune=bool(spec.get("prune", True)), suspend=bool(spec.get("suspend", False)),
         ignore=tuple(ignore), max_workers_per_group=max_workers, prune_max_fraction=float(fraction),
     ), []
 
 
-TARGET_OPTIONS = {"local": {"persist": bool},
-                  "kubernetes": {"context": str, "kubeconfig": str, "inCluster": bool, "namespace": str, "force": bool}}
-
-
-def _target_options(c: Checker, kind: str, options: dict[str, Any]) -> None:
-    known = TARGET_OPTIONS.get(kind, {})
-    for key, value in options.items():
-        path = f"spec.target.{kind}.{key}"
-        if key not in known:
-            c.fail(path, f"unknown option (known: {', '.join(sorted(known))})")
-        elif not isinstance(value, known[key]):
-            c.fail(path, f"must be {'true or false' if known[key] is bool else 'a string'}, got {value!r}")
-    if kind == "kubernetes" and not options.get("namespace"):
-        c.fail(f"spec.target.{kind}.namespace", "required field is missing")
-    if kind == "kubernetes" and options.get("inCluster") and options.get("context"):
-        c.fail(f"spec.target.{kind}", "set either inCluster: true or context, not both")
-
-
-def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec) -> list[ValidationError]:
-    """Check one rendered object document."""
+def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec,
+               supported: frozenset[str]) -> list[ValidationError]:
+    """Check one rendered object document; `supported`: the object kinds of the environment's target."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
@@ -154,8 +154,8 @@ def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec)
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
         return c.errors
-    if env.target.kind == "local" and kind not in LOCAL_KINDS and kind != "ConfigMap" and kind != "Secret":
-        c.fail("kind", f"{kind} is not supported by the local target")
+    if kind not in supported:
+        c.fail("kind", f"{kind} is not supported by the {env.target.kind} target")
     name = c.string(c.mapping(doc.get("metadata"), "metadata", required=True).get("name"), "metadata.name",
                     required=True)
     if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):

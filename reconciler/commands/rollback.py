@@ -1,11 +1,13 @@
-"""Rollback as Git: `git revert` the commits that changed one environment, in a local work tree.
+"""Intervening without editing YAML: `rollback` (a `git revert` of the commits that changed one
+environment, in a local work tree) and `suspend`/`resume` (a ledger flag).
 
-Called by `ray-gitops rollback`. The reverts are made in a temporary detached worktree and the branch
+Rollback: The reverts are made in a temporary detached worktree and the branch
 is fast-forwarded to them only if every one applied, so a conflict leaves the branch untouched.
 Never resets, amends or force-pushes: rollback is new commits, pushed only when asked.
 """
 from __future__ import annotations
 
+import argparse
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -13,10 +15,12 @@ from pathlib import Path
 
 import git
 
-from .render import ROOT
+from ..errors import RayGitopsError
+from ..pipeline.ledger import Ledger
+from ..pipeline.render import ROOT
 
 
-class RollbackError(Exception):
+class RollbackError(RayGitopsError):
     """Refused or failed; the message says why and what to do. `conflicts`: files a revert conflicted on."""
 
     def __init__(self, message: str, conflicts: tuple[str, ...] = ()) -> None:
@@ -145,3 +149,34 @@ def _revert_aside(repo: git.Repo, commits: list[git.Commit]) -> str:
     finally:
         repo.git.worktree("remove", "--force", str(tree))
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    last = Ledger(args.state_dir).load(args.environment).last_applied if args.state_dir else None
+    done = rollback(Path(args.repo), args.environment, args.to, args.branch, last, args.all_paths, args.push)
+    if not done.reverted:
+        print(f"nothing to roll back: no commit changed environments/{args.environment}/ since the chosen revision")
+        return 0
+    for sha, subject in done.reverted:
+        print(f"reverted {sha[:12]} {subject}")
+    print(done.diff.rstrip("\n") or f"(no net change under environments/{args.environment}/)")
+    where = f"pushed to origin/{args.branch}" if done.pushed else f"not pushed (git push origin {args.branch} or --push)"
+    print(f"{len(done.reverted)} revert commit(s) {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; "
+          f"{where}")
+    return 0
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    """`suspend` and `resume`: the ledger flag the pipeline reads at every reconcile."""
+    ledger = Ledger(args.state_dir)
+    if args.command == "suspend":
+        ledger.suspend(args.environment, args.reason or "")
+        print(f"environment {args.environment}: suspended in {ledger.path}; from its next reconcile the daemon "
+              f"reports Suspended and applies nothing (`ray-gitops resume` lifts it; `spec.suspend: true` in Git "
+              f"is the GitOps way)")
+    elif ledger.resume(args.environment):
+        print(f"environment {args.environment}: resumed; its next reconcile applies Git again")
+    else:
+        print(f"environment {args.environment}: was not suspended in {ledger.path} (a `spec.suspend: true` "
+              f"in Git is lifted only by a commit)")
+    return 0

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 
 from . import diff
-from .model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
                     ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
                     ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
 
@@ -30,20 +30,20 @@ class PlanOptions:
     allow_large_prune: bool = False
 
 
-def plan(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: set[ObjectRef],
+def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: frozenset[ObjectRef],
          finished_runs: dict[str, str], options: PlanOptions = PlanOptions(),
          expected: dict[ObjectRef, Manifest] | None = None) -> list[PlanItem]:
     """Ordered actions that make the target match Git. `finished_runs`: submission id -> result;
     `expected`: desired objects as the target would store them (default: as rendered)."""
     items: list[PlanItem] = []
-    for desired in sorted(env.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
+    for desired in sorted(rendered.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
         current = live.get(desired.ref)
         wanted = (expected or {}).get(desired.ref, desired.manifest)
         if desired.ref.kind == "RayJob":
-            items.append(_job(env.spec.name, desired, wanted, current, finished_runs, env.spec.ignore))
+            items.append(_job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore))
         else:
-            items.append(_object(desired, wanted, current, env.spec.ignore))
-    items += _prune(env, live, inventory, options)
+            items.append(_object(desired, wanted, current, rendered.spec.ignore))
+    items += _prune(rendered, live, inventory, options)
     return items
 
 
@@ -56,36 +56,39 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
     paths = diff.changed_paths(old, new)
     if not paths:
         return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
-    text = diff.lazy(old, new, str(desired.ref))
-    warnings = _group_warnings(current, desired)
+
+    def item(action: Action, reason: str, *flags: Flag) -> PlanItem:
+        return PlanItem(desired.ref, action, reason, desired, diff.lazy(old, new, str(desired.ref)), warnings,
+                        frozenset(flags) | removed, tuple(paths))
+
+    warnings, removed = _group_warnings(current, desired)
     restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in ("ConfigMap", "Secret") else []
-    removed = [w for w in warnings if "removed" in w]
     if not restart and not removed:
-        return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(paths)}", desired, text, warnings)
+        return item(Action.UPDATE, f"changed in place: {', '.join(paths)}")
     changed = ", ".join(restart) or "worker groups removed"
     if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
-        return PlanItem(desired.ref, Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate",
-                        desired, text, warnings)
+        return item(Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate")
     if desired.ref.kind == "RayService":
-        return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; KubeRay upgrades the RayService to a new "
-                        "cluster (zero-downtime)", desired, text, warnings)
+        return item(Action.UPDATE, f"{changed} changed; KubeRay upgrades the RayService to a new cluster "
+                    "(zero-downtime)")
     if (diff.cluster_spec(desired.manifest).get("upgradeStrategy") or {}).get("type") == "Recreate":
-        return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods",
-                        desired, text, warnings)
-    return PlanItem(desired.ref, Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep "
-                    "the old template; set upgradeStrategy.type: Recreate or "
-                    f"{ON_TEMPLATE_CHANGE_ANNOTATION}: recreate)", desired, text, warnings)
+        return item(Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods")
+    return item(Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep the old template; "
+                f"set upgradeStrategy.type: Recreate or {ON_TEMPLATE_CHANGE_ANNOTATION}: recreate)",
+                Flag.PENDING_RESTART)
 
 
-def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[str, ...]:
+def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[tuple[str, ...], frozenset[Flag]]:
+    """Warnings about the worker groups, and GROUP_REMOVED when a group left Git."""
     old = [g.get("groupName") for g in diff.cluster_spec(current.manifest).get("workerGroupSpecs") or []]
     new = [g.get("groupName") for g in diff.cluster_spec(desired.manifest).get("workerGroupSpecs") or []]
     warnings = [f"worker group {name} removed: KubeRay leaves its pods running (kuberay#1739); scale it to 0 first "
                 f"or recreate the cluster" for name in old if name not in new]
+    flags = frozenset({Flag.GROUP_REMOVED}) if warnings else frozenset()
     common_old, common_new = [n for n in old if n in new], [n for n in new if n in old]
     if common_old != common_new:
         warnings.append("worker groups reordered: the Ray autoscaler patches groups by index")
-    return tuple(warnings)
+    return tuple(warnings), flags
 
 
 def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: LiveObject | None,
@@ -99,31 +102,32 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
                         diff.lazy(None, desired.manifest, str(desired.ref)))
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
-    paths = [p for p in diff.changed_paths(old.get("spec"), new.get("spec"), "spec")]
+    changed = diff.changed_paths(old, new)
+    paths = [p for p in changed if p == "spec" or p.startswith(("spec.", "spec["))]
     if not paths:
-        meta = diff.changed_paths(old, new)
-        if meta:
-            return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(meta)}", desired,
-                            diff.lazy(old, new, str(desired.ref)))
+        if changed:
+            return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(changed)}", desired,
+                            diff.lazy(old, new, str(desired.ref)), changes=tuple(changed))
         return PlanItem(desired.ref, Action.NOOP, f"run {run} in progress or done", desired)
-    text = diff.lazy(old, new, str(desired.ref))
+    text, changes = diff.lazy(old, new, str(desired.ref)), tuple(paths)
     if paths == ["spec.suspend"]:
-        return PlanItem(desired.ref, Action.UPDATE, "suspend toggled", desired, text)
+        return PlanItem(desired.ref, Action.UPDATE, "suspend toggled", desired, text, changes=changes)
     if desired.annotations.get(ON_CHANGE_ANNOTATION, "rerun") == "ignore":
         return PlanItem(desired.ref, Action.SKIP, f"spec changed ({', '.join(paths)}); {ON_CHANGE_ANNOTATION}=ignore "
-                        "keeps the current run", desired, text)
+                        "keeps the current run", desired, text, changes=changes)
     return PlanItem(desired.ref, Action.RECREATE, f"spec changed ({', '.join(paths)}); KubeRay ignores RayJob edits, "
-                    f"so new run {run} (delete + create)", desired, text)
+                    f"so new run {run} (delete + create)", desired, text, changes=changes)
 
 
-def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: set[ObjectRef],
+def _prune(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: frozenset[ObjectRef],
            options: PlanOptions) -> list[PlanItem]:
-    wanted = {d.ref for d in env.objects}
+    spec = rendered.spec
+    wanted = {d.ref for d in rendered.objects}
     gone = sorted((ref for ref in inventory - wanted if ref in live),
                   key=lambda r: (-KIND_ORDER.get(r.kind, 9), r))
     if not gone:
         return []
-    if not env.spec.prune:
+    if not spec.prune:
         return [PlanItem(ref, Action.SKIP, "not in Git; prune is disabled for this environment") for ref in gone]
     items, deletable = [], []
     for ref in gone:
@@ -133,7 +137,7 @@ def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventor
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but it belongs to "
                                   f"{(owners[0].get('kind') if owners else labels['ray.io/originated-from-crd'])}; "
                                   "operator children are never pruned"))
-        elif labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != env.spec.name:
+        elif labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != spec.name:
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but its ownership labels no longer match; kept"))
         elif annotations.get(PRUNE_ANNOTATION) == "disabled":
             items.append(PlanItem(ref, Action.SKIP, f"not in Git; protected by {PRUNE_ANNOTATION}: disabled"))
@@ -143,9 +147,10 @@ def _prune(env: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventor
     if deletable and not wanted:
         if not options.allow_empty_prune:
             refused = "prune refused: the environment renders no objects (allow it explicitly to delete everything)"
-    elif (len(deletable) > 1 and len(deletable) > env.spec.prune_max_fraction * len(inventory)
+    elif (len(deletable) > 1 and len(deletable) > spec.prune_max_fraction * len(inventory)
           and not options.allow_large_prune):
         refused = (f"prune refused: {len(deletable)} of {len(inventory)} objects exceeds pruneGuard.maxFraction "
-                   f"{env.spec.prune_max_fraction}")
-    action = Action.SKIP if refused else Action.DELETE
-    return [PlanItem(ref, action, refused or "not in Git; pruned") for ref in deletable] + items
+                   f"{spec.prune_max_fraction}")
+    if refused:
+        return [PlanItem(ref, Action.SKIP, refused, flags=frozenset({Flag.PRUNE_REFUSED})) for ref in deletable] + items
+    return [PlanItem(ref, Action.DELETE, "not in Git; pruned") for ref in deletable] + items

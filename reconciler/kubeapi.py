@@ -17,8 +17,8 @@ from typing import Any, Callable
 import urllib3
 from kubernetes import client, config
 
-from ...errors import PermanentError
-from ...model import ObjectRef
+from .errors import PermanentError, RayGitopsError
+from .model import ObjectRef
 
 APPLY_PATCH = "application/apply-patch+yaml"
 JSON = "application/json"
@@ -60,7 +60,7 @@ def resource(ref: ObjectRef) -> Resource:
     return found
 
 
-class ApiError(Exception):
+class ApiError(RayGitopsError):
     """A failed request: HTTP status (0: no answer), reason, message and the server's causes."""
 
     def __init__(self, status: int, reason: str, message: str, body: dict[str, Any] | None = None) -> None:
@@ -105,16 +105,21 @@ class ApiError(Exception):
 POOL_SIZE = 32  # kept-alive connections per API server: the watches plus the environment threads
 
 
-def connect(options: dict[str, Any]) -> client.ApiClient:
-    """An ApiClient for `spec.target.kubernetes`: `inCluster: true`, else kubeconfig (`kubeconfig` key,
-    else $KUBECONFIG, else ~/.kube/config) with its `context` (else the current context)."""
+def connect(kubeconfig: str = "", context: str = "", in_cluster: bool = False) -> client.ApiClient:
+    """An ApiClient: the pod's service account with `in_cluster`, else a kubeconfig (`kubeconfig`, else
+    $KUBECONFIG, else ~/.kube/config) and its `context` (else the current one). A missing or broken
+    kubeconfig, or an unknown context, is a PermanentError naming it."""
     configuration = client.Configuration()
-    if options.get("inCluster"):
-        config.load_incluster_config(client_configuration=configuration)
-    else:
-        config.load_kube_config(config_file=options.get("kubeconfig") or None,
-                                context=options.get("context") or None, client_configuration=configuration,
-                                persist_config=False)
+    try:
+        if in_cluster:
+            config.load_incluster_config(client_configuration=configuration)
+        else:
+            config.load_kube_config(config_file=kubeconfig or None, context=context or None,
+                                    client_configuration=configuration, persist_config=False)
+    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = "in-cluster config" if in_cluster else f"kubeconfig {kubeconfig or '(default)'}" + (
+            f" context {context}" if context else "")
+        raise PermanentError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     configuration.connection_pool_maxsize = POOL_SIZE
     if configuration.refresh_api_key_hook is not None:
         configuration.refresh_api_key_hook = ThrottledRefresh(configuration.refresh_api_key_hook)

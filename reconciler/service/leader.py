@@ -18,7 +18,6 @@ successful renewal, before any other replica may take over (`lease_duration` > `
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -30,12 +29,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-import urllib3
-from kubernetes import client, config
+from ..errors import ConfigError
+from ..kubeapi import ApiError, Kube, connect
 
 log = logging.getLogger(__name__)
 JITTER = 0.2  # a candidate waits retry_period x (1 + up to JITTER) between attempts
-_JSON = "application/json"
 
 
 def default_identity() -> str:
@@ -43,16 +41,11 @@ def default_identity() -> str:
     return f"{socket.gethostname()}_{os.getpid()}"
 
 
-def connect(kubeconfig: str = "", context: str = "") -> client.ApiClient:
-    """An ApiClient for the Lease: in-cluster when running in a pod and neither `kubeconfig` nor
-    `context` is given, else the kubeconfig (`kubeconfig`, $KUBECONFIG, ~/.kube/config) and its
-    `context` (default: the current context)."""
-    if not kubeconfig and not context and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        configuration = client.Configuration()
-        config.load_incluster_config(client_configuration=configuration)
-        return client.ApiClient(configuration)
-    return config.new_client_from_config(config_file=kubeconfig or None, context=context or None,
-                                         persist_config=False)
+def lease_client(kubeconfig: str = "", context: str = "", count: Callable[[str], None] = lambda verb: None) -> Kube:
+    """Requests for the Lease: in-cluster when running in a pod and neither `kubeconfig` nor `context` is
+    given, else the kubeconfig (`kubeconfig`, $KUBECONFIG, ~/.kube/config) and its `context`."""
+    in_cluster = not kubeconfig and not context and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    return Kube(connect(kubeconfig, context, in_cluster), count)
 
 
 @dataclass(frozen=True)
@@ -61,7 +54,7 @@ class LeaderElectionOptions:
 
     name: str
     namespace: str
-    api_client: client.ApiClient
+    kube: Kube
     identity: str = field(default_factory=default_identity)
     lease_duration: float = 15.0  # how long others wait after the Lease last changed
     renew_deadline: float = 10.0  # how long the leader keeps trying to renew before it steps down
@@ -70,10 +63,10 @@ class LeaderElectionOptions:
 
     def __post_init__(self) -> None:
         if not self.lease_duration > self.renew_deadline > self.retry_period * (1 + JITTER) > 0:
-            raise ValueError(f"leader election: need lease duration ({self.lease_duration:g}s) > renew deadline "
+            raise ConfigError(f"leader election: need lease duration ({self.lease_duration:g}s) > renew deadline "
                              f"({self.renew_deadline:g}s) > {1 + JITTER:g} x retry period ({self.retry_period:g}s) > 0")
         if not self.identity:
-            raise ValueError("leader election: identity must not be empty")
+            raise ConfigError("leader election: identity must not be empty")
 
 
 @dataclass(frozen=True)
@@ -158,9 +151,8 @@ class LeaderElector:
                      self.options.name)
             won = False
             self._read_quietly()
-        except (client.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            log.warning("leader election: Lease %s/%s: %s", self.options.namespace, self.options.name,
-                        _describe(exc))
+        except (ApiError, ValueError, KeyError) as exc:
+            log.warning("leader election: Lease %s/%s: %s", self.options.namespace, self.options.name, exc)
             won = False
         if won:
             with self._lock:
@@ -210,9 +202,9 @@ class LeaderElector:
                 return False
             stamp = _micro_time()
             self._update(Record("", 1, stamp, stamp, Record.of(lease).transitions))
-        except (_Conflict, client.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+        except (_Conflict, ApiError, ValueError, KeyError) as exc:
             log.warning("leader election: could not release Lease %s/%s: %s", self.options.namespace,
-                        self.options.name, _describe(exc))
+                        self.options.name, exc)
             return False
         log.info("leader election: released Lease %s/%s", self.options.namespace, self.options.name)
         self._set_leading(False)
@@ -238,8 +230,8 @@ class LeaderElector:
 
     def _get(self) -> dict[str, Any] | None:
         try:
-            lease = self._request("GET", f"{self._path}/{self.options.name}")
-        except client.ApiException as exc:
+            lease = self._request("get", "GET", f"{self._path}/{self.options.name}")
+        except ApiError as exc:
             if exc.status == 404:
                 return None
             raise
@@ -251,40 +243,33 @@ class LeaderElector:
             lease = self._get()
             if lease is not None:
                 self._observe(Record.of(lease), self.options.clock())
-        except (client.ApiException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        except (ApiError, ValueError, KeyError):
             pass
 
     def _create(self, record: Record) -> None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.options.name, "namespace": self.options.namespace}, "spec": record.spec()}
-        self._write("POST", self._path, body, record)
+        self._write("create", "POST", self._path, body, record)
 
     def _update(self, record: Record) -> None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.options.name, "namespace": self.options.namespace,
                              "resourceVersion": self._version}, "spec": record.spec()}
-        self._write("PUT", f"{self._path}/{self.options.name}", body, record)
+        self._write("update", "PUT", f"{self._path}/{self.options.name}", body, record)
 
-    def _write(self, method: str, path: str, body: dict[str, Any], record: Record) -> None:
+    def _write(self, verb: str, method: str, path: str, body: dict[str, Any], record: Record) -> None:
         try:
-            written = self._request(method, path, body)
-        except client.ApiException as exc:
+            written = self._request(verb, method, path, body)
+        except ApiError as exc:
             if exc.status == 409:  # create: AlreadyExists; update: resourceVersion is stale
                 raise _Conflict() from exc
             raise
         self._version = written["metadata"]["resourceVersion"]
         self._observe(record, self.options.clock())
 
-    def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        api = self.options.api_client
-        headers = {"Accept": _JSON, **({"Content-Type": _JSON} if body is not None else {})}
-        method, url, headers, data, post = api.param_serialize(method, path, header_params=headers, body=body,
-                                                               auth_settings=["BearerToken"])
-        response = api.call_api(method, url, headers, data, post, _request_timeout=self.options.renew_deadline / 2)
-        payload = response.read()
-        if not 200 <= response.status <= 299:
-            raise client.ApiException(status=response.status, reason=response.reason)
-        result: dict[str, Any] = json.loads(payload)
+    def _request(self, verb: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = self.options.kube.request(verb, method, path, body=body,
+                                                           timeout=self.options.renew_deadline / 2)
         return result
 
 
@@ -295,9 +280,3 @@ class _Conflict(Exception):
 def _micro_time() -> str:
     """Now as a Kubernetes MicroTime (RFC 3339, always 6 fractional digits)."""
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, client.ApiException):
-        return f"{exc.status} {exc.reason}".strip()
-    return f"{type(exc).__name__}: {exc}"

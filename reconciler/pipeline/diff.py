@@ -1,5 +1,7 @@
 """Diff stage: normalize desired and live objects, drop what Git does not own, compare.
 
+Field-level comparison is deepdiff's (over lists keyed by name); people get a unified YAML diff.
+
 Called by the planner. Pure functions: no target access. Ray-aware rules live here, once:
 with `enableInTreeAutoscaling` the autoscaler owns `workerGroupSpecs[*].replicas` and
 `.scaleStrategy` (also inside a RayJob's `rayClusterSpec` and a RayService's `rayClusterConfig`).
@@ -11,8 +13,9 @@ import difflib
 from typing import Any, Callable, Iterable
 
 import yaml
+from deepdiff import DeepDiff
 
-from .model import REVISION_ANNOTATION, Manifest
+from ..model import REVISION_ANNOTATION, Manifest
 
 NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
                   "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
@@ -27,6 +30,13 @@ def cluster_spec(manifest: Manifest) -> dict[str, Any]:
     for key in CLUSTER_SPEC_PATHS.get(str(manifest.get("kind")), "/-").strip("/").split("/"):
         node = node.get(key) if isinstance(node, dict) else None
     return node if isinstance(node, dict) else {}
+
+
+def worker_groups(manifest: Manifest) -> dict[str, dict[str, Any]]:
+    """The worker groups of a RayCluster, RayJob or RayService by `groupName` (the key everything uses:
+    the autoscaler, the metrics, the local target)."""
+    return {str(g.get("groupName")): g for g in cluster_spec(manifest).get("workerGroupSpecs") or []
+            if isinstance(g, dict)}
 
 
 def autoscaler_pointers(manifest: Manifest) -> list[str]:
@@ -89,34 +99,51 @@ def normalize(manifest: Manifest, ignore: Iterable[str] = ()) -> Manifest:
 
 def _key(item: Any) -> str | None:
     if isinstance(item, dict):
-        for field in ("groupName", "name"):
-            if isinstance(item.get(field), str):
-                return item[field]
+        for name in ("groupName", "name"):
+            if isinstance(item.get(name), str):
+                return item[name]
     return None
 
 
-def changed_paths(old: Any, new: Any, path: str = "") -> list[str]:
-    """Dotted paths where `old` and `new` differ; lists of named items are matched by name."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        out: list[str] = []
-        for key in sorted(set(old) | set(new)):
-            sub = f"{path}.{key}" if path else str(key)
-            if key not in old or key not in new:
-                out.append(sub)
-            else:
-                out += changed_paths(old[key], new[key], sub)
-        return out
-    if isinstance(old, list) and isinstance(new, list):
-        old_keys, new_keys = [_key(i) for i in old], [_key(i) for i in new]
-        if None not in old_keys + new_keys and len(set(old_keys)) == len(old) and len(set(new_keys)) == len(new):
-            by_name = dict(zip(old_keys, old))
-            out = [f"{path}[{k}]" for k in old_keys if k not in new_keys]
-            for key, item in zip(new_keys, new):
-                out += changed_paths(by_name[key], item, f"{path}[{key}]") if key in by_name else [f"{path}[{key}]"]
-            return out
-        if len(old) == len(new):
-            return [p for i, (a, b) in enumerate(zip(old, new)) for p in changed_paths(a, b, f"{path}[{i}]")]
-    return [] if old == new else [path]
+def keyed(node: Any) -> Any:
+    """`node` with each list of uniquely named items (worker groups by `groupName`, containers, env
+    and volumes by `name`) turned into a mapping `{"[name]": item}`, so items compare by name."""
+    if isinstance(node, dict):
+        return {key: keyed(value) for key, value in node.items()}
+    if isinstance(node, list):
+        keys = [_key(item) for item in node]
+        if node and None not in keys and len(set(keys)) == len(keys):
+            return {f"[{key}]": keyed(item) for key, item in zip(keys, node)}
+        return [keyed(item) for item in node]
+    return node
+
+
+def _dotted(parts: list[Any]) -> str:
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("[") and part.endswith("]"):
+            out += part
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def changed_paths(old: Any, new: Any) -> list[str]:
+    """Dotted paths where `old` and `new` differ (computed with deepdiff): named list items are matched
+    by name (`spec.workerGroupSpecs[cpu].replicas`), other lists by index when their lengths agree and as
+    a whole when they do not."""
+    if old == new:
+        return []
+    found: set[str] = set()
+    for report, nodes in DeepDiff(keyed(old), keyed(new), view="tree", verbose_level=2).items():
+        for node in nodes:
+            parts = node.path(output_format="list")
+            if report in ("iterable_item_added", "iterable_item_removed"):
+                parts = parts[:-1]  # a list whose length changed: the list itself
+            found.add(_dotted(parts))
+    return sorted(found)
 
 
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)

@@ -1,19 +1,25 @@
-"""Webhook verification: is a `POST /hooks/git` from a Git host that knows our shared secret?
+"""Webhooks: is a `POST /hooks/git` from a Git host that knows our shared secret, and if so, wake
+the daemon.
 
-Called by the daemon's HTTP handler with the request's headers and raw body; pure functions (no
-I/O but `read_secret`, no logging), so one table test covers every provider. Comparisons are
+`verify` and `provider` are pure functions of the request's headers and raw body, so one table
+test covers every provider; `Receiver` answers the HTTP server with them. Comparisons are
 constant-time; nothing here returns, logs or raises with the secret or a signature in it.
 """
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Callable, Mapping
+
+from ..metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 PATH = "/hooks/git"
-MAX_BODY = 1024 * 1024
 PROVIDERS = ("github", "gitlab", "generic", "unknown")
 
 
@@ -66,3 +72,38 @@ def read_secret(value: str, file: str) -> str:
     if file:
         return Path(file).read_text().rstrip("\r\n")
     return value
+
+
+class Receiver:
+    """POST /hooks/git: check the size and the signature, count the result, and on a valid push call
+    `trigger` (which only wakes the daemon's loop: nothing is reconciled in the HTTP thread)."""
+
+    def __init__(self, secret: str, max_body: int, metrics: Metrics, trigger: Callable[[], None]) -> None:
+        self.secret, self.max_body, self.metrics, self.trigger = secret, max_body, metrics, trigger
+
+    def handle(self, headers: Message, body: BinaryIO) -> tuple[int, bytes]:
+        """One request: (status, response body). Reads at most `max_body` bytes."""
+        try:
+            length = int(headers.get("Content-Length", ""))
+        except ValueError:
+            length = -1
+        sender = provider(dict(headers.items()))
+        if length < 0:
+            self.metrics.webhook_requests.labels(sender, "bad_request").inc()
+            return 411, b"Content-Length required\n"
+        if length > self.max_body:
+            self.metrics.webhook_requests.labels(sender, "too_large").inc()
+            log.warning("webhook: %s request of %d bytes refused (limit %d)", sender, length, self.max_body)
+            return 413, b"body too large\n"
+        verdict = verify(self.secret, dict(headers.items()), body.read(length))
+        if not verdict.valid:
+            self.metrics.webhook_requests.labels(verdict.provider, "unauthorized").inc()
+            log.warning("webhook: %s request with a missing or wrong signature/token refused", verdict.provider)
+            return 401, b"signature or token missing or wrong\n"
+        if verdict.ping:
+            self.metrics.webhook_requests.labels(verdict.provider, "ping").inc()
+            return 202, b"pong\n"
+        self.metrics.webhook_requests.labels(verdict.provider, "accepted").inc()
+        log.info("webhook: %s notification accepted: fetching now", verdict.provider)
+        self.trigger()
+        return 202, b"accepted: fetching now\n"

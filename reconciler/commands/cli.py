@@ -1,0 +1,173 @@
+"""Command line: run, diff, plan, validate, status, history, rollback, suspend, resume (`ray-gitops --help`).
+
+The outermost layer: parses flags and hands each command to its module (`run` here, the read-only
+ones in `show`, the interventions in `rollback`). Every error reaches the user as one line with
+the command's documented exit code, never as a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+
+from ..errors import InvalidEnvironment, RayGitopsError
+from ..pipeline.source import redact
+from ..service import config
+from ..service.daemon import Daemon
+from . import rollback, show
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {"time": self.formatTime(record), "level": record.levelname.lower(), "logger": record.name,
+                 "message": record.getMessage()}
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _logging(fmt: str, level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
+        "%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = config.load(vars(args), config_file=args.config)
+    if not settings.repo:
+        print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
+        return 2
+    _logging(settings.log_format, settings.log_level)
+    daemon = Daemon(settings)
+    if settings.once:
+        try:
+            return 0 if daemon.run_once() else 1
+        except RayGitopsError as exc:
+            logging.getLogger("ray-gitops").error("%s", exc)
+            return 1
+        finally:
+            daemon.targets.close()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: daemon.stop())
+    host, port = settings.host_port
+    print(f"ray-gitops: reconciling {redact(settings.repo)} ({settings.branch}) every {settings.interval:g}s; "
+          f"metrics on http://{host}:{port}/metrics; state in {settings.state_dir}", file=sys.stderr)
+    daemon.serve()
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ray-gitops", description="GitOps reconciler for Ray (KubeRay and local Ray)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def source_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--repo", help="Git URL or local path of the GitOps repository")
+        sp.add_argument("--branch", help="branch to follow (default main)")
+        sp.add_argument("--state-dir", type=Path, help="ledger, Git cache and local clusters (default "
+                        "$XDG_STATE_HOME/ray-gitops)")
+
+    run = sub.add_parser("run", help="run the reconciler daemon")
+    source_flags(run)
+    run.add_argument("--environment", action="append", dest="environments", default=[],
+                     help="environment to reconcile (repeatable; default all)")
+    run.add_argument("--interval", help="Git poll interval, e.g. 5s (default 30s)")
+    run.add_argument("--metrics-address", help="host:port for /metrics /healthz /readyz (default 127.0.0.1:9464)")
+    run.add_argument("--once", action="store_true", default=None, help="reconcile once and exit (0 = all succeeded)")
+    run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
+    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 50)")
+    run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
+    run.add_argument("--log-format", choices=["text", "json"])
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--config", type=Path, help="YAML file of settings (flags and env vars win)")
+    run.add_argument("--leader-election", action="store_true", default=None,
+                     help="reconcile only while holding a coordination.k8s.io Lease (for more than one replica)")
+    run.add_argument("--leader-election-namespace", help="namespace of the Lease (default: the pod's, else default)")
+    run.add_argument("--leader-election-id", help="name of the Lease (default ray-gitops)")
+    for timing in ("lease-duration", "renew-deadline", "retry-period"):  # for tests; settings keys too
+        run.add_argument(f"--leader-election-{timing}", help=argparse.SUPPRESS)
+    run.add_argument("--kubeconfig", help="kubeconfig for the Lease (default: in-cluster, else $KUBECONFIG or "
+                     "~/.kube/config)")
+    run.add_argument("--kube-context", help="kubeconfig context for the Lease (default: the current context)")
+    run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
+                     "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
+    run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
+    run.set_defaults(func=cmd_run)
+
+    for verb, func, text in (
+            ("diff", show.cmd_diff, "show what a reconcile would change (exit 0 none, 1 changes, 2 error)"),
+            ("plan", show.cmd_plan, "what apply would do per object, no diff bodies (exit 0 none, 1 changes, "
+                                    "2 error)")):
+        preview = sub.add_parser(verb, help=text)
+        source_flags(preview)
+        preview.add_argument("--environment", required=True)
+        preview.add_argument("-o", "--output", choices=["text", "json"], default="text")
+        preview.set_defaults(func=func)
+
+    history = sub.add_parser("history", help="revisions applied to an environment, newest first (from the ledger)")
+    history.add_argument("--environment", required=True)
+    history.add_argument("--state-dir", type=Path)
+    history.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
+    history.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    history.set_defaults(func=show.cmd_history)
+
+    back = sub.add_parser("rollback", help="git revert the commits that changed an environment, in a local clone "
+                          "(exit 0 done, 2 refused or conflict)")
+    back.add_argument("--repo", required=True, help="path of a clean local clone (work tree) on --branch")
+    back.add_argument("--environment", required=True)
+    back.add_argument("--to", help="revert every commit after this revision that changed the environment (default: "
+                      "the parent of the last applied revision with --state-dir, else of the environment's newest "
+                      "commit)")
+    back.add_argument("--branch", default="main")
+    back.add_argument("--state-dir", type=Path, help="the daemon's state directory (for the last applied revision)")
+    back.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths")
+    back.add_argument("--push", action="store_true", help="push the revert commit(s) (default: only commit locally)")
+    back.set_defaults(func=rollback.cmd_rollback)
+
+    for verb, text in (("suspend", "stop applying to an environment (ledger flag; the daemon sees it at its "
+                                   "next reconcile)"), ("resume", "undo `suspend`")):
+        hold = sub.add_parser(verb, help=text)
+        hold.add_argument("--environment", required=True)
+        hold.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
+        if verb == "suspend":
+            hold.add_argument("--reason", help="shown in status (e.g. an incident number)")
+        hold.set_defaults(func=rollback.cmd_suspend)
+
+    val = sub.add_parser("validate", help="check a repository or environment directory (exit 0 ok, 1 invalid)")
+    val.add_argument("path")
+    val.set_defaults(func=show.cmd_validate)
+
+    status = sub.add_parser("status", help="table of environments: revision, sync, health")
+    status.add_argument("--state-dir", type=Path)
+    status.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    status.set_defaults(func=show.cmd_status)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors: one line on stderr and exit code 2 (`RAY_GITOPS_TRACEBACK=1` adds the
+    traceback of an unexpected one)."""
+    _logging("text", "warning")
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except InvalidEnvironment as exc:
+        print(exc, file=sys.stderr)
+    except RayGitopsError as exc:
+        print(f"ray-gitops {args.command}: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: still one line, unless asked for more
+        if os.environ.get("RAY_GITOPS_TRACEBACK"):
+            traceback.print_exc()
+        print(f"ray-gitops {args.command}: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Commands that look and change nothing: `diff`, `plan` (the pipeline stopped before apply),
+`validate` (the same loader as the daemon), `status` and `history` (the ledger)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from ..errors import InvalidEnvironment
+from ..metrics import Metrics
+from ..model import Action
+from ..pipeline.ledger import Ledger
+from ..pipeline.reconcile import Pipeline, Preview
+from ..pipeline.render import ROOT, list_environments, render
+from ..pipeline.source import DirectoryTree, GitSource
+from ..service import config
+from ..targets import Registry, Runtime
+
+
+def preview(args: argparse.Namespace) -> Preview:
+    """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
+    settings = config.load(vars(args))
+    metrics = Metrics(CollectorRegistry())
+    targets = Registry(Runtime(settings.state_dir, metrics, settings.kube_api_qps, settings.kube_api_burst))
+    source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
+    try:
+        return Pipeline(source, Ledger(settings.state_dir), metrics, targets).preview(args.environment, source.fetch())
+    finally:
+        targets.close(workloads=False)  # the daemon's Ray processes are not the CLI's to stop
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    return _print_plan(preview(args), bodies=True, output=args.output)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    return _print_plan(preview(args), bodies=False, output=args.output)
+
+
+def _print_plan(found: Preview, bodies: bool, output: str) -> int:
+    """One line per object that is not unchanged (action, object, reason), its warnings, optionally its
+    diff; or one JSON document. Exit 0 no changes, 1 changes."""
+    if output == "json":
+        print(json.dumps({"environment": found.environment, "revision": found.revision.sha, "items": [
+            {"object": str(i.ref), "kind": i.ref.kind, "namespace": i.ref.namespace, "name": i.ref.name,
+             "action": i.action.value, "reason": i.reason, "changes": list(i.changes), "warnings": list(i.warnings),
+             "flags": sorted(f.value for f in i.flags), **({"diff": i.diff} if bodies else {})}
+            for i in found.items if i.action != Action.NOOP]}, indent=2))
+        return 1 if found.changes else 0
+    for item in found.items:
+        if item.action == Action.NOOP:
+            continue
+        print(f"{item.action.value:>8} {item.ref}: {item.reason}")
+        for warning in item.warnings:
+            print(f"         warning: {warning}")
+        if bodies and item.diff:
+            print(item.diff.rstrip("\n"))
+    print(f"{len(found.changes)} change(s) for environment {found.environment} at {found.revision.short}")
+    return 1 if found.changes else 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    path = Path(args.path).resolve()
+    if (path / "environment.yaml").exists():
+        root, names = path.parent.parent, [path.name]
+    else:
+        root = path
+        names = list_environments(DirectoryTree(root))
+    if not names:
+        print(f"{path}: no environments found (expected {ROOT}/<env>/environment.yaml)", file=sys.stderr)
+        return 1
+    targets = Registry(Runtime(Path("."), Metrics(CollectorRegistry())))  # parses options; builds no target
+    failed = 0
+    for name in names:
+        try:
+            rendered = render(DirectoryTree(root), name, "", targets)
+            print(f"ok: environment {name}: {len(rendered.objects)} object(s), target {rendered.spec.target.kind}")
+        except InvalidEnvironment as exc:
+            failed += 1
+            print(exc, file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    settings = config.load(vars(args))
+    states = Ledger(settings.state_dir).states()
+    if args.output == "json":
+        print(json.dumps([s.__dict__ for s in states], indent=2, default=str))
+        return 0
+    rows = [("ENVIRONMENT", "TARGET", "REVISION", "SYNC", "HEALTH", "UPDATED", "MESSAGE")]
+    for s in states:
+        rows.append((s.env, s.target, s.revision[:12], s.sync_status.value, s.health_status.value,
+                     _time(s.updated_at), s.message.splitlines()[0][:80] if s.message else ""))
+    _table(rows, [_details(s.detail) for s in states])
+    return 0
+
+
+def _details(detail: dict) -> list[str]:
+    """One line per cluster (workers ready/desired per group) and per job (status of its run)."""
+    lines = []
+    for name, cluster in sorted((detail.get("clusters") or {}).items()):
+        groups = ", ".join(f"{g} {c.get('ready', 0)}/{c.get('desired', 0)}"
+                           for g, c in sorted((cluster.get("groups") or {}).items()))
+        lines.append(f"RayCluster {name}: {cluster.get('health', '')}; workers ready/desired: {groups or 'none'}")
+    for name, job in sorted((detail.get("jobs") or {}).items()):
+        lines.append(f"RayJob {name}: {job.get('status') or 'no run yet'} ({job.get('health', '')})")
+    return lines
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    settings = config.load(vars(args))
+    rows = Ledger(settings.state_dir).history(args.environment, args.limit)
+    if args.output == "json":
+        keys = ("revision", "commit_time", "applied_at", "result", "summary")
+        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        return 0
+    if not rows:
+        print(f"no applied revisions recorded for environment {args.environment} in {settings.state_dir}",
+              file=sys.stderr)
+        return 0
+    _table([("REVISION", "COMMITTED", "APPLIED", "RESULT", "SUMMARY")] + [
+        (revision[:12], _time(committed), _time(applied), result, summary.splitlines()[0][:100] if summary else "")
+        for revision, committed, applied, result, summary in rows])
+    return 0
+
+
+def _time(seconds: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
+
+
+def _table(rows: list[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
+    """Aligned columns; `details[i]` are indented lines printed under data row i."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def line(row: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+
+    print(line(rows[0]))
+    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]]):
+        print(line(row))
+        for text in extra:
+            print(f"  {text}")

@@ -1,0 +1,232 @@
+"""Persisted per-environment state: inventory, applied revision history, RayJob runs, status.
+
+A reconcile reads its environment's `Record` once (`load`), works on it as plain immutable data,
+and writes what changed back in one transaction (`commit`), with the revision it applied and the
+status `ray-gitops status` prints. SQLite in WAL mode with synchronous=FULL: a `kill -9` at any
+point leaves the last committed state. Thread-safe: each thread has its own connection (SQLite
+connections are not shared between threads); one environment is reconciled by one thread at a time.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Iterator, Mapping
+
+from ..model import TERMINAL_JOB_STATUSES, Health, LedgerSnapshot, ObjectRef, SyncStatus
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
+    PRIMARY KEY (env, grp, kind, namespace, name));
+CREATE TABLE IF NOT EXISTS revisions (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT, revision TEXT,
+    commit_time REAL, applied_at REAL, result TEXT, summary TEXT);
+CREATE TABLE IF NOT EXISTS job_runs (env TEXT, submission_id TEXT, job TEXT, spec_hash TEXT, status TEXT,
+    result TEXT, submitted_at REAL, start_time REAL, end_time REAL, PRIMARY KEY (env, submission_id));
+CREATE TABLE IF NOT EXISTS environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status TEXT,
+    health_status TEXT, message TEXT, updated_at REAL, detail TEXT);
+CREATE TABLE IF NOT EXISTS suspended (env TEXT PRIMARY KEY, since REAL, reason TEXT);
+"""
+SNAPSHOT_RUNS = 500  # newest runs a target keeps in its copy
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """One RayJob run as the ledger knows it; `result` is set once, when the run is first seen to end."""
+
+    submission_id: str
+    job: str
+    spec_hash: str
+    status: str
+    result: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    submitted_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Record:
+    """One environment's persisted state, as a reconcile reads it and writes it back."""
+
+    inventory: frozenset[ObjectRef] = frozenset()
+    runs: Mapping[str, JobRun] = field(default_factory=lambda: MappingProxyType({}))
+    last_applied: str | None = None
+    suspended: str | None = None  # the reason given to `ray-gitops suspend` (maybe ""), else None
+
+    @property
+    def finished(self) -> dict[str, str]:
+        """submission id -> result of every run seen to end."""
+        return {run.submission_id: run.result for run in self.runs.values() if run.result}
+
+    @property
+    def pending(self) -> frozenset[str]:
+        """Runs submitted and not yet seen to end."""
+        return frozenset(run.submission_id for run in self.runs.values() if not run.result)
+
+    def with_inventory(self, refs: set[ObjectRef] | frozenset[ObjectRef]) -> Record:
+        return replace(self, inventory=frozenset(refs))
+
+    def _with_run(self, run: JobRun) -> Record:
+        return replace(self, runs=MappingProxyType({**self.runs, run.submission_id: run}))
+
+    def submitted(self, submission_id: str, job: str, spec_hash: str) -> Record:
+        """Record a submission before it is made (a crash after it must not lose track of the run)."""
+        if submission_id in self.runs:
+            return self
+        return self._with_run(JobRun(submission_id, job, spec_hash, "PENDING", submitted_at=time.time()))
+
+    def seen(self, submission_id: str, job: str, status: str, start_time: float | None = None,
+             end_time: float | None = None) -> tuple[Record, JobRun | None]:
+        """A run's status as a target reports it; the run too when this report is the first to see it end
+        (`DELETED`: gone before it was seen to end, final)."""
+        run = self.runs.get(submission_id) or JobRun(submission_id, job, submission_id.rsplit("-", 1)[-1], status,
+                                                     submitted_at=time.time())
+        if run.result:
+            return self, None
+        result = "deleted" if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
+        updated = replace(run, status=status, result=result, start_time=start_time if start_time else run.start_time,
+                          end_time=end_time if end_time else run.end_time)
+        return self._with_run(updated), updated if result else None
+
+    def merged(self, snapshot: LedgerSnapshot) -> Record:
+        """Adopt a target's copy: its inventory wins, its finished runs are added."""
+        record = self.with_inventory(snapshot.inventory)
+        for submission_id, result in snapshot.runs:
+            run = record.runs.get(submission_id)
+            if run is None:
+                run = JobRun(submission_id, "", submission_id.rsplit("-", 1)[-1], "UNKNOWN")
+            if result and not run.result:
+                run = replace(run, result=result, status=result.upper())
+            record = record._with_run(run)
+        return record
+
+    def snapshot(self) -> LedgerSnapshot:
+        """What a target keeps: the inventory and the newest runs."""
+        newest = sorted(self.runs.values(), key=lambda r: r.submitted_at, reverse=True)[:SNAPSHOT_RUNS]
+        return LedgerSnapshot(self.inventory, tuple(sorted((r.submission_id, r.result or "") for r in newest)))
+
+
+@dataclass(frozen=True)
+class EnvironmentState:
+    """The last reported state of one environment (what `status` prints)."""
+
+    env: str
+    target: str
+    revision: str
+    sync_status: SyncStatus
+    health_status: Health
+    message: str
+    updated_at: float
+    detail: dict
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A row of the environment's history: a revision applied (or that failed to apply)."""
+
+    revision: str
+    commit_time: float
+    result: str  # success | error
+    summary: str
+
+
+class Ledger:
+    """The ledger database under a state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.path = state_dir / "ledger.sqlite3"
+        self._local = threading.local()
+        with self._tx() as db:
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One transaction on this thread's connection (opened once per thread)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = sqlite3.connect(self.path, timeout=30)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+        with db:
+            yield db
+
+    # -- one reconcile: one read, one write ------------------------------------------------------------
+    def load(self, env: str) -> Record:
+        with self._tx() as db:
+            refs = db.execute("SELECT grp, kind, namespace, name FROM inventory WHERE env=?", (env,)).fetchall()
+            runs = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
+                              "submitted_at FROM job_runs WHERE env=?", (env,)).fetchall()
+            last = db.execute("SELECT revision FROM revisions WHERE env=? AND result='success' ORDER BY id DESC "
+                              "LIMIT 1", (env,)).fetchone()
+            held = db.execute("SELECT reason FROM suspended WHERE env=?", (env,)).fetchone()
+        return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: JobRun(*r) for r in runs}),
+                      last[0] if last else None, held[0] if held else None)
+
+    def commit(self, env: str, before: Record | None = None, after: Record | None = None,
+               state: EnvironmentState | None = None, applied: Applied | None = None) -> None:
+        """Write what changed from `before` (as loaded) to `after`, the status and a history row, in one
+        transaction."""
+        before, after = before or Record(), after or before or Record()
+        with self._tx() as db:
+            if after.inventory != before.inventory:
+                db.execute("DELETE FROM inventory WHERE env=?", (env,))
+                db.executemany("INSERT INTO inventory VALUES (?,?,?,?,?)",
+                               [(env, r.group, r.kind, r.namespace, r.name) for r in after.inventory])
+            changed = [run for key, run in after.runs.items() if before.runs.get(key) != run]
+            db.executemany("INSERT OR REPLACE INTO job_runs VALUES (?,?,?,?,?,?,?,?,?)",
+                           [(env, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
+                             r.start_time, r.end_time) for r in changed])
+            if applied is not None:
+                db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary) "
+                           "VALUES (?,?,?,?,?,?)", (env, applied.revision, applied.commit_time, time.time(),
+                                                    applied.result, applied.summary[:2000]))
+            if state is not None:
+                db.execute("INSERT OR REPLACE INTO environments VALUES (?,?,?,?,?,?,?,?)",
+                           (state.env, state.target, state.revision, state.sync_status.value,
+                            state.health_status.value, state.message[:2000], state.updated_at,
+                            json.dumps(state.detail, sort_keys=True)))
+
+    # -- what the CLI reads and sets -------------------------------------------------------------------
+    def history(self, env: str, limit: int = 50) -> list[tuple[str, float, float, str, str]]:
+        """(revision, commit_time, applied_at, result, summary), newest first."""
+        with self._tx() as db:
+            return db.execute("SELECT revision, commit_time, applied_at, result, summary FROM revisions "
+                              "WHERE env=? ORDER BY id DESC LIMIT ?", (env, limit)).fetchall()
+
+    def runs(self, env: str, limit: int = 20) -> list[JobRun]:
+        """The newest runs, newest first."""
+        with self._tx() as db:
+            rows = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
+                              "submitted_at FROM job_runs WHERE env=? ORDER BY submitted_at DESC LIMIT ?",
+                              (env, limit)).fetchall()
+        return [JobRun(*row) for row in rows]
+
+    def states(self) -> list[EnvironmentState]:
+        with self._tx() as db:
+            rows = db.execute("SELECT * FROM environments ORDER BY env").fetchall()
+        return [_state(row) for row in rows]
+
+    def state(self, env: str) -> EnvironmentState | None:
+        with self._tx() as db:
+            row = db.execute("SELECT * FROM environments WHERE env=?", (env,)).fetchone()
+        return _state(row) if row else None
+
+    def suspend(self, env: str, reason: str = "") -> None:
+        """`ray-gitops suspend`: the pipeline applies nothing to `env` until `resume`."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO suspended VALUES (?,?,?)", (env, time.time(), reason))
+
+    def resume(self, env: str) -> bool:
+        """Lift `suspend`; True if it was suspended."""
+        with self._tx() as db:
+            return db.execute("DELETE FROM suspended WHERE env=?", (env,)).rowcount == 1
+
+
+def _state(row: tuple) -> EnvironmentState:
+    return EnvironmentState(row[0], row[1], row[2], SyncStatus(row[3]), Health(row[4]), row[5], row[6],
+                            json.loads(row[7] or "{}"))

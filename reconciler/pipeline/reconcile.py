@@ -1,0 +1,355 @@
+"""The one pipeline of an environment: render -> load its record -> observe -> plan -> apply ->
+observe -> report. `Pipeline.preview` (what `plan` and `diff` print) is the same pipeline stopped
+before apply; `Pipeline.reconcile` goes on.
+
+A reconcile reads the environment's ledger record once and writes it back once (twice when it
+creates objects or submits runs: they are owned in the ledger before they exist, so a crash or a
+stop mid-apply never loses track of them). Errors of one object do not stop the others; an invalid
+environment applies and prunes nothing and keeps its last applied state.
+
+Thread ownership: called from several environment threads at once, never twice at the same time
+for one environment (the daemon's schedule guarantees it). It reads only the revision's immutable
+snapshot; the per-environment entries of `_adopted` and `_said` are touched only by the thread
+reconciling that environment; the ledger, metrics and targets are thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ..errors import InvalidEnvironment, RayGitopsError, TemporaryError
+from ..metrics import Metrics
+from ..model import (JOB_STATUSES, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem,
+                     RenderedEnvironment, SyncStatus, desired_workers, job_submission_id, parse_time, spec_hash)
+from . import health, planner
+from .diff import cluster_spec, worker_groups
+from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
+from .render import render
+from .source import GitSource, Revision
+from .target import ApplyContext, KeepsLedger, ReportsEvents, Target, Targets
+
+log = logging.getLogger(__name__)
+CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
+CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
+CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
+
+
+@dataclass
+class Result:
+    """What one reconcile did and found."""
+
+    environment: str
+    result: str  # success | noop | error
+    sync_status: SyncStatus
+    health_status: Health
+    message: str = ""
+    outcomes: list[tuple[PlanItem, Outcome]] = field(default_factory=list)
+    retry_after: float | None = None
+    interval: float = 60.0
+
+
+@dataclass(frozen=True)
+class Preview:
+    """The plan of one environment at one revision (what `plan` and `diff` print)."""
+
+    environment: str
+    revision: Revision
+    items: list[PlanItem]
+
+    @property
+    def changes(self) -> list[PlanItem]:
+        return [i for i in self.items if i.action not in (Action.NOOP, Action.SKIP)]
+
+
+class Interrupted(TemporaryError):
+    """The daemon is stopping: the rest of this reconcile is left for the next start."""
+
+
+class Pipeline:
+    """Reconciles (or previews) environments of one Git source onto their targets."""
+
+    def __init__(self, source: GitSource, ledger: Ledger, metrics: Metrics, targets: Targets,
+                 options: planner.PlanOptions = planner.PlanOptions(),
+                 stopping: threading.Event | None = None) -> None:
+        self.source, self.ledger, self.metrics, self.targets, self.options = source, ledger, metrics, targets, options
+        self.stopping = stopping or threading.Event()  # set: apply nothing more, leave the rest for later
+        self._adopted: dict[str, LedgerSnapshot] = {}  # per environment: the copy its target holds
+        self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
+
+    # -- preview: the pipeline up to the plan ---------------------------------------------------------
+    def preview(self, name: str, revision: Revision) -> Preview:
+        """The plan at `revision`, applying and recording nothing. The target's copy of the ledger (on
+        Kubernetes: newer than a fresh state dir) is always read."""
+        rendered = render(revision.tree, name, revision.sha, self.targets)
+        target = self.targets.get(rendered.spec)
+        record = self.ledger.load(name)
+        if isinstance(target, KeepsLedger):
+            copy = target.load_ledger(rendered.spec)
+            record = record.merged(copy) if copy is not None else record
+        live, record = self._observe(rendered, target, record, count=False)
+        return Preview(name, revision, self._plan(rendered, target, live, record))
+
+    # -- reconcile ------------------------------------------------------------------------------------
+    def reconcile(self, name: str, revision: Revision) -> Result:
+        started = time.monotonic()
+        try:
+            result = self._reconcile(name, revision)
+        except Interrupted as exc:
+            log.info("environment %s: %s", name, exc)
+            return Result(name, "error", SyncStatus.FAILED, Health.UNKNOWN, str(exc))
+        except InvalidEnvironment as exc:
+            log.error("%s", exc)
+            result = self._failed(name, revision, "invalid environment: " + "; ".join(str(e) for e in exc.errors))
+        except RayGitopsError as exc:
+            log.error("environment %s: %s", name, exc)
+            result = self._failed(name, revision, str(exc), getattr(exc, "retry_after", None))
+        except Exception as exc:  # a target or a bug: this environment fails, the others go on
+            log.exception("environment %s: reconcile failed", name)
+            result = self._failed(name, revision, f"{type(exc).__name__}: {exc}")
+        self.metrics.reconcile_total.labels(name, result.result).inc()
+        self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
+        return result
+
+    def _reconcile(self, name: str, revision: Revision) -> Result:
+        loaded = self.ledger.load(name)  # read every time: `ray-gitops suspend/resume` need no restart
+        if loaded.suspended is not None:
+            previous = self.ledger.state(name)
+            reason = "suspended by `ray-gitops suspend`" + (f": {loaded.suspended}" if loaded.suspended else "")
+            return self._suspended(name, revision, previous.target if previous else "unknown", reason)
+        rendered = render(revision.tree, name, revision.sha, self.targets)
+        target = self.targets.get(rendered.spec)
+        if rendered.spec.suspend:
+            return self._suspended(name, revision, target.kind, "suspended in Git", rendered.spec.interval)
+        record = self._adopt(rendered, target, loaded)
+        live, record = self._observe(rendered, target, record)
+        items = self._plan(rendered, target, live, record)
+        self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
+        outcomes: list[tuple[PlanItem, Outcome]] = []
+        errors: list[str] = []
+        persisted = loaded
+        if any(item.action in CHANGES for item in items):
+            record = self._claim(name, items, record)
+            self.ledger.commit(name, persisted, record)
+            persisted = record
+            context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(
+                revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options)
+            outcomes, errors = self._apply(rendered, items, target, context)
+            if outcomes:
+                live, record = self._observe(rendered, target, record)
+        record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
+        sync, message, summary = self._sync(items, outcomes, errors)
+        env_health, detail = self._report_health(rendered, live, record)
+        applied = None
+        if not errors and (outcomes or record.last_applied != revision.sha):
+            applied = Applied(revision.sha, revision.commit_time, "success", summary)
+            if record.last_applied != revision.sha:
+                self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
+        elif errors:
+            applied = Applied(revision.sha, revision.commit_time, "error", message)
+        state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
+        self.ledger.commit(name, persisted, record, state, applied)
+        self._keep_copy(rendered, target, record)
+        self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
+        result = "error" if errors else "success" if outcomes else "noop"
+        return Result(name, result, sync, env_health, message, outcomes, interval=rendered.spec.interval)
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def _adopt(self, rendered: RenderedEnvironment, target: Target, record: Record) -> Record:
+        """Once per process: take the ledger copy the target keeps (a new leader, an empty state dir)."""
+        name = rendered.spec.name
+        if not isinstance(target, KeepsLedger):
+            return record
+        if name not in self._adopted:
+            copy = target.load_ledger(rendered.spec)
+            record = record.merged(copy) if copy is not None else record
+            self._adopted[name] = copy or LedgerSnapshot()
+        return record
+
+    def _keep_copy(self, rendered: RenderedEnvironment, target: Target, record: Record) -> None:
+        """Write the target's copy of the ledger when it changed."""
+        snapshot = record.snapshot()
+        if isinstance(target, KeepsLedger) and snapshot != self._adopted.get(rendered.spec.name):
+            target.save_ledger(rendered.spec, snapshot)
+            self._adopted[rendered.spec.name] = snapshot
+
+    def _observe(self, rendered: RenderedEnvironment, target: Target, record: Record,
+                 count: bool = True) -> tuple[dict[ObjectRef, LiveObject], Record]:
+        """Live objects, and every job run moved forward in the record: from the live RayJobs' status (the
+        same KubeRay shape on every target) and from the target's own reports (a run deleted unseen)."""
+        refs = set(record.inventory) | {d.ref for d in rendered.objects}
+        observation = target.observe(rendered, refs, record.pending)
+        reports = [(o.status["jobId"], o.ref.name, o.status["jobStatus"], parse_time(o.status.get("startTime")),
+                    parse_time(o.status.get("endTime"))) for o in observation.live.values()
+                   if o.ref.kind == "RayJob" and o.status.get("jobId") and o.status.get("jobStatus")]
+        reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time) for r in observation.runs]
+        for report in reports:
+            record, ended = record.seen(*report)
+            if ended is not None and count:
+                self._ended(rendered.spec.name, ended)
+        return observation.live, record
+
+    def _ended(self, name: str, run: JobRun) -> None:
+        """A run first seen to end: counted once."""
+        if run.result == "deleted":
+            log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
+                        "deletion); it is not re-created", name, run.job, run.submission_id)
+            return
+        self.metrics.rayjob_runs.labels(name, run.job, run.result).inc()
+        if run.start_time and run.end_time:
+            self.metrics.rayjob_duration.labels(name, run.job).observe(max(0.0, run.end_time - run.start_time))
+        log.info("environment %s: RayJob %s run %s finished: %s", name, run.job, run.submission_id, run.result)
+
+    def _plan(self, rendered: RenderedEnvironment, target: Target, live: dict[ObjectRef, LiveObject],
+              record: Record) -> list[PlanItem]:
+        return planner.plan(rendered, live, record.inventory, record.finished, self.options,
+                            target.expected(rendered, live))
+
+    @staticmethod
+    def _claim(name: str, items: list[PlanItem], record: Record) -> Record:
+        """Own what is about to be created, and the runs about to be submitted, before doing it."""
+        for item in items:
+            if item.action in CREATES and item.ref.kind == "RayJob" and item.desired is not None:
+                manifest = item.desired.manifest
+                record = record.submitted(job_submission_id(name, item.ref.name, manifest), item.ref.name,
+                                          spec_hash(manifest))
+        return record.with_inventory(record.inventory | {i.ref for i in items if i.action in CREATES})
+
+    def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target,
+               context: ApplyContext) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
+        outcomes: list[tuple[PlanItem, Outcome]] = []
+        errors: list[str] = []
+        name = rendered.spec.name
+        said, self._said[name] = self._said.get(name, set()), set()
+        events = target if isinstance(target, ReportsEvents) else None
+        for index, item in enumerate(items):
+            for warning in item.warnings:
+                self._say(name, said, logging.WARNING, f"{item.ref}: {warning}")
+            if item.action not in CHANGES:
+                if item.action == Action.SKIP:
+                    level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
+                    self._say(name, said, level, f"{item.ref} skipped: {item.reason}")
+                continue
+            if self.stopping.is_set():
+                left = sum(1 for i in items[index:] if i.action in CHANGES)
+                raise Interrupted(f"stopping: {left} change(s) left for the next start")
+            try:
+                outcome = target.apply(item, context)
+            except Exception as exc:  # one object's failure must not stop the others
+                log.error("environment %s: %s %s failed: %s", name, item.ref, item.action.value, exc)
+                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                outcomes.append((item, Outcome.FAILED))
+                if events is not None:
+                    events.report_event(item, Outcome.FAILED, f"{item.action.value} failed: {exc}", context)
+                continue
+            log.info("environment %s: %s %s (%s)", name, item.ref, outcome.value, item.reason)
+            if events is not None:
+                events.report_event(item, outcome, f"{outcome.value}: {item.reason}", context)
+            self.metrics.apply_total.labels(name, item.ref.kind, item.action.value).inc()
+            outcomes.append((item, outcome))
+        return outcomes, errors
+
+    def _say(self, name: str, said: set[str], level: int, message: str) -> None:
+        """Log a skip or a warning when it is new (a steady state repeats them every cycle: said once)."""
+        self._said[name].add(message)
+        if message not in said:
+            log.log(level, "environment %s: %s", name, message)
+
+    @staticmethod
+    def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
+                   live: dict[ObjectRef, LiveObject]) -> set[ObjectRef]:
+        """Objects we own after this reconcile: live desired ones, failed deletes, refused prunes."""
+        failed = {i.ref for i, o in outcomes if o == Outcome.FAILED}
+        keep = {d.ref for d in rendered.objects if d.ref in live or d.ref in failed}
+        kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
+        return keep | kept_prunes
+
+    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
+              errors: list[str]) -> tuple[SyncStatus, str, str]:
+        """(sync status, message, summary of the changes)."""
+        refused = [i for i in items if Flag.PRUNE_REFUSED in i.flags]
+        stale = self.source.failure
+        summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
+        if errors:
+            return SyncStatus.FAILED, "; ".join(errors), summary
+        if stale:
+            return SyncStatus.STALE, f"Stale: {stale}", summary
+        if refused:
+            return SyncStatus.OUT_OF_SYNC, "; ".join(i.reason for i in refused), summary
+        return SyncStatus.SYNCED, summary, summary
+
+    # -- reports --------------------------------------------------------------------------------------
+    def _failed(self, name: str, revision: Revision, message: str, retry_after: float | None = None) -> Result:
+        previous = self.ledger.state(name)
+        target = previous.target if previous else "unknown"
+        env_health = previous.health_status if previous else Health.UNKNOWN
+        last = self.ledger.load(name).last_applied or ""
+        self.ledger.commit(name, state=EnvironmentState(
+            name, target, last, SyncStatus.FAILED, env_health, f"revision {revision.short}: {message}", time.time(),
+            previous.detail if previous else {}))
+        self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
+        return Result(name, "error", SyncStatus.FAILED, env_health, message, retry_after=retry_after)
+
+    def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
+        """Report `Suspended` and touch nothing (Git's `spec.suspend: true` or the ledger's flag)."""
+        self.ledger.commit(name, state=EnvironmentState(name, target, revision.sha, SyncStatus.SUSPENDED,
+                                                        Health.UNKNOWN, reason, time.time(), {}))
+        self.metrics.environment_status(name, target, revision.short, SyncStatus.SUSPENDED, Health.UNKNOWN)
+        return Result(name, "noop", SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
+
+    def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef], steady: bool) -> None:
+        counts: dict[tuple[str, ...], float] = {}
+        if steady:
+            for item in items:
+                if item.action in (Action.UPDATE, Action.RECREATE) or (
+                        item.action == Action.CREATE and item.ref in inventory):
+                    counts[(item.ref.kind,)] = counts.get((item.ref.kind,), 0) + 1
+        self.metrics.replace(self.metrics.drifted_objects, name, counts)
+
+    def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject],
+                       record: Record) -> tuple[Health, dict]:
+        name, finished = rendered.spec.name, record.finished
+        workers: dict[tuple[str, ...], float] = {}
+        states: dict[tuple[str, ...], float] = {}
+        jobs: dict[tuple[str, ...], float] = {}
+        healths, detail = [], {"clusters": {}, "jobs": {}}
+        for desired in rendered.objects:
+            obj = live.get(desired.ref)
+            ref = desired.ref
+            if ref.kind == "RayJob" and obj is None:
+                result = finished.get(job_submission_id(name, ref.name, desired.manifest))
+                status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "stopped": "STOPPED"}.get(result or "")
+                obj_health = Health.DEGRADED if result == "failed" else Health.HEALTHY if result else Health.MISSING
+            else:
+                obj_health, _ = health.of(obj)
+                status = obj.status.get("jobStatus") if obj else None
+            healths.append(obj_health)
+            if ref.kind == "RayJob":
+                jobs.update({(ref.name, s): float(s == status) for s in JOB_STATUSES})
+                detail["jobs"][ref.name] = {"status": status or "", "health": obj_health.value}
+            if ref.kind == "RayCluster":
+                state = (obj.status.get("state") or "provisioning") if obj else "provisioning"
+                states.update({(ref.name, s): float(s == state) for s in CLUSTER_STATES})
+                groups = _group_counts(desired.manifest, obj)
+                for group, counts in groups.items():
+                    workers.update({(ref.name, group, k): float(v) for k, v in counts.items()})
+                detail["clusters"][ref.name] = {"health": obj_health.value, "groups": groups}
+        self.metrics.replace(self.metrics.raycluster_workers, name, workers)
+        self.metrics.replace(self.metrics.raycluster_state, name, states)
+        self.metrics.replace(self.metrics.rayjob_status, name, jobs)
+        return Health.worst(healths), detail
+
+
+def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:
+    """Per worker group: desired (clamped), min, max from Git (replicas from live when the autoscaler owns
+    them); ready and available from the target."""
+    live_groups = worker_groups(obj.manifest) if obj else {}
+    autoscaled = cluster_spec(manifest).get("enableInTreeAutoscaling") is True
+    out = {}
+    for name, group in worker_groups(manifest).items():
+        counted = {**group, "replicas": (live_groups.get(name) or group).get("replicas", 0)} if autoscaled else group
+        ready = obj.workers.get(name, 0) if obj else 0
+        out[name] = {"desired": desired_workers(counted), "min": group.get("minReplicas", 0),
+                     "max": group.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
+    return out

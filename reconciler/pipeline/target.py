@@ -1,0 +1,96 @@
+"""What the pipeline needs of a target (local Ray, Kubernetes) and of the registry of targets.
+
+The pipeline drives a `Target`: it observes live objects (and what happened to job runs), says
+how desired objects would be stored, and applies one plan item at a time, reporting an `Outcome`.
+A target never decides *what* to change (the planner does) and never touches the ledger. Keeping
+a copy of the ledger and reporting Events are optional capabilities (`KeepsLedger`,
+`ReportsEvents`). `Targets` is the registry the service and the commands hand to the pipeline:
+the target kinds, their typed options, the object kinds each supports, and one live instance per
+connection. The implementations live in `reconciler.targets`; this module defines the seam.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol, runtime_checkable
+
+from ..model import (EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
+                     RenderedEnvironment, TargetOptions)
+from .validate import TargetCatalog
+
+
+@dataclass(frozen=True)
+class ApplyContext:
+    """What an apply may need beyond the plan item: the revision and its files on disk."""
+
+    environment: str
+    revision: str
+    materialize: Callable[[str], Path]  # repository path -> exported directory of that revision
+    options: TargetOptions  # the environment's own (a target instance serves several environments)
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What a target saw of one RayJob run. Status `DELETED`: the run's object is gone before it was
+    seen to end (a TTL, `DeleteSelf`, a person) and it must never be submitted again."""
+
+    submission_id: str
+    job: str
+    status: str
+    start_time: float | None = None
+    end_time: float | None = None
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Live objects (absent ones are missing from `live`) and reports on job runs."""
+
+    live: dict[ObjectRef, LiveObject]
+    runs: tuple[RunReport, ...] = ()
+
+
+class Target(Protocol):
+    """A place where environments live."""
+
+    kind: str
+
+    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+                pending_runs: frozenset[str]) -> Observation:
+        """Live state of `refs`; for `pending_runs` (submitted, not seen to end) whatever the target knows."""
+
+    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        """Each desired object that exists live, as the target would store it if applied now (Kubernetes:
+        a server-side dry-run apply, so CRD defaults and quantity formats never show as drift)."""
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""
+
+    def close(self, workloads: bool) -> None:
+        """Release what the target holds (connections, watches); with `workloads`, also stop what it runs
+        on this machine (the local target's Ray processes, unless an environment asks to `persist`)."""
+
+
+@runtime_checkable
+class KeepsLedger(Protocol):
+    """A target that keeps a copy of each environment's ledger (Kubernetes: a ConfigMap), so a daemon with
+    an empty state dir, or a new leader, knows its inventory and finished runs."""
+
+    def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None: ...
+    def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None: ...
+
+
+@runtime_checkable
+class ReportsEvents(Protocol):
+    """A target that tells its users what was done to an object (Kubernetes: an Event); never raises."""
+
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None: ...
+
+
+class Targets(TargetCatalog, Protocol):
+    """The registry of target kinds (what validation asks) and their live instances."""
+
+    def get(self, spec: EnvironmentSpec) -> Target:
+        """The live target for the environment (one per connection, built on first use)."""
+
+    def close(self, workloads: bool) -> None:
+        """Close every target built (see `Target.close`)."""

@@ -1,0 +1,217 @@
+"""The daemon: the wiring of the Git source, the pipeline, the targets, the schedule, leader
+election and the HTTP endpoints, and the main loop.
+
+Started by `ray-gitops run`. The main loop fetches Git, asks the schedule which environments are
+due and hands them to a pool of `concurrency` threads; each environment has its own interval and
+error backoff, so a slow or broken one never holds the others. On stop it lets each running
+reconcile finish the object it is applying, then closes the targets (the local target stops the
+Ray processes it started). With leader election, only the Lease holder fetches and reconciles; a
+follower serves /metrics, /healthz and a 200 /readyz (it stands by: a rolling update can proceed),
+and a leader that loses the Lease schedules nothing new while its running reconciles finish.
+
+Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
+environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
+run in those threads and touch the schedule under `_lock`. The HTTP threads read the metrics
+registry and call `healthy`/`ready`/`trigger`, which are thread-safe.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from prometheus_client import CollectorRegistry
+
+from ..errors import ConfigError, RayGitopsError
+from ..metrics import Metrics
+from ..pipeline.ledger import Ledger
+from ..pipeline.reconcile import Pipeline, Result
+from ..pipeline.render import ROOT, list_environments
+from ..pipeline.source import GitSource, Revision
+from ..targets import Registry, Runtime
+from . import http, webhook
+from .config import Settings
+from .leader import LeaderElectionOptions, LeaderElector, lease_client
+from .schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """One Git source, its environments, their targets, and the HTTP endpoints."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, process=registry is None)
+        self.ledger = Ledger(settings.state_dir)
+        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
+        self.targets = Registry(Runtime(settings.state_dir, self.metrics, settings.kube_api_qps,
+                                        settings.kube_api_burst))
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self.pipeline = self._pipeline()
+        self.schedule = Schedule()
+        self.hooks = self._hooks()
+        self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
+        self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
+        self._heartbeat = time.monotonic()
+        self._selected: list[str] = []
+        self._listed = ""  # the revision whose environments were last listed (and logged)
+        self._running: dict[str, Future[Result]] = {}
+        self.elector = self._elector() if settings.leader_election and not settings.once else None
+        self._led = False  # leading at the last turn of the loop
+
+    def _pipeline(self) -> Pipeline:
+        return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping)
+
+    def _hooks(self) -> webhook.Receiver | None:
+        s = self.settings
+        try:
+            secret = webhook.read_secret(s.webhook_secret, s.webhook_secret_file)
+        except OSError as exc:
+            raise ConfigError(f"webhook_secret_file {s.webhook_secret_file}: {exc.strerror}") from None
+        return webhook.Receiver(secret, s.webhook_max_body, self.metrics, self.trigger) if secret else None
+
+    def _elector(self) -> LeaderElector:
+        s = self.settings
+        options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
+                                        lease_client(s.kubeconfig, s.kube_context),
+                                        lease_duration=s.leader_election_lease_duration,
+                                        renew_deadline=s.leader_election_renew_deadline,
+                                        retry_period=s.leader_election_retry_period)
+        gauge = self.metrics.leader.labels(options.identity)
+        gauge.set(0)
+
+        def changed(leading: bool) -> None:
+            gauge.set(float(leading))
+            self.wake.set()
+        return LeaderElector(options, changed)
+
+    def trigger(self) -> None:
+        """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
+        interval. Only wakes the loop: nothing is reconciled in the caller's (HTTP) thread."""
+        self._force.set()
+        self.wake.set()
+
+    def leading(self) -> bool:
+        return self.elector is None or self.elector.is_leader()
+
+    def _lead(self) -> bool:
+        """This turn's leadership. A new term starts with a fresh pipeline, so each environment adopts
+        again the ledger copy its target keeps (another leader may have written it); a lost term cancels
+        the reconciles still queued (running ones finish)."""
+        leading = self.leading()
+        if leading and not self._led and self.elector is not None:
+            self.pipeline = self._pipeline()
+        if not leading:
+            for future in self._running.values():
+                future.cancel()
+        self._led = leading
+        return leading
+
+    # -- scheduling ----------------------------------------------------------------------------------
+    def environments(self, revision: Revision) -> list[str]:
+        """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
+        found = list_environments(revision.tree)
+        wanted = list(self.settings.environments) or found
+        if revision.sha != self._listed:
+            self._listed = revision.sha
+            for name in wanted:
+                if name not in found:
+                    log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
+            for path, reason in revision.tree.problems(ROOT):
+                if path.count("/") < 2 or path.split("/")[1] not in found:
+                    log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
+        return wanted
+
+    def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
+        with self._lock:
+            if future.cancelled():
+                self.schedule.cancelled(name)
+                return
+            result = future.result()
+            again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
+                                           result.retry_after)
+        if again:  # a webhook came while it ran: run it again now
+            self.wake.set()
+
+    def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
+        self._selected = self.environments(revision)
+        with self._lock:
+            if force:
+                self.schedule.force(self._selected)
+            due = self.schedule.due(self._selected, revision.sha) if self.leading() else []
+        for name in due:
+            future = pool.submit(self.pipeline.reconcile, name, revision)
+            future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
+            self._running[name] = future
+
+    def run_once(self) -> bool:
+        """Reconcile every selected environment once; True only if all succeeded."""
+        revision = self.source.fetch()
+        names = self.environments(revision)
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
+            results = list(pool.map(lambda n: self.pipeline.reconcile(n, revision), names))
+        for result in results:
+            log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
+                     result.sync_status, result.health_status)
+        return bool(names) and all(r.result != "error" for r in results)
+
+    def serve(self) -> None:
+        """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
+        server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
+                                                                     self.hooks))
+        pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
+        if self.elector is not None:
+            self.elector.start()
+        try:
+            while not self.stopping.is_set():
+                self._heartbeat = time.monotonic()
+                self.wake.clear()
+                force = self._force.is_set()
+                self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
+                leading = self._lead()
+                if leading:
+                    self._turn(pool, force)
+                with self._lock:
+                    pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
+                self.wake.wait(pause)
+        finally:
+            log.info("stopping: finishing the current steps")
+            pool.shutdown(wait=True, cancel_futures=True)
+            self.targets.close()
+            if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
+                self.elector.stop(release=True)
+            server.shutdown()
+            server.server_close()
+            log.info("stopped")
+
+    def _turn(self, pool: ThreadPoolExecutor, force: bool) -> None:
+        """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
+        at once. Nothing here may end the loop: repository content and Git failures are only logged."""
+        failing = self.source.failure is not None
+        try:
+            revision = self.source.fetch()
+            force = force or failing != (self.source.failure is not None)
+            self._submit(pool, revision, force)
+        except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
+            log.debug("%s", exc)
+        except Exception:  # a bug must not stop the other environments' schedule
+            log.exception("scheduling failed; retrying next turn")
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
+
+    # -- health ----------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """After the first reconcile of every environment; a follower is ready as it is (standing by)."""
+        if not self.leading():
+            return True
+        with self._lock:
+            return self.schedule.reconciled(self._selected)
+
+    def healthy(self) -> bool:
+        return time.monotonic() - self._heartbeat < 3 * self.settings.interval + 60

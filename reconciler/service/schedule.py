@@ -1,0 +1,70 @@
+"""When each environment is reconciled: pure bookkeeping with an injected clock, no threads, no I/O.
+
+The daemon's main loop asks `due()` at every turn and reports back with `finished()`. An
+environment runs at once for a new revision, else every `interval` (its `spec.interval`) after its
+last reconcile; after errors it backs off exponentially (5 s doubling, at most `max_backoff`) or
+waits what the error asks (`retry_after`). A webhook (`force`) runs every environment at once, or
+right after its running reconcile ends. One environment never runs twice at the same time.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+FIRST_BACKOFF = 5.0
+
+
+@dataclass
+class Schedule:
+    """The due times of the environments, and which ones are running."""
+
+    clock: Callable[[], float] = time.monotonic
+    max_backoff: float = 300.0
+    _due: dict[str, tuple[str, float]] = field(default_factory=dict)  # env -> (revision reconciled, next time)
+    _failures: dict[str, int] = field(default_factory=dict)
+    _running: set[str] = field(default_factory=set)
+    _forced: set[str] = field(default_factory=set)
+    _done: set[str] = field(default_factory=set)  # reconciled at least once
+
+    def force(self, names: Iterable[str]) -> None:
+        """Run these at once whatever their interval (after the current run, for a running one)."""
+        self._forced.update(names)
+
+    def due(self, names: Iterable[str], revision: str) -> list[str]:
+        """The environments to start now (they count as running until `finished` or `cancelled`)."""
+        now, started = self.clock(), []
+        for name in names:
+            if name in self._running:
+                continue
+            done, next_time = self._due.get(name, ("", 0.0))
+            if done == revision and now < next_time and name not in self._forced:
+                continue
+            self._forced.discard(name)
+            self._running.add(name)
+            started.append(name)
+        return started
+
+    def finished(self, name: str, revision: str, failed: bool, interval: float,
+                 retry_after: float | None = None) -> bool:
+        """Record a finished reconcile; True when it was forced again meanwhile (wake the loop)."""
+        self._running.discard(name)
+        failures = self._failures[name] = self._failures.get(name, 0) + 1 if failed else 0
+        delay = (retry_after or min(self.max_backoff, FIRST_BACKOFF * 2 ** (failures - 1))) if failures else interval
+        self._due[name] = (revision, self.clock() + delay)
+        self._done.add(name)
+        return name in self._forced
+
+    def cancelled(self, name: str) -> None:
+        """A queued reconcile that never ran (leadership lost, stopping)."""
+        self._running.discard(name)
+
+    def sleep(self, poll_interval: float) -> float:
+        """Seconds until the next turn: the Git poll interval, or less when an environment is due sooner."""
+        soonest = min((t for _, t in self._due.values()), default=float("inf")) - self.clock()
+        return max(0.2, min(poll_interval, soonest))
+
+    def reconciled(self, names: Iterable[str]) -> bool:
+        """Every one of `names` was reconciled at least once (and there is at least one)."""
+        wanted = set(names)
+        return bool(wanted) and wanted <= self._done

@@ -1,0 +1,45 @@
+"""`spec.target.kubernetes` of an environment: parsed and checked here, by the target itself."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from ...model import parse_duration
+from ...pipeline.validate import Checker
+
+KINDS = frozenset({"RayCluster", "RayJob", "RayService", "ConfigMap", "Secret"})
+
+
+@dataclass(frozen=True)
+class KubernetesOptions:
+    """A cluster connection (kubeconfig and context, or in-cluster) and how to apply to it."""
+
+    namespace: str  # required: objects without a namespace go here
+    context: str = ""
+    kubeconfig: str = ""
+    in_cluster: bool = False
+    force: bool = False  # take over fields another field manager owns
+    delete_timeout: float = 60.0  # seconds to wait for a delete before re-creating
+
+    def connection(self) -> tuple[Any, ...]:
+        return (self.kubeconfig, self.context, self.in_cluster)
+
+    @classmethod
+    def parse(cls, raw: Mapping[str, Any], c: Checker, path: str) -> KubernetesOptions | None:
+        c.known_keys(raw, path, {"namespace", "context", "kubeconfig", "inCluster", "force", "deleteTimeout"})
+        namespace = c.string(raw.get("namespace"), f"{path}.namespace", required=True)
+        context = c.string(raw.get("context"), f"{path}.context")
+        kubeconfig = c.string(raw.get("kubeconfig"), f"{path}.kubeconfig")
+        for flag in ("inCluster", "force"):
+            c.boolean(raw.get(flag), f"{path}.{flag}")
+        if raw.get("inCluster") and context:
+            c.fail(path, "set either inCluster: true or context, not both")
+        timeout = 60.0
+        try:
+            timeout = parse_duration(raw.get("deleteTimeout", 60))
+        except ValueError as exc:
+            c.fail(f"{path}.deleteTimeout", str(exc))
+        if namespace is None:
+            return None
+        return cls(namespace, context or "", kubeconfig or "", raw.get("inCluster") is True, raw.get("force") is True,
+                   timeout)

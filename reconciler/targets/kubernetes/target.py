@@ -1,0 +1,227 @@
+"""The Kubernetes target as the pipeline sees it (the Target protocol, with the optional ledger copy
+and Events capabilities).
+
+It observes from informer caches (cache.py, observe.py), plans against server-side dry-runs
+(dryrun.py), applies as field manager `ray-gitops` (apply.py, body.py), emits Events (events.py)
+and keeps each environment's ledger in a ConfigMap (ledger.py). It decides nothing: the planner
+does. One instance serves every environment on the same cluster connection.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+
+from kubernetes import client as k8s
+
+from ...errors import PermanentError
+from ...kubeapi import RESOURCES, ApiError, Kube, RateLimiter, connect, resource
+from ...metrics import Metrics
+from ...model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
+                      RenderedEnvironment, job_submission_id)
+from ...pipeline.diff import CLUSTER_SPEC_PATHS
+from ...pipeline.target import ApplyContext, Observation, RunReport
+from . import events, observe
+from .apply import Applier, translate
+from .body import forced
+from .cache import Informer
+from .dryrun import DryRuns
+from .ledger import ConfigMapLedger, ledger_name
+from .options import KubernetesOptions
+
+log = logging.getLogger(__name__)
+OUTCOMES = {Action.CREATE: Outcome.CREATED, Action.UPDATE: Outcome.CONFIGURED, Action.RECREATE: Outcome.RECREATED,
+            Action.SUBMIT: Outcome.SUBMITTED}
+
+
+class KubernetesTarget:
+    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it."""
+
+    kind = "kubernetes"
+
+    def __init__(self, options: KubernetesOptions, metrics: Metrics, *, field_manager: str = "ray-gitops",
+                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None) -> None:
+        self.metrics, self.field_manager = metrics, field_manager
+        self._owns_client = api_client is None
+        self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
+                                                                            options.in_cluster)
+        self.kube = Kube(self.api_client, self._count, limiter)
+        self.applier = Applier(self.kube, metrics, field_manager)
+        self.dry_runs = DryRuns(self.kube, field_manager)
+        self._informers: dict[tuple[str, str], Informer] = {}
+        self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
+        self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
+        self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
+        self._lock = threading.Lock()
+
+    def _count(self, verb: str) -> None:
+        self.metrics.kube_requests.labels(verb).inc()
+
+    # -- caches --------------------------------------------------------------------------------------
+    def _informer(self, kind: str, namespace: str) -> Informer:
+        """The cache holding `kind` objects of `namespace`: one list+watch per kind for the whole cluster
+        (filtered by label), or, when the daemon may not list that kind cluster-wide, one per namespace."""
+        with self._lock:
+            key = (kind, namespace if kind in self._namespaced else "")
+            informer = self._informers.get(key)
+            if informer is None:
+                try:
+                    informer = self._start_informer(*key)
+                except ApiError as exc:
+                    if key[1] or exc.status != 403:
+                        raise translate(f"{kind} in namespace {namespace}", exc) from exc
+                    log.info("%s may not be listed cluster-wide (%s); watching it per namespace", kind, exc.reason)
+                    self._namespaced.add(kind)
+                    key = (kind, namespace)
+                    try:
+                        informer = self._start_informer(*key)
+                    except ApiError as exc2:
+                        raise translate(f"{kind} in namespace {namespace}", exc2) from exc2
+                self._informers[key] = informer
+        return informer
+
+    def _start_informer(self, kind: str, namespace: str) -> Informer:
+        transform = observe.pod_summary if kind == "Pod" else None
+        return Informer(self.kube, RESOURCES[kind].collection(namespace), observe.selector(kind), transform).start()
+
+    def _known(self, ref: ObjectRef) -> Informer | None:
+        """The cache already holding `ref`'s kind and namespace, if any."""
+        with self._lock:
+            return self._informers.get((ref.kind, ref.namespace if ref.kind in self._namespaced else ""))
+
+    def _cached(self, ref: ObjectRef) -> Manifest | None:
+        """The live object from its cache (after our own writes show), else from a GET."""
+        informer = self._known(ref)
+        if informer is None:
+            return self.applier.get(ref)
+        try:
+            informer.settle()
+        except ApiError as exc:
+            raise translate(ref, exc) from exc
+        return informer.get(ref.namespace, ref.name)
+
+    # -- Target protocol -----------------------------------------------------------------------------
+    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+                pending_runs: frozenset[str]) -> Observation:
+        """Live objects from the caches. A pending run whose RayJob is gone was deleted (its TTL, `DeleteSelf`,
+        a person) before it was seen to end: reported `DELETED`, it is never re-created."""
+        environment = rendered.spec.name
+        wanted: list[tuple[ObjectRef, Informer]] = []
+        ray_namespaces = set()
+        for ref in sorted(refs):
+            try:
+                resource(ref)
+            except PermanentError as exc:
+                log.warning("environment %s: %s", environment, exc)
+                continue
+            wanted.append((ref, self._informer(ref.kind, ref.namespace)))
+            if ref.kind in CLUSTER_SPEC_PATHS:
+                ray_namespaces.add(ref.namespace)
+        for informer in {id(i): i for _, i in wanted}.values():
+            try:
+                informer.settle()
+            except ApiError as exc:
+                raise translate(informer.path, exc) from exc
+        ready = {ns: self._ready_workers(ns, environment) for ns in ray_namespaces}
+        live = {}
+        for ref, informer in wanted:
+            manifest = informer.get(ref.namespace, ref.name)
+            if manifest is not None:
+                live[ref] = observe.live_object(ref, manifest, ready.get(ref.namespace))
+        deleted = [RunReport(run, d.ref.name, "DELETED") for d in rendered.objects
+                   if d.ref.kind == "RayJob" and d.ref not in live
+                   and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
+        return Observation(live, tuple(deleted))
+
+    def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str, str]] | None:
+        """Ready worker pods per (namespace, cluster, group); None when Pods cannot be read (workers stay
+        unknown)."""
+        if namespace in self._no_pods:
+            return None
+        try:
+            return observe.ready_workers(self._informer("Pod", namespace).items())
+        except PermanentError as exc:
+            log.warning("environment %s: ready workers unknown: %s", environment, exc)
+            self._no_pods.add(namespace)
+            return None
+
+    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        out = {}
+        for desired in rendered.objects:
+            current = live.get(desired.ref)
+            if current is not None and not current.manifest["metadata"].get("deletionTimestamp"):
+                out[desired.ref] = self.dry_runs.expected(rendered.spec.name, desired, current.manifest)
+        return out
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        ref = item.ref
+        if item.action == Action.DELETE:
+            self._delete(ref, wait=0)
+            return Outcome.DELETED
+        if item.action not in OUTCOMES or item.desired is None:
+            raise PermanentError(f"{ref}: cannot {item.action.value} on Kubernetes without a desired object")
+        options = context.options
+        assert isinstance(options, KubernetesOptions)
+        live = self._cached(ref)
+        if item.action == Action.RECREATE:
+            self._delete(ref, wait=options.delete_timeout, live=live)
+            live = None
+        stored = self.applier.apply(context.environment, item.desired, live, forced(options.force, item.desired))
+        self.dry_runs.remember(context.environment, item.desired, stored)
+        informer = self._known(ref)
+        if informer is not None:
+            informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
+        return OUTCOMES[item.action]
+
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
+        uid = str(((self._cached(item.ref) or {}).get("metadata") or {}).get("uid", ""))
+        events.emit(self.kube, item.ref, uid, outcome, f"{message} (revision {context.revision[:12]})",
+                    context.environment)
+
+    def _delete(self, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
+        """Delete; with `wait` > 0, wait up to that many seconds until it is gone (finalizers)."""
+        live = live if live is not None else self._cached(ref)
+        answer = self.applier.delete(ref)
+        self.dry_runs.forget(ref)
+        if answer is None:
+            return
+        uid = ((live or {}).get("metadata") or {}).get("uid") or (answer.get("metadata") or {}).get("uid") \
+            or (answer.get("details") or {}).get("uid")
+        if not uid:
+            return
+        informer = self._known(ref)
+        if informer is not None:
+            informer.expect_gone(ref.namespace, ref.name, uid)
+        if wait:
+            self.applier.wait_gone(ref, uid, wait)
+
+    def load_ledger(self, env: EnvironmentSpec) -> LedgerSnapshot | None:
+        return self._ledger(env).load()
+
+    def save_ledger(self, env: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
+        self._ledger(env).save(snapshot)
+
+    def _ledger(self, env: EnvironmentSpec) -> ConfigMapLedger:
+        """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
+        ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET."""
+        environment, namespace = env.name, env.target.namespace
+        ref = ObjectRef("", "ConfigMap", namespace, ledger_name(environment))
+
+        def read() -> Manifest | None:
+            try:
+                return self._informer("ConfigMap", namespace).get(namespace, ref.name)
+            except PermanentError:
+                return self.applier.get(ref)
+        with self._lock:
+            if (environment, namespace) not in self._ledgers:
+                self._ledgers[(environment, namespace)] = ConfigMapLedger(self.kube, namespace, environment, read)
+            return self._ledgers[(environment, namespace)]
+
+    def close(self, workloads: bool) -> None:
+        """Stop the watches and the connection (what runs on the cluster stays, whatever `workloads`)."""
+        with self._lock:
+            informers, self._informers = list(self._informers.values()), {}
+        for informer in informers:
+            informer.stop()
+        if self._owns_client:
+            self.api_client.close()

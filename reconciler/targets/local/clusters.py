@@ -1,0 +1,113 @@
+"""The local Ray clusters of the target: adopted after a restart, started, scaled and stopped.
+
+What KubeRay does with pods, done with local Ray nodes: a RayCluster's head and
+`clamp(replicas, minReplicas, maxReplicas) x numOfHosts` workers per group, with resources from
+`rayStartParams` or the first container's limits. Thread-safe (one lock around the name -> cluster map).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from ...errors import TemporaryError
+from ...model import desired_workers, parse_quantity
+from ...pipeline.diff import strip, worker_groups
+from .nodes import NodeSpec
+from .runtime import LocalRayCluster
+
+log = logging.getLogger(__name__)
+HEAD = "head"
+_HASH_EXCLUDED = ["/workerGroupSpecs/*/replicas", "/workerGroupSpecs/*/minReplicas", "/workerGroupSpecs/*/maxReplicas",
+                  "/workerGroupSpecs/*/scaleStrategy", "/upgradeStrategy"]
+
+
+def node_spec(group_name: str, group: dict[str, Any]) -> NodeSpec:
+    """Ray resources of a node from `rayStartParams`, else from the first container's limits (as KubeRay)."""
+    params = group.get("rayStartParams") or {}
+    container = ((group.get("template") or {}).get("spec") or {}).get("containers", [{}])[0]
+    resources = container.get("resources") or {}
+    limits = {**(resources.get("requests") or {}), **(resources.get("limits") or {})}
+
+    def pick(param: str, limit: str, integer: bool) -> float | None:
+        if param in params:
+            return float(params[param])
+        if limit in limits:
+            value = parse_quantity(limits[limit])
+            return float(math.ceil(value)) if integer else value
+        return None
+
+    memory = pick("memory", "memory", False)
+    store = params.get("object-store-memory")
+    custom = params.get("resources")
+    return NodeSpec(group=group_name, num_cpus=pick("num-cpus", "cpu", True),
+                    num_gpus=pick("num-gpus", "nvidia.com/gpu", True),
+                    memory=int(memory) if memory else None, object_store_memory=int(store) if store else None,
+                    resources=json.loads(custom.strip("'\"").replace('\\"', '"')) if custom else {})
+
+
+def template_hash(spec: dict[str, Any]) -> str:
+    """What `upgradeStrategy: Recreate` compares: the spec without replica counts (as KubeRay)."""
+    return json.dumps(strip(spec, _HASH_EXCLUDED), sort_keys=True)
+
+
+class Clusters:
+    """Running local clusters by name, their records under `directory`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._clusters: dict[str, LocalRayCluster] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> LocalRayCluster | None:
+        """The running cluster `name` (adopted from its record after a restart), or None."""
+        with self._lock:
+            cluster = self._clusters.get(name)
+            if cluster is None:
+                cluster = LocalRayCluster.adopt(name, self.directory)
+                if cluster is not None:
+                    self._clusters[name] = cluster
+            return cluster
+
+    def start(self, name: str, spec: dict[str, Any]) -> LocalRayCluster:
+        """A new cluster for a RayCluster spec (stopping a previous one of that name), scaled to it."""
+        self.stop(name)
+        log.info("local: starting Ray cluster %s", name)
+        cluster = LocalRayCluster.start(name, node_spec(HEAD, spec.get("headGroupSpec") or {}), self.directory)
+        with self._lock:
+            self._clusters[name] = cluster
+        self.scale(cluster, spec)
+        return cluster
+
+    def stop(self, name: str) -> None:
+        cluster = self.get(name)
+        if cluster is not None:
+            log.info("local: stopping Ray cluster %s", name)
+            cluster.stop()
+        with self._lock:
+            self._clusters.pop(name, None)
+
+    def scale(self, cluster: LocalRayCluster, spec: dict[str, Any]) -> None:
+        """Start or stop worker raylets until each group runs its desired count."""
+        groups = worker_groups({"kind": "RayCluster", "spec": spec})
+        running = cluster.worker_pids()
+        for name in set(running) - set(groups):
+            while cluster.remove_worker(name):
+                pass
+        for name, group in groups.items():
+            want, have = desired_workers(group), len(running.get(name, []))
+            for _ in range(want - have):
+                cluster.add_worker(node_spec(name, group))
+            for _ in range(have - want):
+                cluster.remove_worker(name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            alive = cluster.alive_nodes()
+            if all(alive.get(n, 0) == desired_workers(g) for n, g in groups.items()):
+                return
+            time.sleep(0.5)
+        raise TemporaryError(f"RayCluster {cluster.name}: workers did not reach the desired counts in 60s")

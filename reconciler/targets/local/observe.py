@@ -1,0 +1,63 @@
+"""Live state on the local target, in KubeRay's status shape, read from Ray itself: the nodes alive
+per group (Ray's state API) and each run's status (the Ray Jobs API)."""
+from __future__ import annotations
+
+import copy
+
+from ...model import TERMINAL_JOB_STATUSES, LiveObject, ObjectRef, desired_workers
+from ...pipeline.diff import worker_groups
+from .clusters import HEAD, Clusters
+from .store import ObjectStore, Record
+
+JOB_DEPLOYMENT_STATUS = {"SUCCEEDED": "Complete", "STOPPED": "Complete", "FAILED": "Failed"}  # else Running
+
+
+def cluster_name(environment: str, name: str) -> str:
+    """The local Ray cluster of RayCluster `name` (each environment has its own)."""
+    return f"{environment}-{name}"
+
+
+def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Record) -> LiveObject | None:
+    """A RayCluster as applied, with the replicas that really run (drift shows) and KubeRay's status fields;
+    absent when its Ray cluster is not running."""
+    cluster = clusters.get(cluster_name(environment, ref.name))
+    if cluster is None:
+        return None
+    manifest = copy.deepcopy(record["manifest"])
+    alive = cluster.alive_nodes()
+    desired = ready = low = high = 0
+    for name, group in worker_groups(manifest).items():
+        want, have = desired_workers(group), alive.get(name, 0)
+        if have != want:
+            group["replicas"] = have  # drift: show what really runs
+        desired, ready = desired + want, ready + min(have, want)
+        low, high = low + group.get("minReplicas", 0), high + group.get("maxReplicas", 0)
+    head_ready = alive.get(HEAD, 0) > 0
+    status = {"state": "ready" if head_ready and ready >= desired else "provisioning",
+              "desiredWorkerReplicas": desired, "readyWorkerReplicas": ready, "availableWorkerReplicas": ready,
+              "minWorkerReplicas": low, "maxWorkerReplicas": high, "dashboardURL": cluster.dashboard_url,
+              "conditions": [{"type": "HeadPodReady", "status": str(head_ready)}]}
+    return LiveObject(ref, manifest, status, {k: v for k, v in alive.items() if k != HEAD})
+
+
+def rayjob(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef,
+           record: Record) -> LiveObject | None:
+    """A RayJob with its run's status from the Jobs API (kept in the store once it ended; a job cluster with
+    `shutdownAfterJobFinishes` is stopped then). A run its cluster no longer knows (the cluster was stopped
+    or replaced before the run ended) is absent, so it is submitted again."""
+    run, status = record["submission_id"], dict(record.get("status") or {})
+    if status.get("jobStatus") not in TERMINAL_JOB_STATUSES:
+        cluster = clusters.get(record["cluster"])
+        info = cluster.job_info(run) if cluster else None
+        if info is None:
+            return None
+        job = str(info.get("status"))
+        status = {"jobId": run, "jobStatus": job, "message": info.get("message") or "",
+                  "jobDeploymentStatus": JOB_DEPLOYMENT_STATUS.get(job, "Running"),
+                  "startTime": (info.get("start_time") or 0) / 1000 or None,
+                  "endTime": (info.get("end_time") or 0) / 1000 or None}
+        if job in TERMINAL_JOB_STATUSES:
+            store.save(environment, ref, {**record, "status": status})
+            if record.get("ephemeral") and record["manifest"]["spec"].get("shutdownAfterJobFinishes"):
+                clusters.stop(record["cluster"])
+    return LiveObject(ref, record["manifest"], status)

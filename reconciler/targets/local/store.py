@@ -1,0 +1,46 @@
+"""What was applied to the local target: one JSON record per object under
+`<state>/local/objects/<environment>/<kind>.<namespace>.<name>.json`, written atomically.
+
+The local target's "API server". A record holds the manifest as applied and, for a RayJob, its
+submission id, the cluster it runs on and its last status. Thread-safe: one environment's records
+are written by the one thread reconciling it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterator
+
+from ...model import ObjectRef
+
+Record = dict[str, Any]
+
+
+class ObjectStore:
+    """The records of every environment on the local target."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, environment: str, ref: ObjectRef) -> Path:
+        return self.root / environment / f"{ref.kind}.{ref.namespace}.{ref.name}.json"
+
+    def load(self, environment: str, ref: ObjectRef) -> Record | None:
+        path = self._path(environment, ref)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, environment: str, ref: ObjectRef, record: Record) -> None:
+        path = self._path(environment, ref)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, sort_keys=True))
+        os.replace(tmp, path)
+
+    def forget(self, environment: str, ref: ObjectRef) -> None:
+        self._path(environment, ref).unlink(missing_ok=True)
+
+    def ray_records(self, environment: str) -> Iterator[tuple[str, Record]]:
+        """(kind, record) of the environment's RayClusters and RayJobs."""
+        for path in sorted((self.root / environment).glob("Ray*.json")):
+            yield path.name.split(".")[0], json.loads(path.read_text())

@@ -1,0 +1,85 @@
+"""The local target as the pipeline sees it (the Target protocol): it plays both the API server
+(`store`) and the operator (`apply`, `clusters`), and reads live state from Ray itself (`observe`).
+
+It keeps no copy of the ledger (the daemon's SQLite ledger under the state dir is the only one)
+and reports no Events (the log is the record here): those optional capabilities are absent.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from ...model import Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ...pipeline.target import ApplyContext, Observation
+from . import apply, observe
+from .clusters import Clusters
+from .observe import cluster_name
+from .options import LocalOptions
+from .store import ObjectStore
+
+
+class LocalTarget:
+    """Local Ray clusters and jobs for every environment whose target is `local`."""
+
+    kind = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.store = ObjectStore(state_dir / "local" / "objects")
+        self.clusters = Clusters(state_dir / "local" / "clusters")
+        self._persist: dict[str, bool] = {}  # environment -> keep its processes when the daemon stops
+        self._lock = threading.Lock()
+
+    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+                pending_runs: frozenset[str]) -> Observation:
+        """Objects as applied, with live state from Ray. A pending run Ray no longer knows is not reported:
+        its RayJob looks absent, so the run is submitted again (same submission id)."""
+        environment = rendered.spec.name
+        options = rendered.spec.target.options
+        with self._lock:
+            self._persist[environment] = isinstance(options, LocalOptions) and options.persist
+        live: dict[ObjectRef, LiveObject] = {}
+        for ref in refs:
+            record = self.store.load(environment, ref)
+            if record is None:
+                continue
+            if ref.kind == "RayCluster":
+                obj = observe.raycluster(self.clusters, environment, ref, record)
+            elif ref.kind == "RayJob":
+                obj = observe.rayjob(self.clusters, self.store, environment, ref, record)
+            else:
+                obj = LiveObject(ref, record["manifest"])
+            if obj is not None:
+                live[ref] = obj
+        return Observation(live)
+
+    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        """Stored as applied: the desired manifests themselves."""
+        return {d.ref: d.manifest for d in rendered.objects if d.ref in live}
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        environment, ref = context.environment, item.ref
+        if item.action == Action.DELETE:
+            apply.delete(self.clusters, self.store, environment, ref)
+            return Outcome.DELETED
+        assert item.desired is not None
+        manifest = item.desired.manifest
+        if ref.kind == "RayCluster":
+            return apply.raycluster(self.clusters, self.store, environment, item, manifest)
+        if ref.kind == "RayJob":
+            return apply.rayjob(self.clusters, self.store, item, manifest, context)
+        self.store.save(environment, ref, {"manifest": manifest})
+        return Outcome.CREATED if item.action == Action.CREATE else Outcome.CONFIGURED
+
+    def close(self, workloads: bool) -> None:
+        """With `workloads`, stop the Ray processes of every environment this target observed that does not
+        ask to `persist`. Without, nothing: the processes belong to the daemon, not to a `plan` or `diff`."""
+        if not workloads:
+            return
+        with self._lock:
+            stopping = [e for e, persist in self._persist.items() if not persist]
+        for env in stopping:
+            for kind, record in self.store.ray_records(env):
+                if kind == "RayCluster":
+                    self.clusters.stop(cluster_name(env, record["manifest"]["metadata"]["name"]))
+                elif record.get("ephemeral"):
+                    self.clusters.stop(record["cluster"])
