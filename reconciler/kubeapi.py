@@ -199,8 +199,9 @@ class Kube:
             raise ApiError.of(response.status, data)
         return json.loads(data) if data else {}
 
-    def get(self, path: str) -> dict[str, Any]:
-        return self.request("get", "GET", path)
+    def get(self, path: str, timeout: float = 60.0) -> dict[str, Any] | None:
+        """The object, or None when it does not exist (404)."""
+        return self._present(lambda: self.request("get", "GET", path, timeout=timeout))
 
     def list(self, path: str, selector: str = "") -> dict[str, Any]:
         return self.request("list", "GET", path, [("labelSelector", selector)] if selector else [])
@@ -221,5 +222,15 @@ class Kube:
             query.append(("dryRun", "All"))
         return self.request("dryrun-apply" if dry_run else "apply", "PATCH", path, query, body, APPLY_PATCH)
 
-    def delete(self, path: str, propagation: str = "Background") -> dict[str, Any]:
-        return self.request("delete", "DELETE", path, [("propagationPolicy", propagation)])
+    def delete(self, path: str, propagation: str = "Background") -> dict[str, Any] | None:
+        """Delete; the server's answer, or None when it was already gone (404)."""
+        return self._present(lambda: self.request("delete", "DELETE", path, [("propagationPolicy", propagation)]))
+
+    @staticmethod
+    def _present(call: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+        try:
+            return call()
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise

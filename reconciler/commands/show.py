@@ -93,7 +93,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     rows = [("ENVIRONMENT", "TARGET", "REVISION", "SYNC", "HEALTH", "UPDATED", "MESSAGE")]
     for s in states:
-        rows.append((s.env, s.target, s.revision[:12], s.sync_status.value, s.health_status.value,
+        rows.append((s.environment, s.target, s.revision[:12], s.sync_status.value, s.health_status.value,
                      _time(s.updated_at), s.message.splitlines()[0][:80] if s.message else ""))
     _table(rows, [_details(s.detail) for s in states])
     return 0

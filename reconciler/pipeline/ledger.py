@@ -114,7 +114,7 @@ class Record:
 class EnvironmentState:
     """The last reported state of one environment (what `status` prints)."""
 
-    env: str
+    environment: str
     target: str
     revision: str
     sync_status: SyncStatus
@@ -156,54 +156,54 @@ class Ledger:
             yield db
 
     # -- one reconcile: one read, one write ------------------------------------------------------------
-    def load(self, env: str) -> Record:
+    def load(self, environment: str) -> Record:
         with self._tx() as db:
-            refs = db.execute("SELECT grp, kind, namespace, name FROM inventory WHERE env=?", (env,)).fetchall()
+            refs = db.execute("SELECT grp, kind, namespace, name FROM inventory WHERE env=?", (environment,)).fetchall()
             runs = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
-                              "submitted_at FROM job_runs WHERE env=?", (env,)).fetchall()
+                              "submitted_at FROM job_runs WHERE env=?", (environment,)).fetchall()
             last = db.execute("SELECT revision FROM revisions WHERE env=? AND result='success' ORDER BY id DESC "
-                              "LIMIT 1", (env,)).fetchone()
-            held = db.execute("SELECT reason FROM suspended WHERE env=?", (env,)).fetchone()
+                              "LIMIT 1", (environment,)).fetchone()
+            held = db.execute("SELECT reason FROM suspended WHERE env=?", (environment,)).fetchone()
         return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: JobRun(*r) for r in runs}),
                       last[0] if last else None, held[0] if held else None)
 
-    def commit(self, env: str, before: Record | None = None, after: Record | None = None,
+    def commit(self, environment: str, before: Record | None = None, after: Record | None = None,
                state: EnvironmentState | None = None, applied: Applied | None = None) -> None:
         """Write what changed from `before` (as loaded) to `after`, the status and a history row, in one
         transaction."""
         before, after = before or Record(), after or before or Record()
         with self._tx() as db:
             if after.inventory != before.inventory:
-                db.execute("DELETE FROM inventory WHERE env=?", (env,))
+                db.execute("DELETE FROM inventory WHERE env=?", (environment,))
                 db.executemany("INSERT INTO inventory VALUES (?,?,?,?,?)",
-                               [(env, r.group, r.kind, r.namespace, r.name) for r in after.inventory])
+                               [(environment, r.group, r.kind, r.namespace, r.name) for r in after.inventory])
             changed = [run for key, run in after.runs.items() if before.runs.get(key) != run]
             db.executemany("INSERT OR REPLACE INTO job_runs VALUES (?,?,?,?,?,?,?,?,?)",
-                           [(env, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
+                           [(environment, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
                              r.start_time, r.end_time) for r in changed])
             if applied is not None:
                 db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary) "
-                           "VALUES (?,?,?,?,?,?)", (env, applied.revision, applied.commit_time, time.time(),
+                           "VALUES (?,?,?,?,?,?)", (environment, applied.revision, applied.commit_time, time.time(),
                                                     applied.result, applied.summary[:2000]))
             if state is not None:
                 db.execute("INSERT OR REPLACE INTO environments VALUES (?,?,?,?,?,?,?,?)",
-                           (state.env, state.target, state.revision, state.sync_status.value,
+                           (state.environment, state.target, state.revision, state.sync_status.value,
                             state.health_status.value, state.message[:2000], state.updated_at,
                             json.dumps(state.detail, sort_keys=True)))
 
     # -- what the CLI reads and sets -------------------------------------------------------------------
-    def history(self, env: str, limit: int = 50) -> list[tuple[str, float, float, str, str]]:
+    def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str]]:
         """(revision, commit_time, applied_at, result, summary), newest first."""
         with self._tx() as db:
             return db.execute("SELECT revision, commit_time, applied_at, result, summary FROM revisions "
-                              "WHERE env=? ORDER BY id DESC LIMIT ?", (env, limit)).fetchall()
+                              "WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
 
-    def runs(self, env: str, limit: int = 20) -> list[JobRun]:
+    def runs(self, environment: str, limit: int = 20) -> list[JobRun]:
         """The newest runs, newest first."""
         with self._tx() as db:
             rows = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
                               "submitted_at FROM job_runs WHERE env=? ORDER BY submitted_at DESC LIMIT ?",
-                              (env, limit)).fetchall()
+                              (environment, limit)).fetchall()
         return [JobRun(*row) for row in rows]
 
     def states(self) -> list[EnvironmentState]:
@@ -211,20 +211,20 @@ class Ledger:
             rows = db.execute("SELECT * FROM environments ORDER BY env").fetchall()
         return [_state(row) for row in rows]
 
-    def state(self, env: str) -> EnvironmentState | None:
+    def state(self, environment: str) -> EnvironmentState | None:
         with self._tx() as db:
-            row = db.execute("SELECT * FROM environments WHERE env=?", (env,)).fetchone()
+            row = db.execute("SELECT * FROM environments WHERE env=?", (environment,)).fetchone()
         return _state(row) if row else None
 
-    def suspend(self, env: str, reason: str = "") -> None:
-        """`ray-gitops suspend`: the pipeline applies nothing to `env` until `resume`."""
+    def suspend(self, environment: str, reason: str = "") -> None:
+        """`ray-gitops suspend`: the pipeline applies nothing to `environment` until `resume`."""
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO suspended VALUES (?,?,?)", (env, time.time(), reason))
+            db.execute("INSERT OR REPLACE INTO suspended VALUES (?,?,?)", (environment, time.time(), reason))
 
-    def resume(self, env: str) -> bool:
+    def resume(self, environment: str) -> bool:
         """Lift `suspend`; True if it was suspended."""
         with self._tx() as db:
-            return db.execute("DELETE FROM suspended WHERE env=?", (env,)).rowcount == 1
+            return db.execute("DELETE FROM suspended WHERE env=?", (environment,)).rowcount == 1
 
 
 def _state(row: tuple) -> EnvironmentState:

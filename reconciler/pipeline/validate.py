@@ -144,7 +144,7 @@ def environment(doc: Any, file: str, directory_name: str,
     ), []
 
 
-def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec,
+def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
                supported: frozenset[str]) -> list[ValidationError]:
     """Check one rendered object document; `supported`: the object kinds of the environment's target."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
@@ -155,7 +155,7 @@ def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec,
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
         return c.errors
     if kind not in supported:
-        c.fail("kind", f"{kind} is not supported by the {env.target.kind} target")
+        c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
     name = c.string(c.mapping(doc.get("metadata"), "metadata", required=True).get("name"), "metadata.name",
                     required=True)
     if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):
@@ -165,17 +165,17 @@ def ray_object(doc: dict[str, Any], file: str, index: int, env: EnvironmentSpec,
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",
              {"recreate", "none"})
     if kind == "RayCluster":
-        _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", env)
+        _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", environment)
     elif kind == "RayJob":
-        _job_spec(c, c.mapping(doc.get("spec"), "spec", required=True), env)
+        _job_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
     elif kind == "RayService":
         spec = c.mapping(doc.get("spec"), "spec", required=True)
         _cluster_spec(c, c.mapping(spec.get("rayClusterConfig"), "spec.rayClusterConfig", required=True),
-                      "spec.rayClusterConfig", env)
+                      "spec.rayClusterConfig", environment)
     return c.errors
 
 
-def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, env: EnvironmentSpec) -> None:
+def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, environment: EnvironmentSpec) -> None:
     c.boolean(spec.get("enableInTreeAutoscaling"), f"{path}.enableInTreeAutoscaling")
     c.boolean(spec.get("suspend"), f"{path}.suspend")
     upgrade = c.mapping(spec.get("upgradeStrategy"), f"{path}.upgradeStrategy")
@@ -195,7 +195,7 @@ def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, env: EnvironmentS
         c.integer(group.get("numOfHosts"), f"{gpath}.numOfHosts", minimum=1)
         if low is not None and high is not None and low > high:
             c.fail(f"{gpath}.minReplicas", f"minReplicas {low} is greater than maxReplicas {high}")
-        limit = env.max_workers_per_group
+        limit = environment.max_workers_per_group
         for field_name, value in (("replicas", replicas), ("maxReplicas", high)):
             if limit is not None and value is not None and value > limit:
                 c.fail(f"{gpath}.{field_name}", f"{value} exceeds policy.maxWorkersPerGroup {limit}")
@@ -225,7 +225,7 @@ def _group(c: Checker, group: dict[str, Any], path: str) -> None:
                     c.fail(f"{cpath}.resources.{section}.{res}", str(exc))
 
 
-def _job_spec(c: Checker, spec: dict[str, Any], env: EnvironmentSpec) -> None:
+def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:
     mode = spec.get("submissionMode")
     c.one_of(mode, "spec.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
     c.string(spec.get("entrypoint"), "spec.entrypoint", required=mode != "InteractiveMode")
@@ -234,7 +234,7 @@ def _job_spec(c: Checker, spec: dict[str, Any], env: EnvironmentSpec) -> None:
         c.fail("spec", "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
                "(an existing RayCluster)")
     if has_cluster:
-        _cluster_spec(c, c.mapping(spec["rayClusterSpec"], "spec.rayClusterSpec"), "spec.rayClusterSpec", env)
+        _cluster_spec(c, c.mapping(spec["rayClusterSpec"], "spec.rayClusterSpec"), "spec.rayClusterSpec", environment)
     if has_selector:
         selector = c.mapping(spec["clusterSelector"], "spec.clusterSelector")
         c.string(selector.get("ray.io/cluster"), "spec.clusterSelector.ray.io/cluster", required=True)

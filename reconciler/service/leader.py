@@ -229,12 +229,9 @@ class LeaderElector:
         return f"/apis/coordination.k8s.io/v1/namespaces/{self.options.namespace}/leases"
 
     def _get(self) -> dict[str, Any] | None:
-        try:
-            lease = self._request("get", "GET", f"{self._path}/{self.options.name}")
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        lease = self.options.kube.get(f"{self._path}/{self.options.name}", timeout=self.options.renew_deadline / 2)
+        if lease is None:
+            return None
         self._version = lease["metadata"]["resourceVersion"]
         return lease
 

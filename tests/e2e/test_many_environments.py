@@ -24,7 +24,7 @@ GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 def status(state: Path) -> dict[str, dict]:
     out = subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(state), "-o", "json"],
                          capture_output=True, text=True, check=True).stdout
-    return {s["env"]: s for s in json.loads(out)}
+    return {s["environment"]: s for s in json.loads(out)}
 
 
 def ready(daemon: DaemonProcess) -> bool:

@@ -9,6 +9,7 @@ import pytest
 from reconciler.commands.cli import main
 from reconciler.pipeline.source import GitSource
 from tests.conftest import GitRemote
+from reconciler.targets.local.target import LocalTarget
 from tests.memory import MemoryTarget, pipeline
 from tests.unit.test_reconcile import cluster_yaml, env_yaml
 
@@ -117,3 +118,40 @@ def test_each_applied_object_is_logged_at_info_as_it_happens(stage, caplog: pyte
     applied = [r.getMessage() for r in caplog.records if " created (" in r.getMessage()]
     assert applied == ["environment a: RayCluster/default/demo created (not on the target)",
                        "environment a: RayCluster/default/two created (not on the target)"]
+
+
+def test_plan_as_json_lists_each_change_with_its_field_paths(remote: GitRemote, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """On the real local target (a ConfigMap needs no Ray), as the daemon left it."""
+    state = tmp_path / "state"
+    source = GitSource(remote.url, "main", tmp_path / "cache")
+    reconciler = pipeline(source, state, LocalTarget(state))
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    settings = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast, size: '1'}\n"
+    remote.write("environments/a/settings.yaml", settings)
+    remote.commit("settings")
+    assert reconciler.reconcile("a", source.fetch()).result == "success"
+    remote.write("environments/a/settings.yaml", settings.replace("fast", "slow").replace(", size: '1'", ""))
+    sha = remote.commit("slow, no size")
+    args = ["--repo", remote.url, "--environment", "a", "--state-dir", str(state), "-o", "json"]
+
+    assert main(["diff", *args]) == 1
+    found = json.loads(capsys.readouterr().out)
+    assert main(["plan", *args]) == 1
+    planned = json.loads(capsys.readouterr().out)
+
+    [item] = found["items"]
+    assert (found["revision"], item["object"], item["action"]) == (sha, "ConfigMap/default/settings", "update")
+    assert item["changes"] == ["data.mode", "data.size"]
+    assert "-  mode: fast" in item["diff"] and "+  mode: slow" in item["diff"]
+    assert "diff" not in planned["items"][0] and planned["items"][0]["changes"] == item["changes"]
+
+
+def test_an_unexpected_error_is_one_line_and_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    def broken(*args: object) -> None:
+        raise KeyError("oops")
+
+    monkeypatch.setattr("reconciler.pipeline.ledger.Ledger.states", broken)
+    assert main(["status", "--state-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "ray-gitops status: internal error: KeyError: 'oops'\n"

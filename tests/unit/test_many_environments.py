@@ -57,7 +57,7 @@ def test_twenty_environments_reconciled_concurrently_each_get_only_their_own_obj
             assert manifest["metadata"]["annotations"]["gitops.ray.io/revision"] == sha
         assert sorted(p.name for p in (state / "local" / "objects").iterdir()) == ENVIRONMENTS
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
-    assert {s.env: s.sync_status for s in daemon.ledger.states()} == dict.fromkeys(ENVIRONMENTS, "Synced")
+    assert {s.environment: s.sync_status for s in daemon.ledger.states()} == dict.fromkeys(ENVIRONMENTS, "Synced")
 
 
 def _git(repo: Path, *args: str, data: bytes | None = None) -> str:
@@ -111,7 +111,7 @@ def test_unusual_tree_entries_are_errors_of_their_environment_and_the_others_go_
         "environments/bad/link.yaml: symbolic links are not followed",
         "environments/bad/vendor: submodules are not supported",
     ]
-    states = {s.env: s for s in daemon.ledger.states()}
+    states = {s.environment: s for s in daemon.ledger.states()}
     assert states["good"].sync_status == "Synced" and states["bad"].sync_status == "Failed"
     assert "symbolic links are not followed" in states["bad"].message
     assert stored_settings(tmp_path / "state", "good")["data"]["owner"] == "good"

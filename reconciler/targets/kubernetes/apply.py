@@ -58,8 +58,6 @@ class Applier:
         try:
             return self.kube.get(resource(ref).item(ref.namespace, ref.name))
         except ApiError as exc:
-            if exc.status == 404:
-                return None
             raise translate(ref, exc) from exc
 
     def apply(self, environment: str, desired: DesiredObject, live: Manifest | None, force: bool) -> Manifest:
@@ -92,8 +90,6 @@ class Applier:
         try:
             return self.kube.delete(resource(ref).item(ref.namespace, ref.name))
         except ApiError as exc:
-            if exc.status == 404:
-                return None
             raise translate(ref, exc) from exc
 
     def wait_gone(self, ref: ObjectRef, uid: str, timeout: float, poll: float = 0.2) -> None:

@@ -9,7 +9,7 @@ import logging
 import secrets
 from datetime import datetime, timezone
 
-from ...model import ObjectRef, Outcome
+from ...model import ENVIRONMENT_LABEL, ObjectRef, Outcome
 from ...kubeapi import ApiError, Kube
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ def event_body(ref: ObjectRef, uid: str, outcome: Outcome, message: str, environ
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace,
-                     "labels": {"gitops.ray.io/environment": environment}},
+                     "labels": {ENVIRONMENT_LABEL: environment}},
         "involvedObject": {"apiVersion": f"{ref.group}/v1" if ref.group else "v1", "kind": ref.kind,
                            "namespace": ref.namespace, "name": ref.name, **({"uid": uid} if uid else {})},
         "reason": REASONS.get(outcome, outcome.value.capitalize()), "message": message[:1024],

@@ -34,12 +34,7 @@ class ConfigMapLedger:
         self._version: str | None = None
 
     def _get(self) -> Manifest | None:
-        try:
-            return self.kube.get(self.path)
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
+        return self.kube.get(self.path)
 
     def load(self) -> LedgerSnapshot | None:
         """The stored snapshot, or None when there is none yet."""

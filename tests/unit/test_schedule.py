@@ -1,0 +1,96 @@
+"""The daemon's schedule on its own, with a fake clock: due times, backoff, webhook wake-ups."""
+from __future__ import annotations
+
+import pytest
+
+from reconciler.service.schedule import Schedule
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def test_a_new_revision_runs_every_environment_then_each_waits_its_own_interval(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    assert schedule.due(["a", "b"], "r1") == ["a", "b"]
+    schedule.finished("a", "r1", failed=False, interval=10)
+    schedule.finished("b", "r1", failed=False, interval=60)
+
+    clock.now += 9
+    assert schedule.due(["a", "b"], "r1") == []
+    clock.now += 1
+    assert schedule.due(["a", "b"], "r1") == ["a"]
+    schedule.finished("a", "r1", failed=False, interval=10)
+    assert schedule.due(["a", "b"], "r2") == ["a", "b"]  # a new revision: at once, whatever the interval
+
+
+def test_a_running_environment_is_never_started_twice(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    assert schedule.due(["a"], "r1") == ["a"]
+    schedule.force(["a"])
+    assert schedule.due(["a"], "r2") == []  # still running: not even a new revision or a webhook starts it
+    schedule.cancelled("a")
+    assert schedule.due(["a"], "r2") == ["a"]
+
+
+def test_errors_back_off_exponentially_up_to_the_cap_and_a_success_resets(clock: Clock) -> None:
+    schedule = Schedule(clock, max_backoff=30)
+    waits = []
+    for _ in range(5):
+        assert schedule.due(["a"], "r1") == ["a"]
+        schedule.finished("a", "r1", failed=True, interval=60)
+        waits.append(schedule.sleep(poll_interval=3600))
+        clock.now += waits[-1]
+    assert waits == [5, 10, 20, 30, 30]
+
+    assert schedule.due(["a"], "r1") == ["a"]
+    schedule.finished("a", "r1", failed=False, interval=60)
+    assert schedule.sleep(poll_interval=3600) == 60
+
+
+def test_an_error_may_say_when_to_retry(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    schedule.due(["a"], "r1")
+    schedule.finished("a", "r1", failed=True, interval=60, retry_after=2.5)
+    assert schedule.sleep(poll_interval=30) == 2.5
+
+
+def test_a_webhook_runs_everything_now_and_a_running_one_again_right_after(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    schedule.due(["a", "b"], "r1")
+    schedule.finished("a", "r1", failed=False, interval=3600)
+
+    schedule.force(["a", "b"])  # b is still running
+    assert schedule.due(["a", "b"], "r1") == ["a"]
+    assert schedule.finished("b", "r1", failed=False, interval=3600) is True  # wake the loop: b is owed a run
+    assert schedule.due(["a", "b"], "r1") == ["b"]
+    assert schedule.finished("b", "r1", failed=False, interval=3600) is False
+
+
+def test_the_loop_sleeps_the_poll_interval_or_until_the_soonest_due_environment(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    assert schedule.sleep(poll_interval=30) == 30
+    schedule.due(["a"], "r1")
+    schedule.finished("a", "r1", failed=False, interval=4)
+    assert schedule.sleep(poll_interval=30) == 4
+    clock.now += 10
+    assert schedule.sleep(poll_interval=30) == 0.2  # overdue: a short pause, never a busy loop
+
+
+def test_ready_once_every_selected_environment_ran(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    assert not schedule.reconciled([])
+    schedule.due(["a", "b"], "r1")
+    schedule.finished("a", "r1", failed=True, interval=10)
+    assert not schedule.reconciled(["a", "b"])
+    schedule.finished("b", "r1", failed=False, interval=10)
+    assert schedule.reconciled(["a", "b"])
