@@ -3,6 +3,7 @@
 # The ray-gitops daemon image for the Kubernetes target (manifests/ deploys it).
 #
 #   docker build -t ray-gitops:0.1.0 .
+#   bash tests/image/build.sh          # without Docker: podman on a Debian trixie base (README)
 #   docker run --rm --read-only --tmpfs /tmp -v ray-gitops-state:/var/lib/ray-gitops \
 #       -e RAY_GITOPS_REPO=https://github.com/example/ray-config.git -p 9464:9464 ray-gitops:0.1.0
 #
@@ -31,11 +32,18 @@ COPY reconciler ./reconciler
 # The venv has no pip (pip runs from the base image with --python), so the final stage carries no
 # installer. --only-binary: every dependency must come as a wheel, so no compiler is needed (or
 # silently used) here either. pip compiles .pyc files at install: the root filesystem is read-only
-# at run time, so Python could not write them then.
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# at run time, so Python could not write them then. The last line checks that the entry point
+# imports; this stage has no git binary, so GitPython's check for one is silenced here only (the
+# final stage has git, and tests/image/ runs the built image).
+# The optional build secret `ca-bundle` is the CA bundle pip trusts in this step only (for a
+# TLS-inspecting proxy; tests/image/build.sh passes the host's). A secret is never kept in a layer;
+# without it (plain `docker build .`) pip uses the base's own bundle.
+RUN --mount=type=secret,id=ca-bundle \
+    if [ -s /run/secrets/ca-bundle ]; then export PIP_CERT=/run/secrets/ca-bundle; fi \
+ && python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv --without-pip /opt/ray-gitops \
  && python -m pip --python /opt/ray-gitops/bin/python install --only-binary=:all: /wheels/ray_gitops-*.whl \
- && /opt/ray-gitops/bin/ray-gitops --help >/dev/null
+ && GIT_PYTHON_REFRESH=quiet /opt/ray-gitops/bin/ray-gitops --help >/dev/null
 
 # ---- final: the interpreter, git, the venv; nothing that builds ----
 FROM ${BASE_IMAGE}

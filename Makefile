@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo main)
 
-.PHONY: install demo test controlplane bench bench-kube clean
+.PHONY: install demo test controlplane image bench bench-kube clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ controlplane:
 
 test: install controlplane
 	$(BIN)/python -m pytest
+
+# The daemon image, built with podman on a Debian base (no Docker engine or registry needed).
+image:
+	bash tests/image/build.sh
 
 bench: install
 	$(BIN)/python bench/render_plan.py
