@@ -269,4 +269,4 @@ def test_the_daemon_serves_healthz_syncs_three_environments_and_stops_on_sigterm
     exit_code = podman("inspect", "--format", "{{.State.ExitCode}}", cid, timeout=30).stdout.strip()
     logged = podman("logs", cid, timeout=30)
     logs = logged.stdout + logged.stderr
-    assert exit_code == "0" and "reconciler.daemon: stopped" in logs, (exit_code, logs[-3000:])
+    assert exit_code == "0" and "reconciler.service.daemon: stopped" in logs, (exit_code, logs[-3000:])
