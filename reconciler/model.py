@@ -166,6 +166,10 @@ class TargetOptions(Protocol):
 
     namespace: str  # where objects without a namespace go
 
+    @property
+    def namespaces(self) -> frozenset[str]:
+        """Every namespace the environment may write to (its own, and those it lists)."""
+
     def connection(self) -> tuple[Any, ...]:
         """What identifies one connection: environments with equal values share one target instance."""
 

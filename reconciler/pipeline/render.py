@@ -8,19 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import yaml
-
 from dataclasses import dataclass
 
 from ..errors import InvalidEnvironment, ValidationError
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
                      EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
-from . import validate
+from . import parse, validate
 from .source import FileTree
 
 ROOT = "environments"
 ENVIRONMENT_FILE = "environment.yaml"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+MAX_OBJECTS = 1000  # per environment
 
 
 def list_environments(tree: FileTree) -> list[str]:
@@ -30,24 +28,19 @@ def list_environments(tree: FileTree) -> list[str]:
     return sorted(names)
 
 
-def _documents(tree: FileTree, path: str) -> tuple[list[Any], list[ValidationError]]:
-    try:
-        return [doc for doc in yaml.load_all(tree.read(path), Loader=_Loader)], []
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        return [], [ValidationError(path, f"invalid YAML{where}: {problem}")]
-
-
 @dataclass(frozen=True)
 class _UnknownTarget:
     """Stands in while `environment.yaml` is broken, so the object files are still checked."""
 
     namespace: str = "default"
+    namespaces: frozenset[str] = frozenset({"default"})
 
     def connection(self) -> tuple[()]:
         return ()
+
+
+def _read(tree: FileTree, path: str) -> tuple[list[Any], list[ValidationError]]:
+    return parse.documents(tree.read(path), path)
 
 
 def render(tree: FileTree, environment: str, revision: str, targets: validate.TargetCatalog) -> RenderedEnvironment:
@@ -55,12 +48,17 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
     loader behind `validate`, `plan`, `diff` and the daemon."""
     directory = f"{ROOT}/{environment}"
     env_file = f"{directory}/{ENVIRONMENT_FILE}"
+    if not validate.dns_label(environment):
+        raise InvalidEnvironment(validate.short(environment), [ValidationError(
+            f"{ROOT}/{validate.short(environment)}", "an environment name must be a DNS-1123 label (a-z, 0-9, '-', "
+            "at most 63 characters): it becomes a label value and part of object names")])
     if not tree.exists(env_file):
         raise InvalidEnvironment(environment, [ValidationError(env_file, "file not found")])
-    docs, errors = _documents(tree, env_file)
-    if not errors and len([d for d in docs if d is not None]) != 1:
+    docs, errors = _read(tree, env_file)
+    present = [d for d in docs if d is not None]
+    if not errors and len(present) != 1:
         errors.append(ValidationError(env_file, "must hold exactly one Environment document"))
-    parsed, env_errors = validate.environment(docs[0] if docs else None, env_file, environment, targets)
+    parsed, env_errors = validate.environment(present[0] if present else None, env_file, environment, targets)
     errors += env_errors
     # Object files are checked even when environment.yaml is broken, so every error shows at once.
     spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown", _UnknownTarget()))
@@ -74,7 +72,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
         if not path.endswith((".yaml", ".yml")):
             errors.append(ValidationError(path, "only YAML files (.yaml, .yml) belong in an environment directory"))
             continue
-        file_docs, file_errors = _documents(tree, path)
+        file_docs, file_errors = _read(tree, path)
         errors += file_errors
         for index, doc in enumerate(file_docs):
             if doc is None:
@@ -92,6 +90,9 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
                 continue
             seen[ref] = f"{path}#{index}"
             objects.append(DesiredObject(ref, _owned(doc, ref, environment, revision), path, index))
+    if len(objects) > MAX_OBJECTS:
+        errors.append(ValidationError(directory, f"{len(objects)} objects: an environment holds at most "
+                                      f"{MAX_OBJECTS} (split it into several environments)"))
     if errors:
         raise InvalidEnvironment(environment, errors)
     return RenderedEnvironment(spec, tuple(objects), revision)

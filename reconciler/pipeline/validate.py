@@ -7,11 +7,11 @@ the operator's own validation, so mistakes surface at commit time rather than as
 from __future__ import annotations
 
 import re
+import reprlib
 from typing import Any, Mapping, Protocol
 
-import yaml
-
 from ..errors import ValidationError
+from . import parse
 from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, TargetOptions,
                      TargetSpec, parse_duration, parse_quantity)
 
@@ -19,6 +19,24 @@ ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
          ("v1", "ConfigMap"), ("v1", "Secret")}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def dns_label(value: str) -> bool:
+    """A DNS-1123 label, as Kubernetes requires of namespaces (and ray-gitops of environment names): at
+    most 63 characters of a-z, 0-9 and '-', starting and ending alphanumeric."""
+    return len(value) <= 63 and bool(_DNS1123_LABEL.fullmatch(value))
+
+
+def short(value: Any) -> str:
+    """`value` for an error message: its repr, cut to a few dozen characters whatever its size."""
+    return _REPR.repr(value)
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = 4
+_REPR.maxlevel = 2
 
 
 class TargetCatalog(Protocol):
@@ -62,13 +80,13 @@ class Checker:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            self.fail(path, f"must be an integer >= {minimum}, got {value!r}")
+            self.fail(path, f"must be an integer >= {minimum}, got {short(value)}")
             return None
         return value
 
     def boolean(self, value: Any, path: str) -> None:
         if value is not None and not isinstance(value, bool):
-            self.fail(path, f"must be true or false, got {value!r}")
+            self.fail(path, f"must be true or false, got {short(value)}")
 
     def string(self, value: Any, path: str, required: bool = False) -> str | None:
         if value is None or value == "":
@@ -76,7 +94,7 @@ class Checker:
                 self.fail(path, "required field is missing")
             return None
         if not isinstance(value, str):
-            self.fail(path, f"must be a string, got {value!r}")
+            self.fail(path, f"must be a string, got {short(value)}")
             return None
         return value
 
@@ -87,7 +105,7 @@ class Checker:
 
     def one_of(self, value: Any, path: str, allowed: set[str]) -> None:
         if value is not None and value not in allowed:
-            self.fail(path, f"must be one of {', '.join(sorted(allowed))}, got {value!r}")
+            self.fail(path, f"must be one of {', '.join(sorted(allowed))}, got {short(value)}")
 
 
 def environment(doc: Any, file: str, directory_name: str,
@@ -103,7 +121,7 @@ def environment(doc: Any, file: str, directory_name: str,
         c.fail("apiVersion", f"must be {ENVIRONMENT_API_VERSION} kind Environment")
     name = c.string(c.mapping(doc.get("metadata"), "metadata").get("name"), "metadata.name")
     if name is not None and name != directory_name:
-        c.fail("metadata.name", f"must equal the directory name {directory_name!r}, got {name!r}")
+        c.fail("metadata.name", f"must equal the directory name {directory_name!r}, got {short(name)}")
     spec = c.mapping(doc.get("spec"), "spec", required=True)
     for unsupported in ("base", "patches"):
         if spec.get(unsupported):
@@ -127,13 +145,13 @@ def environment(doc: Any, file: str, directory_name: str,
     ignore = c.sequence(spec.get("ignore"), "spec.ignore")
     for i, rule in enumerate(ignore):
         if not isinstance(rule, str) or not rule.startswith("/"):
-            c.fail(f"spec.ignore[{i}]", f"must be a JSON pointer such as /spec/x/*/y, got {rule!r}")
+            c.fail(f"spec.ignore[{i}]", f"must be a JSON pointer such as /spec/x/*/y, got {short(rule)}")
     policy = c.mapping(spec.get("policy"), "spec.policy")
     max_workers = c.integer(policy.get("maxWorkersPerGroup"), "spec.policy.maxWorkersPerGroup", minimum=1)
     guard = c.mapping(spec.get("pruneGuard"), "spec.pruneGuard")
     fraction = guard.get("maxFraction", 0.5)
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        c.fail("spec.pruneGuard.maxFraction", f"must be a number in (0, 1], got {fraction!r}")
+        c.fail("spec.pruneGuard.maxFraction", f"must be a number in (0, 1], got {short(fraction)}")
         fraction = 0.5
     if c.errors or options is None:
         return None, c.errors
@@ -156,10 +174,18 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         return c.errors
     if kind not in supported:
         c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
-    name = c.string(c.mapping(doc.get("metadata"), "metadata", required=True).get("name"), "metadata.name",
-                    required=True)
+    metadata = c.mapping(doc.get("metadata"), "metadata", required=True)
+    name = c.string(metadata.get("name"), "metadata.name", required=True)
     if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):
-        c.fail("metadata.name", f"must be a DNS-1123 name of at most 63 characters, got {name!r}")
+        c.fail("metadata.name", f"must be a DNS-1123 name of at most 63 characters, got {short(name)}")
+    namespace = c.string(metadata.get("namespace"), "metadata.namespace")
+    allowed = environment.target.options.namespaces
+    if namespace is not None and not dns_label(namespace):
+        c.fail("metadata.namespace", f"must be a DNS-1123 label (a-z, 0-9, '-'), got {short(namespace)}")
+    elif namespace is not None and namespace not in allowed:
+        c.fail("metadata.namespace", f"{namespace} is outside this environment: it may write only to "
+               f"{', '.join(sorted(allowed))} (a Kubernetes environment lists more in spec.target.kubernetes."
+               "namespaces)")
     annotations = c.mapping(meta.get("annotations"), "metadata.annotations")
     c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",
@@ -187,7 +213,7 @@ def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, environment: Envi
         group = c.mapping(group, gpath)
         name = c.string(group.get("groupName"), f"{gpath}.groupName", required=True)
         if name in seen:
-            c.fail(f"{gpath}.groupName", f"duplicate worker group {name!r}")
+            c.fail(f"{gpath}.groupName", f"duplicate worker group {short(name)}")
         seen.add(name or "")
         replicas = c.integer(group.get("replicas"), f"{gpath}.replicas")
         low = c.integer(group.get("minReplicas"), f"{gpath}.minReplicas")
@@ -206,7 +232,7 @@ def _group(c: Checker, group: dict[str, Any], path: str) -> None:
     for key, value in c.mapping(group.get("rayStartParams"), f"{path}.rayStartParams").items():
         if not isinstance(value, str):
             c.fail(f"{path}.rayStartParams.{key}", f"must be a string (KubeRay's type is map[string]string), "
-                   f"got {value!r}; quote it")
+                   f"got {short(value)}; quote it")
     template = c.mapping(group.get("template"), f"{path}.template", required=True)
     pod = c.mapping(template.get("spec"), f"{path}.template.spec", required=bool(template))
     containers = c.sequence(pod.get("containers"), f"{path}.template.spec.containers")
@@ -247,23 +273,21 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) ->
     for key in ("entrypointNumCpus", "entrypointNumGpus"):
         value = spec.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            c.fail(f"spec.{key}", f"must be a number >= 0, got {value!r}")
+            c.fail(f"spec.{key}", f"must be a number >= 0, got {short(value)}")
     runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), "spec.runtimeEnvYAML")
     if runtime_env_yaml:
         runtime_env(c, runtime_env_yaml)
 
 
 def runtime_env(c: Checker, text: str) -> dict[str, Any]:
-    """Parse `runtimeEnvYAML`; a relative `working_dir` must stay inside the repository."""
-    try:
-        env = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        c.fail("spec.runtimeEnvYAML", f"is not valid YAML: {str(exc).splitlines()[0]}")
-        return {}
-    env = c.mapping(env, "spec.runtimeEnvYAML")
+    """Parse `runtimeEnvYAML` (with the one YAML parser); a relative `working_dir` must stay inside the
+    repository."""
+    value, errors = parse.text(text, c.file, c.document, c.obj, "spec.runtimeEnvYAML")
+    c.errors += errors
+    env = c.mapping(value, "spec.runtimeEnvYAML")
     working_dir = env.get("working_dir")
     if isinstance(working_dir, str) and "://" not in working_dir:
         if working_dir.startswith("/") or ".." in working_dir.split("/"):
             c.fail("spec.runtimeEnvYAML.working_dir", f"must be relative to the repository root and stay "
-                   f"inside it, got {working_dir!r}")
+                   f"inside it, got {short(working_dir)}")
     return env

@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import yaml
-
 from ...errors import PermanentError, RayGitopsError, TemporaryError
 from ...model import Action, ObjectRef, Outcome, PlanItem, TERMINAL_JOB_STATUSES, job_submission_id
+from ...pipeline import parse
 from ...pipeline.target import ApplyContext
 from .clusters import Clusters, template_hash
 from .observe import cluster_name
@@ -55,7 +54,8 @@ def rayjob(clusters: Clusters, store: ObjectStore, item: PlanItem, manifest: dic
     else:
         name, ephemeral = run, True  # deterministic: a retry after a crash adopts it
         cluster = clusters.get(name) or clusters.start(name, spec["rayClusterSpec"])
-    runtime_env = yaml.safe_load(spec.get("runtimeEnvYAML") or "{}") or {}
+    runtime_env, _ = parse.text(spec.get("runtimeEnvYAML") or "{}", "", None, str(item.ref), "spec.runtimeEnvYAML")
+    runtime_env = runtime_env or {}
     working_dir = runtime_env.get("working_dir")
     if isinstance(working_dir, str) and "://" not in working_dir:
         runtime_env["working_dir"] = str(context.materialize(working_dir))

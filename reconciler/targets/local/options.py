@@ -16,6 +16,10 @@ class LocalOptions:
     persist: bool = False  # keep the Ray processes running when the daemon stops
     namespace: str = "default"  # objects live in one namespace locally
 
+    @property
+    def namespaces(self) -> frozenset[str]:
+        return frozenset({self.namespace})
+
     def connection(self) -> tuple[Any, ...]:
         return ()
 
