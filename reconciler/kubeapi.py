@@ -1,5 +1,6 @@
-"""The Kubernetes connection: an ApiClient from a kubeconfig context or the in-cluster service
-account, and `Kube`, the one place every API request goes through (so each is counted by verb).
+"""The one Kubernetes access layer: an ApiClient from a kubeconfig context or the in-cluster service
+account, and `Kube`, the one place every API request goes through (counted by verb, rate-limited,
+optionally impersonating a tenant), with one error type, `ApiError`.
 
 Used by every module of the Kubernetes target. Requests and answers are plain JSON dicts (no
 generated models: one code path for custom resources and core kinds alike). It knows paths and
@@ -172,12 +173,18 @@ class RateLimiter:
 
 
 class Kube:
-    """JSON requests to the API server; `count(verb)` is called once per request, after `limiter`."""
+    """JSON requests to the API server; `count(verb)` is called once per request, after `limiter`. With
+    `impersonate`, every request acts as that user (`Impersonate-User`), e.g. a tenant's service account."""
 
     def __init__(self, api_client: client.ApiClient, count: Callable[[str], None],
-                 limiter: RateLimiter | None = None) -> None:
+                 limiter: RateLimiter | None = None, impersonate: str = "") -> None:
         self.api_client, self.count = api_client, count
         self.limiter = limiter or RateLimiter(0, 1)
+        self.impersonate = impersonate
+
+    def acting_as(self, user: str) -> Kube:
+        """The same connection, rate limit and counting, acting as `user` ("" = as itself)."""
+        return self if user == self.impersonate else Kube(self.api_client, self.count, self.limiter, user)
 
     def request(self, verb: str, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str = JSON, timeout: Any = 60.0,
@@ -185,7 +192,8 @@ class Kube:
         """Send one request; the decoded JSON answer (or, with `stream`, the open urllib3 response)."""
         self.limiter.wait()
         self.count(verb)
-        headers = {"Accept": JSON, **({"Content-Type": content_type} if body is not None else {})}
+        headers = {"Accept": JSON, **({"Content-Type": content_type} if body is not None else {}),
+                   **({"Impersonate-User": self.impersonate} if self.impersonate else {})}
         method, url, headers, body, post = self.api_client.param_serialize(
             method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
         try:

@@ -82,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
     run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 50)")
     run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
+    run.add_argument("--default-service-account", help="Kubernetes: the service account (in each environment's "
+                     "namespace) whose rights every write of an environment without serviceAccountName uses")
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     run.add_argument("--config", type=Path, help="YAML file of settings (flags and env vars win)")

@@ -25,7 +25,7 @@ def preview(args: argparse.Namespace) -> Preview:
     """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
     settings = config.load(vars(args))
     metrics = Metrics(CollectorRegistry())
-    targets = Registry(Runtime(settings.state_dir, metrics, settings.kube_api_qps, settings.kube_api_burst))
+    targets = Registry(settings.runtime(metrics))
     source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
     try:
         return Pipeline(source, Ledger(settings.state_dir), metrics, targets).preview(args.environment, source.fetch())

@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import yaml
 
 from ..errors import ConfigError
+from ..metrics import Metrics
 from ..model import parse_duration
+from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
@@ -59,6 +61,11 @@ class Settings:
     concurrency: int = 4  # environments reconciled at the same time (as Flux's --concurrent)
     kube_api_qps: float = 50.0  # client-side rate limit per API server (Flux: 50 and a burst of 300)
     kube_api_burst: int = 300
+    default_service_account: str = ""  # Kubernetes writes of environments without serviceAccountName impersonate it
+
+    def runtime(self, metrics: Metrics) -> Runtime:
+        """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same)."""
+        return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account)
 
     @property
     def host_port(self) -> tuple[str, int]:

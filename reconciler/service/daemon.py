@@ -29,7 +29,7 @@ from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ROOT, list_environments
 from ..pipeline.source import GitSource, Revision
-from ..targets import Registry, Runtime
+from ..targets import Registry
 from . import http, webhook
 from .config import Settings
 from .leader import LeaderElectionOptions, LeaderElector, lease_client
@@ -47,8 +47,7 @@ class Daemon:
         self.metrics = Metrics(self.registry, process=registry is None)
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
-        self.targets = Registry(Runtime(settings.state_dir, self.metrics, settings.kube_api_qps,
-                                        settings.kube_api_burst))
+        self.targets = Registry(settings.runtime(self.metrics))
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.pipeline = self._pipeline()

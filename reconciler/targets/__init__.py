@@ -28,6 +28,7 @@ class Runtime:
     metrics: Metrics
     kube_api_qps: float = 50.0
     kube_api_burst: int = 300
+    default_service_account: str = ""  # Kubernetes: impersonated by environments that name none
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,8 @@ def _local(options: LocalOptions, runtime: Runtime) -> Target:
 def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target:
     from ..kubeapi import RateLimiter
     from .kubernetes.target import KubernetesTarget
-    return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst))
+    return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst),
+                            default_service_account=runtime.default_service_account)
 
 
 TYPES: dict[str, TargetType] = {t.name: t for t in (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
+from dataclasses import dataclass
 
 from kubernetes import client as k8s
 
@@ -34,20 +35,36 @@ OUTCOMES = {Action.CREATE: Outcome.CREATED, Action.UPDATE: Outcome.CONFIGURED, A
             Action.SUBMIT: Outcome.SUBMITTED}
 
 
+@dataclass(frozen=True)
+class Writer:
+    """What writes for one identity (the daemon's, or a tenant service account it impersonates)."""
+
+    kube: Kube
+    applier: Applier
+    dry_runs: DryRuns
+
+
 class KubernetesTarget:
-    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it."""
+    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it.
+
+    Reads that feed the shared caches (list+watch per kind) are the daemon's own. Every write of an
+    environment with a service account (`serviceAccountName`, else `default_service_account`) acts as
+    `system:serviceaccount:<its namespace>:<name>`: apply, dry-run, delete, Events and its ledger ConfigMap.
+    """
 
     kind = "kubernetes"
 
     def __init__(self, options: KubernetesOptions, metrics: Metrics, *, field_manager: str = "ray-gitops",
-                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None) -> None:
+                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None,
+                 default_service_account: str = "") -> None:
         self.metrics, self.field_manager = metrics, field_manager
+        self.default_service_account = default_service_account
         self._owns_client = api_client is None
         self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
                                                                             options.in_cluster)
         self.kube = Kube(self.api_client, self._count, limiter)
-        self.applier = Applier(self.kube, metrics, field_manager)
-        self.dry_runs = DryRuns(self.kube, field_manager)
+        self.applier = Applier(self.kube, metrics, field_manager)  # the daemon's own reads
+        self._writers: dict[str, Writer] = {}
         self._informers: dict[tuple[str, str], Informer] = {}
         self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
@@ -56,6 +73,17 @@ class KubernetesTarget:
 
     def _count(self, verb: str) -> None:
         self.metrics.kube_requests.labels(verb).inc()
+
+    def writer(self, options: KubernetesOptions) -> Writer:
+        """The writer of an environment: impersonating its service account, if it has one."""
+        account = options.service_account or self.default_service_account
+        user = f"system:serviceaccount:{options.namespace}:{account}" if account else ""
+        with self._lock:
+            if user not in self._writers:
+                kube = self.kube.acting_as(user)
+                self._writers[user] = Writer(kube, Applier(kube, self.metrics, self.field_manager),
+                                             DryRuns(kube, self.field_manager))
+            return self._writers[user]
 
     # -- caches --------------------------------------------------------------------------------------
     def _informer(self, kind: str, namespace: str) -> Informer:
@@ -146,28 +174,30 @@ class KubernetesTarget:
             return None
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        dry_runs = self.writer(_options(rendered.spec)).dry_runs
         out = {}
         for desired in rendered.objects:
             current = live.get(desired.ref)
             if current is not None and not current.manifest["metadata"].get("deletionTimestamp"):
-                out[desired.ref] = self.dry_runs.expected(rendered.spec.name, desired, current.manifest)
+                out[desired.ref] = dry_runs.expected(rendered.spec.name, desired, current.manifest)
         return out
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         ref = item.ref
+        options = context.options
+        assert isinstance(options, KubernetesOptions)
+        writer = self.writer(options)
         if item.action == Action.DELETE:
-            self._delete(ref, wait=0)
+            self._delete(writer, ref, wait=0)
             return Outcome.DELETED
         if item.action not in OUTCOMES or item.desired is None:
             raise PermanentError(f"{ref}: cannot {item.action.value} on Kubernetes without a desired object")
-        options = context.options
-        assert isinstance(options, KubernetesOptions)
         live = self._cached(ref)
         if item.action == Action.RECREATE:
-            self._delete(ref, wait=options.delete_timeout, live=live)
+            self._delete(writer, ref, wait=options.delete_timeout, live=live)
             live = None
-        stored = self.applier.apply(context.environment, item.desired, live, forced(options.force, item.desired))
-        self.dry_runs.remember(context.environment, item.desired, stored)
+        stored = writer.applier.apply(context.environment, item.desired, live, forced(options.force, item.desired))
+        writer.dry_runs.remember(context.environment, item.desired, stored)
         informer = self._known(ref)
         if informer is not None:
             informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
@@ -175,14 +205,15 @@ class KubernetesTarget:
 
     def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
         uid = str(((self._cached(item.ref) or {}).get("metadata") or {}).get("uid", ""))
-        events.emit(self.kube, item.ref, uid, outcome, f"{message} (revision {context.revision[:12]})",
-                    context.environment)
+        assert isinstance(context.options, KubernetesOptions)
+        events.emit(self.writer(context.options).kube, item.ref, uid, outcome,
+                    f"{message} (revision {context.revision[:12]})", context.environment)
 
-    def _delete(self, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
+    def _delete(self, writer: Writer, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
         """Delete; with `wait` > 0, wait up to that many seconds until it is gone (finalizers)."""
         live = live if live is not None else self._cached(ref)
-        answer = self.applier.delete(ref)
-        self.dry_runs.forget(ref)
+        answer = writer.applier.delete(ref)
+        writer.dry_runs.forget(ref)
         if answer is None:
             return
         uid = ((live or {}).get("metadata") or {}).get("uid") or (answer.get("metadata") or {}).get("uid") \
@@ -193,18 +224,19 @@ class KubernetesTarget:
         if informer is not None:
             informer.expect_gone(ref.namespace, ref.name, uid)
         if wait:
-            self.applier.wait_gone(ref, uid, wait)
+            writer.applier.wait_gone(ref, uid, wait)
 
-    def load_ledger(self, env: EnvironmentSpec) -> LedgerSnapshot | None:
-        return self._ledger(env).load()
+    def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
+        return self._ledger(spec).load()
 
-    def save_ledger(self, env: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
-        self._ledger(env).save(snapshot)
+    def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
+        self._ledger(spec).save(snapshot)
 
-    def _ledger(self, env: EnvironmentSpec) -> ConfigMapLedger:
+    def _ledger(self, spec: EnvironmentSpec) -> ConfigMapLedger:
         """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
-        ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET."""
-        environment, namespace = env.name, env.target.namespace
+        ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET;
+        written as the environment's writer."""
+        environment, namespace = spec.name, spec.target.namespace
         ref = ObjectRef("", "ConfigMap", namespace, ledger_name(environment))
 
         def read() -> Manifest | None:
@@ -214,7 +246,8 @@ class KubernetesTarget:
                 return self.applier.get(ref)
         with self._lock:
             if (environment, namespace) not in self._ledgers:
-                self._ledgers[(environment, namespace)] = ConfigMapLedger(self.kube, namespace, environment, read)
+                kube = self.writer(_options(spec)).kube
+                self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment, read)
             return self._ledgers[(environment, namespace)]
 
     def close(self, workloads: bool) -> None:
@@ -225,3 +258,9 @@ class KubernetesTarget:
             informer.stop()
         if self._owns_client:
             self.api_client.close()
+
+
+def _options(spec: EnvironmentSpec) -> KubernetesOptions:
+    options = spec.target.options
+    assert isinstance(options, KubernetesOptions)
+    return options
