@@ -185,6 +185,17 @@ class OperatorStack:
         self._wait("ray-operator /readyz", lambda: http_ok(f"http://127.0.0.1:{probe_port}/readyz"))
 
 
+def start_operator_stack(assets: Path, binaries: Path, attempts: int = 3) -> OperatorStack:
+    """Start an OperatorStack; a free port can be taken by another process before one of its
+    servers binds it, so a failed start is retried with new ports (bounded)."""
+    for _ in range(attempts - 1):
+        try:
+            return OperatorStack.start(assets, binaries)
+        except ControlPlaneError:
+            continue
+    return OperatorStack.start(assets, binaries)
+
+
 def _fake_node(name: str) -> client.V1Node:
     """A Node kwok manages (by annotation), with CPU, memory and Pod capacity and no taints."""
     return client.V1Node(

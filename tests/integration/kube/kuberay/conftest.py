@@ -44,7 +44,7 @@ def kuberay(pytestconfig: pytest.Config) -> Iterator[kuberay_stack.OperatorStack
     binaries = pytestconfig.stash.get(_BINARIES, None) or kuberay_stack.ensure_binaries()
     if isinstance(binaries, kube_controlplane.ControlPlaneError):
         raise binaries
-    stack = kuberay_stack.OperatorStack.start(kube_controlplane.ensure_assets(), binaries)
+    stack = kuberay_stack.start_operator_stack(kube_controlplane.ensure_assets(), binaries)
     reporter = pytestconfig.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.ensure_newline()
