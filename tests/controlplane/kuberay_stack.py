@@ -171,7 +171,8 @@ class OperatorStack:
                 f"--server-address=127.0.0.1:{free_port()}",
                 *(f"--config={path}" for path in kwok_stage_files()),
             ])
-            self._wait(f"{len(self.nodes)} fake nodes Ready and untainted", lambda: _nodes_schedulable(core, self.nodes))
+            self._wait(f"{len(self.nodes)} fake nodes Ready and untainted",
+                       lambda: _nodes_schedulable(core, self.nodes))
 
     def _start_operator(self, binaries: Path) -> None:
         probe_port = free_port()

@@ -104,7 +104,8 @@ def test_operator_writes_only_status_on_a_raycluster_and_labels_its_pods_and_ser
                                             "ray.io/is-ray-node": "yes", "ray.io/node-type": "worker",
                                             "ray.io/worker-group-replica-index": "0"}
     annotations = head["metadata"]["annotations"]
-    assert annotations.keys() == {"ray.io/ft-enabled", "ray.io/kuberay-version", "ray.io/upgrade-strategy-recreate-hash"}
+    assert annotations.keys() == {
+        "ray.io/ft-enabled", "ray.io/kuberay-version", "ray.io/upgrade-strategy-recreate-hash"}
     assert (annotations["ray.io/ft-enabled"], annotations["ray.io/kuberay-version"]) == ("false", KUBERAY_VERSION)
     assert "annotations" not in worker["metadata"], "worker Pods carry no annotations"
     for pod in (head, worker):
