@@ -70,9 +70,8 @@ def ensure_assets() -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-def kuberay_crd_files() -> list[Path]:
-    """The KubeRay CRD YAML files from the pinned ray-operator module (downloaded if missing)."""
-    module = f"github.com/ray-project/kuberay/ray-operator@v{read_versions()['KUBERAY_VERSION']}"
+def module_dir(module: str) -> Path:
+    """The module cache directory of ``module@version`` (downloaded if missing)."""
     proc = subprocess.run(
         ["go", "mod", "download", "-json", module],
         capture_output=True, text=True, check=False, cwd=tempfile.gettempdir(),
@@ -81,9 +80,17 @@ def kuberay_crd_files() -> list[Path]:
     info = json.loads(proc.stdout or "{}")
     if proc.returncode != 0 or "Dir" not in info:
         raise ControlPlaneError(f"go mod download {module} failed: {info.get('Error', proc.stderr)}")
-    files = sorted((Path(info["Dir"]) / "config" / "crd" / "bases").glob("ray.io_*.yaml"))
+    return Path(info["Dir"])
+
+
+def kuberay_crd_files() -> list[Path]:
+    """The KubeRay CRD YAML files from the pinned ray-operator module (downloaded if missing)."""
+    crd_dir = module_dir(
+        f"github.com/ray-project/kuberay/ray-operator@v{read_versions()['KUBERAY_VERSION']}"
+    ) / "config" / "crd" / "bases"
+    files = sorted(crd_dir.glob("ray.io_*.yaml"))
     if not files:
-        raise ControlPlaneError(f"no ray.io_*.yaml CRDs in {info['Dir']}/config/crd/bases")
+        raise ControlPlaneError(f"no ray.io_*.yaml CRDs in {crd_dir}")
     return files
 
 
@@ -91,7 +98,8 @@ def _tail(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (another process may still take it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -109,7 +117,9 @@ def _die_with_parent() -> None:
 
 
 @dataclass
-class _Process:
+class Process:
+    """A child process started by ``spawn``, with its log file."""
+
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
@@ -129,6 +139,33 @@ class _Process:
         return f"--- last lines of {self.name} log {self.log} ---\n{_tail(text)}"
 
 
+def spawn(name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> Process:
+    """Start ``argv`` in its own session, output to ``log_dir/<name>.log``, killed with this process."""
+    log = log_dir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, no locks or imports
+        )
+    return Process(name, popen, log)
+
+
+def wait_for(
+    what: str, ready: Callable[[], bool], processes: list[Process], timeout: float = START_TIMEOUT_S
+) -> None:
+    """Poll ``ready`` until it is true; fail early if one of ``processes`` exits, with their log tails."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        exited = [p for p in processes if p.popen.poll() is not None]
+        if exited or time.monotonic() > deadline:
+            reason = f"{exited[0].name} exited with {exited[0].popen.returncode}" if exited else (
+                f"timed out after {timeout:.0f}s")
+            logs = "\n".join(p.log_tail() for p in processes)
+            raise ControlPlaneError(f"waiting for {what}: {reason}\n{logs}")
+        time.sleep(0.2)
+
+
 @dataclass
 class ControlPlane:
     """A running etcd + kube-apiserver pair: ``start()``, then ``cleanup()`` (or just ``stop()``)."""
@@ -139,13 +176,13 @@ class ControlPlane:
     ca_file: Path
     kubeconfig: Path
     context: str = CONTEXT_NAME
-    _processes: list[_Process] = field(default_factory=list, repr=False)
+    _processes: list[Process] = field(default_factory=list, repr=False)
 
     @classmethod
     def start(cls, assets: Path) -> ControlPlane:
         """Start etcd and kube-apiserver, wait for /readyz, write a kubeconfig, install CRDs."""
         workdir = Path(tempfile.mkdtemp(prefix="ray-gitops-envtest-"))
-        port = _free_port()
+        port = free_port()
         plane = cls(
             workdir=workdir,
             base_url=f"https://127.0.0.1:{port}",
@@ -199,21 +236,14 @@ class ControlPlane:
             for name in names:
                 self._wait(f"CRD {name} Established", functools.partial(_established, api, name))
 
-    def _spawn(self, name: str, argv: list[str]) -> _Process:
-        log = self.workdir / f"{name}.log"
-        with log.open("wb") as out:
-            popen = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - only a prctl call, no locks or imports
-            )
-        process = _Process(name, popen, log)
+    def _spawn(self, name: str, argv: list[str]) -> Process:
+        process = spawn(name, argv, self.workdir)
         self._processes.append(process)
         return process
 
     def _start_etcd(self, assets: Path) -> str:
-        client_url = f"http://127.0.0.1:{_free_port()}"
-        peer_url = f"http://127.0.0.1:{_free_port()}"
+        client_url = f"http://127.0.0.1:{free_port()}"
+        peer_url = f"http://127.0.0.1:{free_port()}"
         self._spawn("etcd", [
             str(assets / "etcd"),
             "--name=envtest",
@@ -225,7 +255,7 @@ class ControlPlane:
             f"--initial-cluster=envtest={peer_url}",
             "--unsafe-no-fsync=true",
         ])
-        self._wait("etcd /health", lambda: _http_ok(f"{client_url}/health"))
+        self._wait("etcd /health", lambda: http_ok(f"{client_url}/health"))
         return client_url
 
     def _start_apiserver(self, assets: Path, port: int, etcd_url: str) -> None:
@@ -258,18 +288,10 @@ class ControlPlane:
         if not self.ca_file.exists():
             return False
         context = ssl.create_default_context(cafile=str(self.ca_file))
-        return _http_ok(f"{self.base_url}/readyz", context, {"Authorization": f"Bearer {self.token}"})
+        return http_ok(f"{self.base_url}/readyz", context, {"Authorization": f"Bearer {self.token}"})
 
     def _wait(self, what: str, ready: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not ready():
-            exited = [p for p in self._processes if p.popen.poll() is not None]
-            if exited or time.monotonic() > deadline:
-                reason = f"{exited[0].name} exited with {exited[0].popen.returncode}" if exited else (
-                    f"timed out after {START_TIMEOUT_S:.0f}s")
-                logs = "\n".join(p.log_tail() for p in self._processes)
-                raise ControlPlaneError(f"waiting for {what}: {reason}\n{logs}")
-            time.sleep(0.2)
+        wait_for(what, ready, self._processes)
 
     def _write_kubeconfig(self) -> None:
         kubeconfig = {
@@ -285,6 +307,17 @@ class ControlPlane:
         self.kubeconfig.write_text(yaml.safe_dump(kubeconfig))
 
 
+def start_control_plane(assets: Path, attempts: int = 3) -> ControlPlane:
+    """Start a control plane; a free port can be taken by another process before etcd or the
+    API server binds it, so a failed start is retried on new ports (bounded)."""
+    for _ in range(attempts - 1):
+        try:
+            return ControlPlane.start(assets)
+        except ControlPlaneError:
+            continue
+    return ControlPlane.start(assets)
+
+
 def _established(api: client.CustomObjectsApi, name: str) -> bool:
     crd = _json(api.get_cluster_custom_object(*_CRD_RESOURCE, name, _preload_content=False))
     conditions = (crd.get("status") or {}).get("conditions") or []
@@ -297,7 +330,8 @@ def _json(response: HTTPResponse) -> dict[str, Any]:
     return body
 
 
-def _http_ok(url: str, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None) -> bool:
+def http_ok(url: str, context: ssl.SSLContext | None = None, headers: dict[str, str] | None = None) -> bool:
+    """True if GET ``url`` answers 200 within 2 s."""
     try:
         with urllib.request.urlopen(
             urllib.request.Request(url, headers=headers or {}), timeout=2, context=context

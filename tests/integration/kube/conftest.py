@@ -37,24 +37,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.stash[_ASSETS] = exc
 
 
-def _start(assets: Path, attempts: int = 3) -> kube_controlplane.ControlPlane:
-    """Start the control plane; a free port can be taken by another process before etcd or the
-    API server binds it, so a failed start is retried on new ports (bounded)."""
-    for _ in range(attempts - 1):
-        try:
-            return kube_controlplane.ControlPlane.start(assets)
-        except kube_controlplane.ControlPlaneError:
-            continue
-    return kube_controlplane.ControlPlane.start(assets)
-
-
 @pytest.fixture(scope="session")
 def kube_control_plane(pytestconfig: pytest.Config) -> Iterator[kube_controlplane.ControlPlane]:
     """A running etcd + kube-apiserver on 127.0.0.1 with the KubeRay CRDs Established."""
     assets = pytestconfig.stash.get(_ASSETS, None) or kube_controlplane.ensure_assets()
     if isinstance(assets, kube_controlplane.ControlPlaneError):
         raise assets
-    plane = _start(assets)
+    plane = kube_controlplane.start_control_plane(assets)
     try:
         yield plane
     finally:
