@@ -244,9 +244,9 @@ class KubernetesTarget:
                 return self._informer("ConfigMap", namespace).get(namespace, ref.name)
             except PermanentError:
                 return self.applier.get(ref)
+        kube = self.writer(_options(spec)).kube
         with self._lock:
             if (environment, namespace) not in self._ledgers:
-                kube = self.writer(_options(spec)).kube
                 self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment, read)
             return self._ledgers[(environment, namespace)]
 

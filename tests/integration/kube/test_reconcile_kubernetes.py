@@ -232,3 +232,37 @@ def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledg
     args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh")]
     assert main(args) == 1
     assert "delete RayCluster/" in capsys.readouterr().out
+
+
+def test_an_environment_writes_with_its_service_account_rights_only(harness: Harness) -> None:
+    """`serviceAccountName`: every write impersonates it. Its Role allows RayClusters and the ledger
+    ConfigMap's POST/PUT, not a server-side apply (PATCH) of ConfigMaps: the ConfigMap from Git is refused
+    by the server and reported on that object; the RayCluster is applied; nothing else changes."""
+    ns = harness.namespace
+    rbac = client.RbacAuthorizationV1Api(harness.core.api_client)
+    harness.core.create_namespaced_service_account(ns, {"metadata": {"name": "tenant"}})
+    rules = [{"apiGroups": ["ray.io"], "resources": ["rayclusters"],
+              "verbs": ["get", "list", "watch", "create", "patch", "delete"]},
+             {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "create", "update"]},
+             {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]}]
+    rbac.create_namespaced_role(ns, {"metadata": {"name": "tenant"}, "rules": rules})
+    rbac.create_namespaced_role_binding(ns, {
+        "metadata": {"name": "tenant"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                                     "name": "tenant"},
+        "subjects": [{"kind": "ServiceAccount", "name": "tenant", "namespace": ns}]})
+    env_file = f"environments/{ENV}/environment.yaml"
+    text = (harness.remote.work_path / env_file).read_text()
+    harness.remote.write(env_file, text.replace("namespace: ", "serviceAccountName: tenant, namespace: "))
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.write(f"environments/{ENV}/settings.yaml",
+                         "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n")
+    harness.remote.commit("a cluster and a ConfigMap the tenant may not apply")
+
+    result = harness.reconcile()
+
+    assert result.sync_status == "Failed"
+    assert f"ConfigMap/{ns}/settings create failed" in result.message and "403" in result.message
+    assert f'User "system:serviceaccount:{ns}:tenant" cannot patch resource "configmaps"' in result.message
+    assert set(harness.objects("rayclusters")) == {"a"}
+    configmaps = {c.metadata.name for c in harness.core.list_namespaced_config_map(ns).items}
+    assert "settings" not in configmaps and f"ray-gitops-ledger-{ENV}" in configmaps
