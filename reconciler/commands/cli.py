@@ -155,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command. Errors: one line on stderr and exit code 2 (`RAY_GITOPS_TRACEBACK=1` adds the
     traceback of an unexpected one)."""
     _logging("text", "warning")
+    os.umask(0o077)  # whatever ray-gitops writes (state, ledger, Git cache, local clusters) is its alone
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import copy
 import difflib
+import hashlib
+import re
 from typing import Any, Callable, Iterable
 
 import yaml
@@ -85,9 +87,31 @@ def strip(manifest: Manifest, pointers: Iterable[str]) -> Manifest:
     return out
 
 
+_DIGEST = re.compile(r"sha256:[0-9a-f]{12}")
+
+
+def digest(value: Any) -> str:
+    """How a Secret value is shown and stored: `sha256:` and the first 12 hex digits of its SHA-256, so a
+    change is visible and the value is not. Idempotent: a digest stays itself."""
+    text = str(value)
+    return text if _DIGEST.fullmatch(text) else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def hide_secret_values(manifest: Manifest) -> Manifest:
+    """A Secret with every `data` and `stringData` value replaced by its digest (other kinds: as they are)."""
+    if manifest.get("kind") != "Secret":
+        return manifest
+    out = dict(manifest)
+    for key in ("data", "stringData"):
+        if isinstance(manifest.get(key), dict):
+            out[key] = {k: digest(v) for k, v in manifest[key].items()}
+    return out
+
+
 def normalize(manifest: Manifest, ignore: Iterable[str] = ()) -> Manifest:
-    """What Git owns of an object: no status, no server metadata, no ignored fields."""
-    out = strip(manifest, ["/status", *(f"/metadata/{k}" for k in NOISY_METADATA), *ignore])
+    """What Git owns of an object: no status, no server metadata, no ignored fields, no Secret values
+    (their digests: every plan, diff and drift report sees only those)."""
+    out = strip(hide_secret_values(manifest), ["/status", *(f"/metadata/{k}" for k in NOISY_METADATA), *ignore])
     meta = out.get("metadata", {})
     annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k not in IGNORED_ANNOTATIONS}
     if annotations:

@@ -139,6 +139,7 @@ class Ledger:
 
     def __init__(self, state_dir: Path) -> None:
         state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.chmod(0o700)  # the state dir is the daemon's alone (files in it are created 0600)
         self.path = state_dir / "ledger.sqlite3"
         self._local = threading.local()
         with self._tx() as db:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Callable, Iterator, Mapping, Protocol
+from urllib.parse import unquote
 
 import git
 
@@ -180,12 +181,31 @@ class FetchFailure:
         return f"fetch failing since {when}: {self.reason}"
 
 
-def redact(url: str) -> str:
-    """Hide user:password or tokens embedded in a repository URL."""
-    return re.sub(r"(?<=://)[^/@]+@", "***@", url)
+def split_credentials(url: str) -> tuple[str, str, str]:
+    """(url without credentials, user, password) of `scheme://user:password@host/path`. Everything up to
+    the last `@` after `://` is taken as credentials, so a raw `@`, `/` or `:` in a password never leaks
+    (a path holding `@` is over-redacted, never under-). Percent-encoded credentials are decoded."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url, "", ""
+    userinfo, _, host = rest.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{host}", unquote(user), unquote(password)
+
+
+def redact(text: str) -> str:
+    """`text` (a URL, or a message holding URLs) with the credentials of every URL in it replaced by ***."""
+    return re.sub(r"(\w+://)(\S*)@", r"\1***@", text)
 
 
 GitObserver = Callable[[str, str, float], None]  # (request_type, result, seconds)
+# git asks "Username for ...:" then "Password for ...:"; the answers come from the environment.
+ASKPASS = """#!/bin/sh
+case "$1" in
+  Username*) printf '%s\\n' "$RAY_GITOPS_GIT_USERNAME" ;;
+  *) printf '%s\\n' "$RAY_GITOPS_GIT_PASSWORD" ;;
+esac
+"""
 
 
 def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
@@ -231,7 +251,9 @@ class GitSource:
     """A repository mirrored under `cache_dir`, fetched on demand; thread-safe (one lock around the Repo)."""
 
     def __init__(self, url: str, branch: str, cache_dir: Path, observer: GitObserver | None = None) -> None:
-        self.url = str(Path(url).resolve()) if Path(url).exists() else url
+        url = str(Path(url).resolve()) if Path(url).exists() else url
+        self.url, user, password = split_credentials(url)  # only the clean URL reaches <state>/git/config
+        self._credentials = {"RAY_GITOPS_GIT_USERNAME": user, "RAY_GITOPS_GIT_PASSWORD": password} if user else {}
         self.branch = branch
         self.cache_dir = cache_dir
         self._observe = observer or (lambda *_: None)
@@ -259,7 +281,8 @@ class GitSource:
             try:
                 repo = self._open()
                 refspec = f"+refs/heads/{self.branch}:refs/remotes/origin/{self.branch}"
-                repo.remotes.origin.fetch(refspec, depth=None)
+                with repo.git.custom_environment(**self._fetch_environment()):
+                    repo.remotes.origin.fetch(refspec, depth=None)
                 sha = repo.git.rev_parse("--verify", f"refs/remotes/origin/{self.branch}^{{commit}}").strip()
                 if self._current is None or self._current.sha != sha:
                     self._current = self._revision(repo, sha)
@@ -276,6 +299,17 @@ class GitSource:
                          time.strftime("%H:%M:%S", time.localtime(self.failure.since)))
                 self.failure = None
             return self._current
+
+    def _fetch_environment(self) -> dict[str, str]:
+        """Never prompt; credentials from the URL go to git through an askpass helper and this process's
+        child environment, never to a file."""
+        if not self._credentials:
+            return {"GIT_TERMINAL_PROMPT": "0"}
+        helper = self.cache_dir.parent / "git-askpass"
+        if not helper.exists():
+            helper.write_text(ASKPASS)
+            helper.chmod(0o700)
+        return {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": str(helper), **self._credentials}
 
     def _revision(self, repo: git.Repo, sha: str) -> Revision:
         fields = repo.git.log("-1", "--format=%ct%x00%an%x00%s", sha).split("\0")

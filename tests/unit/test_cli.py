@@ -86,8 +86,13 @@ def test_target_options_are_checked(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_run_never_prints_credentials_from_the_repository_url(tmp_path: Path) -> None:
     import subprocess
     import sys
-    url = "https://user:s3cret-token@127.0.0.1:9/none.git"
+    url = "https://user:s3cret@tok/en@127.0.0.1:9/none.git"  # a raw '@' and '/' in the password
     proc = subprocess.run([sys.executable, "-m", "reconciler", "run", "--repo", url, "--once", "--state-dir",
                            str(tmp_path), "--environment", "x"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "s3cret-token" not in proc.stdout + proc.stderr and "***@127.0.0.1" in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr and "tok/en" not in proc.stdout + proc.stderr
+    assert "git fetch of https://127.0.0.1:9/none.git branch main failed" in proc.stderr
+    stored = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
+    assert "s3cret" not in stored and "https://127.0.0.1:9/none.git" in (tmp_path / "git" / "config").read_text()
+    assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*") if p.is_file()} <= {"0o600", "0o700"}
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o700"

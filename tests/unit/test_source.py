@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.errors import TemporaryError
 from reconciler.metrics import Metrics
-from reconciler.pipeline.source import GitSource, redact
+from reconciler.pipeline.source import GitSource, redact, split_credentials
 from tests.conftest import GitRemote
 
 
@@ -47,7 +48,31 @@ def test_first_fetch_failure_is_a_temporary_error_without_credentials(tmp_path: 
     source = GitSource("https://user:s3cret@127.0.0.1:9/none.git", "main", tmp_path / "cache")
     with pytest.raises(TemporaryError) as err:
         source.fetch()
-    assert "s3cret" not in str(err.value) and "***@127.0.0.1" in str(err.value)
+    assert "s3cret" not in str(err.value) and "git fetch https://127.0.0.1:9/none.git branch main" in str(err.value)
+    assert "s3cret" not in (tmp_path / "cache" / "config").read_text()
+
+
+@pytest.mark.parametrize("url, clean, user, password", [
+    ("https://tok@github.example/x.git", "https://github.example/x.git", "tok", ""),
+    ("https://u:p@ss/w:rd@host:8443/org/x.git", "https://host:8443/org/x.git", "u", "p@ss/w:rd"),
+    ("https://u:p%40ss@host/x.git", "https://host/x.git", "u", "p@ss"),
+    ("git@github.com:org/x.git", "git@github.com:org/x.git", "", ""),
+    ("/srv/git/repo.git", "/srv/git/repo.git", "", ""),
+])
+def test_credentials_are_split_off_whatever_characters_they_hold(url: str, clean: str, user: str,
+                                                                  password: str) -> None:
+    assert split_credentials(url) == (clean, user, password)
+    assert (password or "@@") not in redact(f"fatal: unable to access '{url}/': denied")
+
+
+def test_the_askpass_helper_answers_from_the_environment(tmp_path: Path) -> None:
+    source = GitSource("https://u:p@ss w0rd!@127.0.0.1:9/x.git", "main", tmp_path / "git")
+    env = source._fetch_environment()
+    ask = [env["GIT_ASKPASS"]]
+    answers = [subprocess.run(ask + [prompt], env=env, capture_output=True, text=True, check=True).stdout
+               for prompt in ("Username for 'https://127.0.0.1:9': ", "Password for 'https://u@127.0.0.1:9': ")]
+    assert answers == ["u\n", "p@ss w0rd!\n"] and env["GIT_TERMINAL_PROMPT"] == "0"
+    assert "p@ss" not in Path(env["GIT_ASKPASS"]).read_text()
 
 
 def test_materialize_exports_a_directory_of_the_revision(remote: GitRemote, tmp_path: Path) -> None:

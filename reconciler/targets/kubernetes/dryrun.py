@@ -14,9 +14,9 @@ import threading
 from ...errors import TemporaryError
 from ...model import DesiredObject, Manifest, ObjectRef
 from .apply import is_rejection
+from ...pipeline.diff import hide_secret_values
 from .body import apply_body, without_precondition
 from ...kubeapi import ApiError, Kube, resource
-from .observe import redact
 
 
 def body_hash(body: Manifest) -> str:
@@ -47,7 +47,7 @@ class DryRuns:
             if exc.status in (0, 429) or (exc.status >= 500 and not is_rejection(exc)):
                 raise TemporaryError(f"{ref}: dry-run apply failed: {exc}") from exc
             stored = body
-        stored = redact(stored)
+        stored = hide_secret_values(stored)
         with self._lock:
             self._cache[ref] = (key, stored)
         return stored
@@ -57,7 +57,7 @@ class DryRuns:
         cycle needs none."""
         key, _ = self._key(environment, desired, stored)
         with self._lock:
-            self._cache[desired.ref] = (key, redact(stored))
+            self._cache[desired.ref] = (key, hide_secret_values(stored))
 
     def forget(self, ref: ObjectRef) -> None:
         with self._lock:

@@ -6,13 +6,11 @@ Ready workers per group come from the Pods KubeRay labels `ray.io/cluster` and `
 """
 from __future__ import annotations
 
-import base64
 import copy
-import hashlib
 from collections import Counter
 from typing import Any, Iterable
 
-from ...pipeline.diff import CLUSTER_SPEC_PATHS, worker_groups
+from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
 from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
@@ -56,19 +54,6 @@ def ray_cluster_name(manifest: Manifest) -> str | None:
     return None
 
 
-def redact(manifest: Manifest) -> Manifest:
-    """A Secret with each value replaced by a digest (of its base64 form, `stringData` folded into `data` as
-    the server does), so plans and diffs show that a value changed, never the value. Live and expected are
-    redacted alike; the apply body is not. Other kinds are returned as is."""
-    if manifest.get("kind") != "Secret" or not (manifest.get("data") or manifest.get("stringData")):
-        return manifest
-    data = {**(manifest.get("data") or {}),
-            **{k: base64.b64encode(str(v).encode()).decode() for k, v in (manifest.get("stringData") or {}).items()}}
-    out = {k: v for k, v in manifest.items() if k != "stringData"}
-    out["data"] = {k: "sha256:" + hashlib.sha256(str(v).encode()).hexdigest()[:16] for k, v in data.items()}
-    return out
-
-
 def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str, str]] | None) -> LiveObject:
     """A LiveObject from a cached manifest (copied: callers may change theirs)."""
     workers: dict[str, int] = {}
@@ -76,5 +61,5 @@ def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, st
     if cluster and ready is not None:
         for name in worker_groups(manifest):
             workers[name] = ready[(ref.namespace, cluster, name)]
-    manifest = copy.deepcopy(redact(manifest))
+    manifest = copy.deepcopy(hide_secret_values(manifest))  # no Secret value leaves the cache
     return LiveObject(ref, manifest, manifest.get("status") or {}, workers)

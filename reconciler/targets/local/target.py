@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 from ...model import Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ...pipeline.diff import hide_secret_values
 from ...pipeline.target import ApplyContext, Observation
 from . import apply, observe
 from .clusters import Clusters
@@ -53,8 +54,8 @@ class LocalTarget:
         return Observation(live)
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
-        """Stored as applied: the desired manifests themselves."""
-        return {d.ref: d.manifest for d in rendered.objects if d.ref in live}
+        """Stored as applied: the desired manifests themselves (a Secret's values as digests only)."""
+        return {d.ref: hide_secret_values(d.manifest) for d in rendered.objects if d.ref in live}
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         environment, ref = context.environment, item.ref
@@ -67,7 +68,7 @@ class LocalTarget:
             return apply.raycluster(self.clusters, self.store, environment, item, manifest)
         if ref.kind == "RayJob":
             return apply.rayjob(self.clusters, self.store, item, manifest, context)
-        self.store.save(environment, ref, {"manifest": manifest})
+        self.store.save(environment, ref, {"manifest": hide_secret_values(manifest)})  # never a value on disk
         return Outcome.CREATED if item.action == Action.CREATE else Outcome.CONFIGURED
 
     def close(self, workloads: bool) -> None:
