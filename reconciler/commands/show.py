@@ -68,7 +68,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     if (path / "environment.yaml").exists():
         root, names = path.parent.parent, [path.name]
     else:
-        root = path
+        root = path.parent if path.name == ROOT and not (path / ROOT).is_dir() else path  # `validate environments/`
         names = list_environments(DirectoryTree(root))
     if not names:
         print(f"{path}: no environments found (expected {ROOT}/<env>/environment.yaml)", file=sys.stderr)

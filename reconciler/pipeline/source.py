@@ -119,6 +119,10 @@ class DirectoryTree:
         for top, dirs, names in os.walk(base):
             rel = Path(top).relative_to(self.root).as_posix()
             prefix = "" if rel == "." else rel + "/"
+            if rel != "." and ".git" in (*dirs, *names):  # a checked-out submodule (or a nested repository)
+                yield rel, "submodules are not supported"
+                dirs[:] = []
+                continue
             for name in sorted(dirs):
                 if os.path.islink(os.path.join(top, name)):
                     yield f"{prefix}{name}", "symbolic links are not followed"

@@ -14,6 +14,7 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import Metrics
 from ..model import parse_duration
+from ..pipeline.validate import dns_label
 from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -86,7 +87,11 @@ def _value(name: str, value: Any) -> Any:
     if name == "state_dir":
         return Path(value).expanduser()
     if name == "environments":
-        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        for environment in names:
+            if not dns_label(environment):
+                raise ValueError(f"{environment!r} is not an environment name (a DNS-1123 label: a-z, 0-9, '-')")
+        return names
     if name in ("webhook_max_body", "concurrency", "kube_api_burst"):
         number = int(value)
         if number < 1:

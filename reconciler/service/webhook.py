@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
+import time
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
@@ -78,8 +80,17 @@ class Receiver:
     """POST /hooks/git: check the size and the signature, count the result, and on a valid push call
     `trigger` (which only wakes the daemon's loop: nothing is reconciled in the HTTP thread)."""
 
-    def __init__(self, secret: str, max_body: int, metrics: Metrics, trigger: Callable[[], None]) -> None:
+    def __init__(self, secret: str, max_body: int, metrics: Metrics, trigger: Callable[[], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.secret, self.max_body, self.metrics, self.trigger = secret, max_body, metrics, trigger
+        self._clock, self._warned = clock, -math.inf  # refused requests: logged at most once a minute
+
+    def _refused(self, message: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._warned >= 60:
+            self._warned = now
+            log.warning(message + " (more are counted in ray_gitops_webhook_requests_total, logged once a "
+                        "minute)", *args)
 
     def handle(self, headers: Message, body: BinaryIO) -> tuple[int, bytes]:
         """One request: (status, response body). Reads at most `max_body` bytes."""
@@ -93,12 +104,12 @@ class Receiver:
             return 411, b"Content-Length required\n"
         if length > self.max_body:
             self.metrics.webhook_requests.labels(sender, "too_large").inc()
-            log.warning("webhook: %s request of %d bytes refused (limit %d)", sender, length, self.max_body)
+            self._refused("webhook: %s request of %d bytes refused (limit %d)", sender, length, self.max_body)
             return 413, b"body too large\n"
         verdict = verify(self.secret, dict(headers.items()), body.read(length))
         if not verdict.valid:
             self.metrics.webhook_requests.labels(verdict.provider, "unauthorized").inc()
-            log.warning("webhook: %s request with a missing or wrong signature/token refused", verdict.provider)
+            self._refused("webhook: %s request with a missing or wrong signature/token refused", verdict.provider)
             return 401, b"signature or token missing or wrong\n"
         if verdict.ping:
             self.metrics.webhook_requests.labels(verdict.provider, "ping").inc()

@@ -113,3 +113,39 @@ def test_without_a_secret_the_endpoint_does_not_exist(remote: GitRemote, start: 
 
     assert daemon.request("POST", github(body, secret=""), body) == 404
     assert daemon.request("POST", {"X-Gitlab-Token": ""}, body) == 404
+
+
+def test_idle_connections_are_bounded_timed_out_and_disconnects_leave_no_traceback(
+        remote: GitRemote, start: Callable[..., Daemon]) -> None:
+    import socket
+    from reconciler.service.http import MAX_CONNECTIONS, TIMEOUT
+    remote.write(f"environments/{ENV}/environment.yaml", ENVIRONMENT)
+    first = remote.commit("an environment with no objects")
+    daemon = start({})
+    daemon.wait_for("the first reconcile", lambda: info(daemon, first) == 1)
+    threads = lambda: int(dict(line.split(":", 1) for line in  # noqa: E731
+                               open(f"/proc/{daemon.proc.pid}/status").read().splitlines())["Threads"])
+    before = threads()
+
+    idle = [socket.create_connection(("127.0.0.1", daemon.port), timeout=30) for _ in range(150)]
+    try:
+        time.sleep(1)
+        held = threads()
+        assert held <= before + MAX_CONNECTIONS, (before, held)
+        started = time.monotonic()
+        for sock in idle[:MAX_CONNECTIONS]:  # the ones being served: closed by the server after TIMEOUT
+            assert sock.recv(1) == b""
+        assert time.monotonic() - started < TIMEOUT + 5
+    finally:
+        for sock in idle:
+            sock.close()
+    daemon.wait_for("/metrics answering again", lambda: daemon.metric("ray_gitops_environment_info", environment=ENV,
+                    target="local", revision=first[:12], sync_status="Synced", health_status="Healthy") == 1)
+    for _ in range(20):  # clients that leave before the answer
+        sock = socket.create_connection(("127.0.0.1", daemon.port))
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+    time.sleep(1)
+    assert daemon.proc.poll() is None and "Traceback" not in daemon.log.read_text()
+    print(f"threads: {before} before, {held} with 150 idle connections (bound {MAX_CONNECTIONS})")

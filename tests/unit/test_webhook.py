@@ -55,3 +55,26 @@ def test_secret_file_wins_and_loses_its_trailing_newline(tmp_path: Path) -> None
     assert read_secret("literal", "") == "literal"
     with pytest.raises(OSError):
         read_secret("", str(tmp_path / "missing"))
+
+
+def test_refused_requests_are_counted_each_and_logged_at_most_once_a_minute(
+        caplog: pytest.LogCaptureFixture) -> None:
+    import io
+    from email.message import Message
+
+    from prometheus_client import CollectorRegistry
+
+    from reconciler.metrics import Metrics
+    from reconciler.service.webhook import Receiver
+    now = [0.0]
+    metrics = Metrics(CollectorRegistry())
+    receiver = Receiver(SECRET, 1024, metrics, lambda: None, clock=lambda: now[0])
+    headers = Message()
+    headers["X-Hub-Signature-256"], headers["Content-Length"] = sign(secret="wrong"), str(len(BODY))
+    for step in (0, 10, 59, 61, 62):
+        now[0] = step
+        assert receiver.handle(headers, io.BytesIO(BODY))[0] == 401
+
+    assert [r.levelname for r in caplog.records] == ["WARNING", "WARNING"]
+    assert metrics.registry.get_sample_value("ray_gitops_webhook_requests_total",
+                                             {"provider": "generic", "result": "unauthorized"}) == 5
