@@ -1,0 +1,213 @@
+"""Hostile Git content against the CLI as users run it: one case per way a pusher could try to escape
+their environment, exhaust the daemon or crash it. Each case asserts the exit code, a message naming
+file, object and field, bounds on time and peak memory, and that nothing outside the environment
+was written. `pytest tests/hostile -s` prints the table (case, exit code, message, time, memory)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import GitRemote
+
+SECONDS, MIB = 20.0, 300.0  # per command
+LOCAL = "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\nmetadata: {name: team-a}\nspec: {target: {local: {}}}\n"
+KUBE = ("apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\nmetadata: {name: team-a}\n"
+        "spec: {target: {kubernetes: {namespace: team-a}}}\n")
+CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings%s}\ndata: {mode: fast}\n"
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, "
+    f"*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+    for i in range(8))
+BOMB = "{a: &a [x, x, x, x, x, x, x, x, x, x], b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a], " \
+       "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b], d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c], " \
+       "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]}"  # 10^5 values, used three times below
+CLUSTER = """apiVersion: ray.io/v1
+kind: RayCluster
+metadata: {name: demo}
+spec:
+  headGroupSpec: {rayStartParams: {}, template: {spec: {containers: [{name: head, image: ray}]}}}
+  workerGroupSpecs:
+  - groupName: cpu
+    maxReplicas: %s
+    template: {spec: {containers: [{name: worker, image: ray}]}}
+"""
+
+
+def nested(levels: int) -> str:
+    return "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: deep}\ndata:\n" + "".join(
+        "  " * (i + 1) + f"k{i}:\n" for i in range(levels)) + "  " * (levels + 1) + "end: 1\n"
+
+
+@dataclass(frozen=True)
+class Case:
+    files: dict[str, str]
+    message: str  # a regular expression: what the error must say (file, document, object, field, reason)
+    env: str = KUBE
+    commands: tuple[str, ...] = ("validate", "plan")  # exit 1 for validate, 2 for plan/diff
+    extra: list[str] = field(default_factory=list)
+
+
+CASES = {
+    "kube-object-in-another-namespace": Case(
+        {"s.yaml": "apiVersion: v1\nkind: Secret\nmetadata: {name: x, namespace: kube-system}\nstringData: {a: b}\n"},
+        r"environments/team-a/s\.yaml#0: Secret/x: metadata\.namespace: kube-system is outside this environment"),
+    "kube-namespace-as-a-url-path": Case(
+        {"c.yaml": CONFIGMAP % ", namespace: x/../../../api/v1/namespaces/kube-system"},
+        r"environments/team-a/c\.yaml#0: ConfigMap/settings: metadata\.namespace: must be a DNS-1123 label"),
+    "kube-target-namespace-traversal": Case(
+        {}, r"environment\.yaml: Environment/team-a: spec\.target\.kubernetes\.namespace: must be a DNS-1123 label",
+        env=KUBE.replace("namespace: team-a", "namespace: ../kube-system")),
+    "local-namespace-outside-the-state-dir": Case(
+        {"c.yaml": CONFIGMAP % ", namespace: ../../outside/victim"},
+        r"environments/team-a/c\.yaml#0: ConfigMap/settings: metadata\.namespace: must be a DNS-1123 label",
+        env=LOCAL, commands=("validate", "plan", "run")),
+    "billion-laughs": Case(
+        {"c.yaml": CONFIGMAP % "" + "---\n" + LAUGHS},
+        r"environments/team-a/c\.yaml#1: [a-i](\[\d\])+: expands to more than 200000 values"),
+    "alias-bomb-in-a-typed-field": Case(
+        {"c.yaml": CLUSTER.replace("metadata: {name: demo}", "metadata: {name: demo}\nx-anchors: " + BOMB) % "[*e, *e, *e]"},
+        r"environments/team-a/c\.yaml#0: spec\.workerGroupSpecs\[0\]\.maxReplicas(\[\d\])+: expands to more"),
+    "duplicate-key": Case(
+        {"c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  name: other\ndata: {a: b}\n"},
+        r"environments/team-a/c\.yaml#0: metadata\.name: duplicate key"),
+    "binary": Case({"c.yaml": CONFIGMAP.replace("{mode: fast}", "{mode: !!binary aGk=}") % ""},
+                   r"environments/team-a/c\.yaml#0: data\.mode: !!binary is not allowed"),
+    "set": Case({"c.yaml": CONFIGMAP.replace("{mode: fast}", "!!set {a, b}") % ""},
+                r"environments/team-a/c\.yaml#0: data: !!set is not allowed"),
+    "custom-tag": Case({"c.yaml": CONFIGMAP.replace("{mode: fast}", "{mode: !python/name:os.system x}") % ""},
+                       r"environments/team-a/c\.yaml#0: data\.mode: !python/name:os\.system is not allowed"),
+    "non-string-key": Case({"c.yaml": CONFIGMAP.replace("{mode: fast}", "{1: fast}") % ""},
+                           r"environments/team-a/c\.yaml#0: data: key '1' is not a string"),
+    "not-a-number": Case({"c.yaml": CLUSTER % ".inf"},
+                         r"environments/team-a/c\.yaml#0: spec\.workerGroupSpecs\[0\]\.maxReplicas: \.inf is not a "
+                         r"JSON number"),
+    "nesting-400": Case({"c.yaml": nested(400)},
+                        r"environments/team-a/c\.yaml#0: data(\.k\d+)+: nested deeper than 64 levels"),
+    "nesting-990": Case({"c.yaml": nested(990)},
+                        r"environments/team-a/c\.yaml#0: data(\.k\d+)+: nested deeper than 64 levels"),
+    "recursive-alias": Case({"c.yaml": CONFIGMAP.replace("{mode: fast}", "&a [*a]") % ""},
+                            r"environments/team-a/c\.yaml#0: data(\[0\])+: nested deeper than 64 levels"),
+    "file-over-2-mib": Case({"c.yaml": CONFIGMAP.replace("fast", "x" * (3 * 1024 * 1024)) % ""},
+                            r"environments/team-a/c\.yaml: file is 3145\d+ bytes, more than the limit of 2097152"),
+    "over-1000-objects": Case({"c.yaml": "---\n".join(CONFIGMAP % f"-{i}" for i in range(1001))},
+                              r"environments/team-a: 1001 objects: an environment holds at most 1000"),
+    "runtime-env-bomb": Case({"j.yaml": "apiVersion: ray.io/v1\nkind: RayJob\nmetadata: {name: j}\nspec:\n"
+                              "  entrypoint: python x.py\n  clusterSelector: {ray.io/cluster: demo}\n"
+                              "  runtimeEnvYAML: |\n" + "".join("    " + line + "\n" for line in LAUGHS.splitlines())},
+                             r"environments/team-a/j\.yaml#0: RayJob/j: spec\.runtimeEnvYAML\.[a-i](\[\d\])+: expands"),
+}
+
+
+def command(kind: str, repo: Path, state: Path) -> tuple[list[str], int]:
+    """The CLI invocation of a command kind and the exit code an invalid environment must give."""
+    if kind == "validate":
+        return ["validate", str(repo)], 1
+    if kind == "plan":
+        return ["plan", "--repo", str(repo), "--environment", "team-a", "--state-dir", str(state)], 2
+    return ["run", "--once", "--repo", str(repo), "--state-dir", str(state)], 1
+
+
+def measured(args: list[str], cwd: Path) -> tuple[int, str, float, float]:
+    """(exit code, stderr+stdout, seconds, peak RSS MiB) of `ray-gitops <args>` as a process (killed after
+    two minutes)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={k: v for k, v in os.environ.items()
+                                                           if not k.startswith("RAY_GITOPS_")})
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        out = proc.stdout.read() if proc.stdout else b""
+        _, status, usage = os.wait4(proc.pid, 0)  # before Popen reaps it: the child's own peak RSS
+    finally:
+        watchdog.cancel()
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace"), time.monotonic() - started, \
+        usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_content_is_refused_precisely_within_bounds(name: str, remote: GitRemote, tmp_path: Path) -> None:
+    case = CASES[name]
+    remote.write("environments/team-a/environment.yaml", case.env)
+    for path, text in case.files.items():
+        remote.write(f"environments/team-a/{path}", text)
+    remote.commit(name)
+    work = tmp_path / "cli"
+    work.mkdir()
+    state = work / "state"
+    for kind in case.commands:
+        args, expected = command(kind, remote.work_path, state)
+        code, out, seconds, rss = measured(args, work)
+        first = next((line for line in out.splitlines() if re.search(case.message, line)), "")
+        print(f"| {name} | {kind} | {code} | {first.strip()[:110]} | {seconds:.2f} s | {rss:.0f} MiB |")
+        assert code == expected, out[-3000:]
+        assert first, out[-3000:]
+        assert "Traceback" not in out
+        assert seconds < SECONDS and rss < MIB, (seconds, rss)
+    written = [p for p in work.rglob("*") if p.is_file() and not p.is_relative_to(state)]
+    assert written == [] and not list(tmp_path.rglob("*victim*"))
+    objects = state / "local" / "objects"
+    assert not objects.exists() or not any(objects.rglob("*.json"))
+
+
+def run(args: list[str], cwd: Path) -> tuple[int, str]:
+    code, out, seconds, rss = measured(args, cwd)
+    assert "Traceback" not in out and seconds < SECONDS and rss < MIB, (out[-2000:], seconds, rss)
+    return code, out
+
+
+def test_what_validate_accepts_plan_and_diff_handle(remote: GitRemote, tmp_path: Path) -> None:
+    """An unquoted date is a string, as Kubernetes reads it; a Secret's value never shows."""
+    remote.write("environments/team-a/environment.yaml", LOCAL)
+    remote.write("environments/team-a/c.yaml", CONFIGMAP.replace("fast", "2026-12-03") % "")
+    remote.write("environments/team-a/s.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: token}\n"
+                                               "stringData: {token: hunter2-do-not-print}\n")
+    remote.commit("a date and a secret")
+    args = ["--repo", str(remote.work_path), "--environment", "team-a", "--state-dir", str(tmp_path / "state")]
+
+    assert run(["validate", str(remote.work_path)], tmp_path)[0] == 0
+    code, out = run(["diff", *args], tmp_path)
+    assert code == 1 and "mode: '2026-12-03'" in out
+    assert "hunter2" not in out and "token: sha256:" in out
+
+
+def test_a_symlink_or_a_submodule_in_a_directory_is_an_error(tmp_path: Path) -> None:
+    env = tmp_path / "repo" / "environments" / "team-a"
+    env.mkdir(parents=True)
+    (env / "environment.yaml").write_text(LOCAL)
+    (tmp_path / "secret.yaml").write_text(CONFIGMAP % "")
+    (env / "link.yaml").symlink_to(tmp_path / "secret.yaml")
+    (env / "vendor").mkdir()
+    (env / "vendor" / ".git").write_text("gitdir: ../../.git/modules/vendor\n")
+    (env / "vendor" / "c.yaml").write_text(CONFIGMAP % "")
+
+    code, out = run(["validate", str(tmp_path / "repo" / "environments")], tmp_path)  # the directory itself
+
+    assert code == 1
+    assert "environments/team-a/link.yaml: symbolic links are not followed" in out
+    assert "environments/team-a/vendor: submodules are not supported" in out
+
+
+def test_names_and_settings_that_are_not_allowed_are_one_line_errors(remote: GitRemote, tmp_path: Path) -> None:
+    remote.write("environments/team-a/environment.yaml", "---\n" + KUBE.replace(
+        "namespace: team-a", f"namespace: team-a, kubeconfig: {tmp_path / 'kubeconfig'}, context: nope"))
+    remote.commit("a leading empty document, and a context that does not exist")
+    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    state = ["--state-dir", str(tmp_path / "state")]
+
+    assert run(["validate", str(remote.work_path)], tmp_path) == (0, "ok: environment team-a: 0 object(s), "
+                                                                      "target kubernetes\n")
+    code, out = run(["plan", "--repo", str(remote.work_path), "--environment", "team-a", *state], tmp_path)
+    assert code == 2 and out.startswith("ray-gitops plan: kubeconfig ") and "context nope" in out
+    assert len(out.strip().splitlines()) == 1
+    code, out = run(["run", "--once", "--repo", str(remote.work_path), "--environment", "a/b", *state], tmp_path)
+    assert code == 2 and out.strip() == ("ray-gitops run: setting environments: 'a/b' is not an environment name "
+                                         "(a DNS-1123 label: a-z, 0-9, '-')")
