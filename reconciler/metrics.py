@@ -58,6 +58,9 @@ class Metrics:
                                    ["environment", "job", "result"], namespace=ns, registry=registry)
         self.rayjob_duration = Histogram("rayjob_duration_seconds", "Duration of finished RayJob runs",
                                          ["environment", "job"], namespace=ns, registry=registry, buckets=_JOB)
+        self.promotion_waiting = Gauge("promotion_waiting", "1 while an environment waits for a dependency to be "
+                                       "Healthy at the revision it would apply", ["environment", "dependency"],
+                                       namespace=ns, registry=registry)
         self.kube_requests = Counter("kube_requests_total", "Kubernetes API requests by verb",
                                      ["verb"], namespace=ns, registry=registry)
         self.apply_conflicts = Counter("apply_conflicts_total", "Applies refused because another field manager "

@@ -119,6 +119,7 @@ class SyncStatus(enum.StrEnum):
     FAILED = "Failed"
     SUSPENDED = "Suspended"
     STALE = "Stale"  # Git cannot be fetched: the last good revision is applied
+    WAITING = "Waiting"  # a promotion gate: a dependency is not yet Healthy at the new revision
 
 
 class Health(enum.StrEnum):
@@ -187,6 +188,16 @@ class TargetSpec:
 
 
 @dataclass(frozen=True)
+class Patch:
+    """One entry of `spec.patches`: the object it changes (kind and name) and a merge patch (a mapping)
+    or an RFC 6902 JSON patch (a list of operations)."""
+
+    kind: str
+    name: str
+    patch: Any
+
+
+@dataclass(frozen=True)
 class EnvironmentSpec:
     """The parsed `environment.yaml` of one environment."""
 
@@ -198,6 +209,10 @@ class EnvironmentSpec:
     ignore: tuple[str, ...] = ()
     max_workers_per_group: int | None = None
     prune_max_fraction: float = 0.5
+    base: str = ""  # a directory of shared objects, from the repository root
+    patches: tuple[Patch, ...] = ()
+    substitute: tuple[tuple[str, Any], ...] = ()  # ${VAR} -> value, in order
+    depends_on: tuple[str, ...] = ()  # environments that must be Healthy at a revision before this applies it
 
 
 @dataclass(frozen=True)

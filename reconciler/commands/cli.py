@@ -1,4 +1,5 @@
-"""Command line: run, diff, plan, validate, status, history, rollback, suspend, resume (`ray-gitops --help`).
+"""Command line: run, diff, plan, render, validate, status, history, rollback, suspend, resume
+(`ray-gitops --help`).
 
 The outermost layer: parses flags and hands each command to its module (`run` here, the read-only
 ones in `show`, the interventions in `rollback`). Every error reaches the user as one line with
@@ -110,6 +111,12 @@ def parser() -> argparse.ArgumentParser:
         preview.add_argument("--environment", required=True)
         preview.add_argument("-o", "--output", choices=["text", "json"], default="text")
         preview.set_defaults(func=func)
+
+    built = sub.add_parser("render", help="print an environment's final objects as YAML, base, patches and "
+                           "variables applied (exit 0 ok, 1 invalid, 2 error)")
+    source_flags(built)
+    built.add_argument("--environment", required=True)
+    built.set_defaults(func=show.cmd_render)
 
     history = sub.add_parser("history", help="revisions applied to an environment, newest first (from the ledger)")
     history.add_argument("--environment", required=True)

@@ -1,5 +1,5 @@
 """Commands that look and change nothing: `diff`, `plan` (the pipeline stopped before apply),
-`validate` (the same loader as the daemon), `status` and `history` (the ledger)."""
+`render` and `validate` (the same loader as the daemon), `status` and `history` (the ledger)."""
 from __future__ import annotations
 
 import argparse
@@ -8,11 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
 from prometheus_client import CollectorRegistry
 
 from ..errors import InvalidEnvironment
 from ..metrics import Metrics
 from ..model import Action
+from ..pipeline.diff import hide_secret_values
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Preview
 from ..pipeline.render import ROOT, list_environments, render
@@ -31,6 +33,22 @@ def preview(args: argparse.Namespace) -> Preview:
         return Pipeline(source, Ledger(settings.state_dir), metrics, targets).preview(args.environment, source.fetch())
     finally:
         targets.close(workloads=False)  # the daemon's Ray processes are not the CLI's to stop
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """The environment's final objects at the branch head, as YAML (like `flux build` or `kustomize build`):
+    base, patches and variables applied, ownership labels added, Secret values as digests."""
+    settings = config.load(vars(args))
+    revision = GitSource(settings.repo, settings.branch, settings.state_dir / "git").fetch()
+    targets = Registry(settings.runtime(Metrics(CollectorRegistry())))  # parses options; builds no target
+    try:
+        rendered = render(revision.tree, args.environment, revision.sha, targets)
+    except InvalidEnvironment as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    docs = [hide_secret_values(d.manifest) for d in rendered.objects]
+    print(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False), end="")
+    return 0
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

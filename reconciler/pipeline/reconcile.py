@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidEnvironment, RayGitopsError, TemporaryError
 from ..metrics import Metrics
-from ..model import (JOB_STATUSES, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem,
-                     RenderedEnvironment, SyncStatus, desired_workers, job_submission_id, parse_time, spec_hash)
+from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
+                     Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
+                     parse_time, spec_hash)
 from . import health, planner
 from .diff import cluster_spec, worker_groups
 from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
+WAIT_RECHECK = 10.0  # seconds: a waiting environment looks again this soon (a dependency moving also wakes it)
 
 
 @dataclass
@@ -48,6 +50,8 @@ class Result:
     outcomes: list[tuple[PlanItem, Outcome]] = field(default_factory=list)
     retry_after: float | None = None
     interval: float = 60.0
+    revision: str = ""  # the revision the environment is on after this reconcile
+    depends_on: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,13 @@ class Pipeline:
         target = self.targets.get(rendered.spec)
         if rendered.spec.suspend:
             return self._suspended(name, revision, target.kind, "suspended in Git", rendered.spec.interval)
+        depends_on = rendered.spec.depends_on
+        waiting = self._gate(rendered, revision, loaded)
+        if waiting and loaded.last_applied is None:  # nothing applied yet: nothing to keep in sync meanwhile
+            return self._waiting(name, revision, target.kind, waiting, depends_on)
+        if waiting and loaded.last_applied:  # stay on the last applied revision (drift is still corrected)
+            revision = self.source.revision(loaded.last_applied)
+            rendered = render(revision.tree, name, revision.sha, self.targets)
         record = self._adopt(rendered, target, loaded)
         live, record = self._observe(rendered, target, record)
         items = self._plan(rendered, target, live, record)
@@ -140,6 +151,8 @@ class Pipeline:
                 live, record = self._observe(rendered, target, record)
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
         sync, message, summary = self._sync(items, outcomes, errors)
+        if waiting and not errors:
+            sync, message = SyncStatus.WAITING, waiting
         env_health, detail = self._report_health(rendered, live, record)
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
@@ -153,9 +166,36 @@ class Pipeline:
         self._keep_copy(rendered, target, record)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
         result = "error" if errors else "success" if outcomes else "noop"
-        return Result(name, result, sync, env_health, message, outcomes, interval=rendered.spec.interval)
+        interval = min(rendered.spec.interval, WAIT_RECHECK) if waiting else rendered.spec.interval
+        return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
+                      depends_on=depends_on)
 
     # -- stages ---------------------------------------------------------------------------------------
+    def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> str:
+        """Why the environment may not apply `revision` yet ("" when it may): a revision that changes what
+        it renders waits until each dependency has applied it (or a later one) and is Healthy."""
+        name, waiting = rendered.spec.name, {}
+        if rendered.spec.depends_on and loaded.last_applied != revision.sha and not (
+                loaded.last_applied and self._renders_alike(rendered, loaded.last_applied)):
+            for dependency in rendered.spec.depends_on:
+                state, applied = self.ledger.state(dependency), self.ledger.load(dependency).last_applied
+                if (state is None or applied is None or state.health_status != Health.HEALTHY
+                        or not self.source.contains(applied, revision.sha)):
+                    waiting[(dependency,)] = 1.0
+        self.metrics.replace(self.metrics.promotion_waiting, name, waiting)
+        if not waiting:
+            return ""
+        names = " and ".join(d for (d,) in waiting)
+        return f"Waiting: {names} not yet Healthy at {revision.short}"
+
+    def _renders_alike(self, rendered: RenderedEnvironment, sha: str) -> bool:
+        """The environment renders the same objects at `sha` (its revision annotation aside)."""
+        try:
+            before = render(self.source.revision(sha).tree, rendered.spec.name, sha, self.targets)
+        except RayGitopsError:
+            return False
+        return _objects(before) == _objects(rendered)
+
     def _adopt(self, rendered: RenderedEnvironment, target: Target, record: Record) -> Record:
         """Once per process: take the ledger copy the target keeps (a new leader, an empty state dir)."""
         name = rendered.spec.name
@@ -291,6 +331,15 @@ class Pipeline:
         self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
         return Result(name, "error", SyncStatus.FAILED, env_health, message, retry_after=retry_after)
 
+    def _waiting(self, name: str, revision: Revision, target: str, reason: str,
+                 depends_on: tuple[str, ...]) -> Result:
+        """Report `Waiting` and touch nothing (a first revision held by a promotion gate)."""
+        self.ledger.commit(name, state=EnvironmentState(name, target, "", SyncStatus.WAITING, Health.UNKNOWN, reason,
+                                                        time.time(), {}))
+        self.metrics.environment_status(name, target, "", SyncStatus.WAITING, Health.UNKNOWN)
+        return Result(name, "noop", SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
+                      depends_on=depends_on)
+
     def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
         """Report `Suspended` and touch nothing (Git's `spec.suspend: true` or the ledger's flag)."""
         self.ledger.commit(name, state=EnvironmentState(name, target, revision.sha, SyncStatus.SUSPENDED,
@@ -339,6 +388,16 @@ class Pipeline:
         self.metrics.replace(self.metrics.raycluster_state, name, states)
         self.metrics.replace(self.metrics.rayjob_status, name, jobs)
         return Health.worst(healths), detail
+
+
+def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict]:
+    """The rendered objects without the revision annotation (what a new commit alone changes)."""
+    out = {}
+    for desired in rendered.objects:
+        meta = desired.manifest.get("metadata") or {}
+        annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != REVISION_ANNOTATION}
+        out[desired.ref] = {**desired.manifest, "metadata": {**meta, "annotations": annotations}}
+    return out
 
 
 def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:

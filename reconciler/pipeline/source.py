@@ -264,6 +264,7 @@ class GitSource:
         self._lock = threading.Lock()
         self._repo: git.Repo | None = None
         self._current: Revision | None = None
+        self._older: dict[str, Revision] = {}  # earlier revisions asked for (a gated environment's last applied)
         self.failure: FetchFailure | None = None  # set while fetches fail; the last good revision stays
 
     def _open(self) -> git.Repo:
@@ -303,6 +304,33 @@ class GitSource:
                          time.strftime("%H:%M:%S", time.localtime(self.failure.since)))
                 self.failure = None
             return self._current
+
+    def revision(self, sha: str) -> Revision:
+        """The snapshot of an earlier commit (an environment waiting for a promotion stays on its last
+        applied revision); read once under the lock, like a fetched one, and kept (at most 8)."""
+        with self._lock:
+            if self._current is not None and self._current.sha == sha:
+                return self._current
+            if sha not in self._older:
+                try:
+                    self._older[sha] = self._revision(self._open(), sha)
+                except git.GitCommandError as exc:
+                    raise TemporaryError(f"revision {sha[:12]} cannot be read: {redact(str(exc)).strip()[-200:]}") \
+                        from None
+                while len(self._older) > 8:
+                    del self._older[next(iter(self._older))]
+            return self._older[sha]
+
+    def contains(self, newer: str, older: str) -> bool:
+        """`older` is `newer` or one of its ancestors (so `newer` carries its changes)."""
+        if newer == older:
+            return True
+        with self._lock:
+            try:
+                self._open().git.merge_base("--is-ancestor", older, newer)
+            except git.GitCommandError:
+                return False
+            return True
 
     def _fetch_environment(self) -> dict[str, str]:
         """Never prompt; credentials from the URL go to git through an askpass helper and this process's

@@ -12,7 +12,7 @@ from typing import Any, Mapping, Protocol
 
 from ..errors import ValidationError
 from . import parse
-from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, TargetOptions,
+from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, Patch, TargetOptions,
                      TargetSpec, parse_duration, parse_quantity)
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
@@ -123,9 +123,6 @@ def environment(doc: Any, file: str, directory_name: str,
     if name is not None and name != directory_name:
         c.fail("metadata.name", f"must equal the directory name {directory_name!r}, got {short(name)}")
     spec = c.mapping(doc.get("spec"), "spec", required=True)
-    for unsupported in ("base", "patches"):
-        if spec.get(unsupported):
-            c.fail(f"spec.{unsupported}", "is not supported by this version of ray-gitops")
     target = c.mapping(spec.get("target"), "spec.target", required=True)
     names = targets.names()
     kinds = [k for k in names if k in target]
@@ -153,13 +150,63 @@ def environment(doc: Any, file: str, directory_name: str,
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         c.fail("spec.pruneGuard.maxFraction", f"must be a number in (0, 1], got {short(fraction)}")
         fraction = 0.5
+    base, patches, variables, depends_on = _overlays(c, spec, directory_name)
     if c.errors or options is None:
         return None, c.errors
     return EnvironmentSpec(
         name=directory_name, target=TargetSpec(kinds[0], options), interval=interval,
         prune=bool(spec.get("prune", True)), suspend=bool(spec.get("suspend", False)),
         ignore=tuple(ignore), max_workers_per_group=max_workers, prune_max_fraction=float(fraction),
+        base=base, patches=patches, substitute=variables, depends_on=depends_on,
     ), []
+
+
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[Patch, ...], tuple[tuple[str, Any], ...],
+                                                                  tuple[str, ...]]:
+    """`spec.base`, `spec.patches`, `spec.substitute` and `spec.dependsOn`, checked."""
+    base = c.string(spec.get("base"), "spec.base") or ""
+    parts = base.strip("/").split("/")
+    if base and (base.startswith("/") or any(p in ("", ".", "..") for p in parts) or parts[0] == "environments"):
+        c.fail("spec.base", f"must be a directory of the repository, relative to its root and outside environments/, "
+               f"got {short(base)}")
+    patches = []
+    for i, entry in enumerate(c.sequence(spec.get("patches"), "spec.patches")):
+        path = f"spec.patches[{i}]"
+        entry = c.mapping(entry, path)
+        c.known_keys(entry, path, {"target", "patch"})
+        target = c.mapping(entry.get("target"), f"{path}.target", required=True)
+        c.known_keys(target, f"{path}.target", {"kind", "name"})
+        kind = c.string(target.get("kind"), f"{path}.target.kind", required=True)
+        target_name = c.string(target.get("name"), f"{path}.target.name", required=True)
+        patch = entry.get("patch")
+        if not isinstance(patch, (dict, list)) or not patch:
+            c.fail(f"{path}.patch", "must be a merge patch (a mapping) or a JSON patch (a list of operations)")
+        elif kind and target_name:
+            patches.append(Patch(kind, target_name, patch))
+    variables = []
+    for key, value in c.mapping(spec.get("substitute"), "spec.substitute").items():
+        if not _VARIABLE_NAME.fullmatch(key):
+            c.fail(f"spec.substitute.{key}", "must be a variable name (letters, digits, _)")
+        elif isinstance(value, (dict, list)) or value is None:
+            c.fail(f"spec.substitute.{key}", f"must be a string, number or boolean, got {short(value)}")
+        else:
+            variables.append((key, value))
+    depends_on = []
+    for i, entry in enumerate(c.sequence(spec.get("dependsOn"), "spec.dependsOn")):
+        path = f"spec.dependsOn[{i}]"
+        entry = c.mapping(entry, path)
+        c.known_keys(entry, path, {"environment"})
+        other = c.string(entry.get("environment"), f"{path}.environment", required=True)
+        if other == name:
+            c.fail(f"{path}.environment", "an environment cannot depend on itself")
+        elif other is not None and not dns_label(other):
+            c.fail(f"{path}.environment", f"must be an environment name, got {short(other)}")
+        elif other:
+            depends_on.append(other)
+    return base.strip("/"), tuple(patches), tuple(variables), tuple(depends_on)
 
 
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,

@@ -59,6 +59,8 @@ class Daemon:
         self._selected: list[str] = []
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
+        self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
+        self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
 
@@ -133,7 +135,14 @@ class Daemon:
             result = future.result()
             again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
                                            result.retry_after)
-        if again:  # a webhook came while it ran: run it again now
+            self._depends_on[name] = result.depends_on
+            reached = (result.revision, result.health_status.value)
+            if self._reached.get(name) != reached:  # a promotion may go ahead: its dependents look now
+                self._reached[name] = reached
+                dependents = [e for e, deps in self._depends_on.items() if name in deps]
+                self.schedule.force(dependents)
+                again = again or bool(dependents)
+        if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
 
     def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:

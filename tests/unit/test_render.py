@@ -137,7 +137,7 @@ def env_file(edits: dict[str, Any]) -> str:
                  "must name exactly one target: local or kubernetes", id="two-targets"),
     pytest.param({"environment.yaml": env_file({"spec.base": "../base"})},
                  "environments/prod/environment.yaml: Environment/prod: spec.base: ",
-                 "is not supported", id="base-unsupported"),
+                 "must be a directory of the repository", id="base-outside-the-repository"),
     pytest.param({"README.md": "# prod\n"},
                  "environments/prod/README.md: ", "only YAML files (.yaml, .yml)", id="non-yaml-file"),
     pytest.param({"a.yaml": dump(CONFIGMAP), "b.yaml": dump(fixture("raycluster.yaml"), CONFIGMAP)},
