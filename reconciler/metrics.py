@@ -42,6 +42,8 @@ class Metrics:
                                     ["request_type", "result"], namespace=ns, registry=registry)
         self.git_last_fetch_success = Gauge("git_last_fetch_success_timestamp_seconds", "Unix time of the last "
                                             "successful Git fetch", namespace=ns, registry=registry)
+        self.git_verification_failures = Counter("git_verification_failures", "Fetched heads refused because a "
+                                                 "commit signature did not verify", namespace=ns, registry=registry)
         self.git_duration = Histogram("git_request_duration_seconds", "Wall time of Git requests",
                                       ["request_type", "result"], namespace=ns, registry=registry, buckets=_SECONDS)
         self.apply_total = Counter("apply_total", "Changes made to targets by kind and action",
@@ -74,6 +76,9 @@ class Metrics:
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
     def git_request(self, request_type: str, result: str, seconds: float) -> None:
+        if request_type == "verify":  # a head that failed signature verification (counted once per head)
+            self.git_verification_failures.inc()
+            return
         self.git_requests.labels(request_type, result).inc()
         self.git_duration.labels(request_type, result).observe(seconds)
         if request_type == "fetch" and result == "success":

@@ -28,6 +28,7 @@ class MemoryTarget:
         self.calls: list[tuple[str, str]] = []
         self.saved: dict[str, LedgerSnapshot] = {}
         self.reports_deleted_runs = False
+        self.warnings: list[tuple[str, str, str]] = []
 
     def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
@@ -58,6 +59,9 @@ class MemoryTarget:
 
     def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
         pass  # the log line is the record on this target
+
+    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
+        self.warnings.append((spec.name, reason, message))
 
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
         return self.saved.get(spec.name)

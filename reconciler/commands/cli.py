@@ -83,6 +83,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
     run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 50)")
     run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
+    run.add_argument("--verify-commits", choices=["head", "strict"], help="apply only revisions whose head (head) "
+                     "or every new commit (strict) carries a valid signature by a key in --trusted-keys")
+    run.add_argument("--trusted-keys", help="directory of OpenPGP public keys (*.asc) and an SSH allowed_signers file")
     run.add_argument("--default-service-account", help="Kubernetes: the service account (in each environment's "
                      "namespace) whose rights every write of an environment without serviceAccountName uses")
     run.add_argument("--log-format", choices=["text", "json"])

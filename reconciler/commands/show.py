@@ -126,6 +126,8 @@ def _details(detail: dict) -> list[str]:
         lines.append(f"RayCluster {name}: {cluster.get('health', '')}; workers ready/desired: {groups or 'none'}")
     for name, job in sorted((detail.get("jobs") or {}).items()):
         lines.append(f"RayJob {name}: {job.get('status') or 'no run yet'} ({job.get('health', '')})")
+    if detail.get("signer"):
+        lines.append(f"signed by {detail['signer']}")
     return lines
 
 
@@ -133,16 +135,17 @@ def cmd_history(args: argparse.Namespace) -> int:
     settings = config.load(vars(args))
     rows = Ledger(settings.state_dir).history(args.environment, args.limit)
     if args.output == "json":
-        keys = ("revision", "commit_time", "applied_at", "result", "summary")
+        keys = ("revision", "commit_time", "applied_at", "result", "summary", "signer")
         print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
         return 0
     if not rows:
         print(f"no applied revisions recorded for environment {args.environment} in {settings.state_dir}",
               file=sys.stderr)
         return 0
-    _table([("REVISION", "COMMITTED", "APPLIED", "RESULT", "SUMMARY")] + [
-        (revision[:12], _time(committed), _time(applied), result, summary.splitlines()[0][:100] if summary else "")
-        for revision, committed, applied, result, summary in rows])
+    _table([("REVISION", "COMMITTED", "APPLIED", "RESULT", "SIGNER", "SUMMARY")] + [
+        (revision[:12], _time(committed), _time(applied), result, signer or "-",
+         summary.splitlines()[0][:100] if summary else "")
+        for revision, committed, applied, result, summary, signer in rows])
     return 0
 
 

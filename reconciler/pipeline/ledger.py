@@ -132,6 +132,7 @@ class Applied:
     commit_time: float
     result: str  # success | error
     summary: str
+    signer: str = ""  # fingerprint of the key that signed the revision, when signatures are verified
 
 
 class Ledger:
@@ -144,6 +145,8 @@ class Ledger:
         self._local = threading.local()
         with self._tx() as db:
             db.executescript(_SCHEMA)
+            if "signer" not in {row[1] for row in db.execute("PRAGMA table_info(revisions)")}:  # 0.1 ledgers
+                db.execute("ALTER TABLE revisions ADD COLUMN signer TEXT")
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -183,9 +186,9 @@ class Ledger:
                            [(environment, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
                              r.start_time, r.end_time) for r in changed])
             if applied is not None:
-                db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary) "
-                           "VALUES (?,?,?,?,?,?)", (environment, applied.revision, applied.commit_time, time.time(),
-                                                    applied.result, applied.summary[:2000]))
+                db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, signer) "
+                           "VALUES (?,?,?,?,?,?,?)", (environment, applied.revision, applied.commit_time, time.time(),
+                                                      applied.result, applied.summary[:2000], applied.signer))
             if state is not None:
                 db.execute("INSERT OR REPLACE INTO environments VALUES (?,?,?,?,?,?,?,?)",
                            (state.environment, state.target, state.revision, state.sync_status.value,
@@ -193,11 +196,11 @@ class Ledger:
                             json.dumps(state.detail, sort_keys=True)))
 
     # -- what the CLI reads and sets -------------------------------------------------------------------
-    def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str]]:
-        """(revision, commit_time, applied_at, result, summary), newest first."""
+    def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str, str]]:
+        """(revision, commit_time, applied_at, result, summary, signer), newest first."""
         with self._tx() as db:
-            return db.execute("SELECT revision, commit_time, applied_at, result, summary FROM revisions "
-                              "WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
+            return db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
+                              "FROM revisions WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
 
     def runs(self, environment: str, limit: int = 20) -> list[JobRun]:
         """The newest runs, newest first."""

@@ -81,6 +81,7 @@ class Pipeline:
         self.stopping = stopping or threading.Event()  # set: apply nothing more, leave the rest for later
         self._adopted: dict[str, LedgerSnapshot] = {}  # per environment: the copy its target holds
         self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
+        self._warned: dict[str, str] = {}  # per environment: the unverified head it was told about
 
     # -- preview: the pipeline up to the plan ---------------------------------------------------------
     def preview(self, name: str, revision: Revision) -> Preview:
@@ -150,20 +151,21 @@ class Pipeline:
             if outcomes:
                 live, record = self._observe(rendered, target, record)
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
-        sync, message, summary = self._sync(items, outcomes, errors)
-        if waiting and not errors:
-            sync, message = SyncStatus.WAITING, waiting
+        sync, message, summary = self._sync(items, outcomes, errors, waiting)
         env_health, detail = self._report_health(rendered, live, record)
+        if revision.signer:
+            detail["signer"] = revision.signer
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
-            applied = Applied(revision.sha, revision.commit_time, "success", summary)
+            applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer)
             if record.last_applied != revision.sha:
                 self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
         elif errors:
-            applied = Applied(revision.sha, revision.commit_time, "error", message)
+            applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer)
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
         self._keep_copy(rendered, target, record)
+        self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
         result = "error" if errors else "success" if outcomes else "noop"
         interval = min(rendered.spec.interval, WAIT_RECHECK) if waiting else rendered.spec.interval
@@ -187,6 +189,14 @@ class Pipeline:
             return ""
         names = " and ".join(d for (d,) in waiting)
         return f"Waiting: {names} not yet Healthy at {revision.short}"
+
+    def _warn_unverified(self, rendered: RenderedEnvironment, target: Target) -> None:
+        """Tell the target's users, once per head, that the branch head is not applied (unverified)."""
+        unverified, name = self.source.unverified, rendered.spec.name
+        if unverified and isinstance(target, ReportsEvents) and self._warned.get(name) != unverified[0]:
+            target.report_warning(rendered.spec, "Unverified", f"revision {unverified[1]}; the last verified "
+                                  f"revision stays applied")
+            self._warned[name] = unverified[0]
 
     def _renders_alike(self, rendered: RenderedEnvironment, sha: str) -> bool:
         """The environment renders the same objects at `sha` (its revision annotation aside)."""
@@ -305,16 +315,21 @@ class Pipeline:
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes
 
-    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
-              errors: list[str]) -> tuple[SyncStatus, str, str]:
-        """(sync status, message, summary of the changes)."""
+    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: list[str],
+              waiting: str) -> tuple[SyncStatus, str, str]:
+        """(sync status, message, summary of the changes): a failure first, then what keeps the environment
+        from the branch head (an unverified head, failing fetches, a promotion gate), then a refused prune."""
         refused = [i for i in items if Flag.PRUNE_REFUSED in i.flags]
-        stale = self.source.failure
+        stale, unverified = self.source.failure, self.source.unverified
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
         if errors:
             return SyncStatus.FAILED, "; ".join(errors), summary
+        if unverified:
+            return SyncStatus.UNVERIFIED, f"Unverified: {unverified[1]}", summary
         if stale:
             return SyncStatus.STALE, f"Stale: {stale}", summary
+        if waiting:
+            return SyncStatus.WAITING, waiting, summary
         if refused:
             return SyncStatus.OUT_OF_SYNC, "; ".join(i.reason for i in refused), summary
         return SyncStatus.SYNCED, summary, summary

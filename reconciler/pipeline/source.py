@@ -28,6 +28,7 @@ from urllib.parse import unquote
 import git
 
 from ..errors import TemporaryError
+from .verify import Verifier
 
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -167,6 +168,7 @@ class Revision:
     tree: Snapshot
     subject: str = ""
     author: str = ""
+    signer: str = ""  # fingerprint of the key that signed it, when signatures are verified
 
     @property
     def short(self) -> str:
@@ -254,7 +256,8 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
 class GitSource:
     """A repository mirrored under `cache_dir`, fetched on demand; thread-safe (one lock around the Repo)."""
 
-    def __init__(self, url: str, branch: str, cache_dir: Path, observer: GitObserver | None = None) -> None:
+    def __init__(self, url: str, branch: str, cache_dir: Path, observer: GitObserver | None = None,
+                 verifier: Verifier | None = None) -> None:
         url = str(Path(url).resolve()) if Path(url).exists() else url
         self.url, user, password = split_credentials(url)  # only the clean URL reaches <state>/git/config
         self._credentials = {"RAY_GITOPS_GIT_USERNAME": user, "RAY_GITOPS_GIT_PASSWORD": password} if user else {}
@@ -266,6 +269,8 @@ class GitSource:
         self._current: Revision | None = None
         self._older: dict[str, Revision] = {}  # earlier revisions asked for (a gated environment's last applied)
         self.failure: FetchFailure | None = None  # set while fetches fail; the last good revision stays
+        self.verifier = verifier
+        self.unverified: tuple[str, str] | None = None  # (head, why) while the head fails verification
 
     def _open(self) -> git.Repo:
         if self._repo is None:
@@ -290,7 +295,7 @@ class GitSource:
                     repo.remotes.origin.fetch(refspec, depth=None)
                 sha = repo.git.rev_parse("--verify", f"refs/remotes/origin/{self.branch}^{{commit}}").strip()
                 if self._current is None or self._current.sha != sha:
-                    self._current = self._revision(repo, sha)
+                    self._advance(repo, sha)
             except Exception as exc:  # git, the network, a corrupt cache, unreadable content: never fatal
                 self._observe("fetch", "error", time.monotonic() - started)
                 self._failed(exc)
@@ -303,7 +308,28 @@ class GitSource:
                 log.info("git fetch of %s branch %s works again (failing since %s)", redact(self.url), self.branch,
                          time.strftime("%H:%M:%S", time.localtime(self.failure.since)))
                 self.failure = None
+            if self._current is None:  # the first head failed verification: nothing to apply
+                raise TemporaryError(f"revision {self.unverified[0][:12] if self.unverified else ''} is not applied: "
+                                     f"{self.unverified[1] if self.unverified else 'unverified'}")
             return self._current
+
+    def _advance(self, repo: git.Repo, sha: str) -> None:
+        """Take the new head, if it passes verification; else keep the current one and say why (once)."""
+        signer = ""
+        if self.verifier is not None:
+            marker = self.cache_dir.parent / "verified-revision"
+            verdict = self.verifier.check(repo, sha, marker.read_text().strip() if marker.exists() else "")
+            if verdict.failure:
+                if self.unverified is None or self.unverified[0] != sha:
+                    log.error("git: revision %s is not applied: %s (the last good revision %s stays)", sha[:12],
+                              verdict.failure, self._current.short if self._current else "(none yet)")
+                    self._observe("verify", "error", 0.0)
+                self.unverified = (sha, verdict.failure)
+                return
+            marker.write_text(sha)
+            signer = verdict.signer
+        self.unverified = None
+        self._current = self._revision(repo, sha, signer)
 
     def revision(self, sha: str) -> Revision:
         """The snapshot of an earlier commit (an environment waiting for a promotion stays on its last
@@ -343,10 +369,10 @@ class GitSource:
             helper.chmod(0o700)
         return {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": str(helper), **self._credentials}
 
-    def _revision(self, repo: git.Repo, sha: str) -> Revision:
+    def _revision(self, repo: git.Repo, sha: str, signer: str = "") -> Revision:
         fields = repo.git.log("-1", "--format=%ct%x00%an%x00%s", sha).split("\0")
         return Revision(sha, float(fields[0]), read_snapshot(repo, sha), subject=fields[2][:200],
-                        author=fields[1][:100])
+                        author=fields[1][:100], signer=signer)
 
     def _failed(self, exc: Exception) -> None:
         text = redact(str(exc)).strip()

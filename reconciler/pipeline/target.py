@@ -81,9 +81,11 @@ class KeepsLedger(Protocol):
 
 @runtime_checkable
 class ReportsEvents(Protocol):
-    """A target that tells its users what was done to an object (Kubernetes: an Event); never raises."""
+    """A target that tells its users what was done to an object, or what keeps an environment from Git
+    (Kubernetes: an Event; a Warning on the environment's ledger ConfigMap); never raises."""
 
     def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None: ...
+    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None: ...
 
 
 class Targets(TargetCatalog, Protocol):

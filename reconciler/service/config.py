@@ -15,6 +15,7 @@ from ..errors import ConfigError
 from ..metrics import Metrics
 from ..model import parse_duration
 from ..pipeline.validate import dns_label
+from ..pipeline.verify import Verifier
 from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
@@ -63,6 +64,16 @@ class Settings:
     kube_api_qps: float = 50.0  # client-side rate limit per API server (Flux: 50 and a burst of 300)
     kube_api_burst: int = 300
     default_service_account: str = ""  # Kubernetes writes of environments without serviceAccountName impersonate it
+    verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
+    trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
+
+    def verifier(self) -> Verifier | None:
+        """Checks of commit signatures, when `verify_commits` asks for them."""
+        if not self.verify_commits:
+            return None
+        if not self.trusted_keys:
+            raise ConfigError("verify_commits needs trusted_keys: a directory of *.asc keys and allowed_signers")
+        return Verifier(self.verify_commits, Path(self.trusted_keys), self.state_dir)
 
     def runtime(self, metrics: Metrics) -> Runtime:
         """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same)."""

@@ -46,7 +46,8 @@ class Daemon:
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, process=registry is None)
         self.ledger = Ledger(settings.state_dir)
-        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request)
+        self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request,
+                                settings.verifier())
         self.targets = Registry(settings.runtime(self.metrics))
         self.stopping = threading.Event()
         self.wake = threading.Event()

@@ -37,7 +37,7 @@ def test_history_lists_applied_revisions_newest_first(stage, capsys: pytest.Capt
 
     assert main(["history", "--environment", "a", "--state-dir", str(state)]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["REVISION", "COMMITTED", "APPLIED", "RESULT", "SUMMARY"]
+    assert table[0].split() == ["REVISION", "COMMITTED", "APPLIED", "RESULT", "SIGNER", "SUMMARY"]
     assert [line.split()[0] for line in table[1:]] == [second[:12], first[:12]]
     assert "RayCluster/default/demo created" in table[2]
     assert main(["history", "--environment", "a", "--state-dir", str(state), "-o", "json"]) == 0

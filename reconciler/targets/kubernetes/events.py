@@ -18,8 +18,8 @@ REASONS = {Outcome.CREATED: "Created", Outcome.CONFIGURED: "Updated", Outcome.RE
 COMPONENT = "ray-gitops"
 
 
-def event_body(ref: ObjectRef, uid: str, outcome: Outcome, message: str, environment: str) -> dict:
-    """A core/v1 Event about `ref` (type Warning for failures)."""
+def event_body(ref: ObjectRef, uid: str, outcome: Outcome, message: str, environment: str, reason: str = "") -> dict:
+    """A core/v1 Event about `ref` (type Warning for failures; `reason` defaults to the outcome's)."""
     now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1", "kind": "Event",
@@ -27,17 +27,18 @@ def event_body(ref: ObjectRef, uid: str, outcome: Outcome, message: str, environ
                      "labels": {ENVIRONMENT_LABEL: environment}},
         "involvedObject": {"apiVersion": f"{ref.group}/v1" if ref.group else "v1", "kind": ref.kind,
                            "namespace": ref.namespace, "name": ref.name, **({"uid": uid} if uid else {})},
-        "reason": REASONS.get(outcome, outcome.value.capitalize()), "message": message[:1024],
+        "reason": reason or REASONS.get(outcome, outcome.value.capitalize()), "message": message[:1024],
         "type": "Warning" if outcome == Outcome.FAILED else "Normal",
         "source": {"component": COMPONENT}, "reportingComponent": COMPONENT, "reportingInstance": COMPONENT,
         "firstTimestamp": now, "lastTimestamp": now, "count": 1,
     }
 
 
-def emit(kube: Kube, ref: ObjectRef, uid: str, outcome: Outcome, message: str, environment: str) -> None:
+def emit(kube: Kube, ref: ObjectRef, uid: str, outcome: Outcome, message: str, environment: str,
+         reason: str = "") -> None:
     """Write the Event; a failure (RBAC, a gone namespace) is only logged."""
     try:
         kube.request("create", "POST", f"/api/v1/namespaces/{ref.namespace}/events",
-                     body=event_body(ref, uid, outcome, message, environment))
+                     body=event_body(ref, uid, outcome, message, environment, reason))
     except ApiError as exc:
         log.warning("%s: could not record the %s event: %s", ref, REASONS.get(outcome, outcome.value), exc)

@@ -209,6 +209,11 @@ class KubernetesTarget:
         events.emit(self.writer(context.options).kube, item.ref, uid, outcome,
                     f"{message} (revision {context.revision[:12]})", context.environment)
 
+    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
+        ref = ObjectRef("", "ConfigMap", spec.target.namespace, ledger_name(spec.name))
+        uid = str(((self._cached(ref) or {}).get("metadata") or {}).get("uid", ""))
+        events.emit(self.writer(_options(spec)).kube, ref, uid, Outcome.FAILED, message, spec.name, reason)
+
     def _delete(self, writer: Writer, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
         """Delete; with `wait` > 0, wait up to that many seconds until it is gone (finalizers)."""
         live = live if live is not None else self._cached(ref)
