@@ -12,9 +12,11 @@
   (manifests/tenant/ in two onboarded namespaces): what each identity may do, asked of the API server's
   RBAC authorizer (SubjectAccessReview per resource, verb and name; SelfSubjectRulesReview while
   impersonating it), is exactly README "The Kubernetes target"'s table, and README "Permissions" lists
-  exactly the rendered roles and their bindings. Then real requests: the daemon's KubernetesTarget with the
-  ServiceAccount's own token works with the direct variant's rights alone, and with impersonation the
-  daemon's token writes only while impersonating an onboarded tenant, only in that tenant's namespace.
+  exactly the rendered roles and their bindings. Then real requests with the ServiceAccount's own token:
+  the daemon's KubernetesTarget sends every request kind it has with the direct variant's rights alone,
+  and with the impersonation variant (its default_service_account setting) in an onboarded namespace,
+  while in another one its writes are refused; raw requests show the daemon writes only while
+  impersonating an onboarded tenant's account, and only in that tenant's namespace.
 
 ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1): the control plane only has the KubeRay
 CRDs, so this module installs the Prometheus operator's two CRDs from its Go module (the same way the
@@ -55,7 +57,9 @@ from prometheus_client import CollectorRegistry
 from reconciler.commands import cli
 from reconciler.service import config
 from reconciler.metrics import Metrics
-from reconciler.model import Action, LedgerSnapshot, Outcome
+from reconciler.errors import PermanentError
+from reconciler.model import ENVIRONMENT_LABEL, Action, LedgerSnapshot, Outcome
+from reconciler.targets.kubernetes.target import KubernetesTarget
 from target_kit import ENV, Kit, desired, load
 
 pytestmark = pytest.mark.kube
@@ -677,7 +681,7 @@ def test_the_daemon_writes_as_an_onboarded_tenant_through_the_api_server_and_now
         core.create_namespaced_event(own, {
             "metadata": {"name": "demo.ray-gitops-test"}, "reason": "Created", "message": "from the test",
             "involvedObject": {"apiVersion": "ray.io/v1", "kind": "RayCluster", "namespace": own, "name": "demo"}})
-        ledger = core.create_namespaced_config_map(own, {"metadata": {"name": f"ray-gitops-ledger-{ENV}"},
+        ledger = core.create_namespaced_config_map(own, {"metadata": {"name": "ray-gitops-ledger-e2e"},
                                                          "data": {"inventory": "[]"}})
         ledger.data = {"inventory": "[1]"}
         core.replace_namespaced_config_map(ledger.metadata.name, own, ledger)  # PUT with its resourceVersion
@@ -705,46 +709,91 @@ def test_the_daemon_writes_as_an_onboarded_tenant_through_the_api_server_and_now
             api_client.close()
 
 
-@pytest.mark.parametrize("variant", ["direct"], indirect=True)
-def test_the_kubernetes_target_reconciles_with_the_direct_variants_rights_alone(
-        variant: str, kube_control_plane: kube_controlplane.ControlPlane, kube_namespace: str,
-        api: client.ApiClient) -> None:
-    """The daemon's own code (KubernetesTarget) authenticated as the ServiceAccount by its own token: every
-    request kind it sends (caches, dry-run and apply of new and existing objects, Events, the ledger's POST
-    and PUT, recreate, prune) is allowed by the direct variant, which grants nothing more (tests above)."""
-    sa_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops")
-    kit = Kit(SimpleNamespace(api_client=lambda: sa_client), kube_namespace)
-    objects = [desired(load(name), kube_namespace) for name in ("raycluster.yaml", "configmap.yaml", "secret.yaml")]
+def reconcile_each_request_kind(kit: Kit, plane: kube_controlplane.ControlPlane) -> None:
+    """Through `kit`'s KubernetesTarget, as reconciles send them: the caches, dry-run and apply of new and
+    existing objects, Events, the ledger's POST and PUT, recreate and prune of a RayCluster, a ConfigMap
+    and a Secret. Each must succeed, and show on the cluster as the admin sees it."""
+    namespace = kit.namespace
+    objects = [desired(load(name), namespace) for name in ("raycluster.yaml", "configmap.yaml", "secret.yaml")]
+    admin = Kit(plane, namespace)
     try:
         for obj in objects:
             item, outcome = kit.sync(obj)
             assert outcome == Outcome.CREATED, obj.ref
             kit.target.report_event(item, outcome, "created by the test", kit.context)
-        changed = desired({**load("configmap.yaml"), "data": {"mode": "slow"}}, kube_namespace, revision="r2")
+        changed = desired({**load("configmap.yaml"), "data": {"mode": "slow"}}, namespace, revision="r2")
         item, outcome = kit.sync(changed)
-        assert outcome == Outcome.CONFIGURED and (kit.get("ConfigMap", "settings") or {})["data"] == {"mode": "slow"}
+        assert outcome == Outcome.CONFIGURED and (admin.get("ConfigMap", "settings") or {})["data"] == {"mode": "slow"}
 
         spec = kit.environment().spec
         for runs in ((("run-1", ""),), (("run-1", "SUCCEEDED"),)):  # the first save POSTs, the second PUTs
             kit.target.save_ledger(spec, LedgerSnapshot(frozenset(o.ref for o in objects), runs))
-        ledger = kit.get("ConfigMap", f"ray-gitops-ledger-{ENV}") or {}
-        assert json.loads(ledger["data"]["runs"]) == {"run-1": "SUCCEEDED"}
+        ledger = admin.core.read_namespaced_config_map(f"ray-gitops-ledger-{ENV}", namespace)
+        assert json.loads(ledger.data["runs"]) == {"run-1": "SUCCEEDED"}
 
         assert kit.apply(objects[0], Action.RECREATE) == Outcome.RECREATED
         for obj in objects:
             assert kit.apply(None, Action.DELETE, obj.ref) == Outcome.DELETED
-            assert kit.get(obj.ref.kind, obj.ref.name) is None
-        events = client.CoreV1Api(api).list_namespaced_event(kube_namespace).items  # emit() only logs a refusal
-        assert sorted((e.reason, e.involved_object.kind) for e in events) == [
+            assert admin.get(obj.ref.kind, obj.ref.name) is None
+        events = admin.core.list_namespaced_event(namespace, label_selector=f"{ENVIRONMENT_LABEL}={ENV}").items
+        assert sorted((e.reason, e.involved_object.kind) for e in events) == [  # emit() only logs a refusal
             ("Created", "ConfigMap"), ("Created", "RayCluster"), ("Created", "Secret")]
         assert kit.requests("create") == 1 + 3 and kit.requests("update") == 1  # ledger POST, Events; ledger PUT
-    finally:
-        kit.close()
-        admin = Kit(kube_control_plane, kube_namespace)  # leave no labelled object to later tests' caches
+    finally:  # leave no labelled object to later tests' cluster-wide caches
         for obj in objects:
             admin.apply(None, Action.DELETE, obj.ref)
-        admin.core.delete_collection_namespaced_config_map(kube_namespace)
+        admin.core.delete_collection_namespaced_config_map(namespace, label_selector=f"{ENVIRONMENT_LABEL}={ENV}")
         admin.close()
+
+
+@pytest.mark.parametrize("variant", ["direct"], indirect=True)
+def test_the_kubernetes_target_reconciles_with_the_direct_variants_rights_alone(
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane, kube_namespace: str) -> None:
+    """The daemon's own code (KubernetesTarget), authenticated as the ServiceAccount by its own token, in a
+    namespace nobody onboarded: every request kind it sends is allowed by the direct variant, which grants
+    nothing more (the tests above)."""
+    sa_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops")
+    kit = Kit(SimpleNamespace(api_client=lambda: sa_client), kube_namespace)
+    try:
+        assert kit.target.writer(kit.options).kube.impersonate == ""
+        reconcile_each_request_kind(kit, kube_control_plane)
+    finally:
+        kit.close()
+
+
+@pytest.mark.parametrize("variant", ["impersonation"], indirect=True)
+def test_the_kubernetes_target_writes_as_the_tenant_and_reads_as_itself_with_the_impersonation_variant(
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane,
+        rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """The daemon's own code with its own token and the impersonation component's setting
+    (default_service_account): in an onboarded namespace every request kind succeeds, the writes as the
+    tenant's account (the daemon may write nothing itself, tests above) and the caches as the daemon (the
+    tenant may not list); in a namespace nobody onboarded the first write is refused and nothing is written."""
+    env = container_env(rendered_overlays["impersonation"])
+    settings = config.load({}, environ={k: v for k, v in env.items() if k.startswith("RAY_GITOPS_")})
+    assert settings.default_service_account == TENANT_SA_NAME
+    sa_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops")
+    kits = []
+    try:
+        for namespace in (TENANTS[1], TARGET):
+            kit = Kit(SimpleNamespace(api_client=lambda: sa_client), namespace)
+            kits.append(kit)
+            kit.target.close(workloads=False)
+            kit.target = KubernetesTarget(kit.options, kit.metrics, api_client=sa_client,
+                                          default_service_account=settings.default_service_account)
+            assert kit.target.writer(kit.options).kube.impersonate == sa_user(namespace, TENANT_SA_NAME)[0]
+        onboarded, not_onboarded = kits
+        reconcile_each_request_kind(onboarded, kube_control_plane)
+
+        obj = desired(load("configmap.yaml"), TARGET)
+        with pytest.raises(PermanentError, match=f'cannot impersonate resource "serviceaccounts".* "{TARGET}"'):
+            not_onboarded.sync(obj)
+        with kube_control_plane.api_client() as api_client, pytest.raises(ApiException) as missing:
+            client.CoreV1Api(api_client).read_namespaced_config_map("settings", TARGET)
+        assert missing.value.status == 404
+    finally:
+        for kit in kits:
+            kit.close()
 
 
 # -- RBAC: the README's "Permissions" table is what the manifests hold ---------------------------------------
