@@ -7,8 +7,16 @@
   validation (OpenAPI schemas, CRD schemas, admission).
 - The pod template is admitted in a namespace that enforces the "restricted" Pod Security Standard,
   and a copy without its security contexts is not (so the check is live).
-- The ServiceAccount's permissions, asked of the API server's RBAC authorizer (SubjectAccessReview,
-  SelfSubjectRulesReview while impersonating the ServiceAccount), are exactly the README's list.
+- RBAC, for each variant (components/direct, the base's default, and components/impersonation, installed
+  over it with `kubectl apply -k` as an operator switches) and for the tenants' service accounts
+  (manifests/tenant/ in two onboarded namespaces): what each identity may do, asked of the API server's
+  RBAC authorizer (SubjectAccessReview per resource, verb and name; SelfSubjectRulesReview while
+  impersonating it), is exactly README "The Kubernetes target"'s table, and README "Permissions" lists
+  exactly the rendered roles and their bindings. Then real requests with the ServiceAccount's own token:
+  the daemon's KubernetesTarget sends every request kind it has with the direct variant's rights alone,
+  and with the impersonation variant (its default_service_account setting) in an onboarded namespace,
+  while in another one its writes are refused; raw requests show the daemon writes only while
+  impersonating an onboarded tenant's account, and only in that tenant's namespace.
 
 ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1): the control plane only has the KubeRay
 CRDs, so this module installs the Prometheus operator's two CRDs from its Go module (the same way the
@@ -20,8 +28,8 @@ reconciler/metrics.py defines (with the `_total`/`_bucket`/`_sum`/`_count` suffi
 and each label in a selector must be one of that metric's labels. A PromQL syntax error that keeps
 the names intact would pass.
 
-Only Namespace, ServiceAccount, RBAC, ConfigMaps, Service and Deployment objects are created: there
-is no kubelet and no controller, so no pod runs. The image itself is not built or run here.
+Besides the manifests' objects, only the RBAC tests' RayClusters, ConfigMaps, Secrets and Events are
+created: there is no kubelet and no controller, so no pod runs. The image itself is not built or run here.
 """
 from __future__ import annotations
 
@@ -33,8 +41,10 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import kube_controlplane
@@ -47,6 +57,10 @@ from prometheus_client import CollectorRegistry
 from reconciler.commands import cli
 from reconciler.service import config
 from reconciler.metrics import Metrics
+from reconciler.errors import PermanentError
+from reconciler.model import ENVIRONMENT_LABEL, Action, LedgerSnapshot, Outcome
+from reconciler.targets.kubernetes.target import KubernetesTarget
+from target_kit import ENV, Kit, desired, load
 
 pytestmark = pytest.mark.kube
 
@@ -54,26 +68,28 @@ REPO = Path(__file__).resolve().parents[3]
 MANIFESTS = REPO / "manifests"
 NAMESPACE = "ray-gitops"
 SERVICE_ACCOUNT = f"system:serviceaccount:{NAMESPACE}:ray-gitops"
-SA_GROUPS = ["system:serviceaccounts", f"system:serviceaccounts:{NAMESPACE}", "system:authenticated"]
 KUBECTL_TIMEOUT_S = 60
 PROMETHEUS_OPERATOR_VERSION = kube_controlplane.read_versions()["PROMETHEUS_OPERATOR_VERSION"]
 MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 
-# README "Kubernetes target": what the daemon needs, per resource; nothing else is allowed.
-VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")
-ALL_WRITE = {"get", "list", "watch", "create", "patch", "update", "delete"}
-CLUSTER_WIDE = {
-    ("ray.io", "rayclusters"): ALL_WRITE,
-    ("ray.io", "rayjobs"): ALL_WRITE,
-    ("ray.io", "rayservices"): ALL_WRITE,
-    ("", "configmaps"): ALL_WRITE,
-    ("", "secrets"): ALL_WRITE,
-    ("", "pods"): {"list", "watch"},
-    ("", "events"): {"create"},
-}
-LEASE = ("coordination.k8s.io", "leases")
+# RBAC. The README's tables are the specification: "The Kubernetes target" says what each identity may do
+# (compared with the API server's answers), "Permissions" lists every rule of each variant (compared with
+# the rendered manifests). Only how the daemon's grants are scoped is spelled out here, as the README's text
+# says it: every namespace, except the Lease (the daemon's own namespace) and impersonation (onboarded
+# tenant namespaces). The environment's service account may act in its own namespace only.
+README = REPO / "README.md"
+IMPERSONATION_COMPONENT = MANIFESTS / "components" / "impersonation"
+TENANT_BASE = MANIFESTS / "tenant"
+TENANT_SA_NAME = "ray-gitops-tenant"
+TENANTS = ("team-a", "team-b")  # onboarded with manifests/tenant/
+TARGET = "ray-prod"  # a namespace an environment may target that no tenant overlay onboarded
+DAEMON_COLUMN = {"direct": "direct: the daemon", "impersonation": "impersonation: the daemon"}
+TENANT_COLUMN = "impersonation: the environment's service account"
+EVERYWHERE, OWN_NAMESPACE, ONBOARDED = "every namespace", "its own namespace", "each tenant namespace"
+DAEMON_SCOPE = {("coordination.k8s.io", "leases"): NAMESPACE, ("", "serviceaccounts"): ONBOARDED}
+PROBED_VERBS = ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "impersonate")
 LEASE_NAME = "ray-gitops"
-# Resources the daemon must NOT reach (subresources as "resource/subresource").
+# Resources no identity may reach (subresources as "resource/subresource"), probed beside the README's.
 NOT_GRANTED = [
     ("ray.io", "rayclusters/status"), ("ray.io", "rayjobs/status"), ("", "pods/log"), ("", "pods/exec"),
     ("", "services"), ("", "serviceaccounts"), ("", "persistentvolumeclaims"),
@@ -81,7 +97,10 @@ NOT_GRANTED = [
     ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "clusterroles"),
     ("rbac.authorization.k8s.io", "rolebindings"), ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("coordination.k8s.io", "leases"),
+    # what impersonation could reach beyond a service account: users, groups, uids, extra fields
+    ("", "users"), ("", "groups"), ("authentication.k8s.io", "uids"), ("authentication.k8s.io", "userextras/scopes"),
 ]
+Rule = tuple[str, str, str, str]  # (API group, resource, resource name or "*", verb)
 
 
 # -- helpers -------------------------------------------------------------------------------------------
@@ -173,6 +192,135 @@ def assert_uses_defined_metrics(where: str, expr: str) -> set[str]:
     return set(refs)
 
 
+def readme_table(heading: str, first_header: str) -> list[dict[str, str]]:
+    """The rows (header -> cell) of the Markdown table in README section `heading` whose first column
+    is `first_header`."""
+    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    lines = section.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
+
+    def cells(line: str) -> list[str]:
+        return [cell.strip() for cell in line.strip().strip("|").split("|")]
+    header = cells(lines[start])
+    assert set(cells(lines[start + 1])) == {"---"}, lines[start + 1]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        assert len(cells(line)) == len(header), line
+        rows.append(dict(zip(header, cells(line))))
+    assert rows, f"README {heading}: empty table"
+    return rows
+
+
+def readme_rules(resources: str, verbs: str) -> set[Rule]:
+    """A README table's resources and verbs cells as rules: "`ray.io` rayclusters, rayjobs" and "get, list";
+    `""` is the core group, a trailing `name` limits the row to that object, "–" is no verb."""
+    match = re.fullmatch(r"`([^`]*)` ([a-z/]+(?:, [a-z/]+)*)(?: `([^`]+)`)?", resources)
+    assert match, f"README resources cell {resources!r}"
+    group = "" if match[1] == '""' else match[1]
+    verb_list = [] if verbs == "–" else verbs.split(", ")
+    assert set(verb_list) <= set(PROBED_VERBS), f"README verbs cell {verbs!r}"
+    return {(group, resource, match[3] or "*", verb) for resource in match[2].split(", ") for verb in verb_list}
+
+
+def identity_rules(column: str) -> set[tuple[str, Rule]]:
+    """(scope, rule) of one identity in README "The Kubernetes target" (scopes: see DAEMON_SCOPE)."""
+    out = set()
+    for row in readme_table("The Kubernetes target", "resources"):
+        for rule in readme_rules(row["resources"], row[column]):
+            scope = OWN_NAMESPACE if column == TENANT_COLUMN else DAEMON_SCOPE.get(rule[:2], EVERYWHERE)
+            out.add((scope, rule))
+    return out
+
+
+def rules_in(rules: set[tuple[str, Rule]], namespace: str, own: str = "") -> set[Rule]:
+    """The rules that hold in `namespace` ("": cluster-wide); `own` is the service account's namespace."""
+    def holds(scope: str) -> bool:
+        return (scope == EVERYWHERE or (scope == OWN_NAMESPACE and namespace == own)
+                or (scope == ONBOARDED and namespace in TENANTS) or scope == namespace)
+    return {rule for scope, rule in rules if holds(scope)}
+
+
+def sa_user(namespace: str, name: str) -> tuple[str, list[str]]:
+    """A service account's user name and the groups the API server gives it."""
+    return (f"system:serviceaccount:{namespace}:{name}",
+            ["system:serviceaccounts", f"system:serviceaccounts:{namespace}", "system:authenticated"])
+
+
+def may(authz: client.AuthorizationV1Api, user: tuple[str, list[str]], namespace: str, group: str, resource: str,
+        verb: str, name: str = "") -> bool:
+    """The RBAC authorizer's answer (SubjectAccessReview) for one request of `user`."""
+    resource, _, subresource = resource.partition("/")
+    review = authz.create_subject_access_review(client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+        user=user[0], groups=user[1], resource_attributes=client.V1ResourceAttributes(
+            namespace=namespace or None, group=group, resource=resource, subresource=subresource or None,
+            verb=verb, name=name or None))))
+    return bool(review.status.allowed)
+
+
+def assert_may_do_exactly(authz: client.AuthorizationV1Api, user: tuple[str, list[str]],
+                          expected: Callable[[str], set[Rule]], namespaces: tuple[str, ...]) -> None:
+    """For every resource the README names or NOT_GRANTED lists, in each namespace, without a name, with
+    each name the README names and with another name: the verbs allowed are exactly the expected ones."""
+    everything = {rule for ns in namespaces for rule in expected(ns)}
+    resources = sorted({(g, r) for g, r, _, _ in everything} | set(NOT_GRANTED))
+    for namespace in namespaces:
+        rules = expected(namespace)
+        for group, resource in resources:
+            names = {"", "another-name"} | {n for g, r, n, _ in everything if (g, r) == (group, resource) and n != "*"}
+            for name in sorted(names):
+                want = {v for g, r, n, v in rules if (g, r) == (group, resource) and n in ("*", name)}
+                granted = {v for v in PROBED_VERBS if may(authz, user, namespace, group, resource, v, name)}
+                assert granted == want, (f"{user[0]}: {group or 'core'}/{resource} {name or '(no name)'} in "
+                                         f"{namespace or 'all namespaces'}")
+
+
+def rules_review(plane: kube_controlplane.ControlPlane, user: str, namespace: str) -> set[Rule]:
+    """SelfSubjectRulesReview while impersonating `user`: every rule that holds for it in `namespace`."""
+    with plane.api_client() as api_client:
+        api_client.set_default_header("Impersonate-User", user)
+        review = client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
+            client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace)))
+    assert not review.status.incomplete, review.status.evaluation_error
+    return {(group, resource, name, verb) for rule in review.status.resource_rules
+            for group in rule.api_groups or [""] for resource in rule.resources or []
+            for name in rule.resource_names or ["*"] for verb in rule.verbs}
+
+
+def manifest_rules(role: dict[str, Any]) -> set[Rule]:
+    """A Role's or ClusterRole's rules, one tuple per group, resource, name and verb."""
+    return {(group, resource, name, verb) for rule in role["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for name in rule.get("resourceNames") or ["*"] for verb in rule["verbs"]}
+
+
+def token_client(plane: kube_controlplane.ControlPlane, namespace: str, name: str,
+                 impersonate: str = "") -> client.ApiClient:
+    """An ApiClient authenticated as the service account itself, by a token from the TokenRequest API (as
+    the kubelet mounts one), optionally sending every request with `Impersonate-User: impersonate`."""
+    with plane.api_client() as admin:
+        token = client.CoreV1Api(admin).create_namespaced_service_account_token(
+            name, namespace, {"spec": {"expirationSeconds": 600}}).status.token
+    configuration = client.Configuration(host=plane.base_url)
+    configuration.ssl_ca_cert = str(plane.ca_file)
+    configuration.api_key = {"authorization": token}
+    configuration.api_key_prefix = {"authorization": "Bearer"}
+    api_client = client.ApiClient(configuration)
+    if impersonate:
+        api_client.set_default_header("Impersonate-User", impersonate)
+    return api_client
+
+
+def settled(check: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll `check` until it holds: the RBAC authorizer sees new roles and bindings through its own watch."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 # -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kubectl_path() -> Path:
@@ -242,6 +390,83 @@ def api(kube_control_plane: kube_controlplane.ControlPlane) -> Iterator[client.A
         yield api_client
 
 
+@pytest.fixture(scope="module")
+def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The README's overlays: the impersonation variant over manifests/, and manifests/tenant/ per tenant."""
+    root = tmp_path_factory.mktemp("overlays")
+    out = {"direct": MANIFESTS}
+    for name, kustomization in [
+            ("impersonation", {"resources": [MANIFESTS], "components": [IMPERSONATION_COMPONENT]}),
+            *[(tenant, {"namespace": tenant, "resources": [TENANT_BASE]}) for tenant in TENANTS]]:
+        (root / name).mkdir()
+        relative = {k: [os.path.relpath(p, root / name) for p in v] if isinstance(v, list) else v
+                    for k, v in kustomization.items()}
+        (root / name / "kustomization.yaml").write_text(yaml.safe_dump(
+            {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", **relative}))
+        out[name] = root / name
+    return out
+
+
+@pytest.fixture(scope="module")
+def rendered_overlays(kubectl_path: Path, overlays: dict[str, Path]) -> dict[str, list[dict[str, Any]]]:
+    """`kubectl kustomize` of each overlay."""
+    out = {}
+    for name, path in overlays.items():
+        proc = run([str(kubectl_path), "kustomize", str(path)])
+        assert proc.returncode == 0, f"{name}: {proc.stderr}"
+        out[name] = [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+    return out
+
+
+@pytest.fixture(scope="module")
+def tenants(applied: subprocess.CompletedProcess[str], kubectl: Any, overlays: dict[str, Path],
+            kube_control_plane: kube_controlplane.ControlPlane) -> None:
+    """TENANTS onboarded (their namespaces, then `kubectl apply -k` of their overlays), TARGET not."""
+    with kube_control_plane.api_client() as api_client:
+        core = client.CoreV1Api(api_client)
+        for namespace in (*TENANTS, TARGET):
+            try:
+                core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+            except ApiException as exc:
+                assert exc.status == 409, exc
+    for tenant in TENANTS:
+        proc = kubectl("apply", "-k", str(overlays[tenant]))
+        assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+
+
+@pytest.fixture(scope="module", params=["direct", "impersonation"])
+def variant(request: pytest.FixtureRequest, applied: subprocess.CompletedProcess[str], tenants: None,
+            kubectl: Any, overlays: dict[str, Path], kube_control_plane: kube_controlplane.ControlPlane
+            ) -> Iterator[str]:
+    """The RBAC variant, installed as an operator switches: `kubectl apply -k` of its overlay over what is
+    there (`applied` installed the base, i.e. direct). Afterwards the base is applied again and ClusterRole
+    ray-gitops-impersonate deleted, as the README says to go back."""
+    name = request.param
+    with kube_control_plane.api_client() as api_client:
+        authz = client.AuthorizationV1Api(api_client)
+
+        def installed(impersonation: bool) -> bool:  # the authorizer's cache has caught up with the apply
+            daemon = sa_user(NAMESPACE, "ray-gitops")
+            return (may(authz, daemon, TARGET, "ray.io", "rayclusters", "patch") is not impersonation
+                    and may(authz, daemon, TENANTS[0], "", "serviceaccounts", "impersonate", TENANT_SA_NAME)
+                    is impersonation)
+        if name == "impersonation":
+            proc = kubectl("apply", "-k", str(overlays["impersonation"]))
+            assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+        assert settled(lambda: installed(name == "impersonation")), f"{name}: the authorizer never saw it"
+        yield name
+        if name == "impersonation":
+            proc = kubectl("apply", "-k", str(MANIFESTS))
+            assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+            kubectl("delete", "clusterrole", "ray-gitops-impersonate", "--ignore-not-found")
+            assert settled(lambda: installed(False)), "the base applied again is not direct"
+
+
+@pytest.fixture
+def authz(api: client.ApiClient) -> client.AuthorizationV1Api:
+    return client.AuthorizationV1Api(api)
+
+
 # -- rendering -----------------------------------------------------------------------------------------
 def test_kustomize_renders_the_namespace_rbac_deployment_service_monitoring_and_dashboard(
         rendered: list[dict[str, Any]]) -> None:
@@ -277,6 +502,43 @@ def test_an_overlay_sets_the_repository_and_the_image_and_the_pod_gets_the_new_c
     assert (env["RAY_GITOPS_REPO"], env["RAY_GITOPS_BRANCH"], env["RAY_GITOPS_INTERVAL"]) == (
         "git@github.com:acme/ray-config.git", "production", "30s")
     assert container(objects)["image"] == "registry.example.com/platform/ray-gitops:0.1.0"
+
+
+def test_the_impersonation_overlay_and_a_tenant_overlay_render_what_the_readme_describes(
+        rendered: list[dict[str, Any]], rendered_overlays: dict[str, list[dict[str, Any]]], kubectl_path: Path,
+        tmp_path: Path) -> None:
+    impersonation = rendered_overlays["impersonation"]
+    assert sorted(kind_name(o) for o in impersonation if o["kind"] != "ConfigMap") == sorted(
+        [kind_name(o) for o in rendered if o["kind"] != "ConfigMap"] + [("ClusterRole", "ray-gitops-impersonate")])
+    assert container_env(impersonation)["RAY_GITOPS_DEFAULT_SERVICE_ACCOUNT"] == TENANT_SA_NAME
+    assert "RAY_GITOPS_DEFAULT_SERVICE_ACCOUNT" not in container_env(rendered)
+    config_name = container(impersonation)["envFrom"][0]["configMapRef"]["name"]
+    assert config_name != container(rendered)["envFrom"][0]["configMapRef"]["name"]  # a new hash: the pod rolls
+    [impersonate] = one(impersonation, "ClusterRole", "ray-gitops-impersonate")["rules"]
+    assert impersonate["resourceNames"] == [TENANT_SA_NAME]
+
+    tenant = rendered_overlays[TENANTS[0]]
+    assert sorted(kind_name(o) for o in tenant) == [
+        ("Role", TENANT_SA_NAME), ("RoleBinding", "ray-gitops-impersonate"), ("RoleBinding", TENANT_SA_NAME),
+        ("ServiceAccount", TENANT_SA_NAME)]
+    assert {o["metadata"]["namespace"] for o in tenant} == {TENANTS[0]}
+    assert one(tenant, "ServiceAccount")["automountServiceAccountToken"] is False
+    assert one(tenant, "RoleBinding", TENANT_SA_NAME)["subjects"] == [
+        {"kind": "ServiceAccount", "name": TENANT_SA_NAME, "namespace": TENANTS[0]}]
+
+    # README "Impersonation": the component in the overlay that also sets the repository
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS, tmp_path)],
+        "components": [os.path.relpath(IMPERSONATION_COMPONENT, tmp_path)],
+        "configMapGenerator": [{"name": "ray-gitops-config", "behavior": "merge",
+                                "literals": ["RAY_GITOPS_REPO=git@github.com:acme/ray-config.git"]}],
+    }))
+    proc = run([str(kubectl_path), "kustomize", str(tmp_path)])
+    assert proc.returncode == 0, proc.stderr
+    env = container_env([doc for doc in yaml.safe_load_all(proc.stdout) if doc])
+    assert (env["RAY_GITOPS_REPO"], env["RAY_GITOPS_DEFAULT_SERVICE_ACCOUNT"]) == (
+        "git@github.com:acme/ray-config.git", TENANT_SA_NAME)
 
 
 # -- the real API server -------------------------------------------------------------------------------
@@ -318,60 +580,251 @@ def test_the_pod_template_is_admitted_where_the_restricted_pod_security_standard
     assert refused.value.status == 403 and "violates PodSecurity" in str(refused.value.body)
 
 
+# -- RBAC: each variant, on the real API server's authorizer ----------------------------------------------
 def test_the_service_account_may_do_exactly_what_the_readme_lists_and_nothing_else(
-        applied: subprocess.CompletedProcess[str], api: client.ApiClient) -> None:
-    authz = client.AuthorizationV1Api(api)
-
-    def allowed(namespace: str, group: str, resource: str, verb: str, name: str = "") -> bool:
-        resource, _, subresource = resource.partition("/")
-        review = authz.create_subject_access_review(client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
-            user=SERVICE_ACCOUNT, groups=SA_GROUPS, resource_attributes=client.V1ResourceAttributes(
-                namespace=namespace, group=group, resource=resource, subresource=subresource or None,
-                verb=verb, name=name or None))))
-        return bool(review.status.allowed)
-
-    target = "ray-prod"  # any namespace an environment may target: the rules are cluster-wide
-    for namespace in (target, NAMESPACE, ""):
-        for (group, resource), verbs in CLUSTER_WIDE.items():
-            granted = {v for v in VERBS if allowed(namespace, group, resource, v)}
-            assert granted == verbs, f"{group or 'core'}/{resource} in {namespace or 'all namespaces'}"
-        for group, resource in NOT_GRANTED:
-            if (group, resource) == LEASE and namespace == NAMESPACE:
-                continue
-            granted = {v for v in VERBS if allowed(namespace, group, resource, v)}
-            assert granted == set(), f"{group or 'core'}/{resource} in {namespace or 'all namespaces'}"
-
-    # Leader election: create any Lease (create cannot be limited by name), read and renew only ours.
-    lease = {v for v in VERBS if allowed(NAMESPACE, *LEASE, v, LEASE_NAME)}
-    assert lease == {"get", "update", "create"}
-    assert {v for v in VERBS if allowed(NAMESPACE, *LEASE, v, "another-lease")} == {"create"}
-    assert {v for v in VERBS if allowed(NAMESPACE, *LEASE, v)} == {"create"}  # no list, no watch
+        variant: str, authz: client.AuthorizationV1Api) -> None:
+    """The daemon's ServiceAccount, asked of the RBAC authorizer (SubjectAccessReview) per resource, verb and
+    name: a namespace an environment targets, the daemon's own, an onboarded tenant's, and cluster-wide."""
+    rules = identity_rules(DAEMON_COLUMN[variant])
+    assert_may_do_exactly(authz, sa_user(NAMESPACE, "ray-gitops"), lambda ns: rules_in(rules, ns),
+                          (TARGET, NAMESPACE, TENANTS[0], ""))
+    leases = {rule for _, rule in rules if rule[:2] == ("coordination.k8s.io", "leases")}
+    assert {(name, verb) for _, _, name, verb in leases} == {("*", "create"), (LEASE_NAME, "get"),
+                                                           (LEASE_NAME, "update")}
     assert config.Settings().leader_election_id == LEASE_NAME  # the daemon's default Lease name
 
 
 def test_the_authorizer_lists_no_rule_for_the_service_account_beyond_the_readme(
-        applied: subprocess.CompletedProcess[str], kube_control_plane: kube_controlplane.ControlPlane) -> None:
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane) -> None:
     """SelfSubjectRulesReview as the ServiceAccount, minus what any ServiceAccount gets (discovery)."""
+    rules = identity_rules(DAEMON_COLUMN[variant])
+    for namespace in (TARGET, NAMESPACE, TENANTS[0]):
+        baseline = rules_review(kube_control_plane, sa_user(NAMESPACE, "someone-else")[0], namespace)
+        assert rules_review(kube_control_plane, SERVICE_ACCOUNT, namespace) - baseline == rules_in(rules, namespace), (
+            f"{variant} in {namespace}")
 
-    def rules(user: str, namespace: str) -> set[tuple[str, str, str, str]]:
-        with kube_control_plane.api_client() as api_client:
-            api_client.set_default_header("Impersonate-User", user)
-            review = client.AuthorizationV1Api(api_client).create_self_subject_rules_review(
-                client.V1SelfSubjectRulesReview(spec=client.V1SelfSubjectRulesReviewSpec(namespace=namespace)))
-        assert not review.status.incomplete, review.status.evaluation_error
-        return {(group, resource, name, verb) for rule in review.status.resource_rules
-                for group in rule.api_groups or [""] for resource in rule.resources or []
-                for name in rule.resource_names or ["*"] for verb in rule.verbs}
 
-    def expected(namespace: str) -> set[tuple[str, str, str, str]]:
-        out = {(g, r, "*", v) for (g, r), verbs in CLUSTER_WIDE.items() for v in verbs}
-        if namespace == NAMESPACE:
-            out |= {(*LEASE, "*", "create"), (*LEASE, LEASE_NAME, "get"), (*LEASE, LEASE_NAME, "update")}
-        return out
+@pytest.mark.parametrize("variant", ["impersonation"], indirect=True)
+def test_with_impersonation_the_daemon_writes_nothing_itself_and_may_act_only_as_onboarded_tenants(
+        variant: str, authz: client.AuthorizationV1Api) -> None:
+    daemon = sa_user(NAMESPACE, "ray-gitops")
+    for namespace in (TARGET, TENANTS[0], NAMESPACE, ""):
+        for group, resource in [("ray.io", "rayclusters"), ("ray.io", "rayjobs"), ("ray.io", "rayservices"),
+                                ("", "configmaps"), ("", "secrets"), ("", "events")]:
+            for verb in ("create", "patch", "update", "delete"):
+                assert not may(authz, daemon, namespace, group, resource, verb), (verb, resource, namespace)
+    for tenant in TENANTS:
+        assert may(authz, daemon, tenant, "", "serviceaccounts", "impersonate", TENANT_SA_NAME)
+        assert not may(authz, daemon, tenant, "", "serviceaccounts", "impersonate", "default")
+    for namespace in (TARGET, NAMESPACE, "kube-system", ""):  # not onboarded
+        assert not may(authz, daemon, namespace, "", "serviceaccounts", "impersonate", TENANT_SA_NAME), namespace
+    for group, resource, name in [("", "users", "admin"), ("", "groups", "system:masters"),
+                                  ("authentication.k8s.io", "uids", "x"),
+                                  ("authentication.k8s.io", "userextras/scopes", "x")]:
+        assert not may(authz, daemon, "", group, resource, "impersonate", name), resource
 
-    for namespace in ("ray-prod", NAMESPACE):
-        baseline = rules(f"system:serviceaccount:{NAMESPACE}:someone-else", namespace)
-        assert rules(SERVICE_ACCOUNT, namespace) - baseline == expected(namespace), namespace
+
+@pytest.mark.parametrize("variant", ["impersonation"], indirect=True)
+def test_the_tenant_service_account_may_write_what_the_readme_lists_in_its_own_namespace_only(
+        variant: str, authz: client.AuthorizationV1Api, kube_control_plane: kube_controlplane.ControlPlane) -> None:
+    rules = identity_rules(TENANT_COLUMN)
+    own = TENANTS[0]
+    tenant = sa_user(own, TENANT_SA_NAME)
+    assert_may_do_exactly(authz, tenant, lambda ns: rules_in(rules, ns, own), (own, TENANTS[1], TARGET, NAMESPACE, ""))
+    for namespace in (own, TENANTS[1]):
+        baseline = rules_review(kube_control_plane, sa_user(own, "someone-else")[0], namespace)
+        assert rules_review(kube_control_plane, tenant[0], namespace) - baseline == rules_in(rules, namespace, own)
+    assert rules_in(rules, own, own) and not rules_in(rules, TENANTS[1], own)
+
+
+@pytest.mark.parametrize("variant", ["impersonation"], indirect=True)
+def test_the_daemon_writes_as_an_onboarded_tenant_through_the_api_server_and_nowhere_else(
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane) -> None:
+    """Real requests with the daemon's own token (TokenRequest, as in its pod) and `Impersonate-User`, the
+    way the daemon sends an environment's writes: what SubjectAccessReview says, the API server does."""
+    own, other = TENANTS
+    tenant = sa_user(own, TENANT_SA_NAME)[0]
+    clients: list[client.ApiClient] = []
+
+    def as_daemon(impersonate: str = "", group: str = "") -> tuple[client.CustomObjectsApi, client.CoreV1Api]:
+        api_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops", impersonate)
+        if group:
+            api_client.set_default_header("Impersonate-Group", group)
+        clients.append(api_client)
+        return client.CustomObjectsApi(api_client), client.CoreV1Api(api_client)
+
+    def cluster(namespace: str) -> dict[str, Any]:
+        return desired(load("raycluster.yaml"), namespace).manifest
+
+    def apply(custom: client.CustomObjectsApi, namespace: str, dry_run: bool = False) -> dict[str, Any]:
+        response = custom.patch_namespaced_custom_object(
+            "ray.io", "v1", namespace, "rayclusters", "demo", cluster(namespace), field_manager="ray-gitops",
+            force=False, _content_type="application/apply-patch+yaml", _preload_content=False,
+            **({"dry_run": "All"} if dry_run else {}))
+        stored: dict[str, Any] = json.loads(response.data)
+        return stored
+
+    def refused(call: Callable[[], Any], message: str) -> None:
+        with pytest.raises(ApiException) as exc:
+            call()
+        assert exc.value.status == 403 and message in json.loads(exc.value.body)["message"], exc.value.body
+
+    try:
+        custom, core = as_daemon()
+        refused(lambda: apply(custom, own), 'User "system:serviceaccount:ray-gitops:ray-gitops" cannot patch')
+
+        custom, core = as_daemon(tenant)
+        assert apply(custom, own, dry_run=True)["metadata"]["namespace"] == own
+        created = apply(custom, own)
+        assert apply(custom, own, dry_run=True)["metadata"]["uid"] == created["metadata"]["uid"]
+        assert custom.get_namespaced_custom_object("ray.io", "v1", own, "rayclusters", "demo")
+        core.create_namespaced_event(own, {
+            "metadata": {"name": "demo.ray-gitops-test"}, "reason": "Created", "message": "from the test",
+            "involvedObject": {"apiVersion": "ray.io/v1", "kind": "RayCluster", "namespace": own, "name": "demo"}})
+        ledger = core.create_namespaced_config_map(own, {"metadata": {"name": "ray-gitops-ledger-e2e"},
+                                                         "data": {"inventory": "[]"}})
+        ledger.data = {"inventory": "[1]"}
+        core.replace_namespaced_config_map(ledger.metadata.name, own, ledger)  # PUT with its resourceVersion
+        refused(lambda: apply(custom, other), f'User "{tenant}" cannot patch resource "rayclusters"')
+        refused(lambda: core.list_namespaced_config_map(own), f'User "{tenant}" cannot list')
+
+        daemon_custom, _ = as_daemon()  # the caches: the daemon's own list, cluster-wide, label-filtered
+        listed = daemon_custom.list_cluster_custom_object("ray.io", "v1", "rayclusters",
+                                                          label_selector="app.kubernetes.io/managed-by=ray-gitops")
+        assert (own, "demo") in [(o["metadata"]["namespace"], o["metadata"]["name"]) for o in listed["items"]]
+
+        custom, core = as_daemon(sa_user(other, TENANT_SA_NAME)[0])  # the second tenant, in its namespace
+        apply(custom, other)
+        custom.delete_namespaced_custom_object("ray.io", "v1", other, "rayclusters", "demo")
+
+        for user, group in [(sa_user(TARGET, TENANT_SA_NAME)[0], ""), (sa_user(own, "default")[0], ""),
+                            ("admin", ""), (tenant, "system:masters")]:
+            custom, _ = as_daemon(user, group)
+            refused(lambda custom=custom: apply(custom, own), "cannot impersonate resource")
+
+        custom, _ = as_daemon(tenant)
+        custom.delete_namespaced_custom_object("ray.io", "v1", own, "rayclusters", "demo")
+    finally:
+        for api_client in clients:
+            api_client.close()
+
+
+def reconcile_each_request_kind(kit: Kit, plane: kube_controlplane.ControlPlane) -> None:
+    """Through `kit`'s KubernetesTarget, as reconciles send them: the caches, dry-run and apply of new and
+    existing objects, Events, the ledger's POST and PUT, recreate and prune of a RayCluster, a ConfigMap
+    and a Secret. Each must succeed, and show on the cluster as the admin sees it."""
+    namespace = kit.namespace
+    objects = [desired(load(name), namespace) for name in ("raycluster.yaml", "configmap.yaml", "secret.yaml")]
+    admin = Kit(plane, namespace)
+    try:
+        for obj in objects:
+            item, outcome = kit.sync(obj)
+            assert outcome == Outcome.CREATED, obj.ref
+            kit.target.report_event(item, outcome, "created by the test", kit.context)
+        changed = desired({**load("configmap.yaml"), "data": {"mode": "slow"}}, namespace, revision="r2")
+        item, outcome = kit.sync(changed)
+        assert outcome == Outcome.CONFIGURED and (admin.get("ConfigMap", "settings") or {})["data"] == {"mode": "slow"}
+
+        spec = kit.environment().spec
+        for runs in ((("run-1", ""),), (("run-1", "SUCCEEDED"),)):  # the first save POSTs, the second PUTs
+            kit.target.save_ledger(spec, LedgerSnapshot(frozenset(o.ref for o in objects), runs))
+        ledger = admin.core.read_namespaced_config_map(f"ray-gitops-ledger-{ENV}", namespace)
+        assert json.loads(ledger.data["runs"]) == {"run-1": "SUCCEEDED"}
+
+        assert kit.apply(objects[0], Action.RECREATE) == Outcome.RECREATED
+        for obj in objects:
+            assert kit.apply(None, Action.DELETE, obj.ref) == Outcome.DELETED
+            assert admin.get(obj.ref.kind, obj.ref.name) is None
+        events = admin.core.list_namespaced_event(namespace, label_selector=f"{ENVIRONMENT_LABEL}={ENV}").items
+        assert sorted((e.reason, e.involved_object.kind) for e in events) == [  # emit() only logs a refusal
+            ("Created", "ConfigMap"), ("Created", "RayCluster"), ("Created", "Secret")]
+        assert kit.requests("create") == 1 + 3 and kit.requests("update") == 1  # ledger POST, Events; ledger PUT
+    finally:  # leave no labelled object to later tests' cluster-wide caches
+        for obj in objects:
+            admin.apply(None, Action.DELETE, obj.ref)
+        admin.core.delete_collection_namespaced_config_map(namespace, label_selector=f"{ENVIRONMENT_LABEL}={ENV}")
+        admin.close()
+
+
+@pytest.mark.parametrize("variant", ["direct"], indirect=True)
+def test_the_kubernetes_target_reconciles_with_the_direct_variants_rights_alone(
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane, kube_namespace: str) -> None:
+    """The daemon's own code (KubernetesTarget), authenticated as the ServiceAccount by its own token, in a
+    namespace nobody onboarded: every request kind it sends is allowed by the direct variant, which grants
+    nothing more (the tests above)."""
+    sa_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops")
+    kit = Kit(SimpleNamespace(api_client=lambda: sa_client), kube_namespace)
+    try:
+        assert kit.target.writer(kit.options).kube.impersonate == ""
+        reconcile_each_request_kind(kit, kube_control_plane)
+    finally:
+        kit.close()
+
+
+@pytest.mark.parametrize("variant", ["impersonation"], indirect=True)
+def test_the_kubernetes_target_writes_as_the_tenant_and_reads_as_itself_with_the_impersonation_variant(
+        variant: str, kube_control_plane: kube_controlplane.ControlPlane,
+        rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
+    """The daemon's own code with its own token and the impersonation component's setting
+    (default_service_account): in an onboarded namespace every request kind succeeds, the writes as the
+    tenant's account (the daemon may write nothing itself, tests above) and the caches as the daemon (the
+    tenant may not list); in a namespace nobody onboarded the first write is refused and nothing is written."""
+    env = container_env(rendered_overlays["impersonation"])
+    settings = config.load({}, environ={k: v for k, v in env.items() if k.startswith("RAY_GITOPS_")})
+    assert settings.default_service_account == TENANT_SA_NAME
+    sa_client = token_client(kube_control_plane, NAMESPACE, "ray-gitops")
+    kits = []
+    try:
+        for namespace in (TENANTS[1], TARGET):
+            kit = Kit(SimpleNamespace(api_client=lambda: sa_client), namespace)
+            kits.append(kit)
+            kit.target.close(workloads=False)
+            kit.target = KubernetesTarget(kit.options, kit.metrics, api_client=sa_client,
+                                          default_service_account=settings.default_service_account)
+            assert kit.target.writer(kit.options).kube.impersonate == sa_user(namespace, TENANT_SA_NAME)[0]
+        onboarded, not_onboarded = kits
+        reconcile_each_request_kind(onboarded, kube_control_plane)
+
+        obj = desired(load("configmap.yaml"), TARGET)
+        with pytest.raises(PermanentError, match=f'cannot impersonate resource "serviceaccounts".* "{TARGET}"'):
+            not_onboarded.sync(obj)
+        with kube_control_plane.api_client() as api_client, pytest.raises(ApiException) as missing:
+            client.CoreV1Api(api_client).read_namespaced_config_map("settings", TARGET)
+        assert missing.value.status == 404
+    finally:
+        for kit in kits:
+            kit.close()
+
+
+# -- RBAC: the README's "Permissions" table is what the manifests hold ---------------------------------------
+def test_the_readme_permissions_table_is_every_rule_of_each_variant_and_whom_it_is_granted_to(
+        rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
+    rows = readme_table("Deploying to a cluster", "variant")
+    renders = {"direct": rendered_overlays["direct"],
+               "impersonation": rendered_overlays["impersonation"] + rendered_overlays[TENANTS[0]]}
+    for variant, objects in renders.items():
+        table: dict[tuple[str, str], set[Rule]] = {}
+        grantee: dict[tuple[str, str], str] = {}
+        for row in rows:
+            if row["variant"] in ("both", variant):
+                kind, name = re.fullmatch(r"(Role|ClusterRole) `([^`]+)`", row["object"]).groups()
+                table.setdefault((kind, name), set()).update(readme_rules(row["resources"], row["verbs"]))
+                assert grantee.setdefault((kind, name), row["granted to, where"]) == row["granted to, where"]
+        roles = {kind_name(o): manifest_rules(o) for o in objects if o["kind"] in ("Role", "ClusterRole")}
+        assert roles == table, variant
+
+        for (kind, name), where in grantee.items():  # who holds each role, and with which kind of binding
+            bindings = [o for o in objects if o["kind"].endswith("Binding") and o["roleRef"]["name"] == name
+                        and o["roleRef"]["kind"] == kind]
+            holders = {(b["kind"], b["metadata"].get("namespace"), s["namespace"], s["name"])
+                       for b in bindings for s in b["subjects"]}
+            expected = {
+                "the daemon, every namespace": {("ClusterRoleBinding", None, NAMESPACE, "ray-gitops")},
+                f"the daemon, in `{NAMESPACE}`": {("RoleBinding", NAMESPACE, NAMESPACE, "ray-gitops")},
+                "the daemon, each tenant namespace": {("RoleBinding", TENANTS[0], NAMESPACE, "ray-gitops")},
+                f"`{TENANT_SA_NAME}`, its own namespace": {("RoleBinding", TENANTS[0], TENANTS[0], TENANT_SA_NAME)},
+            }[where]
+            assert holders == expected, (variant, kind, name)
 
 
 # -- the pod's settings, as the daemon reads them -------------------------------------------------------
