@@ -46,11 +46,12 @@ RESOURCES = {r.kind: r for r in (
     Resource("ray.io", "RayCluster", "/apis/ray.io/v1", "rayclusters"),
     Resource("ray.io", "RayJob", "/apis/ray.io/v1", "rayjobs"),
     Resource("ray.io", "RayService", "/apis/ray.io/v1", "rayservices"),
+    Resource("ray.io", "RayCronJob", "/apis/ray.io/v1", "raycronjobs"),
     Resource("", "ConfigMap", "/api/v1", "configmaps"),
     Resource("", "Secret", "/api/v1", "secrets"),
     Resource("", "Pod", "/api/v1", "pods"),
 )}
-OBJECT_KINDS = ("RayCluster", "RayJob", "RayService", "ConfigMap", "Secret")  # what Git may hold
+OBJECT_KINDS = ("RayCluster", "RayJob", "RayService", "RayCronJob", "ConfigMap", "Secret")  # what Git may hold
 
 
 def resource(ref: ObjectRef) -> Resource:

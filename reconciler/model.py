@@ -141,7 +141,8 @@ class Health(enum.StrEnum):
 
 
 JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")  # a RayJob's status.jobStatus
-TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped"}  # -> run result
+# a run's final status -> its result (MISSED: a RayCronJob slot not run, more than its deadline late)
+TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped", "MISSED": "missed"}
 
 
 @dataclass(frozen=True)

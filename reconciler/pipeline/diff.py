@@ -22,7 +22,8 @@ from ..model import REVISION_ANNOTATION, Manifest
 NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
                   "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 IGNORED_ANNOTATIONS = (REVISION_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
-CLUSTER_SPEC_PATHS = {"RayCluster": "/spec", "RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig"}
+CLUSTER_SPEC_PATHS = {"RayCluster": "/spec", "RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig",
+                      "RayCronJob": "/spec/jobTemplate/rayClusterSpec"}
 AUTOSCALER_FIELDS = ("replicas", "scaleStrategy")
 
 

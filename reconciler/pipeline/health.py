@@ -75,5 +75,8 @@ def of(obj: LiveObject | None) -> tuple[Health, str]:
         return Health.MISSING, "not found"
     if obj.ref.kind == "RayCluster":
         return raycluster(obj.status, obj.manifest.get("metadata", {}).get("generation"))
+    if obj.ref.kind == "RayCronJob":
+        suspended = (obj.manifest.get("spec") or {}).get("suspend") is True
+        return (Health.SUSPENDED, "suspended") if suspended else (Health.HEALTHY, "scheduling")
     check = {"RayJob": rayjob, "RayService": rayservice}.get(obj.ref.kind)
     return check(obj.status) if check else (Health.HEALTHY, "exists")

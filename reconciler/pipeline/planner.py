@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from . import diff
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
                     ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
                     ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
 
-KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3}
+KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3, "RayCronJob": 3}
+NO_RESTART = ("ConfigMap", "Secret", "RayCronJob")  # every change applies as it is (a RayCronJob's to its next runs)
+# What needs a KubeRay operator feature gate that is off by default (KubeRay 1.6): (kind, the field that needs
+# it or "" for the kind itself, its value or None for any, the gate).
+FEATURE_GATES = (("RayCronJob", "", None, "RayCronJob"),
+                 ("RayService", "/spec/upgradeStrategy/type", "NewClusterWithIncrementalUpgrade",
+                  "RayServiceIncrementalUpgrade"))
+# Fields newer than the KubeRay version the tests pin (1.6): an older CRD drops them silently.
+NEWER_FIELDS = (("RayCronJob", "/spec/timeZone", "KubeRay 1.7"),)
 _IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
                        r"|spec\.serveConfigV2"
                        r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.(suspend|enableInTreeAutoscaling|autoscalerOptions(\..*)?)"
@@ -47,10 +56,33 @@ def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inven
     return items
 
 
+def _value(manifest: Manifest, pointer: str) -> Any:
+    node: Any = manifest
+    for key in pointer.strip("/").split("/"):
+        node = node.get(key) if isinstance(node, dict) else None
+    return node
+
+
+def gate_warnings(manifest: Manifest) -> tuple[str, ...]:
+    """Warnings for what the operator ignores unless a feature gate is on, or unless it is new enough."""
+    kind, out = manifest.get("kind"), []
+    for gate_kind, pointer, value, gate in FEATURE_GATES:
+        found = _value(manifest, pointer) if pointer else kind
+        if kind == gate_kind and found is not None and (value is None or found == value):
+            what = f"{pointer.strip('/').replace('/', '.')}: {value}" if pointer else kind
+            out.append(f"{what} needs the KubeRay operator's feature gate {gate} (alpha, off by default: "
+                       f"--feature-gates={gate}=true)")
+    for field_kind, pointer, version in NEWER_FIELDS:
+        if kind == field_kind and _value(manifest, pointer) is not None:
+            out.append(f"{pointer.strip('/').replace('/', '.')} needs {version}; an older CRD drops it")
+    return tuple(out)
+
+
 def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
+    gates = gate_warnings(desired.manifest)
     if current is None:
         return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
-                        diff.lazy(None, desired.manifest, str(desired.ref)))
+                        diff.lazy(None, desired.manifest, str(desired.ref)), gates)
     owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = diff.changed_paths(old, new)
@@ -58,19 +90,24 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
         return PlanItem(desired.ref, Action.NOOP, "in sync", desired)
 
     def item(action: Action, reason: str, *flags: Flag) -> PlanItem:
-        return PlanItem(desired.ref, action, reason, desired, diff.lazy(old, new, str(desired.ref)), warnings,
+        return PlanItem(desired.ref, action, reason, desired, diff.lazy(old, new, str(desired.ref)), warnings + gates,
                         frozenset(flags) | removed, tuple(paths))
 
     warnings, removed = _group_warnings(current, desired)
-    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in ("ConfigMap", "Secret") else []
+    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in NO_RESTART else []
     if not restart and not removed:
         return item(Action.UPDATE, f"changed in place: {', '.join(paths)}")
     changed = ", ".join(restart) or "worker groups removed"
     if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
         return item(Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate")
     if desired.ref.kind == "RayService":
-        return item(Action.UPDATE, f"{changed} changed; KubeRay upgrades the RayService to a new cluster "
-                    "(zero-downtime)")
+        strategy = _value(desired.manifest, "/spec/upgradeStrategy/type") or "NewCluster"
+        return item(Action.UPDATE, f"{changed} changed; " + {
+            "None": "upgradeStrategy None: KubeRay keeps serving on the current cluster (pending restart)",
+            "NewClusterWithIncrementalUpgrade": "KubeRay shifts traffic to a new cluster step by step "
+                                                "(incremental upgrade)"}.get(
+            strategy, "KubeRay upgrades the RayService to a new cluster (zero-downtime)"),
+            *([Flag.PENDING_RESTART] if strategy == "None" else []))
     if (diff.cluster_spec(desired.manifest).get("upgradeStrategy") or {}).get("type") == "Recreate":
         return item(Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods")
     return item(Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep the old template; "

@@ -389,7 +389,10 @@ class Pipeline:
                 obj_health, _ = health.of(obj)
                 status = obj.status.get("jobStatus") if obj else None
             healths.append(obj_health)
-            if ref.kind == "RayJob":
+            if ref.kind == "RayCronJob":  # its newest run's status
+                runs = sorted((r for r in record.runs.values() if r.job == ref.name), key=lambda r: r.submitted_at)
+                status = runs[-1].status if runs else None
+            if ref.kind in ("RayJob", "RayCronJob"):
                 jobs.update({(ref.name, s): float(s == status) for s in JOB_STATUSES})
                 detail["jobs"][ref.name] = {"status": status or "", "health": obj_health.value}
             if ref.kind == "RayCluster":

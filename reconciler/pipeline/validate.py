@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import re
 import reprlib
+import zoneinfo
 from typing import Any, Mapping, Protocol
+
+from croniter import croniter
 
 from ..errors import ValidationError
 from . import parse
@@ -17,7 +20,8 @@ from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, Enviro
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
-         ("v1", "ConfigMap"), ("v1", "Secret")}
+         ("ray.io/v1", "RayCronJob"), ("v1", "ConfigMap"), ("v1", "Secret")}
+DELETION_POLICIES = {"DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
@@ -243,9 +247,31 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         _job_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
     elif kind == "RayService":
         spec = c.mapping(doc.get("spec"), "spec", required=True)
+        upgrade = c.mapping(spec.get("upgradeStrategy"), "spec.upgradeStrategy")
+        c.one_of(upgrade.get("type"), "spec.upgradeStrategy.type", {"NewCluster", "NewClusterWithIncrementalUpgrade",
+                                                                    "None"})
         _cluster_spec(c, c.mapping(spec.get("rayClusterConfig"), "spec.rayClusterConfig", required=True),
                       "spec.rayClusterConfig", environment)
+    elif kind == "RayCronJob":
+        _cron_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
     return c.errors
+
+
+def _cron_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:
+    """A RayCronJob (KubeRay 1.6, alpha): a cron `schedule`, optional `timeZone` (KubeRay 1.7) and `suspend`,
+    and a `jobTemplate` that is a RayJob spec."""
+    schedule = c.string(spec.get("schedule"), "spec.schedule", required=True)
+    if schedule is not None and not croniter.is_valid(schedule):
+        c.fail("spec.schedule", f"is not a cron schedule (five fields, e.g. \"0 2 * * *\"), got {short(schedule)}")
+    zone = c.string(spec.get("timeZone"), "spec.timeZone")
+    if zone is not None:
+        try:
+            zoneinfo.ZoneInfo(zone)
+        except (ValueError, zoneinfo.ZoneInfoNotFoundError):
+            c.fail("spec.timeZone", f"is not an IANA time zone (e.g. Europe/Paris), got {short(zone)}")
+    c.boolean(spec.get("suspend"), "spec.suspend")
+    _job_spec(c, c.mapping(spec.get("jobTemplate"), "spec.jobTemplate", required=True), environment,
+              "spec.jobTemplate")
 
 
 def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, environment: EnvironmentSpec) -> None:
@@ -253,6 +279,10 @@ def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, environment: Envi
     c.boolean(spec.get("suspend"), f"{path}.suspend")
     upgrade = c.mapping(spec.get("upgradeStrategy"), f"{path}.upgradeStrategy")
     c.one_of(upgrade.get("type"), f"{path}.upgradeStrategy.type", {"Recreate", "None"})
+    auth = c.mapping(spec.get("authOptions"), f"{path}.authOptions")
+    c.one_of(auth.get("mode"), f"{path}.authOptions.mode", {"disabled", "token"})
+    c.boolean(auth.get("enableK8sTokenAuth"), f"{path}.authOptions.enableK8sTokenAuth")
+    c.string(auth.get("secretName"), f"{path}.authOptions.secretName")
     _group(c, c.mapping(spec.get("headGroupSpec"), f"{path}.headGroupSpec", required=True), f"{path}.headGroupSpec")
     seen: set[str] = set()
     for i, group in enumerate(c.sequence(spec.get("workerGroupSpecs"), f"{path}.workerGroupSpecs")):
@@ -298,43 +328,79 @@ def _group(c: Checker, group: dict[str, Any], path: str) -> None:
                     c.fail(f"{cpath}.resources.{section}.{res}", str(exc))
 
 
-def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:
+def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, path: str = "spec") -> None:
+    """A RayJob's spec (or a RayCronJob's `jobTemplate`, at `path`)."""
     mode = spec.get("submissionMode")
-    c.one_of(mode, "spec.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
-    c.string(spec.get("entrypoint"), "spec.entrypoint", required=mode != "InteractiveMode")
+    c.one_of(mode, f"{path}.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
+    c.string(spec.get("entrypoint"), f"{path}.entrypoint", required=mode != "InteractiveMode")
     has_cluster, has_selector = "rayClusterSpec" in spec, "clusterSelector" in spec
     if has_cluster == has_selector:
-        c.fail("spec", "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
+        c.fail(path, "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
                "(an existing RayCluster)")
     if has_cluster:
-        _cluster_spec(c, c.mapping(spec["rayClusterSpec"], "spec.rayClusterSpec"), "spec.rayClusterSpec", environment)
+        _cluster_spec(c, c.mapping(spec["rayClusterSpec"], f"{path}.rayClusterSpec"), f"{path}.rayClusterSpec",
+                      environment)
     if has_selector:
-        selector = c.mapping(spec["clusterSelector"], "spec.clusterSelector")
-        c.string(selector.get("ray.io/cluster"), "spec.clusterSelector.ray.io/cluster", required=True)
+        selector = c.mapping(spec["clusterSelector"], f"{path}.clusterSelector")
+        c.string(selector.get("ray.io/cluster"), f"{path}.clusterSelector.ray.io/cluster", required=True)
     if "jobId" in spec:
-        c.fail("spec.jobId", "is set by ray-gitops to the run id <env>-<name>-<hash10>; remove it")
-    c.boolean(spec.get("shutdownAfterJobFinishes"), "spec.shutdownAfterJobFinishes")
-    ttl = c.integer(spec.get("ttlSecondsAfterFinished"), "spec.ttlSecondsAfterFinished")
+        c.fail(f"{path}.jobId", "is set by ray-gitops to the run id <env>-<name>-<hash10>; remove it")
+    c.boolean(spec.get("shutdownAfterJobFinishes"), f"{path}.shutdownAfterJobFinishes")
+    ttl = c.integer(spec.get("ttlSecondsAfterFinished"), f"{path}.ttlSecondsAfterFinished")
     if ttl and not spec.get("shutdownAfterJobFinishes"):
-        c.fail("spec.ttlSecondsAfterFinished", "a value > 0 requires shutdownAfterJobFinishes: true")
+        c.fail(f"{path}.ttlSecondsAfterFinished", "a value > 0 requires shutdownAfterJobFinishes: true")
+    _deletion_strategy(c, spec, path)
     for key in ("entrypointNumCpus", "entrypointNumGpus"):
         value = spec.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
-            c.fail(f"spec.{key}", f"must be a number >= 0, got {short(value)}")
-    runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), "spec.runtimeEnvYAML")
+            c.fail(f"{path}.{key}", f"must be a number >= 0, got {short(value)}")
+    runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), f"{path}.runtimeEnvYAML")
     if runtime_env_yaml:
-        runtime_env(c, runtime_env_yaml)
+        runtime_env(c, runtime_env_yaml, f"{path}.runtimeEnvYAML")
 
 
-def runtime_env(c: Checker, text: str) -> dict[str, Any]:
+def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:
+    """KubeRay 1.5's `deletionStrategy`, as its CRD rules say: `deletionRules` (each a policy and exactly one
+    of `jobStatus`/`jobDeploymentStatus`, with `ttlSeconds`), not with `shutdownAfterJobFinishes` nor
+    `ttlSecondsAfterFinished`; or the deprecated `onSuccess` and `onFailure`, both."""
+    where = f"{path}.deletionStrategy"
+    strategy = c.mapping(spec.get("deletionStrategy"), where)
+    if not strategy:
+        return
+    rules = c.sequence(strategy.get("deletionRules"), f"{where}.deletionRules")
+    legacy = [k for k in ("onSuccess", "onFailure") if k in strategy]
+    if rules and legacy:
+        c.fail(where, "deletionRules and onSuccess/onFailure cannot be used together")
+    elif not rules and len(legacy) != 2:
+        c.fail(where, "needs deletionRules, or both onSuccess and onFailure (deprecated)")
+    if rules and (spec.get("shutdownAfterJobFinishes") or spec.get("ttlSecondsAfterFinished")):
+        c.fail(where, "deletionRules replace shutdownAfterJobFinishes and ttlSecondsAfterFinished (use each "
+               "rule's condition.ttlSeconds)")
+    for key in legacy:
+        c.one_of(c.mapping(strategy.get(key), f"{where}.{key}").get("policy"), f"{where}.{key}.policy",
+                 DELETION_POLICIES)
+    for i, rule in enumerate(rules):
+        rpath = f"{where}.deletionRules[{i}]"
+        rule = c.mapping(rule, rpath)
+        c.one_of(rule.get("policy"), f"{rpath}.policy", DELETION_POLICIES)
+        if rule.get("policy") is None:
+            c.fail(f"{rpath}.policy", "required field is missing")
+        condition = c.mapping(rule.get("condition"), f"{rpath}.condition", required=True)
+        if ("jobStatus" in condition) == ("jobDeploymentStatus" in condition):
+            c.fail(f"{rpath}.condition", "set exactly one of jobStatus or jobDeploymentStatus")
+        c.one_of(condition.get("jobStatus"), f"{rpath}.condition.jobStatus", {"SUCCEEDED", "FAILED"})
+        c.one_of(condition.get("jobDeploymentStatus"), f"{rpath}.condition.jobDeploymentStatus", {"Failed"})
+        c.integer(condition.get("ttlSeconds"), f"{rpath}.condition.ttlSeconds")
+
+
+def runtime_env(c: Checker, text: str, path: str = "spec.runtimeEnvYAML") -> None:
     """Parse `runtimeEnvYAML` (with the one YAML parser); a relative `working_dir` must stay inside the
     repository."""
-    value, errors = parse.text(text, c.file, c.document, c.obj, "spec.runtimeEnvYAML")
+    value, errors = parse.text(text, c.file, c.document, c.obj, path)
     c.errors += errors
-    env = c.mapping(value, "spec.runtimeEnvYAML")
+    env = c.mapping(value, path)
     working_dir = env.get("working_dir")
     if isinstance(working_dir, str) and "://" not in working_dir:
         if working_dir.startswith("/") or ".." in working_dir.split("/"):
-            c.fail("spec.runtimeEnvYAML.working_dir", f"must be relative to the repository root and stay "
-                   f"inside it, got {short(working_dir)}")
-    return env
+            c.fail(f"{path}.working_dir", f"must be relative to the repository root and stay inside it, got "
+                   f"{short(working_dir)}")

@@ -11,7 +11,9 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
+from ...kubeapi import RESOURCES, Resource
 from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
+from .cache import Transform
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
 WORKER_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL},{NODE_TYPE_LABEL}!=head"
@@ -21,9 +23,26 @@ WORKER_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL},{NODE_TYPE_LABEL}!=head"
 OWNED_SELECTOR = f"{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"
 
 
-def selector(kind: str) -> str:
-    """The label selector of the cache that holds `kind`."""
-    return WORKER_POD_SELECTOR if kind == "Pod" else OWNED_SELECTOR
+CRON_LABEL = "ray.io/cronjob-name"  # on the RayJobs a RayCronJob makes (KubeRay 1.6)
+CRON_RUNS = "CronRun"  # the cache of those RayJobs
+
+
+def cache_of(kind: str) -> tuple[Resource, str, Transform | None]:
+    """What the cache named `kind` holds: (resource, label selector, what is kept of each object). Objects
+    from Git: only ours; worker Pods: KubeRay's; a RayCronJob's runs: its RayJobs, summed up."""
+    if kind == "Pod":
+        return RESOURCES["Pod"], WORKER_POD_SELECTOR, pod_summary
+    if kind == CRON_RUNS:
+        return RESOURCES["RayJob"], CRON_LABEL, run_summary
+    return RESOURCES[kind], OWNED_SELECTOR, None
+
+
+def run_summary(job: dict[str, Any]) -> dict[str, Any]:
+    """What the cache keeps of a RayJob a RayCronJob made: identity, its RayCronJob, its run's status."""
+    meta, status = job.get("metadata") or {}, job.get("status") or {}
+    return {"metadata": {k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion")},
+            "cronjob": (meta.get("labels") or {}).get(CRON_LABEL),
+            "status": {k: status.get(k) for k in ("jobId", "jobStatus", "startTime", "endTime")}}
 
 
 def pod_summary(pod: dict[str, Any]) -> dict[str, Any]:

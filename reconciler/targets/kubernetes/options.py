@@ -7,7 +7,7 @@ from typing import Any, Mapping
 from ...model import parse_duration
 from ...pipeline.validate import Checker, dns_label, short
 
-KINDS = frozenset({"RayCluster", "RayJob", "RayService", "ConfigMap", "Secret"})
+KINDS = frozenset({"RayCluster", "RayJob", "RayService", "RayCronJob", "ConfigMap", "Secret"})
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from kubernetes import client as k8s
 
 from ...errors import PermanentError
-from ...kubeapi import RESOURCES, ApiError, Kube, RateLimiter, connect, resource
+from ...kubeapi import ApiError, Kube, RateLimiter, connect, resource
 from ...metrics import Metrics
 from ...model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
-                      RenderedEnvironment, job_submission_id)
+                      RenderedEnvironment, job_submission_id, parse_time)
 from ...pipeline.diff import CLUSTER_SPEC_PATHS
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
@@ -109,8 +109,8 @@ class KubernetesTarget:
         return informer
 
     def _start_informer(self, kind: str, namespace: str) -> Informer:
-        transform = observe.pod_summary if kind == "Pod" else None
-        return Informer(self.kube, RESOURCES[kind].collection(namespace), observe.selector(kind), transform).start()
+        resource_, selector, transform = observe.cache_of(kind)
+        return Informer(self.kube, resource_.collection(namespace), selector, transform).start()
 
     def _known(self, ref: ObjectRef) -> Informer | None:
         """The cache already holding `ref`'s kind and namespace, if any."""
@@ -159,7 +159,21 @@ class KubernetesTarget:
         deleted = [RunReport(run, d.ref.name, "DELETED") for d in rendered.objects
                    if d.ref.kind == "RayJob" and d.ref not in live
                    and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
-        return Observation(live, tuple(deleted))
+        return Observation(live, tuple(deleted) + self._cron_runs(rendered))
+
+    def _cron_runs(self, rendered: RenderedEnvironment) -> tuple[RunReport, ...]:
+        """The runs of the environment's RayCronJobs: the RayJobs KubeRay made for them (counted by the
+        pipeline like any run; never in the inventory, so never pruned)."""
+        crons = {(d.ref.namespace, d.ref.name) for d in rendered.objects if d.ref.kind == "RayCronJob"}
+        reports = []
+        for namespace in {ns for ns, _ in crons}:
+            informer = self._informer(observe.CRON_RUNS, namespace)
+            for job in informer.items():
+                status = job["status"]
+                if (job["metadata"]["namespace"], job["cronjob"]) in crons and status["jobId"] and status["jobStatus"]:
+                    reports.append(RunReport(status["jobId"], job["cronjob"], status["jobStatus"],
+                                             parse_time(status["startTime"]), parse_time(status["endTime"])))
+        return tuple(reports)
 
     def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str, str]] | None:
         """Ready worker pods per (namespace, cluster, group); None when Pods cannot be read (workers stay

@@ -3,7 +3,8 @@ stop Ray clusters; submit and stop job runs through the Ray Jobs API; record wha
 from __future__ import annotations
 
 import json
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 from ...errors import PermanentError, RayGitopsError, TemporaryError
 from ...model import Action, ObjectRef, Outcome, PlanItem, TERMINAL_JOB_STATUSES, job_submission_id
@@ -45,33 +46,45 @@ def rayjob(clusters: Clusters, store: ObjectStore, item: PlanItem, manifest: dic
     if item.action == Action.RECREATE and old:
         delete(clusters, store, environment, item.ref)
     spec, run = manifest["spec"], job_submission_id(environment, item.ref.name, manifest)
+    name, ephemeral = submit(clusters, item.ref, environment, spec, run, context.revision, context.materialize)
+    store.save(environment, item.ref, {"manifest": manifest, "submission_id": run, "cluster": name,
+                                       "ephemeral": ephemeral})
+    return Outcome.SUBMITTED
+
+
+def submit(clusters: Clusters, ref: ObjectRef, environment: str, spec: dict[str, Any], run: str, revision: str,
+           materialize: Callable[[str], Path] | None) -> tuple[str, bool]:
+    """Submit run `run` of a RayJob spec (also a RayCronJob's `jobTemplate`) through the Jobs API, on the cluster
+    `clusterSelector` names or on its own cluster from `rayClusterSpec`; (cluster name, whether it is its own).
+    Submitting the same run twice does nothing (the submission id is the run id)."""
     if "clusterSelector" in spec:
         name, ephemeral = cluster_name(environment, spec["clusterSelector"]["ray.io/cluster"]), False
         cluster = clusters.get(name)
         if cluster is None:
-            raise TemporaryError(f"{item.ref}: RayCluster {spec['clusterSelector']['ray.io/cluster']} "
+            raise TemporaryError(f"{ref}: RayCluster {spec['clusterSelector']['ray.io/cluster']} "
                                  "selected by clusterSelector is not running")
     else:
         name, ephemeral = run, True  # deterministic: a retry after a crash adopts it
         cluster = clusters.get(name) or clusters.start(name, spec["rayClusterSpec"])
-    runtime_env, _ = parse.text(spec.get("runtimeEnvYAML") or "{}", "", None, str(item.ref), "spec.runtimeEnvYAML")
+    runtime_env, _ = parse.text(spec.get("runtimeEnvYAML") or "{}", "", None, str(ref), "spec.runtimeEnvYAML")
     runtime_env = runtime_env or {}
     working_dir = runtime_env.get("working_dir")
     if isinstance(working_dir, str) and "://" not in working_dir:
-        runtime_env["working_dir"] = str(context.materialize(working_dir))
+        if materialize is None:
+            raise PermanentError(f"{ref}: a scheduled run cannot take working_dir {working_dir} from Git on the "
+                                 "local target; use a URI")
+        runtime_env["working_dir"] = str(materialize(working_dir))
     resources = spec.get("entrypointResources")
     try:
         cluster.submit_job(run, spec["entrypoint"], runtime_env=runtime_env or None,
-                           metadata={"ray-gitops/environment": environment, "ray-gitops/revision": context.revision,
+                           metadata={"ray-gitops/environment": environment, "ray-gitops/revision": revision,
                                      **(spec.get("metadata") or {})},
                            entrypoint_num_cpus=spec.get("entrypointNumCpus"),
                            entrypoint_num_gpus=spec.get("entrypointNumGpus"),
                            entrypoint_resources=json.loads(resources) if resources else None)
     except (RayGitopsError, OSError) as exc:
-        raise PermanentError(f"{item.ref}: submission {run} failed: {exc}") from exc
-    store.save(environment, item.ref, {"manifest": manifest, "submission_id": run, "cluster": name,
-                                       "ephemeral": ephemeral})
-    return Outcome.SUBMITTED
+        raise PermanentError(f"{ref}: submission {run} failed: {exc}") from exc
+    return name, ephemeral
 
 
 def delete(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef) -> None:
@@ -85,4 +98,11 @@ def delete(clusters: Clusters, store: ObjectStore, environment: str, ref: Object
             cluster.stop_job(record["submission_id"])
         if record.get("ephemeral"):
             clusters.stop(record["cluster"])
+    elif ref.kind == "RayCronJob" and record:  # its runs go with it, as KubeRay's are garbage collected
+        for run, info in (record.get("runs") or {}).items():
+            cluster = clusters.get(info["cluster"])
+            if cluster is not None and (info.get("status") or {}).get("jobStatus") not in TERMINAL_JOB_STATUSES:
+                cluster.stop_job(run)
+            if info.get("ephemeral"):
+                clusters.stop(info["cluster"])
     store.forget(environment, ref)

@@ -40,6 +40,19 @@ def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Rec
     return LiveObject(ref, manifest, status, {k: v for k, v in alive.items() if k != HEAD})
 
 
+def job_status(clusters: Clusters, run: str, cluster_name: str) -> dict | None:
+    """A run's status as KubeRay writes it on a RayJob, from the Jobs API of its cluster (None: unknown there)."""
+    cluster = clusters.get(cluster_name)
+    info = cluster.job_info(run) if cluster else None
+    if info is None:
+        return None
+    job = str(info.get("status"))
+    return {"jobId": run, "jobStatus": job, "message": info.get("message") or "",
+            "jobDeploymentStatus": JOB_DEPLOYMENT_STATUS.get(job, "Running"),
+            "startTime": (info.get("start_time") or 0) / 1000 or None,
+            "endTime": (info.get("end_time") or 0) / 1000 or None}
+
+
 def rayjob(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef,
            record: Record) -> LiveObject | None:
     """A RayJob with its run's status from the Jobs API (kept in the store once it ended; a job cluster with
@@ -47,16 +60,10 @@ def rayjob(clusters: Clusters, store: ObjectStore, environment: str, ref: Object
     or replaced before the run ended) is absent, so it is submitted again."""
     run, status = record["submission_id"], dict(record.get("status") or {})
     if status.get("jobStatus") not in TERMINAL_JOB_STATUSES:
-        cluster = clusters.get(record["cluster"])
-        info = cluster.job_info(run) if cluster else None
-        if info is None:
+        status = job_status(clusters, run, record["cluster"])
+        if status is None:
             return None
-        job = str(info.get("status"))
-        status = {"jobId": run, "jobStatus": job, "message": info.get("message") or "",
-                  "jobDeploymentStatus": JOB_DEPLOYMENT_STATUS.get(job, "Running"),
-                  "startTime": (info.get("start_time") or 0) / 1000 or None,
-                  "endTime": (info.get("end_time") or 0) / 1000 or None}
-        if job in TERMINAL_JOB_STATUSES:
+        if status["jobStatus"] in TERMINAL_JOB_STATUSES:
             store.save(environment, ref, {**record, "status": status})
             if record.get("ephemeral") and record["manifest"]["spec"].get("shutdownAfterJobFinishes"):
                 clusters.stop(record["cluster"])

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 from ...pipeline.validate import Checker
 
-KINDS = frozenset({"RayCluster", "RayJob", "ConfigMap", "Secret"})
+KINDS = frozenset({"RayCluster", "RayJob", "RayCronJob", "ConfigMap", "Secret"})
 
 
 @dataclass(frozen=True)

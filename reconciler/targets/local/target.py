@@ -7,12 +7,13 @@ and reports no Events (the log is the record here): those optional capabilities 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from ...model import Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from ...pipeline.diff import hide_secret_values
-from ...pipeline.target import ApplyContext, Observation
-from . import apply, observe
+from ...pipeline.target import ApplyContext, Observation, RunReport
+from . import apply, cron, observe
 from .clusters import Clusters
 from .observe import cluster_name
 from .options import LocalOptions
@@ -39,6 +40,7 @@ class LocalTarget:
         with self._lock:
             self._persist[environment] = isinstance(options, LocalOptions) and options.persist
         live: dict[ObjectRef, LiveObject] = {}
+        runs: list[RunReport] = []
         for ref in refs:
             record = self.store.load(environment, ref)
             if record is None:
@@ -47,11 +49,14 @@ class LocalTarget:
                 obj = observe.raycluster(self.clusters, environment, ref, record)
             elif ref.kind == "RayJob":
                 obj = observe.rayjob(self.clusters, self.store, environment, ref, record)
+            elif ref.kind == "RayCronJob":
+                obj, reports = cron.observe(self.clusters, self.store, environment, ref, record)
+                runs += reports
             else:
                 obj = LiveObject(ref, record["manifest"])
             if obj is not None:
                 live[ref] = obj
-        return Observation(live)
+        return Observation(live, tuple(runs))
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
         """Stored as applied: the desired manifests themselves (a Secret's values as digests only)."""
@@ -68,6 +73,10 @@ class LocalTarget:
             return apply.raycluster(self.clusters, self.store, environment, item, manifest)
         if ref.kind == "RayJob":
             return apply.rayjob(self.clusters, self.store, item, manifest, context)
+        if ref.kind == "RayCronJob":  # its schedule starts now; runs already made are kept
+            old = self.store.load(environment, ref) or {"last_slot": time.time(), "runs": {}}
+            self.store.save(environment, ref, {**old, "manifest": manifest, "revision": context.revision})
+            return Outcome.CREATED if item.action == Action.CREATE else Outcome.CONFIGURED
         self.store.save(environment, ref, {"manifest": hide_secret_values(manifest)})  # never a value on disk
         return Outcome.CREATED if item.action == Action.CREATE else Outcome.CONFIGURED
 
@@ -84,3 +93,6 @@ class LocalTarget:
                     self.clusters.stop(cluster_name(env, record["manifest"]["metadata"]["name"]))
                 elif record.get("ephemeral"):
                     self.clusters.stop(record["cluster"])
+                for info in (record.get("runs") or {}).values():  # a RayCronJob's runs on their own clusters
+                    if info.get("ephemeral"):
+                        self.clusters.stop(info["cluster"])
