@@ -148,3 +148,37 @@ def test_template_change_restarts_nodes_only_when_asked(harness: Harness, extra:
     assert after is not None
     assert (after.gcs_address != gcs) == restarted
     assert (after.worker_pids() != workers) == restarted
+
+
+def test_a_cron_job_runs_each_slot_once_even_across_a_restart(harness: Harness, remote: GitRemote) -> None:
+    """RayCronJob on real Ray: the daemon schedules it; the slot's run id makes a second submission (here, by
+    a fresh target as after a restart) impossible. Bounded: the next minute's slot comes within 60 s."""
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(0))
+    harness.remote.write(f"environments/{ENV}/cron.yaml", """\
+apiVersion: ray.io/v1
+kind: RayCronJob
+metadata: {name: minutely}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    entrypoint: python -c "print('tick')"
+    clusterSelector: {ray.io/cluster: demo}
+""")
+    harness.remote.commit("a job every minute")
+    harness.reconcile()
+
+    result = harness.until("a scheduled run", lambda r: bool(harness.reconciler.ledger.load(ENV).runs), timeout=100)
+    [run] = harness.reconciler.ledger.load(ENV).runs
+    assert run.startswith(f"{ENV}-minutely-") and result.sync_status == "Synced"
+    restarted = pipeline(harness.source, harness.state, LocalTarget(harness.state), harness.metrics)
+    assert restarted.reconcile(ENV, harness.source.fetch()).result != "error"
+    harness.until("the run to succeed", lambda r: harness.reconciler.ledger.load(ENV).finished.get(run) == "succeeded",
+                  timeout=60)
+
+    ray = harness.cluster(f"{ENV}-demo")
+    assert ray is not None
+    import requests
+    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", timeout=10).json()
+    assert [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"].count(run) == 1
+    assert harness.metrics.registry.get_sample_value("ray_gitops_rayjob_runs_total", {
+        "environment": ENV, "job": "minutely", "result": "succeeded"}) >= 1

@@ -1,0 +1,133 @@
+"""The kinds and fields of KubeRay 1.5-1.7: RayCronJob, deletionStrategy rules, authOptions, RayService upgrade
+strategies, feature-gate warnings; and the local target's cron schedule (due slots, missed ones, suspend)."""
+from __future__ import annotations
+
+import copy
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.model import Action, DesiredObject, EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec
+from reconciler.pipeline import planner
+from reconciler.targets.kubernetes.options import KubernetesOptions
+from reconciler.targets.local import cron
+from reconciler.targets.local.clusters import Clusters
+from reconciler.targets.local.store import ObjectStore
+from tests.unit.test_render import REMOVE, dump, edited, errors_of, fixture, write_environment
+
+JOB = fixture("rayjob.yaml")
+CRON = {"apiVersion": "ray.io/v1", "kind": "RayCronJob", "metadata": {"name": "hourly"},
+        "spec": {"schedule": "0 * * * *", "jobTemplate": copy.deepcopy(JOB["spec"])}}
+
+
+def cron_doc(**spec: Any) -> dict[str, Any]:
+    doc = copy.deepcopy(CRON)
+    doc["spec"].update(spec)
+    return {k: v for k, v in doc.items()}
+
+
+@pytest.mark.parametrize("doc, where, reason", [
+    pytest.param(cron_doc(schedule="every hour"), "RayCronJob/hourly: spec.schedule: ", "is not a cron schedule",
+                 id="cron-schedule"),
+    pytest.param(cron_doc(timeZone="Mars/Olympus"), "RayCronJob/hourly: spec.timeZone: ", "is not an IANA time zone",
+                 id="cron-time-zone"),
+    pytest.param(cron_doc(jobTemplate={**JOB["spec"], "ttlSecondsAfterFinished": 60, "shutdownAfterJobFinishes": False}),
+                 "RayCronJob/hourly: spec.jobTemplate.ttlSecondsAfterFinished: ", "requires shutdownAfterJobFinishes",
+                 id="cron-template-checked-as-a-rayjob"),
+    pytest.param(edited("rayjob.yaml", {"spec.deletionStrategy": {"deletionRules": [
+        {"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 30}}]}}),
+        "RayJob/train: spec.deletionStrategy: ", "deletionRules replace shutdownAfterJobFinishes",
+        id="rules-with-shutdown"),
+    pytest.param(edited("rayjob.yaml", {"spec.shutdownAfterJobFinishes": REMOVE, "spec.ttlSecondsAfterFinished": REMOVE,
+                                        "spec.deletionStrategy": {"deletionRules": [
+                                            {"policy": "DeleteAll", "condition": {"jobStatus": "SUCCEEDED"}}]}}),
+                 "RayJob/train: spec.deletionStrategy.deletionRules[0].policy: ", "must be one of DeleteCluster",
+                 id="rule-policy"),
+    pytest.param(edited("rayjob.yaml", {"spec.shutdownAfterJobFinishes": REMOVE, "spec.ttlSecondsAfterFinished": REMOVE,
+                                        "spec.deletionStrategy": {"deletionRules": [
+                                            {"policy": "DeleteSelf", "condition": {"jobStatus": "FAILED",
+                                                                                   "jobDeploymentStatus": "Failed"}}]}}),
+                 "RayJob/train: spec.deletionStrategy.deletionRules[0].condition: ",
+                 "exactly one of jobStatus or jobDeploymentStatus", id="rule-condition"),
+    pytest.param(edited("rayjob.yaml", {"spec.deletionStrategy": {"onSuccess": {"policy": "DeleteSelf"}}}),
+                 "RayJob/train: spec.deletionStrategy: ", "or both onSuccess and onFailure", id="legacy-half"),
+    pytest.param(edited("raycluster.yaml", {"spec.authOptions": {"mode": "password"}}),
+                 "RayCluster/demo: spec.authOptions.mode: ", "must be one of disabled, token", id="auth-mode"),
+    pytest.param(edited("rayservice.yaml", {"spec.upgradeStrategy": {"type": "BlueGreen"}}),
+                 "RayService/serve: spec.upgradeStrategy.type: ", "must be one of NewCluster", id="service-upgrade"),
+])
+def test_new_fields_are_checked_as_their_crds_say(tmp_path: Path, doc: dict, where: str, reason: str) -> None:
+    errors = errors_of(write_environment(tmp_path, {"x.yaml": dump(doc)}))
+    assert any(where in e and reason in e for e in errors), errors
+
+
+def test_valid_deletion_rules_and_a_cron_job_render(tmp_path: Path) -> None:
+    job = edited("rayjob.yaml", {"spec.shutdownAfterJobFinishes": REMOVE, "spec.ttlSecondsAfterFinished": REMOVE,
+                                 "spec.deletionStrategy": {"deletionRules": [
+                                     {"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 30}},
+                                     {"policy": "DeleteSelf", "condition": {"jobDeploymentStatus": "Failed"}}]}})
+    tree = write_environment(tmp_path, {"x.yaml": dump(job, cron_doc(timeZone="Europe/Paris"))})
+    from reconciler.pipeline.render import render
+    from tests.memory import TARGETS
+    assert sorted(d.ref.kind for d in render(tree, "prod", "", TARGETS).objects) == ["RayCronJob", "RayJob"]
+
+
+def _item(doc: dict) -> planner.PlanItem:
+    spec = EnvironmentSpec("prod", TargetSpec("kubernetes", KubernetesOptions("ray-prod")))
+    desired = DesiredObject(ObjectRef.of(doc, "ray-prod"), doc, "x.yaml", 0)
+    [item] = planner.plan(RenderedEnvironment(spec, (desired,)), {}, frozenset(), {})
+    return item
+
+
+def test_what_needs_an_operator_feature_gate_says_so_in_the_plan() -> None:
+    cron_item = _item(cron_doc(timeZone="UTC"))
+    service = edited("rayservice.yaml", {"spec.upgradeStrategy": {"type": "NewClusterWithIncrementalUpgrade"}})
+
+    assert cron_item.action == Action.CREATE
+    assert cron_item.warnings == (
+        "RayCronJob needs the KubeRay operator's feature gate RayCronJob (alpha, off by default: "
+        "--feature-gates=RayCronJob=true)", "spec.timeZone needs KubeRay 1.7; an older CRD drops it")
+    assert _item(service).warnings == (
+        "spec.upgradeStrategy.type: NewClusterWithIncrementalUpgrade needs the KubeRay operator's feature gate "
+        "RayServiceIncrementalUpgrade (alpha, off by default: --feature-gates=RayServiceIncrementalUpgrade=true)",)
+    assert _item(fixture("rayservice.yaml")).warnings == ()
+
+
+def _at(text: str) -> float:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+
+
+def test_due_slots_follow_the_schedule_and_its_time_zone() -> None:
+    hourly = {"schedule": "0 * * * *"}
+    assert cron.due_slots(hourly, _at("2026-12-03T10:30:00"), _at("2026-12-03T12:00:00")) == [
+        _at("2026-12-03T11:00:00"), _at("2026-12-03T12:00:00")]
+    paris = {"schedule": "0 2 * * *", "timeZone": "Europe/Paris"}  # 02:00 in Paris is 01:00 UTC in December
+    assert cron.due_slots(paris, _at("2026-12-03T00:00:00"), _at("2026-12-04T00:00:00")) == [
+        _at("2026-12-03T01:00:00")]
+
+
+def test_late_slots_are_missed_not_run_and_a_suspended_one_runs_and_misses_nothing(tmp_path: Path) -> None:
+    """No Ray here: the selected cluster is not running, so a due slot is only retried, never recorded."""
+    store, clusters = ObjectStore(tmp_path / "objects"), Clusters(tmp_path / "clusters")
+    ref = ObjectRef("ray.io", "RayCronJob", "default", "hourly")
+    template = {"entrypoint": "python x.py", "clusterSelector": {"ray.io/cluster": "demo"}}
+    record = {"manifest": cron_doc(jobTemplate=template), "last_slot": _at("2026-12-03T08:30:00"), "runs": {}}
+    store.save("a", ref, record)
+
+    _, reports = cron.observe(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:02:00"))
+    assert [(r.submission_id, r.status) for r in reports] == [
+        (f"a-hourly-{int(_at('2026-12-03T09:00:00'))}", "MISSED"), (f"a-hourly-{int(_at('2026-12-03T10:00:00'))}",
+                                                                    "MISSED")]
+    assert store.load("a", ref)["last_slot"] == record["last_slot"]  # 11:00 is due, not submitted: tried again
+
+    _, reports = cron.observe(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:30:00"))
+    assert [r.submission_id for r in reports] == [f"a-hourly-{int(_at(t))}" for t in (
+        "2026-12-03T09:00:00", "2026-12-03T10:00:00", "2026-12-03T11:00:00")]  # 30 minutes late: missed too
+    assert store.load("a", ref)["last_slot"] == _at("2026-12-03T11:00:00")
+
+    suspended = {**store.load("a", ref), "manifest": cron_doc(jobTemplate=template, suspend=True)}
+    store.save("a", ref, suspended)
+    _, reports = cron.observe(clusters, store, "a", ref, suspended, now=_at("2026-12-03T15:01:00"))
+    assert reports == [] and store.load("a", ref)["last_slot"] == _at("2026-12-03T15:00:00")
