@@ -131,3 +131,23 @@ def test_late_slots_are_missed_not_run_and_a_suspended_one_runs_and_misses_nothi
     store.save("a", ref, suspended)
     _, reports = cron.observe(clusters, store, "a", ref, suspended, now=_at("2026-12-03T15:01:00"))
     assert reports == [] and store.load("a", ref)["last_slot"] == _at("2026-12-03T15:00:00")
+
+
+@pytest.mark.parametrize("spec, status, expected", [
+    pytest.param({"shutdownAfterJobFinishes": True, "ttlSecondsAfterFinished": 60}, {"jobStatus": "SUCCEEDED"},
+                 [(1060.0, "DeleteCluster")], id="shutdown-after-ttl"),
+    pytest.param({"deletionStrategy": {"deletionRules": [
+        {"policy": "DeleteWorkers", "condition": {"jobStatus": "SUCCEEDED"}},
+        {"policy": "DeleteSelf", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 300}},
+        {"policy": "DeleteCluster", "condition": {"jobStatus": "FAILED"}}]}}, {"jobStatus": "SUCCEEDED"},
+        [(1000.0, "DeleteWorkers"), (1300.0, "DeleteSelf")], id="rules-by-job-status"),
+    pytest.param({"deletionStrategy": {"deletionRules": [
+        {"policy": "DeleteSelf", "condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 5}}]}},
+        {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, [(1005.0, "DeleteSelf")], id="rule-on-deployment"),
+    pytest.param({"deletionStrategy": {"onSuccess": {"policy": "DeleteNone"}, "onFailure": {"policy": "DeleteCluster"}}},
+                 {"jobStatus": "FAILED"}, [(1000.0, "DeleteCluster")], id="legacy"),
+    pytest.param({}, {"jobStatus": "SUCCEEDED"}, [], id="nothing"),
+])
+def test_what_the_local_target_cleans_up_after_a_run_follows_kuberay(spec: dict, status: dict, expected: list) -> None:
+    from reconciler.targets.local.observe import cleanups
+    assert cleanups(spec, status, 1000.0) == expected
