@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from . import diff
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
                     ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
                     ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
+from . import diff
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3, "RayCronJob": 3}
 NO_RESTART = ("ConfigMap", "Secret", "RayCronJob")  # every change applies as it is (a RayCronJob's to its next runs)

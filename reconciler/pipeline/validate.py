@@ -14,9 +14,9 @@ from typing import Any, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from . import parse
 from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, Patch, TargetOptions,
                      TargetSpec, parse_duration, parse_quantity)
+from . import parse
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),

@@ -13,10 +13,10 @@ import time
 from typing import Any
 
 from ...errors import PermanentError, RayGitopsError, TemporaryError
+from ...kubeapi import ApiError, Kube, resource
 from ...metrics import Metrics
 from ...model import DesiredObject, Manifest, ObjectRef
 from .body import apply_body, carries_live_scale, only_worker_groups
-from ...kubeapi import ApiError, Kube, resource
 
 log = logging.getLogger(__name__)
 

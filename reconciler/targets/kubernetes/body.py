@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import copy
 
-from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
 from ...model import DesiredObject, Manifest, job_submission_id
+from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
 
 FORCE_ANNOTATION = "gitops.ray.io/force"
 

@@ -12,11 +12,11 @@ import json
 import threading
 
 from ...errors import TemporaryError
-from ...model import DesiredObject, Manifest, ObjectRef
-from .apply import is_rejection
-from ...pipeline.diff import hide_secret_values
-from .body import apply_body, without_precondition
 from ...kubeapi import ApiError, Kube, resource
+from ...model import DesiredObject, Manifest, ObjectRef
+from ...pipeline.diff import hide_secret_values
+from .apply import is_rejection
+from .body import apply_body, without_precondition
 
 
 def body_hash(body: Manifest) -> str:

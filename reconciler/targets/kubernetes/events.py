@@ -9,8 +9,8 @@ import logging
 import secrets
 from datetime import datetime, timezone
 
-from ...model import ENVIRONMENT_LABEL, ObjectRef, Outcome
 from ...kubeapi import ApiError, Kube
+from ...model import ENVIRONMENT_LABEL, ObjectRef, Outcome
 
 log = logging.getLogger(__name__)
 REASONS = {Outcome.CREATED: "Created", Outcome.CONFIGURED: "Updated", Outcome.RECREATED: "Recreated",

@@ -12,8 +12,8 @@ import json
 from typing import Any, Callable
 
 from ...errors import TemporaryError
-from ...model import ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, LedgerSnapshot, Manifest, ObjectRef
 from ...kubeapi import RESOURCES, ApiError, Kube
+from ...model import ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, LedgerSnapshot, Manifest, ObjectRef
 
 MAX_RUNS = 500  # newest runs kept; a ConfigMap holds at most 1 MiB
 Reader = Callable[[], Manifest | None]

@@ -10,9 +10,9 @@ import copy
 from collections import Counter
 from typing import Any, Iterable
 
-from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
 from ...kubeapi import RESOURCES, Resource
 from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
+from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
 from .cache import Transform
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
