@@ -181,7 +181,8 @@ def test_stop_leaves_no_process_of_the_cluster_behind(beta: LocalRayCluster | No
     assert beta.submit_job("still-running", SLEEPER.format(tag="beta-still-running"))
     running_job(beta, "still-running")
     pids, temp_dir = tracked_pids(state_dir, "beta")
-    assert leftovers(set(), "beta-still-running")  # the job's driver: Ray gives it a session of its own
+    # The job's driver (Ray gives it a session of its own); Ray reports RUNNING just before it starts it.
+    eventually(lambda: leftovers(set(), "beta-still-running"), "the job's driver to start")
     beta.stop()
     assert leftovers(pids, temp_dir, "beta-still-running") == []
     assert not any(running(pid) for pid in pids)
