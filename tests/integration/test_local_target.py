@@ -186,32 +186,30 @@ spec:
 
 
 def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harness: Harness) -> None:
-    """Three Ray nodes on this machine: `demo` (a head and a worker) starts; `second` would make four, so
-    its create fails with the reason and none of its processes start; once `demo` is gone it starts."""
-    harness.target.clusters.limits = Limits(cpus=1, workers_per_group=4, nodes=3)
-    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
+    """Room for two Ray nodes: `demo` (a head) starts; `second` (a head and a worker) would make three, so its
+    create fails with the reason and none of its processes start; once `demo` is pruned it starts."""
+    harness.target.clusters.limits = Limits(cpus=1, workers_per_group=4, nodes=2)
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(0))
     harness.remote.write(f"environments/{ENV}/second.yaml", cluster_yaml(1).replace("name: demo", "name: second"))
-    harness.remote.commit("two clusters of two nodes, room for three")
+    harness.remote.commit("a head, then a head and a worker; room for two nodes")
 
     result = harness.reconciler.reconcile(ENV, harness.source.fetch())
     assert result.result == "error"
-    outcomes = {item.ref.name: outcome for item, outcome in result.outcomes}
-    assert sorted(outcomes.values(), key=str) == sorted([Outcome.CREATED, Outcome.FAILED], key=str)
-    [refused] = [name for name, outcome in outcomes.items() if outcome == Outcome.FAILED]
-    assert (f"Ray cluster {ENV}-{refused}: 2 Ray nodes (a head and 1 worker) do not fit: 2 run for other local "
-            "clusters, and the local target's limit of 3 Ray nodes on this machine") in result.message
-    [started] = set(outcomes) - {refused}
-    assert harness.cluster(f"{ENV}-{started}") is not None and harness.cluster(f"{ENV}-{refused}") is None
-    assert not (harness.state / "local" / "clusters" / f"{ENV}-{refused}" / "cluster.json").exists()
+    assert [(item.ref.name, outcome) for item, outcome in result.outcomes] == [("demo", Outcome.CREATED),
+                                                                                ("second", Outcome.FAILED)]
+    assert (f"Ray cluster {ENV}-second needs 2 Ray nodes (a head and 1 worker), but other local clusters run 1 "
+            "and the local target's limit of 2 Ray nodes on this machine") in result.message
+    assert harness.cluster(f"{ENV}-demo") is not None and harness.cluster(f"{ENV}-second") is None
+    assert not (harness.state / "local" / "clusters" / f"{ENV}-second").exists()  # nothing of it started
 
-    harness.remote.remove(f"environments/{ENV}/{'raycluster' if started == 'demo' else 'second'}.yaml")
-    harness.remote.commit(f"only {refused}")
-    # Creates come before prunes in a reconcile: the first one after this commit is still refused.
+    harness.remote.remove(f"environments/{ENV}/raycluster.yaml")
+    harness.remote.commit("only second")
+    # A reconcile creates before it prunes: the first one after this commit is still refused.
     deadline = time.monotonic() + 120
     while (result := harness.reconciler.reconcile(ENV, harness.source.fetch())).health_status != "Healthy":
-        assert time.monotonic() < deadline, f"{refused} did not start: {result.message}"
+        assert time.monotonic() < deadline, f"second did not start: {result.message}"
         time.sleep(1)
     assert result.result != "error", result.message
-    assert harness.cluster(f"{ENV}-{started}") is None
-    cluster = harness.cluster(f"{ENV}-{refused}")
-    assert cluster is not None and cluster.alive_nodes() == {"head": 1, "cpu": 1}
+    assert harness.cluster(f"{ENV}-demo") is None
+    second = harness.cluster(f"{ENV}-second")
+    assert second is not None and second.alive_nodes() == {"head": 1, "cpu": 1}

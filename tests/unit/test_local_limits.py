@@ -130,8 +130,9 @@ def test_claims_refuse_what_does_not_fit_beside_the_other_clusters(tmp_path: Pat
     clusters = Clusters(tmp_path, Limits(1, 4, 5))
     assert cluster_nodes(spec(2)) == 3
     clusters.claim("a", spec(2))
-    with pytest.raises(PermanentError, match=r"Ray cluster b: 3 Ray nodes \(a head and 2 workers\) do not fit: "
-                                             r"3 run for other local clusters, and the local target's limit of 5"):
+    with pytest.raises(PermanentError, match=r"^Ray cluster b needs 3 Ray nodes \(a head and 2 workers\), but other "
+                                             r"local clusters run 3 and the local target's limit of 5 Ray nodes on "
+                                             r"this machine \(.*\) leaves room for 2$"):
         clusters.claim("b", spec(2))
     clusters.claim("b", spec(1))  # 3 + 2 = 5
     with pytest.raises(PermanentError):
@@ -166,6 +167,6 @@ def adopted_record(tmp_path: Path) -> Iterator[Path]:
 def test_clusters_adopted_from_their_records_count(adopted_record: Path) -> None:
     clusters = Clusters(adopted_record, Limits(1, 4, 5))
     assert clusters.nodes_in_use() == 3
-    with pytest.raises(PermanentError, match="3 run for other local clusters"):
+    with pytest.raises(PermanentError, match="other local clusters run 3 "):
         clusters.claim("new", spec(2))
     clusters.claim("new", spec(1))

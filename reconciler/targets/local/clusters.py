@@ -122,8 +122,8 @@ class Clusters:
                 others = self.nodes_in_use(exclude=name)
                 if others + nodes > self.limits.nodes:
                     raise PermanentError(
-                        f"Ray cluster {name}: {nodes_text(nodes)} do not fit: "
-                        f"{others} run for other local clusters, and {self.limits.nodes_reason()}")
+                        f"Ray cluster {name} needs {nodes_text(nodes)}, but other local clusters run {others} and "
+                        f"{self.limits.nodes_reason()} leaves room for {max(0, self.limits.nodes - others)}")
             self._claims[name] = nodes
 
     def scale(self, cluster: LocalRayCluster, spec: dict[str, Any]) -> None:

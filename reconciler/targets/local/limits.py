@@ -56,7 +56,9 @@ class Limits:
 
 
 def nodes_text(nodes: int) -> str:
-    """'3 Ray nodes (a head and 2 workers)'."""
+    """'3 Ray nodes (a head and 2 workers)', '1 Ray node (a head)'."""
+    if nodes == 1:
+        return "1 Ray node (a head)"
     return f"{nodes} Ray nodes (a head and {nodes - 1} worker{'' if nodes == 2 else 's'})"
 
 
