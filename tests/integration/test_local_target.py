@@ -179,7 +179,7 @@ spec:
     ray = harness.cluster(f"{ENV}-demo")
     assert ray is not None
     import requests
-    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", timeout=10).json()
+    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", headers=ray.auth_headers, timeout=10).json()
     assert [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"].count(run) == 1
     assert harness.metrics.registry.get_sample_value("ray_gitops_rayjob_runs_total", {
         "environment": ENV, "job": "minutely", "result": "succeeded"}) >= 1
