@@ -17,8 +17,7 @@ from ..model import EnvironmentSpec, TargetOptions
 from ..pipeline.target import Target
 from ..pipeline.validate import Checker
 from .kubernetes.options import KINDS as KUBERNETES_KINDS, KubernetesOptions
-from .local.limits import check as local_check
-from .local.options import KINDS as LOCAL_KINDS, LocalOptions
+from .local.options import KINDS as LOCAL_KINDS, LocalOptions, check_object as local_check
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class TargetType:
     options: Callable[[Mapping[str, Any], Checker, str], TargetOptions | None]  # (raw, checker, path)
     kinds: frozenset[str]
     build: Callable[[Any, Runtime], Target]  # (its options, runtime)
-    # (object, checker, environment): what the target refuses beyond the common checks (the local caps)
+    # (object, checker, environment): what the target refuses beyond the common checks (local: caps, auth)
     check: Callable[[Mapping[str, Any], Checker, EnvironmentSpec], None] | None = None
 
 

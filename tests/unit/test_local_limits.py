@@ -170,3 +170,22 @@ def test_clusters_adopted_from_their_records_count(adopted_record: Path) -> None
     with pytest.raises(PermanentError, match="other local clusters run 3 "):
         clusters.claim("new", spec(2))
     clusters.claim("new", spec(1))
+
+
+def test_the_cap_holds_inside_a_raycronjobs_job_template(tmp_path: Path) -> None:
+    job = edited("rayjob.yaml", {})
+    job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas=GROUP + 1, maxReplicas=GROUP + 1)
+    cron = {"apiVersion": "ray.io/v1", "kind": "RayCronJob", "metadata": {"name": "nightly"},
+            "spec": {"schedule": "0 2 * * *", "jobTemplate": job["spec"]}}
+    assert local_errors(tmp_path, cron) == [
+        f"environments/x/c.yaml#0: RayCronJob/nightly: spec.jobTemplate.rayClusterSpec.workerGroupSpecs[0].{field}: "
+        f"{GROUP + 1} exceeds the local target's limit of {GROUP} workers per group {WHY}"
+        for field in ("replicas", "maxReplicas")]
+
+
+def test_a_local_cluster_cannot_ask_to_run_without_the_token(tmp_path: Path) -> None:
+    open_cluster = small_cluster(**{"spec.authOptions": {"mode": "disabled"}})
+    assert local_errors(tmp_path, open_cluster) == [
+        "environments/x/c.yaml#0: RayCluster/demo: spec.authOptions.mode: disabled is refused by the local target: "
+        "every local Ray cluster uses token authentication (remove the field, or set token)"]
+    assert render_names(tmp_path, small_cluster(**{"spec.authOptions": {"mode": "token"}})) == ["demo"]

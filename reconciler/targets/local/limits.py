@@ -67,14 +67,25 @@ def cluster_nodes(spec: Mapping[str, Any]) -> int:
     return 1 + sum(desired_workers(group) for group in spec.get("workerGroupSpecs") or [])
 
 
-def check(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpec, limits: Limits | None = None) -> None:
-    """The local target's caps on a RayCluster, or on a RayJob's `rayClusterSpec` (called on an object that
-    passed the common checks, so the fields have their types)."""
+def cluster_specs(doc: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
+    """(path, spec) of each RayCluster spec the object would start locally: a RayCluster's, a RayJob's
+    `rayClusterSpec`, a RayCronJob's `jobTemplate.rayClusterSpec`."""
     spec = doc.get("spec") or {}
     if doc.get("kind") == "RayCluster":
-        _cluster(spec, "spec", c, environment, limits or Limits.of_machine())
-    elif doc.get("kind") == "RayJob" and "rayClusterSpec" in spec:
-        _cluster(spec["rayClusterSpec"] or {}, "spec.rayClusterSpec", c, environment, limits or Limits.of_machine())
+        return [("spec", spec)]
+    if doc.get("kind") == "RayJob" and spec.get("rayClusterSpec"):
+        return [("spec.rayClusterSpec", spec["rayClusterSpec"])]
+    template = spec.get("jobTemplate") or {}
+    if doc.get("kind") == "RayCronJob" and template.get("rayClusterSpec"):
+        return [("spec.jobTemplate.rayClusterSpec", template["rayClusterSpec"])]
+    return []
+
+
+def check(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpec, limits: Limits | None = None) -> None:
+    """The local target's caps on every cluster the object would start (called on an object that passed the
+    common checks, so the fields have their types)."""
+    for path, spec in cluster_specs(doc):
+        _cluster(spec, path, c, environment, limits or Limits.of_machine())
 
 
 def _cluster(spec: Mapping[str, Any], path: str, c: Checker, environment: EnvironmentSpec, limits: Limits) -> None:
