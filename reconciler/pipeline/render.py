@@ -67,6 +67,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
     # Object files are checked even when environment.yaml is broken, so every error shows at once.
     spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown", _UnknownTarget()))
     supported = targets.kinds(spec.target.kind) if parsed else frozenset(k for _, k in validate.KINDS)
+    target_check = (lambda doc, c: targets.check(spec.target.kind, doc, c, spec)) if parsed else None
     errors += _dependency_errors(tree, spec, env_file)
     sources: dict[ObjectRef, _Source] = {}
     if spec.base:
@@ -85,7 +86,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
             except overlay.OverlayError as exc:
                 errors.append(ValidationError(source.file, exc.reason, source.document, str(ref), exc.path))
                 continue
-        doc_errors = validate.ray_object(doc, source.file, source.document, spec, supported)
+        doc_errors = validate.ray_object(doc, source.file, source.document, spec, supported, target_check)
         if doc_errors:
             errors += doc_errors
             continue

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import reprlib
 import zoneinfo
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from croniter import croniter
 
@@ -45,11 +45,13 @@ _REPR.maxlevel = 2
 
 class TargetCatalog(Protocol):
     """What validation asks of the target registry (`reconciler.targets`): which target kinds exist,
-    each kind's options (parsed and checked by the target's own options class), its object kinds."""
+    each kind's options (parsed and checked by the target's own options class), its object kinds, and its
+    own checks of an object (the local target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
     def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
+    def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
 
 
 class Checker:
@@ -214,8 +216,10 @@ def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[P
 
 
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
-               supported: frozenset[str]) -> list[ValidationError]:
-    """Check one rendered object document; `supported`: the object kinds of the environment's target."""
+               supported: frozenset[str],
+               target_check: Callable[[dict[str, Any], Checker], None] | None = None) -> list[ValidationError]:
+    """Check one rendered object document; `supported`: the object kinds of the environment's target;
+    `target_check`: the target's own checks, run on an object that passed these."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
@@ -254,6 +258,8 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
                       "spec.rayClusterConfig", environment)
     elif kind == "RayCronJob":
         _cron_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
+    if target_check is not None and not c.errors:
+        target_check(doc, c)
     return c.errors
 
 

@@ -1,5 +1,5 @@
-"""The target registry: each target kind with its typed options, the object kinds it applies, and a
-factory; and `Registry`, which the service and the commands hand to the pipeline.
+"""The target registry: each target kind with its typed options, the object kinds it applies, its own
+checks of an object, and a factory; and `Registry`, which the service and the commands hand to the pipeline.
 
 A target's implementation is imported only when the first environment needs it (the local target's
 runtime needs `ray[default]`, the Kubernetes target the `kubernetes` client). Instances are shared
@@ -17,7 +17,7 @@ from ..model import EnvironmentSpec, TargetOptions
 from ..pipeline.target import Target
 from ..pipeline.validate import Checker
 from .kubernetes.options import KINDS as KUBERNETES_KINDS, KubernetesOptions
-from .local.options import KINDS as LOCAL_KINDS, LocalOptions
+from .local.options import KINDS as LOCAL_KINDS, LocalOptions, check_object as local_check
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,8 @@ class TargetType:
     options: Callable[[Mapping[str, Any], Checker, str], TargetOptions | None]  # (raw, checker, path)
     kinds: frozenset[str]
     build: Callable[[Any, Runtime], Target]  # (its options, runtime)
+    # (object, checker, environment): what the target refuses beyond the common checks (local: caps, auth)
+    check: Callable[[Mapping[str, Any], Checker, EnvironmentSpec], None] | None = None
 
 
 def _local(options: LocalOptions, runtime: Runtime) -> Target:
@@ -54,7 +56,7 @@ def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target:
 
 
 TYPES: dict[str, TargetType] = {t.name: t for t in (
-    TargetType("local", LocalOptions.parse, LOCAL_KINDS, _local),
+    TargetType("local", LocalOptions.parse, LOCAL_KINDS, _local, local_check),
     TargetType("kubernetes", KubernetesOptions.parse, KUBERNETES_KINDS, _kubernetes),
 )}
 
@@ -76,6 +78,11 @@ class Registry:
 
     def kinds(self, kind: str) -> frozenset[str]:
         return self._types[kind].kinds
+
+    def check(self, kind: str, doc: Mapping[str, Any], check: Checker, environment: EnvironmentSpec) -> None:
+        """The target kind's own checks of an object that passed the common ones; errors go to `check`."""
+        if (target_check := self._types[kind].check) is not None:
+            target_check(doc, check, environment)
 
     def get(self, spec: EnvironmentSpec) -> Target:
         key = (spec.target.kind, *spec.target.options.connection())

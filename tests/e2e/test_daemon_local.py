@@ -74,7 +74,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
                         lambda: (daemon.metric("ray_gitops_reconcile_total", environment=ENV, result="noop") or 0) >= 2)
         again = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")
         assert again is not None and again.gcs_address == gcs and again.worker_pids() == workers
-        jobs = [j for j in _list_jobs(again.dashboard_url) if j.get("type") == "SUBMISSION"]
+        jobs = [j for j in _list_jobs(again) if j.get("type") == "SUBMISSION"]
         assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED"
         assert daemon.metric("ray_gitops_rayjob_runs_total", **succeeded) is None  # never counted twice
 
@@ -85,7 +85,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         assert daemon.proc.returncode == 0
         assert not any(_alive(pid) for pid in sum(workers.values(), []))
         with pytest.raises(OSError):
-            _list_jobs(again.dashboard_url)
+            _list_jobs(again)
     finally:
         daemon.stop(signal.SIGKILL)
 
@@ -95,9 +95,10 @@ def _get(url: str) -> int:
         return resp.status
 
 
-def _list_jobs(dashboard_url: str) -> list[dict]:
+def _list_jobs(cluster: LocalRayCluster) -> list[dict]:
     import json
-    with urllib.request.urlopen(f"{dashboard_url}/api/jobs/", timeout=10) as resp:
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.auth_headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 
 

@@ -142,9 +142,10 @@ def test_a_job_succeeds_and_resubmitting_its_id_creates_no_second_job(alpha: Loc
     info = finished_job(alpha, "print-resources")
     assert info["status"] == "SUCCEEDED", info["message"]
     assert info["entrypoint"] == PRINT_RESOURCES and info["end_time"] >= info["start_time"] > 1e12
-    logs = requests.get(f"{alpha.dashboard_url}/api/jobs/print-resources/logs", timeout=10).json()["logs"]
+    logs = requests.get(f"{alpha.dashboard_url}/api/jobs/print-resources/logs", headers=alpha.auth_headers,
+                        timeout=10).json()["logs"]
     assert "'CPU': 3.0" in logs  # the head's and both workers' CPUs, seen from the job's driver
-    jobs = requests.get(f"{alpha.dashboard_url}/api/jobs/", timeout=10).json()
+    jobs = requests.get(f"{alpha.dashboard_url}/api/jobs/", headers=alpha.auth_headers, timeout=10).json()
     assert [j["submission_id"] for j in jobs if j["type"] == "SUBMISSION"] == ["print-resources"]
     assert alpha.stop_job("print-resources") is False
     assert alpha.job_info("no-such-job") is None
@@ -180,7 +181,8 @@ def test_stop_leaves_no_process_of_the_cluster_behind(beta: LocalRayCluster | No
     assert beta.submit_job("still-running", SLEEPER.format(tag="beta-still-running"))
     running_job(beta, "still-running")
     pids, temp_dir = tracked_pids(state_dir, "beta")
-    assert leftovers(set(), "beta-still-running")  # the job's driver: Ray gives it a session of its own
+    # The job's driver (Ray gives it a session of its own); Ray reports RUNNING just before it starts it.
+    eventually(lambda: leftovers(set(), "beta-still-running"), "the job's driver to start")
     beta.stop()
     assert leftovers(pids, temp_dir, "beta-still-running") == []
     assert not any(running(pid) for pid in pids)

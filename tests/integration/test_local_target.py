@@ -15,6 +15,7 @@ from reconciler.metrics import Metrics
 from reconciler.model import Outcome
 from reconciler.pipeline.reconcile import Result
 from reconciler.pipeline.source import GitSource
+from reconciler.targets.local.limits import Limits
 from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
@@ -178,7 +179,37 @@ spec:
     ray = harness.cluster(f"{ENV}-demo")
     assert ray is not None
     import requests
-    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", timeout=10).json()
+    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", headers=ray.auth_headers, timeout=10).json()
     assert [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"].count(run) == 1
     assert harness.metrics.registry.get_sample_value("ray_gitops_rayjob_runs_total", {
         "environment": ENV, "job": "minutely", "result": "succeeded"}) >= 1
+
+
+def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harness: Harness) -> None:
+    """Room for two Ray nodes: `demo` (a head) starts; `second` (a head and a worker) would make three, so its
+    create fails with the reason and none of its processes start; once `demo` is pruned it starts."""
+    harness.target.clusters.limits = Limits(cpus=1, workers_per_group=4, nodes=2)
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(0))
+    harness.remote.write(f"environments/{ENV}/second.yaml", cluster_yaml(1).replace("name: demo", "name: second"))
+    harness.remote.commit("a head, then a head and a worker; room for two nodes")
+
+    result = harness.reconciler.reconcile(ENV, harness.source.fetch())
+    assert result.result == "error"
+    assert [(item.ref.name, outcome) for item, outcome in result.outcomes] == [("demo", Outcome.CREATED),
+                                                                                ("second", Outcome.FAILED)]
+    assert (f"Ray cluster {ENV}-second needs 2 Ray nodes (a head and 1 worker), but other local clusters run 1 "
+            "and the local target's limit of 2 Ray nodes on this machine") in result.message
+    assert harness.cluster(f"{ENV}-demo") is not None and harness.cluster(f"{ENV}-second") is None
+    assert not (harness.state / "local" / "clusters" / f"{ENV}-second").exists()  # nothing of it started
+
+    harness.remote.remove(f"environments/{ENV}/raycluster.yaml")
+    harness.remote.commit("only second")
+    # A reconcile creates before it prunes: the first one after this commit is still refused.
+    deadline = time.monotonic() + 120
+    while (result := harness.reconciler.reconcile(ENV, harness.source.fetch())).health_status != "Healthy":
+        assert time.monotonic() < deadline, f"second did not start: {result.message}"
+        time.sleep(1)
+    assert result.result != "error", result.message
+    assert harness.cluster(f"{ENV}-demo") is None
+    second = harness.cluster(f"{ENV}-second")
+    assert second is not None and second.alive_nodes() == {"head": 1, "cpu": 1}

@@ -2,7 +2,9 @@
 
 What KubeRay does with pods, done with local Ray nodes: a RayCluster's head and
 `clamp(replicas, minReplicas, maxReplicas) x numOfHosts` workers per group, with resources from
-`rayStartParams` or the first container's limits. Thread-safe (one lock around the name -> cluster map).
+`rayStartParams` or the first container's limits. The machine's cap on Ray nodes (`limits`) holds over
+every cluster: a start or scale-up beyond it is refused before any node starts. Thread-safe (one lock
+around the name -> cluster map, one around the node budget).
 """
 from __future__ import annotations
 
@@ -14,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ...errors import TemporaryError
+from ...errors import PermanentError, TemporaryError
 from ...model import desired_workers, parse_quantity
 from ...pipeline.diff import strip, worker_groups
+from .limits import Limits, cluster_nodes, nodes_text
 from .nodes import NodeSpec
 from .runtime import LocalRayCluster
 
@@ -58,10 +61,13 @@ def template_hash(spec: dict[str, Any]) -> str:
 class Clusters:
     """Running local clusters by name, their records under `directory`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, limits: Limits | None = None) -> None:
         self.directory = directory
+        self.limits = limits or Limits.of_machine()
         self._clusters: dict[str, LocalRayCluster] = {}
+        self._claims: dict[str, int] = {}  # cluster -> nodes it may run (claimed before they start)
         self._lock = threading.Lock()
+        self._budget = threading.Lock()  # taken before `_lock`, never inside it
 
     def get(self, name: str) -> LocalRayCluster | None:
         """The running cluster `name` (adopted from its record after a restart), or None."""
@@ -75,7 +81,8 @@ class Clusters:
 
     def start(self, name: str, spec: dict[str, Any]) -> LocalRayCluster:
         """A new cluster for a RayCluster spec (stopping a previous one of that name), scaled to it."""
-        self.stop(name)
+        self.claim(name, spec)
+        self.stop(name, release=False)
         log.info("local: starting Ray cluster %s", name)
         cluster = LocalRayCluster.start(name, node_spec(HEAD, spec.get("headGroupSpec") or {}), self.directory)
         with self._lock:
@@ -83,16 +90,45 @@ class Clusters:
         self.scale(cluster, spec)
         return cluster
 
-    def stop(self, name: str) -> None:
+    def stop(self, name: str, release: bool = True) -> None:
         cluster = self.get(name)
         if cluster is not None:
             log.info("local: stopping Ray cluster %s", name)
             cluster.stop()
         with self._lock:
             self._clusters.pop(name, None)
+        if release:
+            with self._budget:
+                self._claims.pop(name, None)
+
+    def nodes_in_use(self, exclude: str = "") -> int:
+        """Ray nodes of every cluster but `exclude`: each one's claim, or what it runs if that is more
+        (clusters adopted from their records after a restart count too)."""
+        names = set(self._claims) | {p.parent.name for p in self.directory.glob("*/cluster.json")}
+        total = 0
+        for name in names - {exclude}:
+            cluster = self.get(name)
+            running = 0 if cluster is None else 1 + sum(map(len, cluster.worker_pids().values()))
+            total += max(running, self._claims.get(name, 0))
+        return total
+
+    def claim(self, name: str, spec: dict[str, Any]) -> None:
+        """Reserve the nodes cluster `name` runs for `spec`; refuse (PermanentError) if they do not fit in
+        the machine's cap beside every other cluster. Shrinking is never refused."""
+        nodes = cluster_nodes(spec)
+        with self._budget:
+            current = self._claims.get(name)
+            if current is None or nodes > current:
+                others = self.nodes_in_use(exclude=name)
+                if others + nodes > self.limits.nodes:
+                    raise PermanentError(
+                        f"Ray cluster {name} needs {nodes_text(nodes)}, but other local clusters run {others} and "
+                        f"{self.limits.nodes_reason()} leaves room for {max(0, self.limits.nodes - others)}")
+            self._claims[name] = nodes
 
     def scale(self, cluster: LocalRayCluster, spec: dict[str, Any]) -> None:
-        """Start or stop worker raylets until each group runs its desired count."""
+        """Start or stop worker raylets until each group runs its desired count (claimed first)."""
+        self.claim(cluster.name, spec)
         groups = worker_groups({"kind": "RayCluster", "spec": spec})
         running = cluster.worker_pids()
         for name in set(running) - set(groups):

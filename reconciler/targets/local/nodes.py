@@ -10,11 +10,13 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +29,11 @@ DEFAULT_OBJECT_STORE_BYTES = 128 * 1024**2
 WORKER_PORTS = 64  # ports per node for Ray's worker and driver processes
 PORT_RANGE = (20000, 32000)  # above Ray's defaults (6379, 8265, 10001-19999), below Linux ephemeral
 HTTP_TIMEOUT = 15.0  # the head itself waits up to 10 s for its job agent before answering
+LAUNCHER = str(Path(__file__).with_name("launch.py"))  # `ray start`, kept on loopback (see launch.py)
+TOKEN_FILE = "auth_token"  # in the cluster's state directory, mode 0600
+# Every node's environment: Ray's token authentication (KubeRay's `authOptions.mode: token`), and
+# Ray's switch that keeps a loopback node IP as given in every process of the node (launch.py).
+_DROPPED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
 _NODE_PORT_FLAGS = ("node-manager-port", "object-manager-port", "metrics-export-port",
                     "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")
 _HEAD_PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port")
@@ -144,8 +151,29 @@ def allocate_ports(is_head: bool) -> dict[str, int]:
     return ports
 
 
+def write_token(path: Path) -> str:
+    """A new random token (256 bits, as Ray's own `ray get-auth-token --generate`) in a new 0600 file."""
+    path.unlink(missing_ok=True)
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token)
+    return token
+
+
+def node_environment(base: Mapping[str, str], token_file: Path | None) -> dict[str, str]:
+    """The environment of a node's `ray start` (inherited by every process of the node, job drivers too):
+    loopback kept as given, and token authentication with the token in `token_file` (None: a cluster
+    started before ray-gitops used tokens, adopted as it is)."""
+    env = {k: v for k, v in base.items() if k not in _DROPPED_ENV}
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    if token_file is not None:
+        env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.path.abspath(token_file)})
+    return env
+
+
 def command_line(spec: NodeSpec, token: str, temp_dir: str, ports: dict[str, int], gcs: str | None) -> list[str]:
-    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", "--node-ip-address=127.0.0.1",
+    args = [sys.executable, "-P", LAUNCHER, "start", "--block", "--node-ip-address=127.0.0.1",
             "--disable-usage-stats", f"--temp-dir={temp_dir}",
             f"--labels={GROUP_LABEL}={spec.group},{NODE_LABEL}={token}",
             f"--object-store-memory={spec.object_store_memory or DEFAULT_OBJECT_STORE_BYTES}",

@@ -4,7 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ...model import EnvironmentSpec
 from ...pipeline.validate import Checker
+from . import limits
 
 KINDS = frozenset({"RayCluster", "RayJob", "RayCronJob", "ConfigMap", "Secret"})
 
@@ -28,3 +30,13 @@ class LocalOptions:
         c.known_keys(raw, path, {"persist"})
         c.boolean(raw.get("persist"), f"{path}.persist")
         return cls(persist=raw.get("persist") is True)
+
+
+def check_object(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpec) -> None:
+    """What the local target refuses beyond the common checks: more Ray nodes than its caps (`limits`), and
+    a cluster that asks to run without Ray's token authentication (every local cluster uses it)."""
+    limits.check(doc, c, environment)
+    for path, spec in limits.cluster_specs(doc):
+        if (spec.get("authOptions") or {}).get("mode") == "disabled":
+            c.fail(f"{path}.authOptions.mode", "disabled is refused by the local target: every local Ray cluster "
+                   "uses token authentication (remove the field, or set token)")

@@ -23,19 +23,22 @@ from pathlib import Path
 
 import requests
 
-from .nodes import (GROUP_LABEL, HTTP_TIMEOUT, MARKER_ENV, NODE_LABEL, LocalRayError, Node, NodeSpec, allocate_ports,
-                    command_line, start_ticks, sweep)
+from .nodes import (GROUP_LABEL, HTTP_TIMEOUT, MARKER_ENV, NODE_LABEL, TOKEN_FILE, LocalRayError, Node, NodeSpec,
+                    allocate_ports, command_line, node_environment, start_ticks, sweep, write_token)
 
 
 class LocalRayCluster:
     """One local Ray cluster. Safe to call from several threads, except stop() while another thread
     is still adding a worker."""
 
-    def __init__(self, name: str, cluster_dir: Path, token: str, temp_dir: str) -> None:
+    def __init__(self, name: str, cluster_dir: Path, token: str, temp_dir: str, ray_temp_dir: str,
+                 auth_token: str | None) -> None:
         self.name = name
-        self.temp_dir = temp_dir  # Ray's --temp-dir for every node (Ray's own logs are in there)
+        self.temp_dir = temp_dir  # this cluster's private directory (0700) under /tmp, removed at stop
+        self.ray_temp_dir = ray_temp_dir  # Ray's --temp-dir for every node (Ray's own logs are in there)
         self._dir = cluster_dir
-        self._token = token
+        self._token = token  # marks the cluster's processes (MARKER_ENV); not a secret
+        self._auth_token = auth_token  # Ray's token authentication; None: adopted from an earlier version
         self._head: Node | None = None
         self._workers: list[Node] = []
         self._popens: dict[int, subprocess.Popen[bytes]] = {}
@@ -44,6 +47,16 @@ class LocalRayCluster:
     @property
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self._head_node().ports['dashboard-port']}"
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        """What every request to the cluster's dashboard carries (Ray's token authentication)."""
+        return {"Authorization": f"Bearer {self._auth_token}"} if self._auth_token else {}
+
+    @property
+    def token_file(self) -> Path | None:
+        """The file holding the cluster's token (0600, in its state directory), read by its nodes."""
+        return self._dir / TOKEN_FILE if self._auth_token else None
 
     @property
     def gcs_address(self) -> str:
@@ -57,9 +70,16 @@ class LocalRayCluster:
         if cls.adopt(name, state_dir) is not None:
             raise LocalRayError(f"local Ray cluster {name!r} is already running: adopt() it")
         token = secrets.token_hex(4)
-        self = cls(name, Path(state_dir) / name, token, f"/tmp/rgo-{token}")  # Unix sockets: < 107 chars
+        temp_dir = f"/tmp/rgo-{token}"  # short: Ray's Unix socket paths must stay under 107 characters
+        cluster_dir = Path(state_dir) / name
+        cluster_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        cluster_dir.chmod(0o700)
+        self = cls(name, cluster_dir, token, temp_dir, f"{temp_dir}/ray", write_token(cluster_dir / TOKEN_FILE))
         shutil.rmtree(self._dir / "logs", ignore_errors=True)
         try:
+            # Ray makes its temp dir (sockets, session, runtime envs) writable by everyone; this parent keeps
+            # other users out of it.
+            os.mkdir(temp_dir, 0o700)
             node = self._launch(head, is_head=True)
             self._wait(node, timeout, self._jobs_api_ready, "the Jobs API to accept submissions")
         except BaseException:
@@ -75,7 +95,10 @@ class LocalRayCluster:
             record = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        self = cls(name, path.parent, record["token"], record["temp_dir"])
+        token_file = path.parent / TOKEN_FILE
+        auth_token = token_file.read_text().strip() if token_file.exists() else None
+        self = cls(name, path.parent, record["token"], record["temp_dir"],
+                   record.get("ray_temp_dir", record["temp_dir"]), auth_token)
         self._head = Node(**record["head"])
         self._workers = [Node(**w) for w in record["workers"]]
         if not self._alive(self._head):
@@ -145,7 +168,7 @@ class LocalRayCluster:
         if self.job_info(submission_id) is not None:
             return False
         try:
-            JobSubmissionClient(self.dashboard_url).submit_job(
+            JobSubmissionClient(self.dashboard_url, headers=self.auth_headers).submit_job(
                 entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
                 metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None,
                 entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
@@ -158,18 +181,20 @@ class LocalRayCluster:
 
     def job_info(self, submission_id: str) -> dict | None:
         """Ray's JobDetails (status, start_time/end_time in Unix ms, message, error_type...); None on 404."""
-        resp = requests.get(f"{self.dashboard_url}/api/jobs/{submission_id}", timeout=HTTP_TIMEOUT)
+        resp = requests.get(f"{self.dashboard_url}/api/jobs/{submission_id}", timeout=HTTP_TIMEOUT,
+                            headers=self.auth_headers)
         return None if resp.status_code == 404 else self._check(resp, f"reading job {submission_id!r}").json()
 
     def stop_job(self, submission_id: str) -> bool:
         """Ask Ray to stop the job; True if it was still running."""
-        resp = requests.post(f"{self.dashboard_url}/api/jobs/{submission_id}/stop", timeout=HTTP_TIMEOUT)
+        resp = requests.post(f"{self.dashboard_url}/api/jobs/{submission_id}/stop", timeout=HTTP_TIMEOUT,
+                             headers=self.auth_headers)
         if resp.status_code == 404:
             return False
         return self._check(resp, f"stopping job {submission_id!r}").json()["stopped"]
 
     def stop(self, timeout: float = 30) -> None:
-        """Stop every node we started (workers first, head last); delete the record and the temp dir."""
+        """Stop every node we started (workers first, head last); delete the record, the token and the temp dir."""
         deadline = time.monotonic() + timeout
         with self._lock:
             workers, self._workers = self._workers, []
@@ -178,6 +203,7 @@ class LocalRayCluster:
             self._terminate([self._head], deadline)
         sweep(f"{self._token}.")
         (self._dir / "cluster.json").unlink(missing_ok=True)
+        (self._dir / TOKEN_FILE).unlink(missing_ok=True)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
     def _head_node(self) -> Node:
@@ -190,11 +216,11 @@ class LocalRayCluster:
         ports = allocate_ports(is_head)
         log = self._dir / "logs" / f"{spec.group}-{token}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env = node_environment(os.environ, self.token_file)
         env.update({k: str(v) for k, v in ports.items() if k.isupper()})
         env.update({"PATH": os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", ""),
                     "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0", MARKER_ENV: f"{self._token}.{token}"})
-        cmd = command_line(spec, token, self.temp_dir, ports, None if is_head else self.gcs_address)
+        cmd = command_line(spec, token, self.ray_temp_dir, ports, None if is_head else self.gcs_address)
         with open(log, "ab") as out:
             popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                      env=env, cwd=self._dir, start_new_session=True)
@@ -214,7 +240,7 @@ class LocalRayCluster:
             self._save()
 
     def _save(self) -> None:
-        record = {"name": self.name, "token": self._token, "temp_dir": self.temp_dir,
+        record = {"name": self.name, "token": self._token, "temp_dir": self.temp_dir, "ray_temp_dir": self.ray_temp_dir,
                   "dashboard_url": self.dashboard_url, "gcs_address": self.gcs_address,
                   "head": asdict(self._head_node()), "workers": [asdict(w) for w in self._workers]}
         tmp = self._dir / "cluster.json.tmp"
@@ -260,9 +286,9 @@ class LocalRayCluster:
         # An invalid label selector passes the head, reaches the head node's job agent and is refused
         # there before any job is created: proof that submissions work, leaving no job behind.
         try:
-            resp = requests.post(f"{self.dashboard_url}/api/jobs/", timeout=HTTP_TIMEOUT, json={
-                "entrypoint": "true", "submission_id": "ray-gitops-readiness-probe",
-                "entrypoint_label_selector": {"-": ""}})
+            resp = requests.post(f"{self.dashboard_url}/api/jobs/", timeout=HTTP_TIMEOUT, headers=self.auth_headers,
+                                 json={"entrypoint": "true", "submission_id": "ray-gitops-readiness-probe",
+                                       "entrypoint_label_selector": {"-": ""}})
         except requests.RequestException:
             return False
         return "Invalid label key" in resp.text
@@ -270,7 +296,7 @@ class LocalRayCluster:
     def _ray_nodes(self, quiet: bool = False) -> list[dict]:
         """ALIVE nodes from the dashboard's state API; [] on errors if quiet."""
         try:
-            resp = requests.get(f"{self.dashboard_url}/api/v0/nodes", timeout=HTTP_TIMEOUT,
+            resp = requests.get(f"{self.dashboard_url}/api/v0/nodes", timeout=HTTP_TIMEOUT, headers=self.auth_headers,
                                 params={"detail": "1", "limit": "10000"})
             nodes = self._check(resp, "listing nodes").json()["data"]["result"]["result"]
         except (requests.RequestException, LocalRayError):
