@@ -99,6 +99,10 @@ CASES = {
                             r"environments/team-a/c\.yaml: file is 3145\d+ bytes, more than the limit of 2097152"),
     "over-1000-objects": Case({"c.yaml": "---\n".join(CONFIGMAP % f"-{i}" for i in range(1001))},
                               r"environments/team-a: 1001 objects: an environment holds at most 1000"),
+    "local-replicas-2147483647": Case(
+        {"c.yaml": CLUSTER.replace("    maxReplicas: %s\n", "    replicas: 2147483647\n    maxReplicas: 2147483647\n")},
+        r"environments/team-a/c\.yaml#0: RayCluster/demo: spec\.workerGroupSpecs\[0\]\.replicas: 2147483647 exceeds "
+        r"the local target's limit", env=LOCAL, commands=("validate", "plan", "run")),
     "runtime-env-bomb": Case({"j.yaml": "apiVersion: ray.io/v1\nkind: RayJob\nmetadata: {name: j}\nspec:\n"
                               "  entrypoint: python x.py\n  clusterSelector: {ray.io/cluster: demo}\n"
                               "  runtimeEnvYAML: |\n" + "".join("    " + line + "\n" for line in LAUGHS.splitlines())},
