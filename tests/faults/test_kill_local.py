@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import GitRemote
+from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 from tests.faults.drill import LedgerView, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
 
@@ -202,3 +205,36 @@ def check_converged(content: Content, ledger: LedgerView, state: Path, sha: str,
         assert len(revisions) == len(set(revisions)), f"{where}: a revision recorded as applied twice"
         plan = cli("plan", "--repo", content.remote.url, "--environment", env, "--state-dir", str(state))
         assert plan.returncode == 0, f"{where}: plan after convergence:\n{plan.stdout}{plan.stderr}"
+
+
+def test_kill9_between_git_init_and_remote_add_of_the_first_start_converges_on_restart(
+        remote: GitRemote, tmp_path: Path) -> None:
+    """The first start creates its Git cache with two git commands (`init`, then `remote add origin`). A shim
+    in front of the real git kills the daemon (-9) when the second is asked for, the one exact point where a
+    kill leaves a cache without its remote; the next start must still fetch and converge."""
+    write_neighbours(remote, ENVIRONMENTS)
+    sha = remote.commit("three environments")
+    real_git = shutil.which("git")
+    assert real_git is not None
+    shim = tmp_path / "bin" / "git"
+    shim.parent.mkdir()
+    shim.write_text(f'#!/bin/sh\ncase "$*" in *"remote add"*) kill -9 "$PPID"; exit 1 ;; esac\nexec {real_git} "$@"\n')
+    shim.chmod(0o755)
+    state, log = tmp_path / "state", tmp_path / "daemon.log"
+    ledger = LedgerView(state / "ledger.sqlite3")
+    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s"],
+                           environ={"PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"})
+    try:
+        assert daemon.proc.wait(60) == -signal.SIGKILL, tail(log)
+        assert (state / "git" / "HEAD").exists()  # the cache was made, its remote not
+        daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s"])
+        daemon.wait_for("every environment Synced", lambda: ledger.converged(ENVIRONMENTS, sha), timeout=30)
+        assert {env: set(stored(state, env)) for env in ENVIRONMENTS} == dict.fromkeys(
+            ENVIRONMENTS, {("ConfigMap", "default", "settings")})
+        daemon.stop()
+        assert daemon.proc.returncode == 0 and "ERROR" not in log.read_text(), tail(log)
+    finally:
+        kill9(daemon)
+        remote.repo.close()
+        left = stop_leftovers(tmp_path)
+    assert not left, f"processes left running under {tmp_path}: {left}"
