@@ -1,9 +1,10 @@
 """Drill: `kill -9` of the daemon during a RayJob submission, 5 times, on real local Ray, beside two
 cheap environments.
 
-Each round commits a new RayJob, wakes the daemon with a signed webhook and kills it after a random
-delay in [0, window], where `window` (webhook to the job's revision recorded as applied) is measured
-first on a job that is not killed. The daemon is then started again. Every job must have run exactly
+Each round commits a new RayJob, wakes the daemon with a signed webhook, waits until the run is claimed
+in the ledger (written just before the submission) and kills the daemon after a random delay in
+[0, window], where `window` (claim to submitted: Ray's SDK imported, the job submitted, the record
+written) is measured first on a job that is not killed. The daemon is then started again. Every job must have run exactly
 once: one SUBMISSION job per RayJob in Ray's Jobs API, one line per job in a file the entrypoints
 append to, one run in the ledger, and one "finished" count across every daemon's life.
 """
@@ -25,7 +26,7 @@ import pytest
 from reconciler.targets.local.runtime import LocalRayCluster
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
-from tests.faults.drill import LedgerView, kill9, seeded_rng, stop_leftovers, tail
+from tests.faults.drill import LedgerView, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.ray]
 ENV = "jobs"
@@ -101,6 +102,13 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
         started.wait_for("/readyz", lambda: ready(started), timeout=120)
         return started
 
+    def claim_seen(job: str) -> float:
+        """When the ledger first holds a run of `job` (written just before it is submitted), polled every 5 ms."""
+        assert daemon is not None
+        daemon.wait_for(f"the run of {job} claimed", lambda: any(
+            j == job for j, _ in ledger.runs(ENV).values()), timeout=60, poll=0.005)
+        return time.monotonic()
+
     def converged(what: str) -> float:
         assert daemon is not None
         daemon.wait_for(what, lambda: ledger.converged(ENVIRONMENTS, sha), timeout=120, poll=0.01)
@@ -113,32 +121,41 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
         cluster = LocalRayCluster.adopt(f"{ENV}-demo", state / "local" / "clusters")
         assert cluster is not None
 
-        jobs.append("job-0")  # calibration: one submission, timed from the webhook, not killed
-        remote.write(f"environments/{ENV}/job-0.yaml", rayjob("job-0", marker))
-        sha = remote.commit("job-0")
-        posted = time.monotonic()
-        post_webhook(daemon.port)
-        window = converged("job-0 applied") - posted
-        print(f"calibration: webhook to the RayJob's revision applied in {window:.2f}s; kills at U(0, {window:.2f})s")
-
-        kill9(daemon)  # each round's daemon is a fresh process, as the calibration's was (Ray's SDK not imported)
-        daemon = start("round-1")
-        landed: list[str] = []
-        for round_ in range(1, KILLS + 1):
-            name = f"job-{round_}"
+        def add_job(name: str) -> None:
+            nonlocal sha
             jobs.append(name)
             remote.write(f"environments/{ENV}/{name}.yaml", rayjob(name, marker))
             sha = remote.commit(name)
-            delay = rng.uniform(0, window)
-            posted = time.monotonic()
+
+        windows = []  # job-0: the process imports Ray's SDK on its first submission; job-1: it has it
+        for name in ("job-0", "job-1"):
+            add_job(name)
             post_webhook(daemon.port)
-            time.sleep(max(0.0, posted + delay - time.monotonic()))
+            claimed = claim_seen(name)
+            windows.append(wait_for_line(daemon.log, f"RayJob/default/{name} submitted", daemon=daemon) - claimed)
+            converged(f"{name} applied")
+        window = windows[1]
+        print(f"calibration: from the run claimed in the ledger to submitted {windows[0]:.2f}s (Ray's SDK imported "
+              f"first), then {window:.2f}s; kills at U(0, {window:.2f})s after the claim")
+
+        kill9(daemon)
+        daemon = start("round-1")
+        landed: list[str] = []
+        for round_ in range(1, KILLS + 1):
+            name = f"job-{round_ + 1}"
+            add_job(name)
+            delay = rng.uniform(0, window)
+            post_webhook(daemon.port)
+            claimed = claim_seen(name)
+            time.sleep(max(0.0, claimed + delay - time.monotonic()))
             kill9(daemon)
             in_ray = submissions(cluster)[name]
             runs = [sid for sid, (job, _) in ledger.runs(ENV).items() if job == name]
-            where = f"seed {seed}, round {round_}, kill {delay:.2f}s after the webhook"
-            landed.append(f"{delay:.2f}s: " + ("applied" if ledger.converged(ENVIRONMENTS, sha) else
-                                               "submitted" if in_ray else "claimed" if runs else "not yet claimed"))
+            where = f"seed {seed}, round {round_}, kill {delay:.2f}s after the claim"
+            recorded = (state / "local" / "objects" / ENV / f"RayJob.default.{name}.json").exists()
+            landed.append(f"{delay:.2f}s: " + ("revision applied" if ledger.converged(ENVIRONMENTS, sha) else
+                                               "submitted and recorded" if recorded else
+                                               "in Ray, not recorded" if in_ray else "claimed, not in Ray"))
             assert ledger.integrity() == "ok", where
             assert in_ray <= 1 and (not in_ray or len(runs) == 1), f"{where}: in Ray {in_ray}, ledger {runs}"
             daemon = start(f"round-{round_ + 1}" if round_ < KILLS else "final")
