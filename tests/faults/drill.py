@@ -77,7 +77,8 @@ class LedgerView:
 
     def states(self) -> dict[str, tuple[str, str]]:
         """environment -> (revision, sync status)."""
-        return {env: (rev, sync) for env, rev, sync in self._query("SELECT env, revision, sync_status FROM environments")}
+        rows = self._query("SELECT env, revision, sync_status FROM environments")
+        return {env: (revision, sync) for env, revision, sync in rows}
 
     def history(self, env: str) -> list[tuple[str, str]]:
         """(revision, result) rows, oldest first."""

@@ -56,9 +56,10 @@ def write_revision(remote: GitRemote, plane: kube_controlplane.ControlPlane, sec
     wanted: dict[str, dict] = {}
     for env in ENVIRONMENTS:
         directory = remote.work_path / "environments" / env
+        target = (f'kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, '
+                  f'namespace: {namespace(env)}}}')
         remote.write(f"environments/{env}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
-                     f"metadata: {{name: {env}}}\nspec:\n  target:\n    kubernetes: {{kubeconfig: \"{plane.kubeconfig}\", "
-                     f"context: {plane.context}, namespace: {namespace(env)}}}\n  interval: 1s\n")
+                     f"metadata: {{name: {env}}}\nspec:\n  target:\n    {target}\n  interval: 1s\n")
         objects: dict = {}
         for i in range(5 if second else 0, 60 if second else 20):
             data = {"index": str(i), "revision": "2" if second and i < 10 else "1"}
@@ -126,7 +127,8 @@ def test_apiserver_stopped_mid_apply_and_started_again_daemon_recovers_and_loses
     sha = remote.commit("revision 1: 23 objects per environment")
     state, log = tmp_path / "state", tmp_path / "daemon.log"
     ledger = LedgerView(state / "ledger.sqlite3")
-    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s", "--kube-api-qps", "25", "--kube-api-burst", "1"])
+    daemon = DaemonProcess(remote.url, state, log,
+                           ["--interval", "1s", "--kube-api-qps", "25", "--kube-api-burst", "1"])
     try:
         daemon.wait_for("revision 1 applied", lambda: ledger.converged(ENVIRONMENTS, sha), timeout=120)
         pid = daemon.proc.pid

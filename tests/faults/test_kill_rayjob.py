@@ -3,8 +3,9 @@ cheap environments.
 
 Each round commits a new RayJob, wakes the daemon with a signed webhook, waits until the run is claimed
 in the ledger (written just before the submission) and kills the daemon after a random delay in
-[0, window], where `window` (claim to submitted: Ray's SDK imported, the job submitted, the record
-written) is measured first on a job that is not killed. The daemon is then started again. Every job must have run exactly
+[0, window]. `window` (claim to submitted: the job sent to Ray's Jobs API and its record written) is
+measured first on a job that is not killed, in a process that already imported Ray's SDK; a fresh
+process spends it importing the SDK. The daemon is then started again. Every job must have run exactly
 once: one SUBMISSION job per RayJob in Ray's Jobs API, one line per job in a file the entrypoints
 append to, one run in the ledger, and one "finished" count across every daemon's life.
 """
@@ -47,7 +48,8 @@ def rayjob(name: str, marker: Path) -> str:
     """A RayJob on cluster `demo` whose entrypoint appends its name to `marker` (one line per run)."""
     script = f"open({str(marker)!r}, 'a').write({name!r} + chr(10))"
     return (f"apiVersion: ray.io/v1\nkind: RayJob\nmetadata: {{name: {name}}}\nspec:\n"
-            f"  clusterSelector: {{ray.io/cluster: demo}}\n  entrypoint: {json.dumps('python -c ' + json.dumps(script))}\n")
+            f"  clusterSelector: {{ray.io/cluster: demo}}\n"
+            f"  entrypoint: {json.dumps('python -c ' + json.dumps(script))}\n")
 
 
 def post_webhook(port: int) -> None:
