@@ -273,14 +273,19 @@ class GitSource:
         self.unverified: tuple[str, str] | None = None  # (head, why) while the head fails verification
 
     def _open(self) -> git.Repo:
+        """The cache repository. Made by two git commands (`init`, `remote add`), so a crash between them
+        leaves it without `origin`: the next open adds it."""
         if self._repo is None:
             if (self.cache_dir / "HEAD").exists():
-                self._repo = git.Repo(self.cache_dir)
-                self._repo.remotes.origin.set_url(self.url)
+                repo = git.Repo(self.cache_dir)
             else:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
-                self._repo = git.Repo.init(self.cache_dir, bare=True)
-                self._repo.create_remote("origin", self.url)
+                repo = git.Repo.init(self.cache_dir, bare=True)
+            if any(remote.name == "origin" for remote in repo.remotes):
+                repo.remotes.origin.set_url(self.url)
+            else:
+                repo.create_remote("origin", self.url)
+            self._repo = repo
         return self._repo
 
     def fetch(self) -> Revision:

@@ -177,6 +177,9 @@ class ControlPlane:
     kubeconfig: Path
     context: str = CONTEXT_NAME
     _processes: list[Process] = field(default_factory=list, repr=False)
+    _apiserver_argv: list[str] = field(default_factory=list, repr=False)
+    _apiserver: Process | None = field(default=None, repr=False)
+    _apiserver_starts: int = field(default=0, repr=False)
 
     @classmethod
     def start(cls, assets: Path) -> ControlPlane:
@@ -211,6 +214,7 @@ class ControlPlane:
         """Stop the processes this object started, apiserver first; idempotent."""
         while self._processes:
             self._processes.pop().stop()
+        self._apiserver = None
 
     def cleanup(self) -> None:
         """Stop the processes and remove the working directory (etcd data, certs, logs)."""
@@ -265,7 +269,7 @@ class ControlPlane:
         subprocess.run(
             ["openssl", "genrsa", "-out", str(sa_key), "2048"], check=True, capture_output=True
         )
-        self._spawn("kube-apiserver", [
+        self._apiserver_argv = [
             str(assets / "kube-apiserver"),
             "--advertise-address=127.0.0.1",
             "--endpoint-reconciler-type=none",  # the default refuses a loopback advertise address
@@ -281,8 +285,27 @@ class ControlPlane:
             f"--service-account-signing-key-file={sa_key}",
             "--disable-admission-plugins=ServiceAccount",
             "--allow-privileged=true",
-        ])
-        self._wait("kube-apiserver /readyz", self._apiserver_ready)
+        ]
+        self.start_apiserver()
+
+    def start_apiserver(self) -> None:
+        """Start kube-apiserver (again, after `stop_apiserver`) with the same port, etcd, certificates, tokens
+        and service-account key; wait for /readyz. Each start logs to its own file."""
+        if self._apiserver is not None:
+            raise ControlPlaneError("kube-apiserver is already running")
+        self._apiserver_starts += 1
+        name = "kube-apiserver" if self._apiserver_starts == 1 else f"kube-apiserver-{self._apiserver_starts}"
+        self._apiserver = self._spawn(name, self._apiserver_argv)
+        self._wait(f"{name} /readyz", self._apiserver_ready)
+
+    def stop_apiserver(self) -> None:
+        """Stop kube-apiserver alone (SIGTERM, as `Process.stop`); etcd and its data stay. Only for a control
+        plane of one's own: every client of it loses the API server until `start_apiserver`."""
+        if self._apiserver is None:
+            raise ControlPlaneError("kube-apiserver is not running")
+        process, self._apiserver = self._apiserver, None
+        process.stop()
+        self._processes.remove(process)
 
     def _apiserver_ready(self) -> bool:
         if not self.ca_file.exists():

@@ -1,5 +1,7 @@
 """The daemon as a subprocess with 20 environments on the local target (ConfigMaps, no Ray): ready,
-standard process metrics, a fetch failure seen once and as Stale, recovery, and a prompt SIGTERM."""
+standard process metrics, a fetch failure seen once and as Stale while the last good revision stays
+applied (drift still repaired), recovery by itself to a commit pushed meanwhile, and a prompt SIGTERM.
+The Git-unreachable fault drill (marker `faults` too)."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ import pytest
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 
-pytestmark = [pytest.mark.e2e]
+pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ENVIRONMENTS = tuple(f"team-{i:02d}" for i in range(20))
 GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
 
@@ -35,6 +37,11 @@ def ready(daemon: DaemonProcess) -> bool:
         return False
 
 
+def stored(state: Path, env: str) -> dict[str, str]:
+    """The local target's records of `env` (file name -> content)."""
+    return {p.name: p.read_text() for p in sorted((state / "local" / "objects" / env).glob("*.json"))}
+
+
 def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promptly(
         remote: GitRemote, tmp_path: Path) -> None:
     write_neighbours(remote, ENVIRONMENTS, interval="1s")
@@ -50,11 +57,19 @@ def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promp
         succeeded = daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds")
         assert succeeded is not None and abs(succeeded - time.time()) < 30
 
-        shutil.move(remote.bare_path, tmp_path / "away.git")  # the remote is gone for a while
+        applied = {env: stored(state, env) for env in ENVIRONMENTS}
+        away = tmp_path / "away.git"
+        shutil.move(remote.bare_path, away)  # the remote is gone for a while
         daemon.wait_for("every environment Stale", lambda: {
             s["sync_status"] for s in status(state).values()} == {"Stale"}, timeout=60)
         last_success = daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds")
+        noops = daemon.metric("ray_gitops_reconcile_total", environment="team-03", result="noop") or 0
+        drifted = state / "local" / "objects" / "team-03" / "ConfigMap.default.settings.json"
+        drifted.unlink()  # drift while Stale: the last good revision is still what gets applied
+        daemon.wait_for("the drift repaired from the last good revision", drifted.exists, timeout=30)
         time.sleep(3)  # several more failing polls
+        assert {env: stored(state, env) for env in ENVIRONMENTS} == applied
+        assert (daemon.metric("ray_gitops_reconcile_total", environment="team-03", result="noop") or 0) > noops
         stale = status(state)["team-07"]
         assert stale["revision"] == sha and stale["message"].startswith("Stale: fetch failing since ")
         assert daemon.metric("ray_gitops_environment_info", environment="team-07", target="local",
@@ -63,10 +78,17 @@ def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promp
         assert len(failures) == 1 and "git fetch of" in failures[0], failures
         assert daemon.metric("ray_gitops_git_last_fetch_success_timestamp_seconds") == last_success
 
-        shutil.move(tmp_path / "away.git", remote.bare_path)
-        daemon.wait_for("every environment Synced again", lambda: {
-            s["sync_status"] for s in status(state).values()} == {"Synced"}, timeout=60)
+        remote.write("environments/team-07/settings.yaml", "apiVersion: v1\nkind: ConfigMap\n"
+                     "metadata: {name: settings}\ndata: {owner: team-07, changed: during-the-outage}\n")
+        remote.repo.git.add(A=True)
+        remote.repo.index.commit("a change pushed while the daemon cannot fetch")
+        remote.repo.git.push(str(away), "main")
+        sha = remote.repo.head.commit.hexsha
+        shutil.move(away, remote.bare_path)
+        daemon.wait_for("every environment Synced again, at the new commit", lambda: {
+            (s["sync_status"], s["revision"]) for s in status(state).values()} == {("Synced", sha)}, timeout=60)
         assert "works again" in log.read_text()
+        assert '"changed": "during-the-outage"' in stored(state, "team-07")["ConfigMap.default.settings.json"]
 
         started = time.monotonic()
         daemon.stop(signal.SIGTERM, timeout=GRACE_SECONDS)

@@ -131,9 +131,12 @@ class Informer:
 
     # -- list and watch ------------------------------------------------------------------------------
     def _list(self, replace: bool = False) -> None:
-        """LIST the collection; keep the result unless the cache is already newer (`replace`: keep it anyway)."""
+        """LIST the collection; keep the result unless the cache is already newer (`replace`: keep it anyway).
+        Items of built-in kinds come without `apiVersion` and `kind` (custom resources have them): they get
+        the list's, so a listed object looks as a watched one (and a Secret's values can be hidden)."""
         data = self.kube.list(self.path, self.selector)
-        items = {_key(i): self.transform(i) for i in data.get("items") or []}
+        typed = {"apiVersion": data.get("apiVersion"), "kind": str(data.get("kind") or "").removesuffix("List")}
+        items = {_key(i): self.transform({**typed, **i}) for i in data.get("items") or []}
         version = str(data["metadata"].get("resourceVersion") or "")
         with self._cond:
             new, have = _version(version), _version(self._version)

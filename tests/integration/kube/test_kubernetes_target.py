@@ -89,6 +89,26 @@ def test_secret_changes_show_in_plans_but_their_values_never_do(kit: Kit) -> Non
         assert value not in item.diff and value not in str(live)
 
 
+@pytest.mark.parametrize("name", ["configmap.yaml", "secret.yaml", "raycluster.yaml"])
+def test_objects_a_new_target_lists_keep_their_kind_so_unchanged_ones_are_noop_and_secrets_stay_hidden(
+        kit: Kit, kube_control_plane, name: str) -> None:
+    """A LIST answers built-in kinds without `apiVersion`/`kind` on each item; the caches of a new daemon, or
+    of one whose watch had to list again (an API server restart), start from such a LIST."""
+    obj = desired(load(name), kit.namespace)
+    kit.sync(obj)
+    fresh = Kit(kube_control_plane, kit.namespace)
+    try:
+        live = fresh.observe(obj)[obj.ref].manifest
+        item = fresh.plan(obj)
+    finally:
+        fresh.close()
+
+    assert (live["apiVersion"], live["kind"]) == (obj.manifest["apiVersion"], obj.manifest["kind"])
+    assert item.action == Action.NOOP, item.reason
+    for value in ("s3cr3t-from-git", base64.b64encode(b"s3cr3t-from-git").decode()):
+        assert value not in str(live)
+
+
 def _drop_head(doc: dict[str, Any]) -> None:
     del doc["spec"]["headGroupSpec"]
 
