@@ -26,6 +26,11 @@ class TemporaryError(RayGitopsError):
         self.retry_after = retry_after
 
 
+class Unreachable(TemporaryError):
+    """The target itself cannot be reached (connection refused, timed out): the environment's remaining
+    changes are not tried this cycle (each would fail the same way and say so in the log)."""
+
+
 class PermanentError(RayGitopsError):
     """A failure that only a change in Git (or on the target) can fix."""
 

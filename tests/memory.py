@@ -6,6 +6,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from reconciler.errors import Unreachable
 from reconciler.metrics import Metrics
 from reconciler.model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem,
                               RenderedEnvironment, job_submission_id)
@@ -17,7 +18,8 @@ from reconciler.targets import TYPES, Registry, Runtime, TargetType
 
 
 class MemoryTarget:
-    """Stores applied manifests; jobs finish as soon as they are submitted; can be told to fail. With
+    """Stores applied manifests; jobs finish as soon as they are submitted; can be told to fail (one object,
+    or everything as unreachable). With
     `reports_deleted_runs`, a pending run whose RayJob is gone is reported DELETED (as on Kubernetes)."""
 
     kind = "local"
@@ -25,6 +27,7 @@ class MemoryTarget:
     def __init__(self) -> None:
         self.objects: dict[ObjectRef, LiveObject] = {}
         self.failing: set[str] = set()
+        self.unreachable = False
         self.calls: list[tuple[str, str]] = []
         self.saved: dict[str, LedgerSnapshot] = {}
         self.reports_deleted_runs = False
@@ -43,6 +46,8 @@ class MemoryTarget:
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         self.calls.append((item.action.value, item.ref.name))
+        if self.unreachable:
+            raise Unreachable(f"{item.ref}: connection refused")
         if item.ref.name in self.failing:
             raise RuntimeError("refused by the target")
         if item.action == Action.DELETE:

@@ -37,6 +37,8 @@ def _logging(fmt: str, level: str) -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(
         "%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    # urllib3 warns on each connection retry; the failed request is reported once, by the daemon
+    logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLogger().level))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

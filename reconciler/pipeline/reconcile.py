@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from ..errors import InvalidEnvironment, RayGitopsError, TemporaryError
+from ..errors import InvalidEnvironment, RayGitopsError, TemporaryError, Unreachable
 from ..metrics import Metrics
 from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
                      Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
@@ -93,7 +93,7 @@ class Pipeline:
         if isinstance(target, KeepsLedger):
             copy = target.load_ledger(rendered.spec)
             record = record.merged(copy) if copy is not None else record
-        live, record = self._observe(rendered, target, record, count=False)
+        live, record, _ = self._observe(rendered, target, record)
         return Preview(name, revision, self._plan(rendered, target, live, record))
 
     # -- reconcile ------------------------------------------------------------------------------------
@@ -135,7 +135,7 @@ class Pipeline:
             revision = self.source.revision(loaded.last_applied)
             rendered = render(revision.tree, name, revision.sha, self.targets)
         record = self._adopt(rendered, target, loaded)
-        live, record = self._observe(rendered, target, record)
+        live, record, ended = self._observe(rendered, target, record)
         items = self._plan(rendered, target, live, record)
         self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         outcomes: list[tuple[PlanItem, Outcome]] = []
@@ -149,7 +149,8 @@ class Pipeline:
                 revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options)
             outcomes, errors = self._apply(rendered, items, target, context)
             if outcomes:
-                live, record = self._observe(rendered, target, record)
+                live, record, more = self._observe(rendered, target, record)
+                ended += more
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
         sync, message, summary = self._sync(items, outcomes, errors, waiting)
         env_health, detail = self._report_health(rendered, live, record)
@@ -164,6 +165,8 @@ class Pipeline:
             applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer)
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
+        for run in ended:  # counted once the ledger says it ended: a failed commit sees it end again
+            self._ended(name, run)
         self._keep_copy(rendered, target, record)
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
@@ -224,21 +227,23 @@ class Pipeline:
             target.save_ledger(rendered.spec, snapshot)
             self._adopted[rendered.spec.name] = snapshot
 
-    def _observe(self, rendered: RenderedEnvironment, target: Target, record: Record,
-                 count: bool = True) -> tuple[dict[ObjectRef, LiveObject], Record]:
-        """Live objects, and every job run moved forward in the record: from the live RayJobs' status (the
-        same KubeRay shape on every target) and from the target's own reports (a run deleted unseen)."""
+    def _observe(self, rendered: RenderedEnvironment, target: Target,
+                 record: Record) -> tuple[dict[ObjectRef, LiveObject], Record, list[JobRun]]:
+        """Live objects, every job run moved forward in the record (from the live RayJobs' status, the same
+        KubeRay shape on every target, and from the target's own reports, a run deleted unseen), and the
+        runs first seen to end."""
         refs = set(record.inventory) | {d.ref for d in rendered.objects}
         observation = target.observe(rendered, refs, record.pending)
         reports = [(o.status["jobId"], o.ref.name, o.status["jobStatus"], parse_time(o.status.get("startTime")),
                     parse_time(o.status.get("endTime"))) for o in observation.live.values()
                    if o.ref.kind == "RayJob" and o.status.get("jobId") and o.status.get("jobStatus")]
         reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time) for r in observation.runs]
+        ended = []
         for report in reports:
-            record, ended = record.seen(*report)
-            if ended is not None and count:
-                self._ended(rendered.spec.name, ended)
-        return observation.live, record
+            record, run = record.seen(*report)
+            if run is not None:
+                ended.append(run)
+        return observation.live, record, ended
 
     def _ended(self, name: str, run: JobRun) -> None:
         """A run first seen to end: counted once."""
@@ -286,6 +291,13 @@ class Pipeline:
                 raise Interrupted(f"stopping: {left} change(s) left for the next start")
             try:
                 outcome = target.apply(item, context)
+            except Unreachable as exc:  # the others would fail alike: one line, the rest wait for the next cycle
+                left = sum(1 for i in items[index + 1:] if i.action in CHANGES)
+                log.error("environment %s: %s %s failed: %s (%d more change(s) wait for the next attempt)",
+                          name, item.ref, item.action.value, exc, left)
+                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                outcomes.append((item, Outcome.FAILED))
+                break
             except Exception as exc:  # one object's failure must not stop the others
                 log.error("environment %s: %s %s failed: %s", name, item.ref, item.action.value, exc)
                 errors.append(f"{item.ref} {item.action.value} failed: {exc}")
@@ -309,8 +321,9 @@ class Pipeline:
     @staticmethod
     def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
                    live: dict[ObjectRef, LiveObject]) -> set[ObjectRef]:
-        """Objects we own after this reconcile: live desired ones, failed deletes, refused prunes."""
-        failed = {i.ref for i, o in outcomes if o == Outcome.FAILED}
+        """Objects we own after this reconcile: live desired ones, failed or untried deletes, refused prunes."""
+        done = {i.ref for i, o in outcomes if o != Outcome.FAILED}
+        failed = {i.ref for i in items if i.action in CHANGES and i.ref not in done}
         keep = {d.ref for d in rendered.objects if d.ref in live or d.ref in failed}
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes

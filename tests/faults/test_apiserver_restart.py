@@ -144,7 +144,8 @@ def test_apiserver_stopped_mid_apply_and_started_again_daemon_recovers_and_loses
         daemon.wait_for("an environment Failed while the API server is down", lambda: any(
             sync == "Failed" for _, sync in ledger.states().values()), timeout=60, poll=0.1)
         time.sleep(max(0.0, stopped + 5 - time.monotonic()))  # down at least 5 s
-        failed = {m.group(1) for m in FAILED.finditer(log.read_bytes()[offset:].decode())}
+        outage = log.read_bytes()[offset:].decode()
+        failed = {m.group(1) for m in FAILED.finditer(outage)}
         plane.start_apiserver()
         restarted = time.monotonic()
         down = restarted - stopped
@@ -155,6 +156,11 @@ def test_apiserver_stopped_mid_apply_and_started_again_daemon_recovers_and_loses
               f"(its restart included); environments with failed applies: {sorted(failed)}; every environment Synced "
               f"{recovered:.1f}s after the API server was back")
         assert failed, "no apply failed: the API server was not stopped in the middle of an apply"
+        per_attempt = [line for line in outage.splitlines() if FAILED.search(line)]
+        assert all("wait for the next attempt" in line for line in per_attempt if "unreachable" in line), \
+            "an unreachable API server was tried again for the next object of the same reconcile"
+        assert "Retrying (Retry(" not in outage, "urllib3's retry warnings reached the log"
+        print(f"failed-apply log lines while the API server was down: {len(per_attempt)}")
         assert daemon.proc.pid == pid and daemon.proc.poll() is None  # recovered without a restart
 
         for env in ENVIRONMENTS:

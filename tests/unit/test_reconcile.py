@@ -217,3 +217,48 @@ def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
 
     assert [(i.ref.name, o) for i, o in retried.outcomes] == [("drop", Outcome.DELETED)]
     assert {r.name for r in ledger.load("a").inventory} == {"keep"}
+
+
+def test_an_unreachable_target_stops_the_environment_at_the_first_change_and_forgets_nothing(setup, caplog) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    for name in ("keep", "drop"):
+        remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
+    remote.commit("two clusters")
+    reconciler.reconcile("a", source.fetch())
+    remote.remove("environments/a/drop.yaml")
+    for name in ("new1", "new2", "new3"):
+        remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
+    remote.commit("three new, one gone")
+    target.unreachable, target.calls = True, []
+
+    failed = reconciler.reconcile("a", source.fetch())
+
+    assert len(target.calls) == 1  # not four failures: the first one says it
+    assert failed.sync_status == "Failed" and "connection refused" in failed.message
+    assert "3 more change(s) wait for the next attempt" in caplog.text
+    assert {r.name for r in ledger.load("a").inventory} >= {"keep", "drop"}  # the untried prune is not forgotten
+    target.unreachable = False
+    recovered = reconciler.reconcile("a", source.fetch())
+    assert recovered.sync_status == "Synced"
+    assert {r.name for r in target.objects} == {r.name for r in ledger.load("a").inventory} \
+        == {"keep", "new1", "new2", "new3"}
+
+
+def test_a_finished_run_is_counted_after_the_ledger_says_so(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    revision = commit_job_environment(remote, source)
+    commit, failures = ledger.commit, [OSError("disk full")]
+
+    def final_commit_fails_once(name, persisted=None, record=None, state=None, applied=None):
+        if state is not None and applied is not None and failures:
+            raise failures.pop()
+        return commit(name, persisted, record, state, applied)
+    monkeypatch.setattr(ledger, "commit", final_commit_fails_once)
+    failed = reconciler.reconcile("a", revision)  # the run ends, but the record of it is not written
+    assert failed.sync_status == "Failed" and not failures
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
+    reconciler.reconcile("a", revision)
+    reconciler.reconcile("a", revision)
+
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1

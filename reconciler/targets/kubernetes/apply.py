@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from ...errors import PermanentError, RayGitopsError, TemporaryError
+from ...errors import PermanentError, RayGitopsError, TemporaryError, Unreachable
 from ...kubeapi import ApiError, Kube, resource
 from ...metrics import Metrics
 from ...model import DesiredObject, Manifest, ObjectRef
@@ -33,6 +33,8 @@ def translate(ref: ObjectRef | str, exc: ApiError, desired: DesiredObject | None
         where = f"{desired.file}#{desired.document}"
         detail = f" (fields: {', '.join(fields)})" if fields else ""
         return PermanentError(f"{ref}: {where}: rejected by the API server: {exc.message}{detail}")
+    if exc.status == 0:
+        return Unreachable(f"{ref}: API server unreachable: {exc.message}")
     if exc.status in (401, 403, 404, 405) or is_rejection(exc):
         return PermanentError(f"{ref}: {exc.status} {exc.reason}: {exc.message}")
     return TemporaryError(f"{ref}: API server error {exc.status} {exc.reason}: {exc.message}")
