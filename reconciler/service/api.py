@@ -32,9 +32,9 @@ class Api:
 
     def __init__(self, ledger: Ledger, source: GitSource, plans: Plans, commits: Commits,
                  head: Callable[[], Revision | None], selected: Callable[[], list[str]],
-                 clock: Callable[[], float] = time.time) -> None:
+                 leading: Callable[[], bool], clock: Callable[[], float] = time.time) -> None:
         self._ledger, self._source, self._plans, self._commits = ledger, source, plans, commits
-        self._head, self._selected, self._clock = head, selected, clock
+        self._head, self._selected, self._leading, self._clock = head, selected, leading, clock
 
     def answer(self, path: str, query: Mapping[str, list[str]]) -> Answer:
         """The document at `path` (below PREFIX), or an {"error": ...} with 404 or 400."""
@@ -63,11 +63,12 @@ class Api:
 
     # -- documents -------------------------------------------------------------------------------------
     def environments(self) -> dict[str, Any]:
-        """Every environment of this daemon (`status -o json` rows, each with `commit` and `reason`), and
-        the Git source: branch, head, a failing fetch, an unverified head."""
+        """Every environment of this daemon (`status -o json` rows, each with `commit` and `reason`), the Git
+        source (branch, head, a failing fetch, an unverified head), and whether this replica leads (a
+        standby reconciles nothing: its ledger is not the leader's)."""
         selected = set(self._selected())
         states = [s for s in self._ledger.states() if not selected or s.environment in selected]
-        return {"time": self._clock(), "source": self._source_info(),
+        return {"time": self._clock(), "leading": self._leading(), "source": self._source_info(),
                 "environments": [self._summary(s) for s in states]}
 
     def environment(self, state: EnvironmentState) -> dict[str, Any]:

@@ -86,7 +86,7 @@ class Daemon:
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets)
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._selected))
+                              lambda: self._selected, self.leading))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""

@@ -106,11 +106,16 @@
   }
 
   // -- the overview ------------------------------------------------------------------------------------
-  function drawSource(source) {
-    if (!changed("source", source)) return;
+  function drawSource(source, leading) {
+    if (!changed("source", [source, leading])) return;
     const head = source.head ? ` \u00b7 head ${short(source.head.sha)}` : "";
     $("source").textContent = `${source.repo} \u00b7 ${source.branch}${head}`;
     const banners = [];
+    if (!leading) {
+      banners.push(el("p", { class: "banner warn", role: "status",
+        text: "This replica is standing by (it does not hold the leader Lease): it reconciles nothing, so " +
+          "what it shows is not current. Open the page of the replica that holds the Lease." }));
+    }
     if (source.fetch_failure) {
       banners.push(el("p", { class: "banner warn", role: "alert",
         text: `Git fetch failing since ${when(source.fetch_failure.since)}: ${source.fetch_failure.reason}. ` +
@@ -152,7 +157,7 @@
 
   async function refreshOverview() {
     const doc = await getJSON("/environments");
-    drawSource(doc.source);
+    drawSource(doc.source, doc.leading);
     if (changed("environments", doc.environments)) {
       $("environments").tBodies[0].replaceChildren(...doc.environments.map(environmentRow));
       applyFilter();
@@ -272,12 +277,14 @@
 
   function drawPlan(plan) {
     const computed = plan.computed_at ? ` Computed ${when(plan.computed_at)}.` : "";
+    const changes = plan.items.filter((item) => item.action !== "skip").length;
+    const skipped = plan.items.length - changes ? ` ${plan.items.length - changes} skipped, as listed.` : "";
     const status = {
       unavailable: "No revision has been fetched yet, so there is no plan.",
       computing: "Computing the plan\u2026",
       refreshing: `Refreshing; showing the plan at ${short(plan.revision)}.${computed}`,
-      ready: plan.items.length ? `${plan.items.length} change(s) at revision ${short(plan.revision)}.${computed}` :
-        `No changes: the target matches revision ${short(plan.revision)}.${computed}`,
+      ready: (changes ? `${changes} change(s) at revision ${short(plan.revision)}.` :
+        `No changes: the target matches revision ${short(plan.revision)}.`) + skipped + computed,
     }[plan.status] || plan.status;
     $("plan-status").textContent = plan.error ? `The plan could not be computed: ${plan.error}` : status;
     if (!changed("plan", [plan.items, plan.error])) return;
@@ -353,7 +360,7 @@
 
   async function describeSource(name) {
     const doc = await getJSON("/environments");
-    drawSource(doc.source);
+    drawSource(doc.source, doc.leading);
     $("history-hint").textContent = `Each command reverts, in a clean clone of ${doc.source.repo} on branch ` +
       `${doc.source.branch}, the commits after that revision that changed environments/${name}/. It pushes ` +
       "nothing: review the new commit, then git push (or add --push). The daemon applies it like any commit.";
