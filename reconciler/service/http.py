@@ -72,8 +72,7 @@ def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer
             elif self.path == "/readyz":
                 ok = endpoints.ready()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"first reconcile not done\n")
-            elif self._paged():
-                assert endpoints.page is not None
+            elif endpoints.page is not None and self._paged():
                 answer = endpoints.page.get(self.path, self.headers)
                 self._send(answer.code, answer.body, answer.content_type, headers=answer.headers)
             else:

@@ -35,10 +35,6 @@ class Worker:
             self._queue[key] = task
         self._wake.set()
 
-    def queued(self, key: Hashable) -> bool:
-        with self._lock:
-            return key in self._queue
-
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="status-page", daemon=True)
         self._thread.start()
