@@ -84,6 +84,8 @@
   let refreshed = 0;
   let lost = "";
   function showLive() {
+    const announce = lost ? "Connection lost; retrying." : refreshed ? "Live." : "";
+    if ($("announce").textContent !== announce) $("announce").textContent = announce; // said once per change
     const live = $("live");
     live.classList.toggle("lost", Boolean(lost));
     live.textContent = lost ? `Connection lost (${lost}); retrying` :
