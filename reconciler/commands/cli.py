@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
                      "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
     run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
+    run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
+                     help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
+                     "(default true; --ui=false turns both off)")
     run.set_defaults(func=cmd_run)
 
     for verb, func, text in (

@@ -19,6 +19,7 @@ from ..pipeline.verify import Verifier
 from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
              "leader_election_retry_period")
 
@@ -66,6 +67,7 @@ class Settings:
     default_service_account: str = ""  # Kubernetes writes of environments without serviceAccountName impersonate it
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
+    ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
 
     def verifier(self) -> Verifier | None:
         """Checks of commit signatures, when `verify_commits` asks for them."""
@@ -110,8 +112,13 @@ def _value(name: str, value: Any) -> Any:
         return number
     if name == "kube_api_qps":
         return float(value)
-    if name in ("once", "leader_election"):
-        return value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+    if name in ("once", "leader_election", "ui"):
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text not in BOOLEANS:
+            raise ValueError(f"expected true or false, got {value!r}")
+        return BOOLEANS[text]
     return str(value)
 
 

@@ -12,7 +12,9 @@ and a leader that loses the Lease schedules nothing new while its running reconc
 Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
 run in those threads and touch the schedule under `_lock`. The HTTP threads read the metrics
-registry and call `healthy`/`ready`/`trigger`, which are thread-safe.
+registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
+which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
+thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`.
 """
 from __future__ import annotations
 
@@ -31,9 +33,14 @@ from ..pipeline.render import ROOT, list_environments
 from ..pipeline.source import GitSource, Revision
 from ..targets import Registry
 from . import http, webhook
+from .api import Api
+from .commits import Commits
 from .config import Settings
 from .leader import LeaderElectionOptions, LeaderElector, lease_client
+from .page import StatusPage
+from .plans import Plans
 from .schedule import Schedule
+from .worker import Worker
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +69,37 @@ class Daemon:
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
+        self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
+        self.head: Revision | None = None  # the last revision fetched
+        self.worker = Worker()  # the status page's slow work
+        self.commits = Commits(self.worker, self.source.revision)
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping)
+
+    def _page(self) -> StatusPage | None:
+        """The status page and its API (off with `ui: false`); plans are previewed by a pipeline of their own."""
+        if not self.settings.ui:
+            return None
+        previews = Pipeline(self.source, self.ledger, self.metrics, self.targets)
+        plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
+        return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
+                              lambda: self._selected, self.leading))
+
+    def _guard(self, name: str) -> threading.Lock:
+        """The lock held while `name` reconciles or is previewed for the status page."""
+        with self._lock:
+            return self._guards.setdefault(name, threading.Lock())
+
+    def _reconciled_at(self, name: str) -> float:
+        state = self.ledger.state(name)
+        return state.updated_at if state else 0.0
+
+    def _reconcile(self, name: str, revision: Revision) -> Result:
+        with self._guard(name):
+            return self.pipeline.reconcile(name, revision)
 
     def _hooks(self) -> webhook.Receiver | None:
         s = self.settings
@@ -153,7 +186,7 @@ class Daemon:
                 self.schedule.force(self._selected)
             due = self.schedule.due(self._selected, revision.sha) if self.leading() else []
         for name in due:
-            future = pool.submit(self.pipeline.reconcile, name, revision)
+            future = pool.submit(self._reconcile, name, revision)
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
             self._running[name] = future
 
@@ -170,9 +203,12 @@ class Daemon:
 
     def serve(self) -> None:
         """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
+        page = self._page()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
-                                                                     self.hooks))
+                                                                     self.hooks, page))
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
+        if page is not None:
+            self.worker.start()
         if self.elector is not None:
             self.elector.start()
         try:
@@ -189,6 +225,7 @@ class Daemon:
                 self.wake.wait(pause)
         finally:
             log.info("stopping: finishing the current steps")
+            self.worker.stop()  # before the targets close: a preview in progress ends first
             pool.shutdown(wait=True, cancel_futures=True)
             self.targets.close()
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
@@ -203,6 +240,8 @@ class Daemon:
         failing = self.source.failure is not None
         try:
             revision = self.source.fetch()
+            self.head = revision
+            self.commits.add(revision)
             force = force or failing != (self.source.failure is not None)
             self._submit(pool, revision, force)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn

@@ -1,0 +1,188 @@
+"""The status page's read-only JSON API under /api/v1/: the data of `status -o json`, `history -o json`
+and `diff -o json`, per environment, with the commit behind each revision.
+
+Answered in HTTP threads: it reads the ledger (SQLite, bounded queries) and what the daemon, `plans`
+and `commits` keep in memory. It never fetches Git and never talks to a target: plans and unknown
+commits are asked of the page's worker, and an answer says when one is still being computed.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+from ..model import Action, Outcome, SyncStatus
+from ..pipeline.ledger import EnvironmentState, Ledger
+from ..pipeline.source import GitSource, Revision, redact
+from ..pipeline.validate import dns_label
+from .commits import Commits, describe
+from .plans import Plans
+
+PREFIX = "/api/v1/"
+LIMITS = {"history": 50, "runs": 50}  # default rows; `?limit=` up to MAX_LIMIT
+MAX_LIMIT = 500
+RAY_KINDS = {"RayCluster": "clusters", "RayJob": "jobs"}  # kinds whose health the ledger's detail holds
+_OUTCOMES = {o.value for o in Outcome}
+_FAILED = tuple(f"{a.value} failed:" for a in Action)
+
+Answer = tuple[int, Any]  # (HTTP status, JSON document)
+
+
+class Api:
+    """Routes under PREFIX to JSON documents."""
+
+    def __init__(self, ledger: Ledger, source: GitSource, plans: Plans, commits: Commits,
+                 head: Callable[[], Revision | None], selected: Callable[[], list[str]],
+                 leading: Callable[[], bool], clock: Callable[[], float] = time.time) -> None:
+        self._ledger, self._source, self._plans, self._commits = ledger, source, plans, commits
+        self._head, self._selected, self._leading, self._clock = head, selected, leading, clock
+
+    def answer(self, path: str, query: Mapping[str, list[str]]) -> Answer:
+        """The document at `path` (below PREFIX), or an {"error": ...} with 404 or 400."""
+        parts = path[len(PREFIX):].strip("/").split("/")
+        if parts == ["environments"]:
+            return 200, self.environments()
+        if len(parts) not in (2, 3) or parts[0] != "environments":
+            return 404, {"error": f"no such API path: {path[:200]}"}
+        name, view = parts[1], parts[2] if len(parts) == 3 else ""
+        state = self._state(name)
+        if state is None:
+            return 404, {"error": f"no environment {name[:80]!r} has been reconciled by this daemon"}
+        if view == "":
+            return 200, self.environment(state)
+        if view == "plan":
+            return 200, self.plan(state)
+        if view in LIMITS:
+            try:
+                limit = int((query.get("limit") or [LIMITS[view]])[0])
+            except ValueError:
+                limit = 0
+            if not 1 <= limit <= MAX_LIMIT:
+                return 400, {"error": f"limit must be a whole number from 1 to {MAX_LIMIT}"}
+            return 200, self.history(state, limit) if view == "history" else self.runs(state, limit)
+        return 404, {"error": f"no such API path: {path[:200]}"}
+
+    # -- documents -------------------------------------------------------------------------------------
+    def environments(self) -> dict[str, Any]:
+        """Every environment of this daemon (`status -o json` rows, each with `commit` and `reason`), the Git
+        source (branch, head, a failing fetch, an unverified head), and whether this replica leads (a
+        standby reconciles nothing: its ledger is not the leader's)."""
+        selected = set(self._selected())
+        states = [s for s in self._ledger.states() if not selected or s.environment in selected]
+        return {"time": self._clock(), "leading": self._leading(), "source": self._source_info(),
+                "environments": [self._summary(s) for s in states]}
+
+    def environment(self, state: EnvironmentState) -> dict[str, Any]:
+        """One environment's row and its objects: kind, health, last outcome and the pending action."""
+        return {**self._summary(state), "objects": self._objects(state)}
+
+    def history(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
+        """`history -o json` rows, newest first, each with its commit (when known) and the command that rolls
+        the environment back to it (for applied revisions other than the one applied now, `applied`)."""
+        keys = ("revision", "commit_time", "applied_at", "result", "summary", "signer")
+        rows = [dict(zip(keys, row)) for row in self._ledger.history(state.environment, limit)]
+        applied = next((row["revision"] for row in rows if row["result"] == "success"), "")  # what is on the target
+        for row in rows:
+            row["commit"] = self._commits.known(row["revision"])
+            row["rollback"] = (self._rollback(state.environment, row["revision"])
+                               if row["result"] == "success" and row["revision"] != applied else None)
+        return {"environment": state.environment, "applied": applied, "items": rows}
+
+    def runs(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
+        """RayJob runs from the ledger, newest first, with their duration when they ended."""
+        runs = [{**run.__dict__, "duration": run.end_time - run.start_time if run.end_time and run.start_time
+                 else None} for run in self._ledger.runs(state.environment, limit)]
+        return {"environment": state.environment, "items": runs}
+
+    def plan(self, state: EnvironmentState) -> dict[str, Any]:
+        """What the next reconcile at the branch head would do (`diff -o json` items, no-ops left out).
+        `status`: ready; refreshing (an older plan, a new one is being computed); computing (none yet);
+        unavailable (no revision fetched)."""
+        plan, current = self._plans.get(state.environment, state.updated_at)
+        head = self._head()
+        if head is None and plan is None:
+            status = "unavailable"
+        else:
+            status = "ready" if current else "refreshing" if plan is not None else "computing"
+        return {"environment": state.environment, "status": status,
+                "revision": plan.revision if plan else head.sha if head else "",
+                "computed_at": plan.computed_at if plan else None, "error": plan.error if plan else "",
+                "items": [i for i in plan.items if i["action"] != Action.NOOP.value] if plan else []}
+
+    # -- parts -----------------------------------------------------------------------------------------
+    def _state(self, name: str) -> EnvironmentState | None:
+        selected = self._selected()
+        if not dns_label(name) or (selected and name not in selected):
+            return None
+        return self._ledger.state(name)
+
+    def _source_info(self) -> dict[str, Any]:
+        head, failure, unverified = self._head(), self._source.failure, self._source.unverified
+        return {"repo": redact(self._source.url), "branch": self._source.branch,
+                "head": describe(head) if head else None,
+                "fetch_failure": {"since": failure.since, "reason": failure.reason} if failure else None,
+                "unverified": {"revision": unverified[0], "reason": unverified[1]} if unverified else None}
+
+    def _summary(self, state: EnvironmentState) -> dict[str, Any]:
+        """The `status -o json` row, the commit of its revision, and the reason for its sync status."""
+        return {"environment": state.environment, "target": state.target, "revision": state.revision,
+                "sync_status": state.sync_status.value, "health_status": state.health_status.value,
+                "message": state.message, "updated_at": state.updated_at, "detail": state.detail,
+                "commit": self._commits.get(state.revision), "reason": reason(state)}
+
+    def _objects(self, state: EnvironmentState) -> list[dict[str, Any]]:
+        """Applied objects (the inventory) and those the plan knows, with health, last outcome and the
+        pending action. Health: RayClusters and RayJobs from the last report; other kinds exist (Healthy)
+        while in the inventory, unless the plan would create them (Missing)."""
+        name, detail = state.environment, state.detail
+        plan = self._plans.peek(name)
+        pending = {i["object"]: i for i in plan.items} if plan else {}
+        rows: dict[str, dict[str, Any]] = {}
+        for ref in sorted(self._ledger.load(name).inventory):
+            rows[str(ref)] = {"object": str(ref), "kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
+                              "applied": True}
+        for key, item in pending.items():
+            rows.setdefault(key, {k: item[k] for k in ("object", "kind", "namespace", "name")} | {"applied": False})
+        for kind, section in RAY_KINDS.items():  # reported but neither applied nor planned (a job gone by TTL)
+            for obj in detail.get(section) or {}:
+                if not any(r["kind"] == kind and r["name"] == obj for r in rows.values()):
+                    rows[f"{kind}/{obj}"] = {"object": f"{kind}/{obj}", "kind": kind, "namespace": "", "name": obj,
+                                             "applied": False}
+        last = last_outcomes(self._ledger.history(name, LIMITS["history"]))
+        for key, row in rows.items():
+            action = pending[key]["action"] if key in pending else None
+            reported = (detail.get(RAY_KINDS.get(row["kind"], "")) or {}).get(row["name"])
+            if reported:
+                health = reported.get("health") or "Unknown"
+            elif row["kind"] in RAY_KINDS:
+                health = "Unknown"
+            else:
+                health = "Missing" if action == Action.CREATE.value else "Healthy" if row["applied"] else "Unknown"
+            row.update(health=health, last_action=last.get(key), pending=action)
+            del row["applied"]
+        return sorted(rows.values(), key=lambda r: (r["kind"], r["namespace"], r["name"]))
+
+    def _rollback(self, environment: str, revision: str) -> str:
+        branch = self._source.branch
+        return (f"ray-gitops rollback --repo . --environment {environment} --to {revision}"
+                + (f" --branch {branch}" if branch != "main" else ""))
+
+
+def reason(state: EnvironmentState) -> str:
+    """Why an environment is not Synced, in one line: the message's first line up to its first "; "
+    (a Failed environment's first error). Empty when Synced."""
+    if state.sync_status == SyncStatus.SYNCED or not state.message:
+        return ""
+    return state.message.splitlines()[0].split("; ")[0][:300]
+
+
+def last_outcomes(history: list[tuple[str, float, float, str, str, str]]) -> dict[str, dict[str, Any]]:
+    """object -> {outcome, revision, applied_at} of the newest history row naming it. A row's summary
+    lists `<object> <outcome>` (applied) or `<object> <action> failed: <error>` (failed), "; "-separated."""
+    found: dict[str, dict[str, Any]] = {}
+    for revision, _, applied_at, _, summary, _ in history:  # newest first
+        for part in (summary or "").split("; "):
+            ref, _, rest = part.partition(" ")
+            outcome = rest if rest in _OUTCOMES else Outcome.FAILED.value if rest.startswith(_FAILED) else ""
+            if outcome and "/" in ref and ref not in found:
+                found[ref] = {"outcome": outcome, "revision": revision, "applied_at": applied_at}
+    return found
