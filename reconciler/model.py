@@ -163,6 +163,13 @@ class PlanItem:
     def diff(self) -> str:
         return self.difference() if self.difference is not None else ""
 
+    def as_json(self, diff: str | None = None) -> dict[str, Any]:
+        """The item as `diff -o json` and the status page's plan show it (with `diff` when given)."""
+        return {"object": str(self.ref), "kind": self.ref.kind, "namespace": self.ref.namespace,
+                "name": self.ref.name, "action": self.action.value, "reason": self.reason,
+                "changes": list(self.changes), "warnings": list(self.warnings),
+                "flags": sorted(f.value for f in self.flags), **({"diff": diff} if diff is not None else {})}
+
 
 class TargetOptions(Protocol):
     """A target's typed, frozen options (each target defines and validates its own)."""

@@ -64,10 +64,7 @@ def _print_plan(found: Preview, bodies: bool, output: str) -> int:
     diff; or one JSON document. Exit 0 no changes, 1 changes."""
     if output == "json":
         print(json.dumps({"environment": found.environment, "revision": found.revision.sha, "items": [
-            {"object": str(i.ref), "kind": i.ref.kind, "namespace": i.ref.namespace, "name": i.ref.name,
-             "action": i.action.value, "reason": i.reason, "changes": list(i.changes), "warnings": list(i.warnings),
-             "flags": sorted(f.value for f in i.flags), **({"diff": i.diff} if bodies else {})}
-            for i in found.items if i.action != Action.NOOP]}, indent=2))
+            i.as_json(i.diff if bodies else None) for i in found.items if i.action != Action.NOOP]}, indent=2))
         return 1 if found.changes else 0
     for item in found.items:
         if item.action == Action.NOOP:

@@ -369,10 +369,12 @@ class Pipeline:
                       depends_on=depends_on)
 
     def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
-        """Report `Suspended` and touch nothing (Git's `spec.suspend: true` or the ledger's flag)."""
-        self.ledger.commit(name, state=EnvironmentState(name, target, revision.sha, SyncStatus.SUSPENDED,
-                                                        Health.UNKNOWN, reason, time.time(), {}))
-        self.metrics.environment_status(name, target, revision.short, SyncStatus.SUSPENDED, Health.UNKNOWN)
+        """Report `Suspended` at the revision applied last (the head is not) and touch nothing (Git's
+        `spec.suspend: true` or the ledger's flag)."""
+        applied = self.ledger.load(name).last_applied or ""
+        self.ledger.commit(name, state=EnvironmentState(name, target, applied, SyncStatus.SUSPENDED, Health.UNKNOWN,
+                                                        f"{reason} (head {revision.short})", time.time(), {}))
+        self.metrics.environment_status(name, target, applied[:12], SyncStatus.SUSPENDED, Health.UNKNOWN)
         return Result(name, "noop", SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
 
     def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef], steady: bool) -> None:
@@ -390,7 +392,7 @@ class Pipeline:
         workers: dict[tuple[str, ...], float] = {}
         states: dict[tuple[str, ...], float] = {}
         jobs: dict[tuple[str, ...], float] = {}
-        healths, detail = [], {"clusters": {}, "jobs": {}}
+        healths, detail = [], {"clusters": {}, "jobs": {}, "objects": {}}
         for desired in rendered.objects:
             obj = live.get(desired.ref)
             ref = desired.ref
@@ -398,10 +400,13 @@ class Pipeline:
                 result = finished.get(job_submission_id(name, ref.name, desired.manifest))
                 status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "stopped": "STOPPED"}.get(result or "")
                 obj_health = Health.DEGRADED if result == "failed" else Health.HEALTHY if result else Health.MISSING
+                why = f"run {result}; the RayJob is gone (TTL or deletion)" if result else "not found"
             else:
-                obj_health, _ = health.of(obj)
+                obj_health, why = health.of(obj)
                 status = obj.status.get("jobStatus") if obj else None
             healths.append(obj_health)
+            detail["objects"][str(ref)] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
+                                           "health": obj_health.value, "message": why}
             if ref.kind == "RayCronJob":  # its newest run's status
                 runs = sorted((r for r in record.runs.values() if r.job == ref.name), key=lambda r: r.submitted_at)
                 status = runs[-1].status if runs else None

@@ -20,7 +20,6 @@ from .plans import Plans
 PREFIX = "/api/v1/"
 LIMITS = {"history": 50, "runs": 50}  # default rows; `?limit=` up to MAX_LIMIT
 MAX_LIMIT = 500
-RAY_KINDS = {"RayCluster": "clusters", "RayJob": "jobs"}  # kinds whose health the ledger's detail holds
 _OUTCOMES = {o.value for o in Outcome}
 _FAILED = tuple(f"{a.value} failed:" for a in Action)
 
@@ -130,35 +129,26 @@ class Api:
                 "commit": self._commits.get(state.revision), "reason": reason(state)}
 
     def _objects(self, state: EnvironmentState) -> list[dict[str, Any]]:
-        """Applied objects (the inventory) and those the plan knows, with health, last outcome and the
-        pending action. Health: RayClusters and RayJobs from the last report; other kinds exist (Healthy)
-        while in the inventory, unless the plan would create them (Missing)."""
-        name, detail = state.environment, state.detail
+        """Applied objects (the inventory), those the last reconcile rendered and those the plan knows, with
+        their health and its reason from the last reconcile, their last outcome and the pending action."""
+        name, reported = state.environment, state.detail.get("objects") or {}
         plan = self._plans.peek(name)
         pending = {i["object"]: i for i in plan.items} if plan else {}
-        rows: dict[str, dict[str, Any]] = {}
-        for ref in sorted(self._ledger.load(name).inventory):
-            rows[str(ref)] = {"object": str(ref), "kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
-                              "applied": True}
+        refs = {str(ref): ref for ref in self._ledger.load(name).inventory}
+        rows: dict[str, dict[str, Any]] = {key: {"object": key, "kind": ref.kind, "namespace": ref.namespace,
+                                                 "name": ref.name} for key, ref in refs.items()}
         for key, item in pending.items():
-            rows.setdefault(key, {k: item[k] for k in ("object", "kind", "namespace", "name")} | {"applied": False})
-        for kind, section in RAY_KINDS.items():  # reported but neither applied nor planned (a job gone by TTL)
-            for obj in detail.get(section) or {}:
-                if not any(r["kind"] == kind and r["name"] == obj for r in rows.values()):
-                    rows[f"{kind}/{obj}"] = {"object": f"{kind}/{obj}", "kind": kind, "namespace": "", "name": obj,
-                                             "applied": False}
+            rows.setdefault(key, {k: item[k] for k in ("object", "kind", "namespace", "name")})
+        for key, obj in reported.items():  # rendered but neither applied nor planned (a job gone by its TTL)
+            rows.setdefault(key, {"object": key} | {k: obj[k] for k in ("kind", "namespace", "name")})
         last = last_outcomes(self._ledger.history(name, LIMITS["history"]))
         for key, row in rows.items():
             action = pending[key]["action"] if key in pending else None
-            reported = (detail.get(RAY_KINDS.get(row["kind"], "")) or {}).get(row["name"])
-            if reported:
-                health = reported.get("health") or "Unknown"
-            elif row["kind"] in RAY_KINDS:
-                health = "Unknown"
-            else:
-                health = "Missing" if action == Action.CREATE.value else "Healthy" if row["applied"] else "Unknown"
-            row.update(health=health, last_action=last.get(key), pending=action)
-            del row["applied"]
+            health = reported.get(key) or ({"health": "Missing", "message": "not created yet"}
+                                           if action == Action.CREATE.value else
+                                           {"health": "Unknown", "message": "no health reported by the last reconcile"})
+            row.update(health=health["health"], health_message=health["message"], last_action=last.get(key),
+                       pending=action)
         return sorted(rows.values(), key=lambda r: (r["kind"], r["namespace"], r["name"]))
 
     def _rollback(self, environment: str, revision: str) -> str:
@@ -186,3 +176,4 @@ def last_outcomes(history: list[tuple[str, float, float, str, str, str]]) -> dic
             if outcome and "/" in ref and ref not in found:
                 found[ref] = {"outcome": outcome, "revision": revision, "applied_at": applied_at}
     return found
+

@@ -99,8 +99,5 @@ def items(plan: Sequence[PlanItem]) -> tuple[dict[str, Any], ...]:
         if len(diff) > room:
             diff = diff[:room] + TRUNCATED
         budget = max(0, budget - len(diff))
-        out.append({"object": str(item.ref), "kind": item.ref.kind, "namespace": item.ref.namespace,
-                    "name": item.ref.name, "action": item.action.value, "reason": item.reason,
-                    "changes": list(item.changes), "warnings": list(item.warnings),
-                    "flags": sorted(f.value for f in item.flags), "diff": diff})
+        out.append(item.as_json(diff))
     return tuple(out)

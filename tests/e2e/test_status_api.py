@@ -56,7 +56,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         remote.write("environments/gamma/pod.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: stray}\n")
         second = remote.commit("rotate the token, hand alpha over, add a pod")
         daemon.wait_for("alpha at the new commit, beta suspended, gamma failed", lambda: (
-            daemon.at("alpha", second) and daemon.at("beta", second, "Suspended")
+            daemon.at("alpha", second) and daemon.at("beta", first, "Suspended")
             and daemon.at("gamma", first, "Failed")), 60)
         yield Site(remote, state, daemon, first, second)
     finally:
@@ -78,7 +78,8 @@ def test_environments_shows_each_with_its_commit_sync_reason_and_health(site: Si
                                "commit_time": alpha["commit"]["commit_time"]}
     assert abs(alpha["commit"]["commit_time"] - time.time()) < 120
     assert time.time() - alpha["updated_at"] < 10
-    assert (beta["sync_status"], beta["reason"]) == ("Suspended", "suspended by `ray-gitops suspend`: INC-7")
+    assert (beta["sync_status"], beta["reason"], beta["revision"]) == (
+        "Suspended", f"suspended by `ray-gitops suspend`: INC-7 (head {site.second[:12]})", site.first)
     assert gamma["sync_status"] == "Failed" and gamma["commit"]["subject"] == "three environments"
     assert gamma["reason"].startswith(f"revision {site.second[:12]}: invalid environment: "
                                       "environments/gamma/pod.yaml#0: Pod/stray: kind: unsupported object v1/Pod")
@@ -97,10 +98,20 @@ def test_an_environment_lists_its_objects_with_health_last_action_and_pending_ac
     assert doc["sync_status"] == "Suspended" and doc["environment"] == "beta"
     assert list(objects) == ["ConfigMap/default/settings", "Secret/default/token"]
     for name, pending in (("ConfigMap/default/settings", "noop"), ("Secret/default/token", "update")):
-        assert objects[name]["health"] == "Healthy"
+        assert (objects[name]["health"], objects[name]["health_message"]) == (  # suspended: not looked at
+            "Unknown", "no health reported by the last reconcile")
         assert objects[name]["last_action"]["outcome"] == "created"
         assert objects[name]["last_action"]["revision"] == site.first
         assert objects[name]["pending"] == pending
+
+
+def test_objects_carry_the_health_the_last_reconcile_saw(site: Site) -> None:
+    site.daemon.plan("alpha")
+    objects = {o["object"]: o for o in site.daemon.api("/environments/alpha")["objects"]}
+
+    assert objects and all((o["health"], o["health_message"], o["pending"]) == ("Healthy", "exists", "noop")
+                           for o in objects.values()), objects
+    assert objects["ConfigMap/default/settings"]["last_action"]["revision"] == site.second
 
 
 def test_the_plan_is_what_diff_prints_and_hides_secret_values(site: Site) -> None:
