@@ -199,13 +199,18 @@ def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_dae
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]  # not re-run by the new one
 
 
-def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
-    remote, source, ledger, metrics, target, reconciler = setup
+def keep_and_drop_applied(remote: GitRemote, source: GitSource, reconciler) -> None:
+    """Environment `a` with the clusters `keep` and `drop`, committed and reconciled."""
     remote.write("environments/a/environment.yaml", env_yaml("a"))
     for name in ("keep", "drop"):
         remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
     remote.commit("two clusters")
     reconciler.reconcile("a", source.fetch())
+
+
+def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    keep_and_drop_applied(remote, source, reconciler)
     remote.remove("environments/a/drop.yaml")
     remote.commit("drop one")
     target.failing.add("drop")
@@ -221,11 +226,7 @@ def test_failed_prune_stays_in_the_inventory_and_is_retried(setup) -> None:
 
 def test_an_unreachable_target_stops_the_environment_at_the_first_change_and_forgets_nothing(setup, caplog) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
-    remote.write("environments/a/environment.yaml", env_yaml("a"))
-    for name in ("keep", "drop"):
-        remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
-    remote.commit("two clusters")
-    reconciler.reconcile("a", source.fetch())
+    keep_and_drop_applied(remote, source, reconciler)
     remote.remove("environments/a/drop.yaml")
     for name in ("new1", "new2", "new3"):
         remote.write(f"environments/a/{name}.yaml", cluster_yaml(name))
