@@ -16,6 +16,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -33,6 +34,7 @@ import kube_controlplane  # noqa: E402
 from reconciler.pipeline.render import render  # noqa: E402
 from reconciler.pipeline.source import DirectoryTree  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
+from tests.memory import TARGETS  # noqa: E402
 
 CLUSTER = """\
 apiVersion: ray.io/v1
@@ -103,7 +105,7 @@ def rendered_files(repo: Path, into: Path, n: int, prefix: str) -> None:
     """The objects ray-gitops would apply (labels included), as files for kubectl, in `prefix` namespaces."""
     tree = DirectoryTree(repo)
     for i in range(n):
-        env = render(tree, f"e{i:03d}", "0" * 40)
+        env = render(tree, f"e{i:03d}", "0" * 40, TARGETS)
         docs = []
         for obj in env.objects:
             manifest = {**obj.manifest, "metadata": {**obj.manifest["metadata"], "namespace": f"{prefix}{i:03d}"}}
@@ -179,9 +181,39 @@ def daemon_adopting(repo: Path, state: Path, n: int, cycles_wait: float) -> dict
         proc.wait(60)
 
 
+def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
+                  repeat: int) -> tuple[list[float], list[float], float, float, Path]:
+    """`repeat` initial syncs of N environments each way, into fresh namespaces, alternating which goes first:
+    (run --once seconds, kubectl seconds, peak RSS of each, the last repository)."""
+    k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
+    once, by_kubectl, once_rss, kubectl_rss = [], [], 0.0, 0.0
+    repo = work
+    for r in range(repeat):
+        repo, files = work / f"repo{r}", work / f"kubectl{r}"
+        repo.mkdir()
+        files.mkdir()
+        write_repo(repo, n, plane, f"d{r}-")
+        rendered_files(repo, files, n, f"k{r}-")
+        namespaces(k, f"d{r}-", n, work)
+        namespaces(k, f"k{r}-", n, work)
+        runs = {"kubectl": [*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f", str(files)],
+                "once": [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir",
+                         str(work / f"once{r}"), "--log-level", "warning"]}
+        for name in (("kubectl", "once") if r % 2 == 0 else ("once", "kubectl")):
+            seconds, rss, _ = timed_process(runs[name])
+            if name == "once":
+                once.append(seconds)
+                once_rss = max(once_rss, rss)
+            else:
+                by_kubectl.append(seconds)
+                kubectl_rss = max(kubectl_rss, rss)
+    return once, by_kubectl, once_rss, kubectl_rss, repo
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="30,100,300")
+    parser.add_argument("--repeat", type=int, default=3, help="initial syncs each way per N (medians printed)")
     args = parser.parse_args()
     assets = kube_controlplane.ensure_assets()
     kubectl = [str(assets / "kubectl")]
@@ -191,27 +223,17 @@ def main() -> None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
-                k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
-                repo = work / "repo"
-                repo.mkdir()
-                write_repo(repo, n, plane, "d")
-                files = work / "kubectl"
-                files.mkdir()
-                rendered_files(repo, files, n, "k")
-                namespaces(k, "d", n, work)
-                namespaces(k, "k", n, work)
-                kubectl_s, kubectl_rss, _ = timed_process([*k, "apply", "--server-side", "--field-manager",
-                                                           "bench", "-R", "-f", str(files)])
-                once_s, once_rss, _ = timed_process([sys.executable, "-m", "reconciler", "run", "--once", "--repo",
-                                                     str(repo), "--state-dir", str(work / "once"),
-                                                     "--log-level", "warning"])
+                once, by_kubectl, once_rss, kubectl_rss, repo = initial_syncs(plane, kubectl, work, n, args.repeat)
                 daemon = daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
         finally:
             plane.cleanup()
+        once_s, kubectl_s = statistics.median(once), statistics.median(by_kubectl)
         rows.append((n, once_s, kubectl_s, once_rss, kubectl_rss, daemon))
-        print(f"N={n}: run --once {once_s:.1f} s, kubectl {kubectl_s:.1f} s", file=sys.stderr)
+        print(f"N={n}: run --once {', '.join(f'{x:.1f}' for x in once)} s; kubectl "
+              f"{', '.join(f'{x:.1f}' for x in by_kubectl)} s", file=sys.stderr)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"3 objects per environment, each environment in its own namespace")
+          f"3 objects per environment, each environment in its own namespace; initial syncs: medians of "
+          f"{args.repeat} each way, alternating which goes first")
     print("| N | run --once | kubectl apply --server-side | ratio | RSS run --once | RSS daemon | writes/no-op "
           "cycle | dry-runs/no-op cycle | reads/no-op cycle | list+watch streams | daemon threads |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
