@@ -5,9 +5,10 @@ status shape as KubeRay). Pure functions over status dicts; the table below is t
 """
 from __future__ import annotations
 
+import time
 from typing import Any
 
-from ..model import Health, LiveObject
+from ..model import Health, LiveObject, desired_workers, parse_time
 
 
 # RayJob: jobDeploymentStatus -> health (jobStatus decides for Complete).
@@ -18,17 +19,54 @@ JOB_DEPLOYMENT_HEALTH = {
 }
 
 
+# With upgradeStrategy Recreate, a spec change makes the operator replace every Pod: a status older than the spec
+# is believed stale for this long after the spec was written (the operator acts within a second or so).
+RECREATE_GRACE_SECONDS = 30.0
+
+
 def _condition(status: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return next((c for c in status.get("conditions") or [] if c.get("type") == kind), None)
 
 
-def raycluster(status: dict[str, Any], generation: int | None = None) -> tuple[Health, str]:
-    """(health, message) of a RayCluster; `generation` is the object's metadata.generation."""
+def _desired_workers(spec: dict[str, Any]) -> int:
+    """Worker Pods the spec asks for, as KubeRay counts `desiredWorkerReplicas` (a suspended group: none)."""
+    return sum(0 if group.get("suspend") else desired_workers(group) for group in spec.get("workerGroupSpecs") or [])
+
+
+def _stale(status: dict[str, Any], generation: int | None, spec: dict[str, Any] | None,
+           spec_written_at: float | None, now: float) -> str:
+    """Why `status` does not describe generation `generation` yet ("" when it does, as far as health goes).
+
+    KubeRay writes a RayCluster's status only when a field that health reads changes (state, replica counts,
+    endpoints, head, conditions), never for `observedGeneration` alone. After a change that alters none of
+    them (a pod template change without Recreate: a pending restart) `observedGeneration` stays behind for
+    good. So a lagging status is stale only when it contradicts the spec (desired workers, suspend), or with
+    `upgradeStrategy: Recreate` for RECREATE_GRACE_SECONDS after the spec was written."""
+    observed = status.get("observedGeneration")
+    if not (generation and observed and observed < generation):
+        return ""
+    stale = f"operator has not yet observed generation {generation} (status is for {observed})"
+    if not spec:
+        return stale
+    if _desired_workers(spec) != status.get("desiredWorkerReplicas", 0):
+        return stale
+    if bool(spec.get("suspend")) != (status.get("state") == "suspended"):
+        return stale
+    recreate = (spec.get("upgradeStrategy") or {}).get("type") == "Recreate"
+    if recreate and spec_written_at is not None and now - spec_written_at < RECREATE_GRACE_SECONDS:
+        return stale
+    return ""
+
+
+def raycluster(status: dict[str, Any], generation: int | None = None, spec: dict[str, Any] | None = None,
+               spec_written_at: float | None = None, now: float | None = None) -> tuple[Health, str]:
+    """(health, message) of a RayCluster; `generation`, `spec`: the object's metadata.generation and spec;
+    `spec_written_at`: when its spec or metadata last changed (Unix seconds, from managedFields)."""
     if not status:
         return Health.PROGRESSING, "no status yet"
-    observed = status.get("observedGeneration")
-    if generation and observed and observed < generation:
-        return Health.PROGRESSING, f"operator has not yet observed generation {generation} (status is for {observed})"
+    stale = _stale(status, generation, spec, spec_written_at, time.time() if now is None else now)
+    if stale:
+        return Health.PROGRESSING, stale
     if status.get("state") == "suspended" or (_condition(status, "RayClusterSuspended") or {}).get("status") == "True":
         return Health.SUSPENDED, "suspended"
     failure = _condition(status, "ReplicaFailure")
@@ -69,12 +107,20 @@ def rayservice(status: dict[str, Any]) -> tuple[Health, str]:
     return (Health.PROGRESSING if reason == "Initializing" else Health.DEGRADED), reason
 
 
-def of(obj: LiveObject | None) -> tuple[Health, str]:
+def _written_at(metadata: dict[str, Any]) -> float | None:
+    """When any manager last changed the object outside its status (the newest managedFields time)."""
+    times = [parse_time(entry.get("time")) for entry in metadata.get("managedFields") or []
+             if isinstance(entry, dict) and not entry.get("subresource")]
+    return max((t for t in times if t is not None), default=None)
+
+
+def of(obj: LiveObject | None, now: float | None = None) -> tuple[Health, str]:
     """Health of any live object; `Missing` when it is not there."""
     if obj is None:
         return Health.MISSING, "not found"
     if obj.ref.kind == "RayCluster":
-        return raycluster(obj.status, obj.manifest.get("metadata", {}).get("generation"))
+        metadata = obj.manifest.get("metadata") or {}
+        return raycluster(obj.status, metadata.get("generation"), obj.manifest.get("spec"), _written_at(metadata), now)
     if obj.ref.kind == "RayCronJob":
         suspended = (obj.manifest.get("spec") or {}).get("suspend") is True
         return (Health.SUSPENDED, "suspended") if suspended else (Health.HEALTHY, "scheduling")

@@ -1,6 +1,7 @@
 """Health of RayCluster, RayJob and RayService from KubeRay status, and an environment's worst health."""
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +130,45 @@ def test_raycluster_status_older_than_its_spec_is_progressing(generation: int, o
               **({"observedGeneration": observed} if observed else {})}
     obj = LiveObject(ObjectRef("ray.io", "RayCluster", "ns", "c"), {"metadata": {"generation": generation}}, status)
     assert health.of(obj)[0] == expected
+
+
+def _cluster(generation: int, spec: dict[str, Any], status_: dict[str, Any], written: str) -> LiveObject:
+    manifest = {"metadata": {"generation": generation, "managedFields": [
+        {"manager": "ray-gitops", "operation": "Apply", "time": written},
+        {"manager": "kuberay-operator", "operation": "Update", "subresource": "status", "time": "2026-12-03T10:10:00Z"},
+    ]}, "spec": spec}
+    return LiveObject(ObjectRef("ray.io", "RayCluster", "ns", "c"), manifest, status_)
+
+
+WRITTEN = "2026-12-03T10:00:00Z"  # when the spec last changed
+READY_1_OF_1 = {"state": "ready", "readyWorkerReplicas": 1, "desiredWorkerReplicas": 1, "observedGeneration": 2}
+
+
+def _spec(replicas: int = 1, **extra: Any) -> dict[str, Any]:
+    return {"workerGroupSpecs": [{"groupName": "w", "replicas": replicas, "minReplicas": 0, "maxReplicas": 5}],
+            **extra}
+
+
+@pytest.mark.parametrize("spec, status_, seconds_after_write, expected", [
+    pytest.param(_spec(), READY_1_OF_1, 3600, ("Healthy", "1/1 workers ready"),
+                 id="template-change-without-recreate-operator-writes-no-status-for-it"),
+    pytest.param(_spec(3), READY_1_OF_1, 3600, ("Progressing", "operator has not yet observed generation 3 "
+                                                "(status is for 2)"), id="scale-not-yet-seen"),
+    pytest.param(_spec(1, suspend=True), READY_1_OF_1, 3600, ("Progressing", "operator has not yet observed "
+                                                              "generation 3 (status is for 2)"),
+                 id="suspend-not-yet-seen"),
+    pytest.param(_spec(1, upgradeStrategy={"type": "Recreate"}), READY_1_OF_1, 5,
+                 ("Progressing", "operator has not yet observed generation 3 (status is for 2)"),
+                 id="recreate-within-grace"),
+    pytest.param(_spec(1, upgradeStrategy={"type": "Recreate"}), READY_1_OF_1, 31, ("Healthy", "1/1 workers ready"),
+                 id="recreate-after-grace-nothing-to-replace"),
+    pytest.param({"workerGroupSpecs": [{"groupName": "w", "replicas": 2, "suspend": True},
+                                       {"groupName": "v", "replicas": 1, "numOfHosts": 1}]},
+                 READY_1_OF_1, 3600, ("Healthy", "1/1 workers ready"), id="a-suspended-group-counts-no-workers"),
+])
+def test_a_status_behind_its_generation_is_stale_only_where_kuberay_would_write_it(
+        spec: dict[str, Any], status_: dict[str, Any], seconds_after_write: float, expected: tuple[str, str]) -> None:
+    """KubeRay 1.6 writes status only when a field of it changes, so a template-only change leaves
+    observedGeneration behind for good: that alone is not Progressing (it was, forever)."""
+    now = datetime.fromisoformat(WRITTEN.replace("Z", "+00:00")).timestamp() + seconds_after_write
+    assert health.of(_cluster(3, spec, status_, WRITTEN), now=now) == expected
