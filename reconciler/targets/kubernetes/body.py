@@ -1,9 +1,18 @@
 """What the Kubernetes target sends: the server-side apply body of one desired object.
 
-Used by apply (the real apply) and dryrun (expected()), so both send the same body. Two rules:
-a RayJob carries `spec.jobId` = its submission id, and with `enableInTreeAutoscaling` an existing
+Used by apply (the real apply) and dryrun (expected()), so both send the same body. Three rules:
+a RayJob carries `spec.jobId` = its submission id; a live RayJob of the same run keeps its live
+spec (only `suspend` and metadata come from Git); and with `enableInTreeAutoscaling` an existing
 object's worker groups carry the live `replicas`/`scaleStrategy` (never Git's), guarded by the
 live resourceVersion. Pure functions: no API access.
+
+Why a RayJob of the same run keeps its live spec: the run id is the hash of Git's spec, so equal
+ids mean Git has not changed it, and KubeRay ignores RayJob spec edits anyway. KubeRay (1.6.2)
+adds its finalizer with an update that writes the whole spec back: it takes over the atomic
+`rayClusterSpec.workerGroupSpecs` and `headGroupSpec.template.metadata`, now spelled with empty
+`scaleStrategy: {}` and `metadata: {}`. Git's spelling would then differ from the live one (a
+drift that recreated the run every cycle), and a non-forced apply of it would be refused with a
+409 conflict with `kuberay-operator`. With the live values, nothing differs and nothing conflicts.
 
 Why carry the live values instead of omitting them: KubeRay's `workerGroupSpecs` has no
 `x-kubernetes-list-type`, so server-side apply treats it as one atomic field. Omitting `replicas`
@@ -24,7 +33,13 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) 
     """The apply body of `desired`, given the live object (None: it is being created)."""
     body = copy.deepcopy(desired.manifest)
     if desired.ref.kind == "RayJob":
-        body.setdefault("spec", {})["jobId"] = job_submission_id(environment, desired.ref.name, desired.manifest)
+        run = job_submission_id(environment, desired.ref.name, desired.manifest)
+        body.setdefault("spec", {})["jobId"] = run
+        if same_run(live, run):
+            assert live is not None
+            git_spec, body["spec"] = body["spec"], copy.deepcopy(live["spec"])
+            if "suspend" in git_spec:
+                body["spec"]["suspend"] = git_spec["suspend"]
     if carries_live_scale(desired, live):
         assert live is not None
         live_groups = worker_groups(live)
@@ -39,6 +54,11 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) 
                     group.pop(name, None)
         body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
     return body
+
+
+def same_run(live: Manifest | None, run: str) -> bool:
+    """True when `live` is the RayJob of run `run` (its `spec.jobId`), i.e. created from the same Git spec."""
+    return live is not None and isinstance(live.get("spec"), dict) and live["spec"].get("jobId") == run
 
 
 def carries_live_scale(desired: DesiredObject, live: Manifest | None) -> bool:
