@@ -67,6 +67,9 @@ class LiveObject:
     manifest: Manifest
     status: dict[str, Any] = field(default_factory=dict)
     workers: dict[str, int] = field(default_factory=dict)  # group -> ready workers, when the target knows
+    # group (KubeRay's `ray.io/group`: `headgroup` or a worker group) -> creation time (Unix seconds) of its oldest
+    # node; None when the target cannot tell (then a pending restart lasts until the cluster is recreated)
+    oldest_nodes: dict[str, float] | None = None
 
     @property
     def labels(self) -> dict[str, str]:

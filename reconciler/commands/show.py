@@ -121,6 +121,10 @@ def _details(detail: dict) -> list[str]:
         groups = ", ".join(f"{g} {c.get('ready', 0)}/{c.get('desired', 0)}"
                            for g, c in sorted((cluster.get("groups") or {}).items()))
         lines.append(f"RayCluster {name}: {cluster.get('health', '')}; workers ready/desired: {groups or 'none'}")
+        restart = cluster.get("pendingRestart") or {}
+        if restart:
+            lines.append(f"RayCluster {name}: pending restart: {', '.join(sorted(restart))} still run the old template "
+                         f"(changed {_time(min(restart.values()))})")
     for name, job in sorted((detail.get("jobs") or {}).items()):
         lines.append(f"RayJob {name}: {job.get('status') or 'no run yet'} ({job.get('health', '')})")
     if detail.get("signer"):

@@ -15,6 +15,7 @@ reconciling that environment; the ledger, metrics and targets are thread-safe.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -153,7 +154,7 @@ class Pipeline:
                 ended += more
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
         sync, message, summary = self._sync(items, outcomes, errors, waiting)
-        env_health, detail = self._report_health(rendered, live, record)
+        env_health, detail = self._report_health(rendered, live, record, outcomes)
         if revision.signer:
             detail["signer"] = revision.signer
         applied = None
@@ -386,9 +387,11 @@ class Pipeline:
                     counts[(item.ref.kind,)] = counts.get((item.ref.kind,), 0) + 1
         self.metrics.replace(self.metrics.drifted_objects, name, counts)
 
-    def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject],
-                       record: Record) -> tuple[Health, dict]:
+    def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], record: Record,
+                       outcomes: list[tuple[PlanItem, Outcome]]) -> tuple[Health, dict]:
         name, finished = rendered.spec.name, record.finished
+        previous = self.ledger.state(name)
+        before = (previous.detail.get("clusters") or {}) if previous else {}
         workers: dict[tuple[str, ...], float] = {}
         states: dict[tuple[str, ...], float] = {}
         jobs: dict[tuple[str, ...], float] = {}
@@ -420,6 +423,10 @@ class Pipeline:
                 for group, counts in groups.items():
                     workers.update({(ref.name, group, k): float(v) for k, v in counts.items()})
                 detail["clusters"][ref.name] = {"health": obj_health.value, "groups": groups}
+                restart = _pending_restart(desired.manifest, obj, [(i, o) for i, o in outcomes if i.ref == ref],
+                                           (before.get(ref.name) or {}).get("pendingRestart"), time.time())
+                if restart:
+                    detail["clusters"][ref.name]["pendingRestart"] = restart
         self.metrics.replace(self.metrics.raycluster_workers, name, workers)
         self.metrics.replace(self.metrics.raycluster_state, name, states)
         self.metrics.replace(self.metrics.rayjob_status, name, jobs)
@@ -434,6 +441,43 @@ def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict]:
         annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k != REVISION_ANNOTATION}
         out[desired.ref] = {**desired.manifest, "metadata": {**meta, "annotations": annotations}}
     return out
+
+
+HEAD_GROUP = "headgroup"  # KubeRay's `ray.io/group` of the head node
+_GROUP_PATH = re.compile(r"spec\.(?:headGroupSpec|workerGroupSpecs\[([^]]+)\])(?:\.([^.\[]+))?")
+NODE_DEFINITION = ("template", "rayStartParams", "numOfHosts")  # what a group's existing nodes were started from
+
+
+def _restarted_groups(manifest: dict, changes: tuple[str, ...]) -> set[str]:
+    """The groups (`headgroup`, worker group names) whose nodes a pending-restart change leaves outdated: those
+    whose template or rayStartParams changed, or every group for a change outside the groups."""
+    named = set()
+    for path in changes:
+        match = _GROUP_PATH.match(path)
+        if match and match.group(1) is None:
+            named.add(HEAD_GROUP)
+        elif match and match.group(2) in NODE_DEFINITION:
+            named.add(match.group(1))
+    return named or {HEAD_GROUP, *worker_groups(manifest)}
+
+
+def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple[PlanItem, Outcome]],
+                     before: dict | None, now: float) -> dict[str, float]:
+    """group -> when a pod-template change was applied to it without a restart, while that group still has a
+    node started before then. Carried from the previous report; cleared when ray-gitops (re)creates the cluster,
+    and per group once the target shows that all its nodes are newer (its clock and ours: creation times have
+    one-second resolution, so a node is older only if it started more than a second before the change)."""
+    pending = {str(g): float(t) for g, t in (before or {}).items()}
+    for item, outcome in applied:
+        if outcome in (Outcome.CREATED, Outcome.RECREATED):
+            pending = {}
+        elif outcome == Outcome.CONFIGURED and Flag.PENDING_RESTART in item.flags:
+            pending.update(dict.fromkeys(_restarted_groups(manifest, item.changes), now))
+    if obj is None:
+        return {}
+    if obj.oldest_nodes is not None:
+        pending = {g: t for g, t in pending.items() if g in obj.oldest_nodes and obj.oldest_nodes[g] < t - 1}
+    return pending
 
 
 def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:

@@ -2,7 +2,8 @@
 
 Called by `KubernetesTarget.observe`. Which collections are watched (and with which label
 selector) is decided here; reading them costs no request once the caches are started.
-Ready workers per group come from the Pods KubeRay labels `ray.io/cluster` and `ray.io/group`.
+Ready workers per group, and the age of each group's oldest Pod (what a pending restart waits for),
+come from the Pods KubeRay labels `ray.io/cluster` and `ray.io/group` (the head's group is `headgroup`).
 """
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ...kubeapi import RESOURCES, Resource
-from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef
+from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef, parse_time
 from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
 from .cache import Transform
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
-WORKER_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL},{NODE_TYPE_LABEL}!=head"
+RAY_POD_SELECTOR = f"{CLUSTER_LABEL},{GROUP_LABEL}"
 # Objects from Git: only ours, so a cluster-wide cache never holds other teams' objects or secrets. An
 # unlabelled object of the same name therefore looks absent, and the create (server-side apply) adopts
 # it (or reports the fields another manager owns).
@@ -29,9 +30,9 @@ CRON_RUNS = "CronRun"  # the cache of those RayJobs
 
 def cache_of(kind: str) -> tuple[Resource, str, Transform | None]:
     """What the cache named `kind` holds: (resource, label selector, what is kept of each object). Objects
-    from Git: only ours; worker Pods: KubeRay's; a RayCronJob's runs: its RayJobs, summed up."""
+    from Git: only ours; Ray Pods (head and workers): KubeRay's; a RayCronJob's runs: its RayJobs, summed up."""
     if kind == "Pod":
-        return RESOURCES["Pod"], WORKER_POD_SELECTOR, pod_summary
+        return RESOURCES["Pod"], RAY_POD_SELECTOR, pod_summary
     if kind == CRON_RUNS:
         return RESOURCES["RayJob"], CRON_LABEL, run_summary
     return RESOURCES[kind], OWNED_SELECTOR, None
@@ -46,19 +47,32 @@ def run_summary(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def pod_summary(pod: dict[str, Any]) -> dict[str, Any]:
-    """What the cache keeps of a worker Pod: identity, cluster, group, and whether it is Ready."""
+    """What the cache keeps of a Ray Pod: identity, cluster, group, head or worker, creation time, Ready."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
     conditions = (pod.get("status") or {}).get("conditions") or []
     ready = not meta.get("deletionTimestamp") and any(
         c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
     return {"metadata": {k: meta.get(k) for k in ("namespace", "name", "uid", "resourceVersion")},
-            "cluster": labels.get(CLUSTER_LABEL), "group": labels.get(GROUP_LABEL), "ready": ready}
+            "cluster": labels.get(CLUSTER_LABEL), "group": labels.get(GROUP_LABEL),
+            "head": labels.get(NODE_TYPE_LABEL) == "head", "created": parse_time(meta.get("creationTimestamp")),
+            "ready": ready}
 
 
 def ready_workers(pods: Iterable[dict[str, Any]]) -> Counter[tuple[str, str, str]]:
     """(namespace, cluster, group) -> Ready worker pods."""
-    return Counter((p["metadata"]["namespace"], p["cluster"], p["group"]) for p in pods if p["ready"])
+    return Counter((p["metadata"]["namespace"], p["cluster"], p["group"]) for p in pods
+                   if p["ready"] and not p.get("head"))
+
+
+def oldest_pods(pods: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], float]:
+    """(namespace, cluster, group) -> creation time of its oldest Pod (head and workers)."""
+    oldest: dict[tuple[str, str, str], float] = {}
+    for pod in pods:
+        key, created = (pod["metadata"]["namespace"], pod["cluster"], pod["group"]), pod.get("created")
+        if created is not None:
+            oldest[key] = min(created, oldest.get(key, created))
+    return oldest
 
 
 def ray_cluster_name(manifest: Manifest) -> str | None:
@@ -73,12 +87,18 @@ def ray_cluster_name(manifest: Manifest) -> str | None:
     return None
 
 
-def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str, str]] | None) -> LiveObject:
-    """A LiveObject from a cached manifest (copied: callers may change theirs)."""
+def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str, str]] | None,
+                oldest: dict[tuple[str, str, str], float] | None = None) -> LiveObject:
+    """A LiveObject from a cached manifest (copied: callers may change theirs); `ready` and `oldest` are None
+    when the Pods cannot be read."""
     workers: dict[str, int] = {}
+    nodes: dict[str, float] | None = None
     cluster = ray_cluster_name(manifest) if ready is not None and ref.kind in CLUSTER_SPEC_PATHS else None
     if cluster and ready is not None:
         for name in worker_groups(manifest):
             workers[name] = ready[(ref.namespace, cluster, name)]
+    if cluster and oldest is not None:
+        nodes = {group: created for (namespace, name, group), created in oldest.items()
+                 if (namespace, name) == (ref.namespace, cluster)}
     manifest = copy.deepcopy(hide_secret_values(manifest))  # no Secret value leaves the cache
-    return LiveObject(ref, manifest, manifest.get("status") or {}, workers)
+    return LiveObject(ref, manifest, manifest.get("status") or {}, workers, nodes)

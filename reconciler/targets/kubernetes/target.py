@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -150,12 +150,14 @@ class KubernetesTarget:
                 informer.settle()
             except ApiError as exc:
                 raise translate(informer.path, exc) from exc
-        ready = {ns: self._ready_workers(ns, environment) for ns in ray_namespaces}
+        pods = {ns: self._ray_pods(ns, environment) for ns in ray_namespaces}
         live = {}
         for ref, informer in wanted:
             manifest = informer.get(ref.namespace, ref.name)
             if manifest is not None:
-                live[ref] = observe.live_object(ref, manifest, ready.get(ref.namespace))
+                found = pods.get(ref.namespace)
+                live[ref] = observe.live_object(ref, manifest, None if found is None else observe.ready_workers(found),
+                                                None if found is None else observe.oldest_pods(found))
         deleted = [RunReport(run, d.ref.name, "DELETED") for d in rendered.objects
                    if d.ref.kind == "RayJob" and d.ref not in live
                    and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
@@ -175,13 +177,12 @@ class KubernetesTarget:
                                              parse_time(status["startTime"]), parse_time(status["endTime"])))
         return tuple(reports)
 
-    def _ready_workers(self, namespace: str, environment: str) -> Counter[tuple[str, str, str]] | None:
-        """Ready worker pods per (namespace, cluster, group); None when Pods cannot be read (workers stay
-        unknown)."""
+    def _ray_pods(self, namespace: str, environment: str) -> list[dict[str, Any]] | None:
+        """The cached Ray Pods (summaries) of `namespace`; None when Pods cannot be read (workers stay unknown)."""
         if namespace in self._no_pods:
             return None
         try:
-            return observe.ready_workers(self._informer("Pod", namespace).items())
+            return [p for p in self._informer("Pod", namespace).items() if p["metadata"]["namespace"] == namespace]
         except PermanentError as exc:
             log.warning("environment %s: ready workers unknown: %s", environment, exc)
             self._no_pods.add(namespace)
