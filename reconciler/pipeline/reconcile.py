@@ -406,7 +406,8 @@ class Pipeline:
                 why = f"run {result}; the RayJob is gone (TTL or deletion)" if result else "not found"
             else:
                 obj_health, why = health.of(obj)
-                status = obj.status.get("jobStatus") if obj else None
+                # a live RayJob is a submitted run; KubeRay leaves jobStatus empty until Ray reports on it
+                status = (obj.status.get("jobStatus") or "PENDING") if obj and ref.kind == "RayJob" else None
             healths.append(obj_health)
             detail["objects"][str(ref)] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
                                            "health": obj_health.value, "message": why}
