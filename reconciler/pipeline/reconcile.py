@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
-WAIT_RECHECK = 10.0  # seconds: a waiting environment looks again this soon (a dependency moving also wakes it)
+# seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
+# Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
+WAIT_RECHECK = 10.0
 
 
 @dataclass
@@ -172,7 +174,9 @@ class Pipeline:
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
         result = "error" if errors else "success" if outcomes else "noop"
-        interval = min(rendered.spec.interval, WAIT_RECHECK) if waiting else rendered.spec.interval
+        interval = rendered.spec.interval
+        if waiting or env_health == Health.PROGRESSING:
+            interval = min(interval, WAIT_RECHECK)
         return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
                       depends_on=depends_on)
 
