@@ -32,7 +32,8 @@ def test_a_rayjob_the_operator_wrote_back_is_in_sync_and_takes_a_label_change_in
            "spec": {"entrypoint": "python -c 'print(1)'", "rayClusterSpec": raycluster_spec(replicas=1)}}
     obj = desired(doc, kit.namespace)
     assert kit.sync(obj)[1] == Outcome.SUBMITTED
-    live = wait_until("the operator's finalizer on RayJob job", lambda: get(kit.api_client, kit.namespace, "RayJob", "job"),
+    live = wait_until("the operator's finalizer on RayJob job",
+                      lambda: get(kit.api_client, kit.namespace, "RayJob", "job"),
                       lambda o: o["metadata"].get("finalizers") == ["ray.io/rayjob-finalizer"])
     taken = managers(live)[(OPERATOR, "Update", "")]
     assert ".spec.rayClusterSpec.workerGroupSpecs" in taken, taken
