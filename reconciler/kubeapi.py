@@ -158,6 +158,10 @@ class RateLimiter:
         self._tokens, self._last = float(self.burst), clock()
         self._lock = threading.Lock()
 
+    def twin(self) -> RateLimiter:
+        """A limiter with the same rate and burst and tokens of its own."""
+        return RateLimiter(self.qps, self.burst, self._clock, self._sleep)
+
     def wait(self) -> float:
         """Take one token, sleeping until it is there; the seconds waited."""
         if self.qps <= 0:
@@ -186,6 +190,10 @@ class Kube:
     def acting_as(self, user: str) -> Kube:
         """The same connection, rate limit and counting, acting as `user` ("" = as itself)."""
         return self if user == self.impersonate else Kube(self.api_client, self.count, self.limiter, user)
+
+    def limited_by(self, limiter: RateLimiter) -> Kube:
+        """The same connection, identity and counting, under another rate limit."""
+        return self if limiter is self.limiter else Kube(self.api_client, self.count, limiter, self.impersonate)
 
     def request(self, verb: str, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str = JSON, timeout: Any = 60.0,

@@ -113,7 +113,7 @@ def depends_on(tree: FileTree, environment: str) -> tuple[str, ...]:
 
 def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str) -> list[ValidationError]:
     """Every environment in `spec.dependsOn` exists, and following them never leads back here."""
-    errors, existing = [], set(list_environments(tree))
+    errors, existing = [], set(list_environments(tree)) if spec.depends_on else set()
     for i, other in enumerate(spec.depends_on):
         if other not in existing:
             errors.append(ValidationError(env_file, f"no environment {other} in this revision", None,

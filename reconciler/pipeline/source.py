@@ -10,6 +10,8 @@ as problems for render to report, never raised. Credentials in URLs never reach 
 """
 from __future__ import annotations
 
+import bisect
+import functools
 import io
 import logging
 import os
@@ -84,8 +86,20 @@ class Snapshot:
     others: frozenset[str] = frozenset()  # other regular files (listed, not read)
     problem_map: Mapping[str, str] = field(default_factory=dict)
 
+    @functools.cached_property
+    def _paths(self) -> tuple[str, ...]:
+        return tuple(sorted((*self.contents, *self.others)))
+
     def files(self, under: str) -> Iterator[str]:
-        yield from sorted(p for p in (*self.contents, *self.others) if _under(p, under))
+        """Sorted paths of the files at or below `under` (a lookup in the sorted paths: one environment's
+        files cost as much whatever the number of environments)."""
+        prefix, paths = under.strip("/"), self._paths
+        if not prefix:
+            yield from paths
+            return
+        if self.exists(prefix):
+            yield prefix
+        yield from paths[bisect.bisect_left(paths, prefix + "/"):bisect.bisect_left(paths, prefix + "0")]
 
     def read(self, path: str) -> bytes:
         try:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.errors import TemporaryError
 from reconciler.metrics import Metrics
-from reconciler.pipeline.source import GitSource, redact, split_credentials
+from reconciler.pipeline.source import GitSource, Snapshot, redact, split_credentials
 from tests.conftest import GitRemote
 
 
@@ -92,3 +92,15 @@ def test_materialize_exports_a_directory_of_the_revision(remote: GitRemote, tmp_
 def test_redact_hides_userinfo_only() -> None:
     assert redact("https://tok@github.example/x.git") == "https://***@github.example/x.git"
     assert redact("/srv/git/repo.git") == "/srv/git/repo.git"
+
+
+@pytest.mark.parametrize("under", ["", "environments", "environments/a", "environments/a/", "/environments/a-b",
+                                   "bases", "nothing", "environments/a/b"])
+def test_a_snapshot_lists_exactly_the_files_under_a_directory(under: str) -> None:
+    paths = ["environments/a", "environments/a/x.yaml", "environments/a-b/y.yaml", "environments/a/b/c.yaml",
+             "environments/ab/z", "bases/x.yaml", "environments/a.yaml", "environments/a0/q", "environments/a/.z"]
+    snapshot = Snapshot({p: b"" for p in paths[:5]}, frozenset(paths[5:]))
+    prefix = under.strip("/")
+
+    assert list(snapshot.files(under)) == sorted(
+        p for p in paths if not prefix or p == prefix or p.startswith(prefix + "/"))

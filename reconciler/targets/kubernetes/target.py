@@ -63,6 +63,7 @@ class KubernetesTarget:
         self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
                                                                             options.in_cluster)
         self.kube = Kube(self.api_client, self._count, limiter)
+        self.recorder = events.Recorder(self.kube.limiter.twin())  # Events never wait behind (or delay) applies
         self.applier = Applier(self.kube, metrics, field_manager)  # the daemon's own reads
         self._writers: dict[str, Writer] = {}
         self._informers: dict[tuple[str, str], Informer] = {}
@@ -219,15 +220,17 @@ class KubernetesTarget:
         return OUTCOMES[item.action]
 
     def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
-        uid = str(((self._cached(item.ref) or {}).get("metadata") or {}).get("uid", ""))
         assert isinstance(context.options, KubernetesOptions)
-        events.emit(self.writer(context.options).kube, item.ref, uid, outcome,
-                    f"{message} (revision {context.revision[:12]})", context.environment)
+        self.recorder.record(self.writer(context.options).kube, item.ref, lambda: self._uid(item.ref), outcome,
+                             f"{message} (revision {context.revision[:12]})", context.environment)
 
     def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
         ref = ObjectRef("", "ConfigMap", spec.target.namespace, ledger_name(spec.name))
-        uid = str(((self._cached(ref) or {}).get("metadata") or {}).get("uid", ""))
-        events.emit(self.writer(_options(spec)).kube, ref, uid, Outcome.FAILED, message, spec.name, reason)
+        self.recorder.record(self.writer(_options(spec)).kube, ref, lambda: self._uid(ref), Outcome.FAILED,
+                             message, spec.name, reason)
+
+    def _uid(self, ref: ObjectRef) -> str:
+        return str(((self._cached(ref) or {}).get("metadata") or {}).get("uid", ""))
 
     def _delete(self, writer: Writer, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
         """Delete; with `wait` > 0, wait up to that many seconds until it is gone (finalizers)."""
@@ -271,7 +274,9 @@ class KubernetesTarget:
             return self._ledgers[(environment, namespace)]
 
     def close(self, workloads: bool) -> None:
-        """Stop the watches and the connection (what runs on the cluster stays, whatever `workloads`)."""
+        """Write the queued Events, stop the watches and the connection (what runs on the cluster stays,
+        whatever `workloads`)."""
+        self.recorder.close()
         with self._lock:
             informers, self._informers = list(self._informers.values()), {}
         for informer in informers:

@@ -735,6 +735,7 @@ def reconcile_each_request_kind(kit: Kit, plane: kube_controlplane.ControlPlane)
         for obj in objects:
             assert kit.apply(None, Action.DELETE, obj.ref) == Outcome.DELETED
             assert admin.get(obj.ref.kind, obj.ref.name) is None
+        assert kit.target.recorder.flush(30)
         events = admin.core.list_namespaced_event(namespace, label_selector=f"{ENVIRONMENT_LABEL}={ENV}").items
         assert sorted((e.reason, e.involved_object.kind) for e in events) == [  # emit() only logs a refusal
             ("Created", "ConfigMap"), ("Created", "RayCluster"), ("Created", "Secret")]

@@ -210,6 +210,7 @@ def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(h
     sha = harness.remote.commit("one cluster")
     harness.reconcile()
     harness.reconcile()
+    harness.targets.close()  # writes the Events still queued
     core = client.CoreV1Api(kube_control_plane.api_client())
 
     events = core.list_namespaced_event(harness.namespace).items
