@@ -148,6 +148,8 @@ class Pipeline:
             record = self._claim(name, items, record)
             self.ledger.commit(name, persisted, record)
             persisted = record
+            self._ended(name, ended)  # committed with the claim: counted now, before any apply
+            ended = []
             context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(
                 revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options)
             outcomes, errors = self._apply(rendered, items, target, context)
@@ -168,8 +170,7 @@ class Pipeline:
             applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer)
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
-        for run in ended:  # counted once the ledger says it ended: a failed commit sees it end again
-            self._ended(name, run)
+        self._ended(name, ended)
         self._keep_copy(rendered, target, record)
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
@@ -250,16 +251,18 @@ class Pipeline:
                 ended.append(run)
         return observation.live, record, ended
 
-    def _ended(self, name: str, run: JobRun) -> None:
-        """A run first seen to end: counted once."""
-        if run.result == "deleted":
-            log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
-                        "deletion); it is not re-created", name, run.job, run.submission_id)
-            return
-        self.metrics.rayjob_runs.labels(name, run.job, run.result).inc()
-        if run.start_time and run.end_time:
-            self.metrics.rayjob_duration.labels(name, run.job).observe(max(0.0, run.end_time - run.start_time))
-        log.info("environment %s: RayJob %s run %s finished: %s", name, run.job, run.submission_id, run.result)
+    def _ended(self, name: str, runs: list[JobRun]) -> None:
+        """Count the runs first seen to end, once the ledger commit that says they ended is done (a failed
+        commit sees them end again; a commit without its count would never count them)."""
+        for run in runs:
+            if run.result == "deleted":
+                log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
+                            "deletion); it is not re-created", name, run.job, run.submission_id)
+                continue
+            self.metrics.rayjob_runs.labels(name, run.job, run.result).inc()
+            if run.start_time and run.end_time:
+                self.metrics.rayjob_duration.labels(name, run.job).observe(max(0.0, run.end_time - run.start_time))
+            log.info("environment %s: RayJob %s run %s finished: %s", name, run.job, run.submission_id, run.result)
 
     def _plan(self, rendered: RenderedEnvironment, target: Target, live: dict[ObjectRef, LiveObject],
               record: Record) -> list[PlanItem]:

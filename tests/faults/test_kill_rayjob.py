@@ -71,7 +71,8 @@ def ready(daemon: DaemonProcess) -> bool:
 
 def submissions(cluster: LocalRayCluster) -> Counter[str]:
     """RayJob name -> SUBMISSION jobs Ray knows for it (submission ids are `jobs-<name>-<hash10>`)."""
-    with urllib.request.urlopen(f"{cluster.dashboard_url}/api/jobs/", timeout=10) as resp:
+    request = urllib.request.Request(f"{cluster.dashboard_url}/api/jobs/", headers=cluster.auth_headers)
+    with urllib.request.urlopen(request, timeout=10) as resp:
         jobs = json.loads(resp.read())
     return Counter(re.sub(rf"^{ENV}-(.*)-[0-9a-f]{{10}}$", r"\1", j["submission_id"])
                    for j in jobs if j.get("type") == "SUBMISSION")

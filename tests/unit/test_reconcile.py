@@ -1,6 +1,7 @@
 """The reconcile stage with real Git and an in-memory target: isolation, prune safety, job ledger."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -260,6 +261,40 @@ def test_a_finished_run_is_counted_after_the_ledger_says_so(setup, monkeypatch: 
     assert failed.sync_status == "Failed" and not failures
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
     reconciler.reconcile("a", revision)
+    reconciler.reconcile("a", revision)
+
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1
+
+
+def test_a_run_that_ends_with_a_change_is_counted_once_its_claim_is_committed(setup, monkeypatch) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    apply = target.apply
+
+    def still_running(item: PlanItem, context: ApplyContext) -> Outcome:
+        outcome = apply(item, context)
+        if item.ref.kind == "RayJob":
+            live = target.objects[item.ref]
+            target.objects[item.ref] = replace(live, status={**live.status, "jobStatus": "RUNNING", "endTime": None})
+        return outcome
+    monkeypatch.setattr(target, "apply", still_running)
+    reconciler.reconcile("a", commit_job_environment(remote, source))  # submitted, seen running
+    monkeypatch.setattr(target, "apply", apply)
+    job = next(ref for ref in target.objects if ref.kind == "RayJob")
+    target.objects[job] = replace(target.objects[job], status={**target.objects[job].status, "jobStatus": "SUCCEEDED",
+                                                                "endTime": 112.5})  # it ends before the next look
+    remote.write("environments/a/other.yaml", cluster_yaml("other"))
+    remote.commit("another cluster")
+    revision = source.fetch()
+    commit, failures = ledger.commit, [OSError("disk full")]
+
+    def final_commit_fails_once(name, persisted=None, record=None, state=None, applied=None):
+        if state is not None and applied is not None and failures:
+            raise failures.pop()
+        return commit(name, persisted, record, state, applied)
+    monkeypatch.setattr(ledger, "commit", final_commit_fails_once)
+    failed = reconciler.reconcile("a", revision)  # the end is committed with the claim of `other`, then a failure
+    assert failed.sync_status == "Failed" and not failures
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1
     reconciler.reconcile("a", revision)
 
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1

@@ -98,12 +98,15 @@ class Recorder:
             except Exception as exc:  # this thread outlives any one Event
                 log.warning("%s: could not record the %s event: %s", ref, body["reason"], exc)
             finally:
-                self._queue.task_done()
-            with self._lock:
-                dropped, self._dropped = (self._dropped, 0) if self._queue.empty() else (0, self._dropped)
-            if dropped:
-                log.warning("%d Event(s) dropped: more than %d were waiting to be written", dropped,
-                            self._queue.maxsize)
+                self._report_dropped()
+                self._queue.task_done()  # last: `flush` returns once the drops are in the log
+
+    def _report_dropped(self) -> None:
+        """Log, once the queue has drained, how many Events were dropped since the last report."""
+        with self._lock:
+            dropped, self._dropped = (self._dropped, 0) if self._queue.empty() else (0, self._dropped)
+        if dropped:
+            log.warning("%d Event(s) dropped: more than %d were waiting to be written", dropped, self._queue.maxsize)
 
 
 def send(kube: Kube, ref: ObjectRef, body: dict) -> None:
