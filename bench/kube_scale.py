@@ -3,8 +3,9 @@
 For each N (default 30, 100, 300) it makes a Git repository of N environments, each in its own
 namespace holding 1 RayCluster (2 worker groups, autoscaling on) and 2 RayJobs (one with
 `clusterSelector`, one with `rayClusterSpec`), and prints:
-- the initial sync by `ray-gitops run --once` against `kubectl apply --server-side -R -f` of the same
-  rendered objects (into other, equally empty namespaces), and their ratio;
+- the initial sync by `ray-gitops run --once` (with the default client-side rate limit, and without one:
+  `--kube-api-qps 0`) against `kubectl apply --server-side -R -f` of the same rendered objects (each
+  into other, equally empty namespaces), and their ratios;
 - the peak RSS of `run --once` and of a daemon;
 - a daemon that adopts that state (fresh state dir): requests per no-op cycle by verb, list+watch
   streams and threads.
@@ -181,33 +182,38 @@ def daemon_adopting(repo: Path, state: Path, n: int, cycles_wait: float) -> dict
         proc.wait(60)
 
 
+WAYS = ("kubectl", "once", "unlimited")  # kubectl; run --once as configured by default; and with --kube-api-qps 0
+
+
 def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
-                  repeat: int) -> tuple[list[float], list[float], float, float, Path]:
-    """`repeat` initial syncs of N environments each way, into fresh namespaces, alternating which goes first:
-    (run --once seconds, kubectl seconds, peak RSS of each, the last repository)."""
+                  repeat: int) -> tuple[dict[str, list[float]], dict[str, float], Path]:
+    """`repeat` initial syncs of N environments each way (WAYS), each into fresh namespaces, rotating which goes
+    first: (seconds per way, peak RSS per way, the last repository of the default run)."""
     k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
-    once, by_kubectl, once_rss, kubectl_rss = [], [], 0.0, 0.0
-    repo = work
+    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    rss: dict[str, float] = dict.fromkeys(WAYS, 0.0)
+    repos: dict[str, Path] = {}
     for r in range(repeat):
-        repo, files = work / f"repo{r}", work / f"kubectl{r}"
-        repo.mkdir()
-        files.mkdir()
-        write_repo(repo, n, plane, f"d{r}-")
-        rendered_files(repo, files, n, f"k{r}-")
-        namespaces(k, f"d{r}-", n, work)
-        namespaces(k, f"k{r}-", n, work)
-        runs = {"kubectl": [*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f", str(files)],
-                "once": [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir",
-                         str(work / f"once{r}"), "--log-level", "warning"]}
-        for name in (("kubectl", "once") if r % 2 == 0 else ("once", "kubectl")):
-            seconds, rss, _ = timed_process(runs[name])
-            if name == "once":
-                once.append(seconds)
-                once_rss = max(once_rss, rss)
+        runs = {}
+        for way in WAYS:
+            prefix, root = f"{way[0]}{r}-", work / f"{way}{r}"
+            repo = repos[way] = root / "repo"
+            repo.mkdir(parents=True)
+            write_repo(repo, n, plane, prefix)
+            namespaces(k, prefix, n, work)
+            if way == "kubectl":
+                (root / "files").mkdir()
+                rendered_files(repo, root / "files", n, prefix)
+                runs[way] = [*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f", str(root / "files")]
             else:
-                by_kubectl.append(seconds)
-                kubectl_rss = max(kubectl_rss, rss)
-    return once, by_kubectl, once_rss, kubectl_rss, repo
+                runs[way] = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir",
+                             str(root / "state"), "--log-level", "warning",
+                             *(["--kube-api-qps", "0"] if way == "unlimited" else [])]
+        for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
+            took, peak, _ = timed_process(runs[way])
+            seconds[way].append(took)
+            rss[way] = max(rss[way], peak)
+    return seconds, rss, repos["once"]
 
 
 def main() -> None:
@@ -223,24 +229,26 @@ def main() -> None:
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 work = Path(tmp)
-                once, by_kubectl, once_rss, kubectl_rss, repo = initial_syncs(plane, kubectl, work, n, args.repeat)
+                seconds, rss, repo = initial_syncs(plane, kubectl, work, n, args.repeat)
                 daemon = daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
         finally:
             plane.cleanup()
-        once_s, kubectl_s = statistics.median(once), statistics.median(by_kubectl)
-        rows.append((n, once_s, kubectl_s, once_rss, kubectl_rss, daemon))
-        print(f"N={n}: run --once {', '.join(f'{x:.1f}' for x in once)} s; kubectl "
-              f"{', '.join(f'{x:.1f}' for x in by_kubectl)} s", file=sys.stderr)
+        medians = {way: statistics.median(values) for way, values in seconds.items()}
+        rows.append((n, medians, rss, daemon))
+        print(f"N={n}: " + "; ".join(f"{way} {', '.join(f'{x:.1f}' for x in values)} s"
+                                     for way, values in seconds.items()), file=sys.stderr)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
           f"3 objects per environment, each environment in its own namespace; initial syncs: medians of "
-          f"{args.repeat} each way, alternating which goes first")
-    print("| N | run --once | kubectl apply --server-side | ratio | RSS run --once | RSS daemon | writes/no-op "
-          "cycle | dry-runs/no-op cycle | reads/no-op cycle | list+watch streams | daemon threads |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, once_s, kubectl_s, once_rss, kubectl_rss, d in rows:
+          f"{args.repeat} each way, rotating which goes first")
+    print("| N | kubectl apply --server-side | run --once (qps 50, burst 300) | ratio | run --once --kube-api-qps 0 | "
+          "ratio | RSS run --once | RSS daemon | writes/no-op cycle | dry-runs/no-op cycle | reads/no-op cycle | "
+          "list+watch streams | daemon threads |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n, m, rss, d in rows:
         writes = sum(v for k, v in d.items() if k in ("req_apply", "req_create", "req_update", "req_delete"))
         reads = sum(v for k, v in d.items() if k in ("req_get", "req_list"))
-        print(f"| {n} | {once_s:.1f} s | {kubectl_s:.1f} s | {once_s / kubectl_s:.2f} | {once_rss:.0f} MiB | "
+        print(f"| {n} | {m['kubectl']:.1f} s | {m['once']:.1f} s | {m['once'] / m['kubectl']:.2f} | "
+              f"{m['unlimited']:.1f} s | {m['unlimited'] / m['kubectl']:.2f} | {max(rss['once'], rss['unlimited']):.0f} MiB | "
               f"{d['rss']:.0f} MiB | {writes:.0f} | {d.get('req_dryrun-apply', 0):.0f} | {reads:.0f} | "
               f"{d['lists']:.0f}+{d['watches']:.0f} | {d['threads']} |")
 
