@@ -6,9 +6,10 @@ namespace holding 1 RayCluster (2 worker groups, autoscaling on) and 2 RayJobs (
 - the initial sync by `ray-gitops run --once` (with the default client-side rate limit, and without one:
   `--kube-api-qps 0`) against `kubectl apply --server-side -R -f` of the same rendered objects (each
   into other, equally empty namespaces), and their ratios;
-- the peak RSS of `run --once` and of a daemon;
-- a daemon that adopts that state (fresh state dir): requests per no-op cycle by verb, list+watch
-  streams and threads.
+- on a fresh control plane holding only that one sync's objects (a daemon caches every object labelled as
+  ray-gitops' on its clusters, so the other ways' objects would count too): the peak RSS of `run --once`,
+  then a daemon that adopts that state (fresh state dir): its peak RSS, requests per no-op cycle by verb,
+  list+watch streams and threads.
 Run: `make bench-kube` (builds the control plane once, like the tests). No test asserts timings.
 """
 from __future__ import annotations
@@ -185,19 +186,22 @@ def daemon_adopting(repo: Path, state: Path, n: int, cycles_wait: float) -> dict
 WAYS = ("kubectl", "once", "unlimited")  # kubectl; run --once as configured by default; and with --kube-api-qps 0
 
 
+def once_command(repo: Path, state: Path, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir", str(state),
+            "--log-level", "warning", *flags]
+
+
 def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
-                  repeat: int) -> tuple[dict[str, list[float]], dict[str, float], Path]:
+                  repeat: int) -> dict[str, list[float]]:
     """`repeat` initial syncs of N environments each way (WAYS), each into fresh namespaces, rotating which goes
-    first: (seconds per way, peak RSS per way, the last repository of the default run)."""
+    first: seconds per way."""
     k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
     seconds: dict[str, list[float]] = {way: [] for way in WAYS}
-    rss: dict[str, float] = dict.fromkeys(WAYS, 0.0)
-    repos: dict[str, Path] = {}
     for r in range(repeat):
         runs = {}
         for way in WAYS:
             prefix, root = f"{way[0]}{r}-", work / f"{way}{r}"
-            repo = repos[way] = root / "repo"
+            repo = root / "repo"
             repo.mkdir(parents=True)
             write_repo(repo, n, plane, prefix)
             namespaces(k, prefix, n, work)
@@ -206,14 +210,24 @@ def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], wor
                 rendered_files(repo, root / "files", n, prefix)
                 runs[way] = [*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f", str(root / "files")]
             else:
-                runs[way] = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir",
-                             str(root / "state"), "--log-level", "warning",
-                             *(["--kube-api-qps", "0"] if way == "unlimited" else [])]
+                runs[way] = once_command(repo, root / "state", *(["--kube-api-qps", "0"] if way == "unlimited" else []))
         for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
-            took, peak, _ = timed_process(runs[way])
-            seconds[way].append(took)
-            rss[way] = max(rss[way], peak)
-    return seconds, rss, repos["once"]
+            seconds[way].append(timed_process(runs[way])[0])
+    return seconds
+
+
+def alone(assets: Path, kubectl: list[str], work: Path, n: int) -> tuple[float, dict[str, float]]:
+    """On a control plane of its own: the peak RSS of `run --once`, then the daemon adopting what it made."""
+    plane = kube_controlplane.ControlPlane.start(assets)
+    try:
+        repo = work / "alone" / "repo"
+        repo.mkdir(parents=True)
+        write_repo(repo, n, plane, "a-")
+        namespaces([*kubectl, "--kubeconfig", str(plane.kubeconfig)], "a-", n, work)
+        _, rss, _ = timed_process(once_command(repo, work / "alone" / "state"))
+        return rss, daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
+    finally:
+        plane.cleanup()
 
 
 def main() -> None:
@@ -225,16 +239,16 @@ def main() -> None:
     kubectl = [str(assets / "kubectl")]
     rows = []
     for n in (int(x) for x in args.sizes.split(",")):
-        plane = kube_controlplane.ControlPlane.start(assets)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                work = Path(tmp)
-                seconds, rss, repo = initial_syncs(plane, kubectl, work, n, args.repeat)
-                daemon = daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
-        finally:
-            plane.cleanup()
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            plane = kube_controlplane.ControlPlane.start(assets)
+            try:
+                seconds = initial_syncs(plane, kubectl, work, n, args.repeat)
+            finally:
+                plane.cleanup()
+            once_rss, daemon = alone(assets, kubectl, work, n)
         medians = {way: statistics.median(values) for way, values in seconds.items()}
-        rows.append((n, medians, rss, daemon))
+        rows.append((n, medians, once_rss, daemon))
         print(f"N={n}: " + "; ".join(f"{way} {', '.join(f'{x:.1f}' for x in values)} s"
                                      for way, values in seconds.items()), file=sys.stderr)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
@@ -244,11 +258,11 @@ def main() -> None:
           "ratio | RSS run --once | RSS daemon | writes/no-op cycle | dry-runs/no-op cycle | reads/no-op cycle | "
           "list+watch streams | daemon threads |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, m, rss, d in rows:
+    for n, m, once_rss, d in rows:
         writes = sum(v for k, v in d.items() if k in ("req_apply", "req_create", "req_update", "req_delete"))
         reads = sum(v for k, v in d.items() if k in ("req_get", "req_list"))
         print(f"| {n} | {m['kubectl']:.1f} s | {m['once']:.1f} s | {m['once'] / m['kubectl']:.2f} | "
-              f"{m['unlimited']:.1f} s | {m['unlimited'] / m['kubectl']:.2f} | {max(rss['once'], rss['unlimited']):.0f} MiB | "
+              f"{m['unlimited']:.1f} s | {m['unlimited'] / m['kubectl']:.2f} | {once_rss:.0f} MiB | "
               f"{d['rss']:.0f} MiB | {writes:.0f} | {d.get('req_dryrun-apply', 0):.0f} | {reads:.0f} | "
               f"{d['lists']:.0f}+{d['watches']:.0f} | {d['threads']} |")
 

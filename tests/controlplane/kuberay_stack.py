@@ -181,6 +181,7 @@ class OperatorStack:
             f"--metrics-addr=127.0.0.1:{free_port()}",
             f"--health-probe-bind-address=127.0.0.1:{probe_port}",
             "--enable-leader-election=false",
+            "--feature-gates=RayCronJob=true",  # alpha, off by default: the RayCronJob tests need its controller
             "--log-stdout-encoder=console",
         ], env={**os.environ, "KUBECONFIG": str(self.plane.kubeconfig)})
         self._wait("ray-operator /readyz", lambda: http_ok(f"http://127.0.0.1:{probe_port}/readyz"))

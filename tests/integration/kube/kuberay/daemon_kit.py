@@ -45,8 +45,17 @@ def raycluster(name: str, replicas: int = 1, memory: str = "2Gi", recreate: bool
 def rayjob(name: str, labels: dict[str, str] | None = None) -> str:
     """A RayJob that brings its own cluster (`rayClusterSpec`, one worker)."""
     metadata: dict[str, Any] = {"name": name, **({"labels": labels} if labels else {})}
-    return yaml.safe_dump({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": {
-        "entrypoint": "python -c 'print(1)'", "rayClusterSpec": raycluster_spec(1)}})
+    return yaml.safe_dump({"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": metadata, "spec": _job_spec()})
+
+
+def raycronjob(name: str, schedule: str, suspend: bool = False) -> str:
+    """A RayCronJob whose runs are `rayjob`'s: each brings its own cluster."""
+    spec = {"schedule": schedule, "jobTemplate": _job_spec(), **({"suspend": True} if suspend else {})}
+    return yaml.safe_dump({"apiVersion": "ray.io/v1", "kind": "RayCronJob", "metadata": {"name": name}, "spec": spec})
+
+
+def _job_spec() -> dict[str, Any]:
+    return {"entrypoint": "python -c 'print(1)'", "rayClusterSpec": raycluster_spec(1)}
 
 
 def configmap(name: str, owner: str) -> str:

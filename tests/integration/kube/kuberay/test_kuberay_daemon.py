@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, new_loop, raycluster, rayjob
+from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, new_loop, raycluster, raycronjob, rayjob
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kuberay_kit import cluster_pods, cluster_services, get, pod_ready, workers
@@ -322,4 +322,49 @@ def test_the_operators_writes_are_never_drift_and_a_steady_state_writes_nothing_
         assert seen == 0, f"drifted_objects{{environment={environment},kind={kind}}} reached {seen}"
     assert get(loop.api_client, loop.namespace, "RayJob", "pi")["metadata"]["uid"] == job["metadata"]["uid"]
     loop.neighbours_in_sync(sha)
+    assert loop.stop() == 0
+
+
+def _cron_runs(loop: Loop, cron: str = "nightly") -> list[dict[str, Any]]:
+    """The RayJobs the operator made for the RayCronJob `cron` (labelled `ray.io/cronjob-name`)."""
+    return client.CustomObjectsApi(loop.api_client).list_namespaced_custom_object(
+        "ray.io", "v1", loop.namespace, "rayjobs", label_selector=f"ray.io/cronjob-name={cron}")["items"]
+
+
+def test_a_raycronjob_from_git_runs_on_schedule_its_runs_are_counted_never_pruned_and_suspend_holds(
+        loop: Loop) -> None:
+    sha = loop.commit("every minute", nightly=raycronjob("nightly", "* * * * *"))
+    loop.start()
+    ref = f"RayCronJob/{loop.namespace}/nightly"
+    loop.wait("the environment Healthy, the RayCronJob scheduling", lambda: (lambda s: (
+        s.get("revision"), s.get("health_status"), s.get("detail", {}).get("objects", {}).get(ref, {}).get("message"))
+    )(loop.status().get(ENV, {})) == (sha, "Healthy", "scheduling"), timeout=60)
+    made = loop.wait("the operator: a RayJob for the first slot", lambda: len(_cron_runs(loop)) >= 1, timeout=90)
+    run = _cron_runs(loop)[0]
+    cron = get(loop.api_client, loop.namespace, "RayCronJob", "nightly")
+    assert [(o["kind"], o["uid"]) for o in run["metadata"]["ownerReferences"]] == [("RayCronJob", cron["metadata"]["uid"])]
+    assert "app.kubernetes.io/managed-by" not in run["metadata"].get("labels", {}), "the operator's, not ours"
+
+    counted = loop.wait("ray-gitops counted the first run (Failed: no Ray head)", lambda: (loop.metric(
+        "ray_gitops_rayjob_runs_total", environment=ENV, job="nightly", result="failed") or 0) >= 1,
+        timeout=SUBMITTER_FINISHED_TIMEOUT_S + 120)
+    print(f"RayCronJob: first RayJob {made:.1f}s after its Healthy status; its run counted failed {counted:.1f}s later")
+    assert loop.status()[ENV]["detail"]["jobs"]["nightly"]["status"] == "FAILED"
+    assert loop.metric("ray_gitops_rayjob_status", environment=ENV, job="nightly", status="FAILED") == 1
+    loop.cycles(2)
+    loop.wait("each ended run counted once", lambda: loop.metric(
+        "ray_gitops_rayjob_runs_total", environment=ENV, job="nightly", result="failed") == sum(
+        r.get("status", {}).get("jobStatus") == "FAILED" for r in _cron_runs(loop)), timeout=30)
+    assert loop.writes()["delete"] == 0, "the RayJobs a RayCronJob makes are never pruned"
+    assert run["metadata"]["uid"] in {r["metadata"]["uid"] for r in _cron_runs(loop)}
+    state = loop.status()[ENV]
+    assert (state["sync_status"], state["health_status"]) == ("Synced", "Healthy"), state
+    assert set(state["detail"]["objects"]) == {ref}, "its runs are not in Git"
+
+    suspended = loop.commit("suspend the schedule", nightly=raycronjob("nightly", "* * * * *", suspend=True))
+    loop.wait("Suspended at the commit", lambda: (lambda s: (s["revision"], s["health_status"]))(
+        loop.status()[ENV]) == (suspended, "Suspended"), timeout=30)
+    assert get(loop.api_client, loop.namespace, "RayCronJob", "nightly")["spec"]["suspend"] is True
+    assert loop.metric("ray_gitops_apply_total", environment=ENV, kind="RayCronJob", action="update") == 1
+    loop.neighbours_in_sync(suspended)
     assert loop.stop() == 0
