@@ -1,7 +1,7 @@
 """Render + plan cost for a large environment, measured side by side.
 
 Prints, for N RayClusters in one environment: render time with PyYAML's C loader (what
-`render.py` uses when libyaml is present) vs the pure-Python loader, and the steady-state plan
+`parse.py` uses when libyaml is present) vs the pure-Python loader, and the steady-state plan
 (no change) vs the first plan (everything to create). Run: `make bench` or `python bench/render_plan.py`.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from unittest import mock
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reconciler.pipeline import planner, render  # noqa: E402
+from reconciler.pipeline import parse, planner, render  # noqa: E402
 from reconciler.model import LiveObject  # noqa: E402
 from reconciler.pipeline.source import DirectoryTree  # noqa: E402
 from tests.memory import TARGETS  # noqa: E402
@@ -44,7 +44,7 @@ def main() -> None:
             (env / f"c{i}.yaml").write_text(CLUSTER.replace("REPLICAS", "2").replace("name: demo", f"name: c{i}"))
         tree = DirectoryTree(Path(tmp))
         fast = timed(lambda: render.render(tree, "bench", "", TARGETS))
-        with mock.patch.object(render, "_Loader", yaml.SafeLoader):
+        with mock.patch.object(parse, "_Loader", yaml.SafeLoader):
             slow = timed(lambda: render.render(tree, "bench", "", TARGETS))
         rendered = render.render(tree, "bench", "", TARGETS)
         live = {d.ref: LiveObject(d.ref, d.manifest, {"state": "ready"}) for d in rendered.objects}
