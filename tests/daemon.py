@@ -37,6 +37,14 @@ class DaemonProcess:
                    for family in text_string_to_metric_families(text) for s in family.samples}
         return samples.get((name, frozenset(labels.items())))
 
+    def ready(self) -> bool:
+        """`/readyz` answers 200."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:
+            return False
+
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180, poll: float = 0.5) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

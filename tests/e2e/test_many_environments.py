@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -29,14 +28,6 @@ def status(state: Path) -> dict[str, dict]:
     return {s["environment"]: s for s in json.loads(out)}
 
 
-def ready(daemon: DaemonProcess) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=5) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
-
-
 def stored(state: Path, env: str) -> dict[str, str]:
     """The local target's records of `env` (file name -> content)."""
     return {p.name: p.read_text() for p in sorted((state / "local" / "objects" / env).glob("*.json"))}
@@ -49,7 +40,7 @@ def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promp
     state, log = tmp_path / "state", tmp_path / "daemon.log"
     daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s", "--concurrency", "4"])
     try:
-        daemon.wait_for("/readyz", lambda: ready(daemon), timeout=60)
+        daemon.wait_for("/readyz", daemon.ready, timeout=60)
         assert {e: s["sync_status"] for e, s in status(state).items()} == dict.fromkeys(ENVIRONMENTS, "Synced")
         for family in ("process_resident_memory_bytes", "process_open_fds", "python_gc_objects_collected_total"):
             labels = {"generation": "0"} if family.startswith("python_gc") else {}

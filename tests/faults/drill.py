@@ -58,6 +58,13 @@ def tail(log: Path, chars: int = 4000) -> str:
     return log.read_text(errors="replace")[-chars:] if log.exists() else ""
 
 
+def assert_clean_logs(logs: Path, seed: int) -> None:
+    """No daemon's log in `logs` holds a traceback or an ERROR line, however it was killed."""
+    for log in sorted(logs.iterdir()):
+        text = log.read_text()
+        assert "Traceback" not in text and " ERROR " not in text, f"seed {seed}: {log.name}:\n{tail(log)}"
+
+
 @dataclass(frozen=True)
 class LedgerView:
     """The daemon's SQLite ledger (`<state>/ledger.sqlite3`), read with plain SQL."""

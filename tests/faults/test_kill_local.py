@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
-from tests.faults.drill import LedgerView, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
+from tests.faults.drill import LedgerView, assert_clean_logs, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e]
 ENVIRONMENTS = ("alpha", "beta", "gamma")
@@ -174,9 +174,7 @@ def test_kill9_at_50_random_points_of_reconciles_converges_with_a_consistent_led
         assert daemon.metric("ray_gitops_reconcile_total", environment="alpha", result="error") is None
         daemon.stop()
         assert daemon.proc.returncode == 0
-        for log in sorted(logs.iterdir()):
-            text = log.read_text()
-            assert "Traceback" not in text and " ERROR " not in text, f"seed {seed}: {log.name}:\n{tail(log)}"
+        assert_clean_logs(logs, seed)
     finally:
         if daemon is not None:
             kill9(daemon)

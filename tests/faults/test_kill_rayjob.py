@@ -27,20 +27,20 @@ import pytest
 from reconciler.targets.local.runtime import LocalRayCluster
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
-from tests.faults.drill import LedgerView, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
+from tests.faults.drill import LedgerView, assert_clean_logs, kill9, seeded_rng, stop_leftovers, wait_for_line
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.ray]
 ENV = "jobs"
 ENVIRONMENTS = (ENV, *NEIGHBOURS)
 KILLS = 5
 SECRET = "fault-drill-webhook-secret"
-CLUSTER = f"""apiVersion: ray.io/v1
+CLUSTER = """apiVersion: ray.io/v1
 kind: RayCluster
-metadata: {{name: demo}}
+metadata: {name: demo}
 spec:
   headGroupSpec:
-    rayStartParams: {{num-cpus: "1"}}
-    template: {{spec: {{containers: [{{name: ray-head, image: rayproject/ray:2.60.0}}]}}}}
+    rayStartParams: {num-cpus: "1"}
+    template: {spec: {containers: [{name: ray-head, image: rayproject/ray:2.60.0}]}}
 """
 
 
@@ -59,14 +59,6 @@ def post_webhook(port: int) -> None:
                                      headers={"X-Signature-256": signature, "Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=10) as resp:
         assert resp.status == 202
-
-
-def ready(daemon: DaemonProcess) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}/readyz", timeout=5) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
 
 
 def submissions(cluster: LocalRayCluster) -> Counter[str]:
@@ -102,7 +94,7 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
     def start(name: str) -> DaemonProcess:
         started = DaemonProcess(remote.url, state, logs / f"{name}.log", ["--interval", "1s"],
                                 {"RAY_GITOPS_WEBHOOK_SECRET": SECRET})
-        started.wait_for("/readyz", lambda: ready(started), timeout=120)
+        started.wait_for("/readyz", started.ready, timeout=120)
         return started
 
     def claim_seen(job: str) -> float:
@@ -170,9 +162,7 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
         check_exactly_once(jobs, cluster, marker, ledger, logs, state, seed)
         daemon.stop()
         assert daemon.proc.returncode == 0
-        for log in sorted(logs.iterdir()):
-            text = log.read_text()
-            assert "Traceback" not in text and " ERROR " not in text, f"seed {seed}: {log.name}:\n{tail(log)}"
+        assert_clean_logs(logs, seed)
     finally:
         if daemon is not None:
             kill9(daemon)

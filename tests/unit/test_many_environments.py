@@ -16,7 +16,6 @@ from prometheus_client import CollectorRegistry
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon
 from reconciler.errors import InvalidEnvironment
-from reconciler.pipeline.ledger import Ledger
 from reconciler.metrics import Metrics
 from reconciler.pipeline.render import list_environments, render
 from reconciler.pipeline.source import GitSource

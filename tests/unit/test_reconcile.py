@@ -247,9 +247,8 @@ def test_an_unreachable_target_stops_the_environment_at_the_first_change_and_for
         == {"keep", "new1", "new2", "new3"}
 
 
-def test_a_finished_run_is_counted_after_the_ledger_says_so(setup, monkeypatch: pytest.MonkeyPatch) -> None:
-    remote, source, ledger, metrics, target, reconciler = setup
-    revision = commit_job_environment(remote, source)
+def fail_final_commit_once(ledger, monkeypatch: pytest.MonkeyPatch) -> list[OSError]:
+    """The next reconcile's last ledger commit (the one with the state) fails; the list empties when it has."""
     commit, failures = ledger.commit, [OSError("disk full")]
 
     def final_commit_fails_once(name, persisted=None, record=None, state=None, applied=None):
@@ -257,6 +256,13 @@ def test_a_finished_run_is_counted_after_the_ledger_says_so(setup, monkeypatch: 
             raise failures.pop()
         return commit(name, persisted, record, state, applied)
     monkeypatch.setattr(ledger, "commit", final_commit_fails_once)
+    return failures
+
+
+def test_a_finished_run_is_counted_after_the_ledger_says_so(setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    revision = commit_job_environment(remote, source)
+    failures = fail_final_commit_once(ledger, monkeypatch)
     failed = reconciler.reconcile("a", revision)  # the run ends, but the record of it is not written
     assert failed.sync_status == "Failed" and not failures
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
@@ -285,13 +291,7 @@ def test_a_run_that_ends_with_a_change_is_counted_once_its_claim_is_committed(se
     remote.write("environments/a/other.yaml", cluster_yaml("other"))
     remote.commit("another cluster")
     revision = source.fetch()
-    commit, failures = ledger.commit, [OSError("disk full")]
-
-    def final_commit_fails_once(name, persisted=None, record=None, state=None, applied=None):
-        if state is not None and applied is not None and failures:
-            raise failures.pop()
-        return commit(name, persisted, record, state, applied)
-    monkeypatch.setattr(ledger, "commit", final_commit_fails_once)
+    failures = fail_final_commit_once(ledger, monkeypatch)
     failed = reconciler.reconcile("a", revision)  # the end is committed with the claim of `other`, then a failure
     assert failed.sync_status == "Failed" and not failures
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1

@@ -11,7 +11,6 @@ import logging
 import queue
 import secrets
 import threading
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 
