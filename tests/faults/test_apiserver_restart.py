@@ -163,6 +163,9 @@ def test_apiserver_stopped_mid_apply_and_started_again_daemon_recovers_and_loses
         print(f"failed-apply log lines while the API server was down: {len(per_attempt)}")
         assert daemon.proc.pid == pid and daemon.proc.poll() is None  # recovered without a restart
 
+        # The ledger ConfigMap (the target's copy) is written after the SQLite ledger says "applied".
+        daemon.wait_for("every ledger ConfigMap's inventory equal to Git", lambda: all(
+            live(plane, env)[1] == set(wanted[env]) for env in ENVIRONMENTS), timeout=30)
         for env in ENVIRONMENTS:
             found, kept = live(plane, env)
             assert found == wanted[env], f"{env}: the cluster differs from Git"
