@@ -132,6 +132,12 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
          finished: dict[str, str], ignore: tuple[str, ...]) -> PlanItem:
     run = job_submission_id(environment, desired.ref.name, desired.manifest)
     if run in finished:
+        if current is not None:  # its metadata (labels, annotations) still applies; its spec never again
+            old, new = (diff.normalize({"metadata": m.get("metadata") or {}}) for m in (current.manifest, wanted))
+            if changed := diff.changed_paths(old, new):
+                return PlanItem(desired.ref, Action.UPDATE, f"changed in place: {', '.join(changed)} (run {run} "
+                                f"already finished; not re-run)", desired, diff.lazy(old, new, str(desired.ref)),
+                                changes=tuple(changed))
         return PlanItem(desired.ref, Action.SKIP, f"run {run} already finished ({finished[run]}); not re-run", desired,
                         flags=frozenset({Flag.RUN_FINISHED}))
     if current is None:

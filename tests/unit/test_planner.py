@@ -219,6 +219,13 @@ def test_job_submission_id_used_by_the_planner_has_the_documented_shape() -> Non
                  id="finished-and-deleted-by-ttl-is-not-rerun"),
     pytest.param(JOB, JOB, {RUN: "FAILED"}, Action.SKIP, f"run {RUN} already finished (FAILED); not re-run",
                  id="finished-and-still-live-is-not-rerun"),
+    pytest.param(edit(JOB, metadata__labels__team="research"), JOB, {RUN: "SUCCEEDED"}, Action.UPDATE,
+                 f"changed in place: metadata.labels.team (run {RUN} already finished; not re-run)",
+                 id="finished-and-still-live-takes-a-label-change-in-place"),
+    pytest.param(edit(JOB, metadata__labels__team="research"), None, {RUN: "SUCCEEDED"}, Action.SKIP,
+                 f"run {RUN} already finished", id="finished-and-deleted-ignores-a-label-change"),
+    pytest.param(JOB, edit(JOB, spec__entrypoint="changed by someone"), {RUN: "FAILED"}, Action.SKIP,
+                 f"run {RUN} already finished (FAILED)", id="finished-run-spec-is-never-compared"),
     pytest.param(JOB, JOB, {}, Action.NOOP, f"run {RUN} in progress or done", id="identical-is-noop"),
     pytest.param(edit(JOB, spec__entrypoint="python train.py --epochs 5"), JOB, {}, Action.RECREATE,
                  "spec changed (spec.entrypoint); KubeRay ignores RayJob edits, so new run "

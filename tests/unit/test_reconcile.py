@@ -298,3 +298,20 @@ def test_a_run_that_ends_with_a_change_is_counted_once_its_claim_is_committed(se
     reconciler.reconcile("a", revision)
 
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1
+
+
+def test_a_label_change_on_a_finished_job_is_applied_without_a_new_run(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    reconciler.reconcile("a", commit_job_environment(remote, source))  # submitted; it ends at once here
+    job = (TESTDATA / "rayjob.yaml").read_text()
+    assert "metadata: {name: count}" in job
+    remote.write("environments/a/rayjob.yaml", job.replace("metadata: {name: count}",
+                                                           "metadata: {name: count, labels: {team: ml}}"))
+    remote.commit("label the job")
+
+    result = reconciler.reconcile("a", source.fetch())
+
+    assert [c for c in target.calls if c[1] == "count"] == [("submit", "count"), ("update", "count")]
+    live = next(o for ref, o in target.objects.items() if ref.kind == "RayJob")
+    assert live.manifest["metadata"]["labels"]["team"] == "ml" and result.sync_status == "Synced"
+    assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") == 1

@@ -278,7 +278,22 @@ def test_a_rayjob_runs_on_its_own_cluster_fails_without_a_ray_head_and_is_counte
     assert _job_metrics(loop)["runs_failed"] == 1
     state = loop.status()[ENV]
     assert (state["revision"], state["sync_status"], state["health_status"]) == (labelled, "Synced", "Degraded")
-    loop.neighbours_in_sync(labelled)
+
+    # A label change after the run finished is applied in place too: the same RayJob, no new run.
+    relabelled = loop.commit("label the finished job", pi=rayjob("pi", labels={"team": "ml", "stage": "done"}))
+    loop.wait("the new label on the finished RayJob", lambda: _live(loop, "RayJob", "pi")["metadata"].get(
+        "labels", {}).get("stage") == "done", timeout=30)
+    after = get(loop.api_client, loop.namespace, "RayJob", "pi")
+    assert (after["metadata"]["uid"], after["status"]["jobDeploymentStatus"]) == (job["metadata"]["uid"], "Failed")
+    assert loop.metric("ray_gitops_apply_total", environment=ENV, kind="RayJob", action="update") == 2
+    assert loop.metric("ray_gitops_apply_total", environment=ENV, kind="RayJob", action="submit") == 1
+    assert loop.metric("ray_gitops_apply_total", environment=ENV, kind="RayJob", action="recreate") is None
+    assert loop.metric("ray_gitops_apply_conflicts_total", environment=ENV, kind="RayJob") is None
+    loop.wait("Synced and Degraded at the label change", lambda: (lambda s: (
+        s["revision"], s["sync_status"], s["health_status"]))(loop.status()[ENV]) == (relabelled, "Synced",
+                                                                                     "Degraded"), timeout=30)
+    assert _job_metrics(loop)["runs_failed"] == 1
+    loop.neighbours_in_sync(relabelled)
     assert loop.stop() == 0
     print(f"RayJob test: {time.monotonic() - started:.0f}s")
 
