@@ -152,7 +152,7 @@ def _revert_aside(repo: git.Repo, commits: list[git.Commit]) -> str:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    last = Ledger(args.state_dir).load(args.environment).last_applied if args.state_dir else None
+    last = Ledger(args.state_dir, readonly=True).load(args.environment).last_applied if args.state_dir else None
     done = rollback(Path(args.repo), args.environment, args.to, args.branch, last, args.all_paths, args.push)
     if not done.reverted:
         print(f"nothing to roll back: no commit changed environments/{args.environment}/ since the chosen revision")

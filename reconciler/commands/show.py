@@ -1,5 +1,9 @@
 """Commands that look and change nothing: `diff`, `plan` (the pipeline stopped before apply),
-`render` and `validate` (the same loader as the daemon), `status` and `history` (the ledger)."""
+`render` and `validate` (the same loader as the daemon), `status` and `history` (the ledger).
+
+Whatever `--repo` and `--state-dir` they are given, they write to no target, no ledger and no daemon's
+Git cache: they fetch into a cache of their own (`source.user_cache()`, one per repository URL), open the
+ledger read-only, and run no target's own control loop (cron slots, clean-ups)."""
 from __future__ import annotations
 
 import argparse
@@ -18,7 +22,7 @@ from ..pipeline.diff import hide_secret_values
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Preview
 from ..pipeline.render import ROOT, list_environments, render
-from ..pipeline.source import DirectoryTree, GitSource
+from ..pipeline.source import DirectoryTree, GitSource, user_cache
 from ..service import config
 from ..targets import Registry, Runtime
 
@@ -28,9 +32,10 @@ def preview(args: argparse.Namespace) -> Preview:
     settings = config.load(vars(args))
     metrics = Metrics(CollectorRegistry())
     targets = Registry(settings.runtime(metrics))
-    source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
+    source = GitSource(settings.repo, settings.branch, user_cache())
     try:
-        return Pipeline(source, Ledger(settings.state_dir), metrics, targets).preview(args.environment, source.fetch())
+        return Pipeline(source, Ledger(settings.state_dir, readonly=True), metrics, targets).preview(
+            args.environment, source.fetch())
     finally:
         targets.close(workloads=False)  # the daemon's Ray processes are not the CLI's to stop
 
@@ -39,7 +44,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     """The environment's final objects at the branch head, as YAML (like `flux build` or `kustomize build`):
     base, patches and variables applied, ownership labels added, Secret values as digests."""
     settings = config.load(vars(args))
-    revision = GitSource(settings.repo, settings.branch, settings.state_dir / "git").fetch()
+    revision = GitSource(settings.repo, settings.branch, user_cache()).fetch()
     targets = Registry(settings.runtime(Metrics(CollectorRegistry())))  # parses options; builds no target
     try:
         rendered = render(revision.tree, args.environment, revision.sha, targets)
@@ -102,7 +107,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     settings = config.load(vars(args))
-    states = Ledger(settings.state_dir).states()
+    states = Ledger(settings.state_dir, readonly=True).states()
     if args.output == "json":
         print(json.dumps([s.__dict__ for s in states], indent=2, default=str))
         return 0
@@ -134,7 +139,7 @@ def _details(detail: dict) -> list[str]:
 
 def cmd_history(args: argparse.Namespace) -> int:
     settings = config.load(vars(args))
-    rows = Ledger(settings.state_dir).history(args.environment, args.limit)
+    rows = Ledger(settings.state_dir, readonly=True).history(args.environment, args.limit)
     if args.output == "json":
         keys = ("revision", "commit_time", "applied_at", "result", "summary", "signer")
         print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))

@@ -24,12 +24,14 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
     PRIMARY KEY (env, grp, kind, namespace, name));
 CREATE TABLE IF NOT EXISTS revisions (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT, revision TEXT,
-    commit_time REAL, applied_at REAL, result TEXT, summary TEXT);
+    commit_time REAL, applied_at REAL, result TEXT, summary TEXT, signer TEXT);
 CREATE TABLE IF NOT EXISTS job_runs (env TEXT, submission_id TEXT, job TEXT, spec_hash TEXT, status TEXT,
     result TEXT, submitted_at REAL, start_time REAL, end_time REAL, PRIMARY KEY (env, submission_id));
 CREATE TABLE IF NOT EXISTS environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status TEXT,
     health_status TEXT, message TEXT, updated_at REAL, detail TEXT);
 CREATE TABLE IF NOT EXISTS suspended (env TEXT PRIMARY KEY, since REAL, reason TEXT);
+CREATE TABLE IF NOT EXISTS verified (url TEXT, branch TEXT, revision TEXT, signer TEXT, at REAL,
+    PRIMARY KEY (url, branch));
 """
 SNAPSHOT_RUNS = 500  # newest runs a target keeps in its copy
 
@@ -136,13 +138,17 @@ class Applied:
 
 
 class Ledger:
-    """The ledger database under a state directory."""
+    """The ledger database under a state directory. `readonly` (the commands that look: `status`,
+    `history`, `plan`, `diff`): opened read-only, never created; a state dir without one reads as empty."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, readonly: bool = False) -> None:
+        self.path = state_dir / "ledger.sqlite3"
+        self.readonly = readonly
+        self._local = threading.local()
+        if readonly:
+            return
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the state dir is the daemon's alone (files in it are created 0600)
-        self.path = state_dir / "ledger.sqlite3"
-        self._local = threading.local()
         with self._tx() as db:
             db.executescript(_SCHEMA)
             if "signer" not in {row[1] for row in db.execute("PRAGMA table_info(revisions)")}:  # 0.1 ledgers
@@ -153,9 +159,16 @@ class Ledger:
         """One transaction on this thread's connection (opened once per thread)."""
         db = getattr(self._local, "db", None)
         if db is None:
-            db = self._local.db = sqlite3.connect(self.path, timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            if self.readonly:
+                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) if self.path.exists() \
+                    else sqlite3.connect(":memory:")
+                if not self.path.exists():
+                    db.executescript(_SCHEMA)  # nothing recorded yet: an empty ledger, in memory
+            else:
+                db = sqlite3.connect(self.path, timeout=30)
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
         with db:
             yield db
 
@@ -219,6 +232,16 @@ class Ledger:
         with self._tx() as db:
             row = db.execute("SELECT * FROM environments WHERE env=?", (environment,)).fetchone()
         return _state(row) if row else None
+
+    def last_verified(self, url: str, branch: str) -> tuple[str, str] | None:
+        """(revision, signer) of the last branch head that passed signature verification."""
+        with self._tx() as db:
+            row = db.execute("SELECT revision, signer FROM verified WHERE url=? AND branch=?", (url, branch)).fetchone()
+        return (row[0], row[1] or "") if row else None
+
+    def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)", (url, branch, revision, signer, time.time()))
 
     def suspend(self, environment: str, reason: str = "") -> None:
         """`ray-gitops suspend`: the pipeline applies nothing to `environment` until `resume`."""

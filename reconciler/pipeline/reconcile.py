@@ -30,7 +30,7 @@ from .diff import cluster_spec, worker_groups
 from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
 from .render import render
 from .source import GitSource, Revision
-from .target import ApplyContext, KeepsLedger, ReportsEvents, Target, Targets
+from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets
 
 log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
@@ -138,7 +138,8 @@ class Pipeline:
             revision = self.source.revision(loaded.last_applied)
             rendered = render(revision.tree, name, revision.sha, self.targets)
         record = self._adopt(rendered, target, loaded)
-        live, record, ended = self._observe(rendered, target, record)
+        controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
+        live, record, ended = self._observe(rendered, target, record, controlled)
         items = self._plan(rendered, target, live, record)
         self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         outcomes: list[tuple[PlanItem, Outcome]] = []
@@ -233,17 +234,18 @@ class Pipeline:
             target.save_ledger(rendered.spec, snapshot)
             self._adopted[rendered.spec.name] = snapshot
 
-    def _observe(self, rendered: RenderedEnvironment, target: Target,
-                 record: Record) -> tuple[dict[ObjectRef, LiveObject], Record, list[JobRun]]:
+    def _observe(self, rendered: RenderedEnvironment, target: Target, record: Record,
+                 controlled: tuple[RunReport, ...] = ()) -> tuple[dict[ObjectRef, LiveObject], Record, list[JobRun]]:
         """Live objects, every job run moved forward in the record (from the live RayJobs' status, the same
-        KubeRay shape on every target, and from the target's own reports, a run deleted unseen), and the
-        runs first seen to end."""
+        KubeRay shape on every target, from the target's own reports, a run deleted unseen, and from what its
+        control step reported, `controlled`), and the runs first seen to end."""
         refs = set(record.inventory) | {d.ref for d in rendered.objects}
         observation = target.observe(rendered, refs, record.pending)
         reports = [(o.status["jobId"], o.ref.name, o.status["jobStatus"], parse_time(o.status.get("startTime")),
                     parse_time(o.status.get("endTime"))) for o in observation.live.values()
                    if o.ref.kind == "RayJob" and o.status.get("jobId") and o.status.get("jobStatus")]
-        reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time) for r in observation.runs]
+        reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time)
+                    for r in (*controlled, *observation.runs)]
         ended = []
         for report in reports:
             record, run = record.seen(*report)

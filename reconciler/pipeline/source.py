@@ -11,7 +11,10 @@ as problems for render to report, never raised. Credentials in URLs never reach 
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -267,16 +270,41 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
     return Snapshot(MappingProxyType(contents), frozenset(others), MappingProxyType(problems))
 
 
-class GitSource:
-    """A repository mirrored under `cache_dir`, fetched on demand; thread-safe (one lock around the Repo)."""
+class VerifiedHeads(Protocol):
+    """Where the last verified head of a (repository, branch) is kept across restarts (the daemon's ledger)."""
 
-    def __init__(self, url: str, branch: str, cache_dir: Path, observer: GitObserver | None = None,
-                 verifier: Verifier | None = None) -> None:
+    def last_verified(self, url: str, branch: str) -> tuple[str, str] | None:
+        """(revision, signer) of the last head that passed verification, if any."""
+
+    def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None: ...
+
+
+def cache_key(url: str) -> str:
+    """The directory name of a repository's cache: one per URL (without credentials), so a cache is never
+    pointed at another repository."""
+    return hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
+def user_cache() -> Path:
+    """Where the read-only commands (`plan`, `diff`, `render`) keep their Git caches: the user's cache
+    directory, never a daemon's state dir."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "ray-gitops" / "git"
+
+
+class GitSource:
+    """A repository mirrored under `root/<cache_key(url)>`, fetched on demand. Thread-safe (one lock around the
+    Repo), and safe beside another process on the same cache (a file lock around each fetch)."""
+
+    def __init__(self, url: str, branch: str, root: Path, observer: GitObserver | None = None,
+                 verifier: Verifier | None = None, heads: VerifiedHeads | None = None) -> None:
         url = str(Path(url).resolve()) if Path(url).exists() else url
-        self.url, user, password = split_credentials(url)  # only the clean URL reaches <state>/git/config
+        self.url, user, password = split_credentials(url)  # only the clean URL reaches the cache's config
         self._credentials = {"RAY_GITOPS_GIT_USERNAME": user, "RAY_GITOPS_GIT_PASSWORD": password} if user else {}
         self.branch = branch
-        self.cache_dir = cache_dir
+        self.root = root
+        self.cache_dir = root / cache_key(self.url)
+        self._heads = heads
         self._observe = observer or (lambda *_: None)
         self._lock = threading.Lock()
         self._repo: git.Repo | None = None
@@ -288,24 +316,37 @@ class GitSource:
 
     def _open(self) -> git.Repo:
         """The cache repository. Made by two git commands (`init`, `remote add`), so a crash between them
-        leaves it without `origin`: the next open adds it."""
+        leaves it without `origin`: the next open adds it. Its `origin` is never changed: another URL has a
+        cache of its own."""
         if self._repo is None:
             if (self.cache_dir / "HEAD").exists():
                 repo = git.Repo(self.cache_dir)
             else:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
                 repo = git.Repo.init(self.cache_dir, bare=True)
-            if any(remote.name == "origin" for remote in repo.remotes):
-                repo.remotes.origin.set_url(self.url)
-            else:
+            if not any(remote.name == "origin" for remote in repo.remotes):
                 repo.create_remote("origin", self.url)
+            elif repo.remotes.origin.url != self.url:
+                raise TemporaryError(f"Git cache {self.cache_dir} follows {redact(repo.remotes.origin.url)}, not "
+                                     f"{redact(self.url)}; remove it")
             self._repo = repo
         return self._repo
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the cache's file lock (another process fetching into it waits)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f"{cache_key(self.url)}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def fetch(self) -> Revision:
         """Fetch the branch; return its head as a snapshot. On failure keep and return the last good
         revision (and set `failure`); with none yet, raise TemporaryError. Logs only state changes."""
-        with self._lock:
+        with self._lock, self._exclusive():
             started = time.monotonic()
             try:
                 repo = self._open()
@@ -336,16 +377,21 @@ class GitSource:
         """Take the new head, if it passes verification; else keep the current one and say why (once)."""
         signer = ""
         if self.verifier is not None:
-            marker = self.cache_dir.parent / "verified-revision"
-            verdict = self.verifier.check(repo, sha, marker.read_text().strip() if marker.exists() else "")
+            last = self._heads.last_verified(self.url, self.branch) if self._heads is not None else None
+            last = last or ((self._current.sha, self._current.signer) if self._current else None)
+            verdict = self.verifier.check(repo, sha, last[0] if last else "")
             if verdict.failure:
+                if self._current is None and last is not None:  # a restart: the last verified head stays applied
+                    with contextlib.suppress(git.GitCommandError):  # gone from the cache: nothing to apply
+                        self._current = self._revision(repo, last[0], last[1])
                 if self.unverified is None or self.unverified[0] != sha:
                     log.error("git: revision %s is not applied: %s (the last good revision %s stays)", sha[:12],
                               verdict.failure, self._current.short if self._current else "(none yet)")
                     self._observe("verify", "error", 0.0)
                 self.unverified = (sha, verdict.failure)
                 return
-            marker.write_text(sha)
+            if self._heads is not None:
+                self._heads.record_verified(self.url, self.branch, sha, verdict.signer)
             signer = verdict.signer
         self.unverified = None
         self._current = self._revision(repo, sha, signer)
@@ -382,8 +428,9 @@ class GitSource:
         child environment, never to a file."""
         if not self._credentials:
             return {"GIT_TERMINAL_PROMPT": "0"}
-        helper = self.cache_dir.parent / "git-askpass"
+        helper = self.root / "git-askpass"
         if not helper.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
             helper.write_text(ASKPASS)
             helper.chmod(0o700)
         return {"GIT_TERMINAL_PROMPT": "0", "GIT_ASKPASS": str(helper), **self._credentials}

@@ -2,9 +2,9 @@
 
 The pipeline drives a `Target`: it observes live objects (and what happened to job runs), says
 how desired objects would be stored, and applies one plan item at a time, reporting an `Outcome`.
-A target never decides *what* to change (the planner does) and never touches the ledger. Keeping
-a copy of the ledger and reporting Events are optional capabilities (`KeepsLedger`,
-`ReportsEvents`). `Targets` is the registry the service and the commands hand to the pipeline:
+A target never decides *what* to change (the planner does) and never touches the ledger; `observe`
+and `expected` only read. Keeping a copy of the ledger, reporting Events and running a controller of
+its own are optional capabilities (`KeepsLedger`, `ReportsEvents`, `Controls`). `Targets` is the registry the service and the commands hand to the pipeline:
 the target kinds, their typed options, the object kinds each supports, and one live instance per
 connection. The implementations live in `reconciler.targets`; this module defines the seam.
 """
@@ -77,6 +77,16 @@ class KeepsLedger(Protocol):
 
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None: ...
     def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None: ...
+
+
+@runtime_checkable
+class Controls(Protocol):
+    """A target that is also the operator of what it applies (the local target: RayCronJob slots, a finished
+    run's status, clean-ups after runs). `control` is its loop's step for one environment; the pipeline calls it
+    before it observes, in a reconcile only (a preview never acts). It answers reports of runs it ended without
+    running them (RayCronJob slots missed)."""
+
+    def control(self, spec: EnvironmentSpec) -> tuple[RunReport, ...]: ...
 
 
 @runtime_checkable

@@ -54,7 +54,7 @@ class Daemon:
         self.metrics = Metrics(self.registry, process=registry is None)
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request,
-                                settings.verifier())
+                                settings.verifier(), heads=self.ledger)
         self.targets = Registry(settings.runtime(self.metrics))
         self.stopping = threading.Event()
         self.wake = threading.Event()

@@ -224,7 +224,7 @@ def test_kill9_between_git_init_and_remote_add_of_the_first_start_converges_on_r
                            environ={"PATH": f"{shim.parent}{os.pathsep}{os.environ['PATH']}"})
     try:
         assert daemon.proc.wait(60) == -signal.SIGKILL, tail(log)
-        assert (state / "git" / "HEAD").exists()  # the cache was made, its remote not
+        assert any((state / "git").glob("*/HEAD"))  # the cache was made, its remote not
         daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s"])
         daemon.wait_for("every environment Synced", lambda: ledger.converged(ENVIRONMENTS, sha), timeout=30)
         assert {env: set(stored(state, env)) for env in ENVIRONMENTS} == dict.fromkeys(

@@ -116,20 +116,20 @@ def test_late_slots_are_missed_not_run_and_a_suspended_one_runs_and_misses_nothi
     record = {"manifest": cron_doc(jobTemplate=template), "last_slot": _at("2026-12-03T08:30:00"), "runs": {}}
     store.save("a", ref, record)
 
-    _, reports = cron.observe(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:02:00"))
+    reports = cron.control(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:02:00"))
     assert [(r.submission_id, r.status) for r in reports] == [
         (f"a-hourly-{int(_at('2026-12-03T09:00:00'))}", "MISSED"), (f"a-hourly-{int(_at('2026-12-03T10:00:00'))}",
                                                                     "MISSED")]
     assert store.load("a", ref)["last_slot"] == record["last_slot"]  # 11:00 is due, not submitted: tried again
 
-    _, reports = cron.observe(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:30:00"))
+    reports = cron.control(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:30:00"))
     assert [r.submission_id for r in reports] == [f"a-hourly-{int(_at(t))}" for t in (
         "2026-12-03T09:00:00", "2026-12-03T10:00:00", "2026-12-03T11:00:00")]  # 30 minutes late: missed too
     assert store.load("a", ref)["last_slot"] == _at("2026-12-03T11:00:00")
 
     suspended = {**store.load("a", ref), "manifest": cron_doc(jobTemplate=template, suspend=True)}
     store.save("a", ref, suspended)
-    _, reports = cron.observe(clusters, store, "a", ref, suspended, now=_at("2026-12-03T15:01:00"))
+    reports = cron.control(clusters, store, "a", ref, suspended, now=_at("2026-12-03T15:01:00"))
     assert reports == [] and store.load("a", ref)["last_slot"] == _at("2026-12-03T15:00:00")
 
 
@@ -149,5 +149,5 @@ def test_late_slots_are_missed_not_run_and_a_suspended_one_runs_and_misses_nothi
     pytest.param({}, {"jobStatus": "SUCCEEDED"}, [], id="nothing"),
 ])
 def test_what_the_local_target_cleans_up_after_a_run_follows_kuberay(spec: dict, status: dict, expected: list) -> None:
-    from reconciler.targets.local.observe import cleanups
+    from reconciler.targets.local.control import cleanups
     assert cleanups(spec, status, 1000.0) == expected

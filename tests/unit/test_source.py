@@ -49,7 +49,7 @@ def test_first_fetch_failure_is_a_temporary_error_without_credentials(tmp_path: 
     with pytest.raises(TemporaryError) as err:
         source.fetch()
     assert "s3cret" not in str(err.value) and "git fetch https://127.0.0.1:9/none.git branch main" in str(err.value)
-    assert "s3cret" not in (tmp_path / "cache" / "config").read_text()
+    assert "s3cret" not in (source.cache_dir / "config").read_text()
 
 
 @pytest.mark.parametrize("url, clean, user, password", [

@@ -91,7 +91,8 @@ class Clusters:
         return cluster
 
     def stop(self, name: str, release: bool = True) -> None:
-        cluster = self.get(name)
+        """Stop cluster `name`, or clean up what it left if its head is gone."""
+        cluster = self.get(name) or LocalRayCluster.load(name, self.directory)
         if cluster is not None:
             log.info("local: stopping Ray cluster %s", name)
             cluster.stop()

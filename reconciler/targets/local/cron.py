@@ -1,6 +1,7 @@
 """RayCronJob on the local target: the daemon plays KubeRay's cron controller.
 
-At each observe of a RayCronJob (every reconcile of its environment) the slots of its `schedule`
+At each control step of the local target (`control.control`, every reconcile of its environment, never a
+preview) the slots of its `schedule`
 (in `timeZone`, else UTC) that came due since the last one handled are taken: the newest is run if
 it is at most `STARTING_DEADLINE` seconds late, every other one is reported as missed (as a
 Kubernetes CronJob with `startingDeadlineSeconds` does: nothing is run late). Each run's submission
@@ -45,11 +46,13 @@ def due_slots(spec: dict[str, Any], after: float, now: float, limit: int = 1000)
     return out
 
 
-def observe(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef, record: Record,
-            now: float | None = None) -> tuple[LiveObject, list[RunReport]]:
-    """Run what is due, then the RayCronJob as live object and a report on each of its recent runs."""
+def control(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef, record: Record,
+            now: float | None = None) -> list[RunReport]:
+    """The cron controller's step: run the newest due slot (if it is not too late), report the other due slots
+    missed, keep each run's final status, and stop a finished run's own cluster when its template asks; the
+    missed slots' reports."""
     now = time.time() if now is None else now
-    spec, reports = record["manifest"]["spec"], []
+    spec, reports, changed = record["manifest"]["spec"], [], False
     slots = due_slots(spec, record["last_slot"], now)
     if slots:
         newest = slots[-1]
@@ -61,27 +64,37 @@ def observe(clusters: Clusters, store: ObjectStore, environment: str, ref: Objec
             try:
                 cluster, ephemeral = submit(clusters, ref, environment, spec["jobTemplate"], run,
                                             record.get("revision", ""), None)
-            except RayGitopsError as exc:  # the slot stays due: retried at the next reconcile, within the deadline
+            except RayGitopsError as exc:  # the slot stays due: retried at the next step, within the deadline
                 log.warning("environment %s: %s: scheduled run %s not submitted: %s", environment, ref, run, exc)
-                return _live(ref, record), reports
+                return reports
             record["runs"] = {**record.get("runs", {}), run: {"cluster": cluster, "ephemeral": ephemeral}}
         for report in reports:
             log.warning("environment %s: %s: the run of %s was missed (more than %.0f s late, or suspended); it is "
                         "not run late", environment, ref, report.submission_id, STARTING_DEADLINE)
-        record["last_slot"] = newest
+        record["last_slot"], changed = newest, True
+    for run, info in record.get("runs", {}).items():
+        if (info.get("status") or {}).get("jobStatus") in TERMINAL_JOB_STATUSES:
+            continue
+        status = job_status(clusters, run, info["cluster"])
+        if status is not None and status["jobStatus"] in TERMINAL_JOB_STATUSES:
+            info["status"], changed = status, True
+            if info.get("ephemeral") and spec["jobTemplate"].get("shutdownAfterJobFinishes"):
+                clusters.stop(info["cluster"])
+    if changed:
         record["runs"] = dict(list(record.get("runs", {}).items())[-KEEP_RUNS:])
         store.save(environment, ref, record)
+    return reports
+
+
+def observe(clusters: Clusters, ref: ObjectRef, record: Record) -> tuple[LiveObject, list[RunReport]]:
+    """The RayCronJob as live object and a report on each of its recent runs (reads only)."""
+    reports = []
     for run, info in record.get("runs", {}).items():
         status = info.get("status")
         if status is None or status.get("jobStatus") not in TERMINAL_JOB_STATUSES:
             status = job_status(clusters, run, info["cluster"])
             if status is None:
                 continue
-            if status["jobStatus"] in TERMINAL_JOB_STATUSES:
-                info["status"] = status
-                store.save(environment, ref, record)
-                if info.get("ephemeral") and spec["jobTemplate"].get("shutdownAfterJobFinishes"):
-                    clusters.stop(info["cluster"])
         reports.append(RunReport(run, ref.name, status["jobStatus"], status.get("startTime"), status.get("endTime")))
     return _live(ref, record), reports
 

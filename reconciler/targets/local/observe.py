@@ -1,14 +1,14 @@
 """Live state on the local target, in KubeRay's status shape, read from Ray itself: the nodes alive
-per group (Ray's state API) and each run's status (the Ray Jobs API)."""
+per group (Ray's state API) and each run's status (the Ray Jobs API). Reads only: what the operator does
+on its own (cron slots, clean-ups after runs) is `control`'s."""
 from __future__ import annotations
 
 import copy
-import time
 
 from ...model import TERMINAL_JOB_STATUSES, LiveObject, ObjectRef, desired_workers
 from ...pipeline.diff import worker_groups
 from .clusters import HEAD, Clusters
-from .store import ObjectStore, Record
+from .store import Record
 
 JOB_DEPLOYMENT_STATUS = {"SUCCEEDED": "Complete", "STOPPED": "Complete", "FAILED": "Failed"}  # else Running
 
@@ -54,49 +54,13 @@ def job_status(clusters: Clusters, run: str, cluster_name: str) -> dict | None:
             "endTime": (info.get("end_time") or 0) / 1000 or None}
 
 
-def rayjob(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef, record: Record,
-           now: float | None = None) -> LiveObject | None:
-    """A RayJob with its run's status from the Jobs API (kept in the store once it ended). A run its cluster
-    no longer knows (the cluster was stopped or replaced before the run ended) is absent, so it is
-    submitted again. After the run, its own cluster is cleaned up as KubeRay would (`cleanups`)."""
-    run, status = record["submission_id"], dict(record.get("status") or {})
-    now = time.time() if now is None else now
+def rayjob(clusters: Clusters, ref: ObjectRef, record: Record) -> LiveObject | None:
+    """A RayJob with its run's status: the final one kept in the store, else the Jobs API's (reads only). A run its
+    cluster no longer knows (the cluster was stopped or replaced before the run ended) is absent, so it is
+    submitted again."""
+    status = record.get("status") or {}
     if status.get("jobStatus") not in TERMINAL_JOB_STATUSES:
-        status = job_status(clusters, run, record["cluster"])
+        status = job_status(clusters, record["submission_id"], record["cluster"])
         if status is None:
             return None
-        if status["jobStatus"] in TERMINAL_JOB_STATUSES:
-            record = {**record, "status": status, "cleanups": cleanups(record["manifest"]["spec"], status, now)}
-            store.save(environment, ref, record)
-    due = [c for c in record.get("cleanups") or [] if c[0] <= now]
-    if due and record.get("ephemeral"):
-        for _, policy in due:
-            if policy == "DeleteWorkers" and clusters.get(record["cluster"]) is not None:
-                clusters.scale(clusters.get(record["cluster"]), {"workerGroupSpecs": []})
-            elif policy in ("DeleteCluster", "DeleteSelf"):
-                clusters.stop(record["cluster"])
-    if due:
-        record = {**record, "cleanups": [c for c in record["cleanups"] if c[0] > now]}
-        if any(policy == "DeleteSelf" for _, policy in due):  # the RayJob goes: its run stays final in the ledger
-            store.forget(environment, ref)
-            return None
-        store.save(environment, ref, record)
     return LiveObject(ref, record["manifest"], status)
-
-
-def cleanups(spec: dict, status: dict, now: float) -> list[tuple[float, str]]:
-    """What KubeRay does after a run ends, as (when, policy): `deletionStrategy.deletionRules` whose condition
-    matches (each after its `ttlSeconds`), or the legacy `onSuccess`/`onFailure`, or
-    `shutdownAfterJobFinishes` (after `ttlSecondsAfterFinished`): DeleteCluster, DeleteWorkers, DeleteSelf."""
-    job, failed = status.get("jobStatus"), status.get("jobDeploymentStatus") == "Failed"
-    strategy = spec.get("deletionStrategy") or {}
-    if strategy.get("deletionRules"):
-        return [(now + (rule["condition"].get("ttlSeconds") or 0), rule["policy"])
-                for rule in strategy["deletionRules"]
-                if rule["condition"].get("jobStatus") == job or (failed and "jobDeploymentStatus" in rule["condition"])]
-    legacy = strategy.get("onSuccess" if job == "SUCCEEDED" else "onFailure")
-    if legacy and legacy.get("policy"):
-        return [(now + (spec.get("ttlSecondsAfterFinished") or 0), legacy["policy"])]
-    if spec.get("shutdownAfterJobFinishes"):
-        return [(now + (spec.get("ttlSecondsAfterFinished") or 0), "DeleteCluster")]
-    return []

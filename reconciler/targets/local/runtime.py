@@ -88,8 +88,8 @@ class LocalRayCluster:
         return self
 
     @classmethod
-    def adopt(cls, name: str, state_dir: Path) -> LocalRayCluster | None:
-        """Re-attach from the record; None, after cleaning up its leftovers, if the head is gone."""
+    def load(cls, name: str, state_dir: Path) -> LocalRayCluster | None:
+        """The cluster of the record, alive or not (None without a record); changes nothing."""
         path = Path(state_dir) / name / "cluster.json"
         try:
             record = json.loads(path.read_text())
@@ -101,11 +101,14 @@ class LocalRayCluster:
                    record.get("ray_temp_dir", record["temp_dir"]), auth_token)
         self._head = Node(**record["head"])
         self._workers = [Node(**w) for w in record["workers"]]
-        if not self._alive(self._head):
-            self.stop()
-            return None
-        self.worker_pids()  # forgets dead workers and persists that
         return self
+
+    @classmethod
+    def adopt(cls, name: str, state_dir: Path) -> LocalRayCluster | None:
+        """Re-attach from the record; None when there is none or its head is gone. Changes nothing (a look must
+        not act): `stop()` of the `load`ed cluster cleans up what a dead one left."""
+        self = cls.load(name, state_dir)
+        return self if self is not None and self._alive(self._head_node()) else None
 
     def add_worker(self, spec: NodeSpec, *, timeout: float = 120) -> None:
         """Start one worker node of spec.group; return when Ray reports it ALIVE."""

@@ -15,6 +15,8 @@ from typing import Any, Iterator
 from ...model import ObjectRef
 
 Record = dict[str, Any]
+RUNS_FILE = "runs.json"  # the final status of runs whose RayJob is gone
+KEEP_BURIED = 500
 
 
 class ObjectStore:
@@ -41,6 +43,22 @@ class ObjectStore:
         self._path(environment, ref).unlink(missing_ok=True)
 
     def ray_records(self, environment: str) -> Iterator[tuple[str, Record]]:
-        """(kind, record) of the environment's RayClusters and RayJobs."""
+        """(kind, record) of the environment's RayClusters, RayJobs and RayCronJobs."""
         for path in sorted((self.root / environment).glob("Ray*.json")):
             yield path.name.split(".")[0], json.loads(path.read_text())
+
+    def bury(self, environment: str, run: str, job: str, status: dict[str, Any]) -> None:
+        """Keep the final status of a run whose RayJob is gone (`DeleteSelf`), so that it is still reported
+        ended, never submitted again (the newest KEEP_BURIED per environment)."""
+        buried = self.buried(environment)
+        buried[run] = {"job": job, "status": status}
+        path = self.root / environment / RUNS_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(dict(list(buried.items())[-KEEP_BURIED:]), sort_keys=False))
+        os.replace(tmp, path)
+
+    def buried(self, environment: str) -> dict[str, Record]:
+        """run -> {job, status} of the runs whose RayJob went after they ended."""
+        path = self.root / environment / RUNS_FILE
+        return json.loads(path.read_text()) if path.exists() else {}

@@ -1,5 +1,6 @@
 """The local target as the pipeline sees it (the Target protocol): it plays both the API server
-(`store`) and the operator (`apply`, `clusters`), and reads live state from Ray itself (`observe`).
+(`store`) and the operator (`apply`, `clusters`, and its own loop: `control`), and reads live state from
+Ray itself (`observe`, which only reads).
 
 It keeps no copy of the ledger (the daemon's SQLite ledger under the state dir is the only one)
 and reports no Events (the log is the record here): those optional capabilities are absent.
@@ -10,10 +11,11 @@ import threading
 import time
 from pathlib import Path
 
-from ...model import Action, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
+                      RenderedEnvironment)
 from ...pipeline.diff import hide_secret_values
 from ...pipeline.target import ApplyContext, Observation, RunReport
-from . import apply, cron, observe
+from . import apply, control, cron, observe
 from .clusters import Clusters
 from .observe import cluster_name
 from .options import LocalOptions
@@ -33,8 +35,9 @@ class LocalTarget:
 
     def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
-        """Objects as applied, with live state from Ray. A pending run Ray no longer knows is not reported:
-        its RayJob looks absent, so the run is submitted again (same submission id)."""
+        """Objects as applied, with live state from Ray (reads only). A pending run Ray no longer knows is not
+        reported: its RayJob looks absent, so the run is submitted again (same submission id). A pending run
+        whose RayJob went after it ended (`DeleteSelf`) is reported with its final status."""
         environment = rendered.spec.name
         options = rendered.spec.target.options
         with self._lock:
@@ -48,15 +51,25 @@ class LocalTarget:
             if ref.kind == "RayCluster":
                 obj = observe.raycluster(self.clusters, environment, ref, record)
             elif ref.kind == "RayJob":
-                obj = observe.rayjob(self.clusters, self.store, environment, ref, record)
+                obj = observe.rayjob(self.clusters, ref, record)
             elif ref.kind == "RayCronJob":
-                obj, reports = cron.observe(self.clusters, self.store, environment, ref, record)
+                obj, reports = cron.observe(self.clusters, ref, record)
                 runs += reports
             else:
                 obj = LiveObject(ref, record["manifest"])
             if obj is not None:
                 live[ref] = obj
+        for run, info in self.store.buried(environment).items() if pending_runs else ():
+            if run in pending_runs:
+                status = info["status"]
+                runs.append(RunReport(run, info["job"], status["jobStatus"], status.get("startTime"),
+                                      status.get("endTime")))
         return Observation(live, tuple(runs))
+
+    def control(self, spec: EnvironmentSpec) -> tuple[RunReport, ...]:
+        """The operator's own step for the environment's applied objects (`control`): cron slots, a finished
+        run's status, clean-ups after runs. Only a reconcile calls it, never a preview."""
+        return tuple(control.control(self.clusters, self.store, spec.name))
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
         """Stored as applied: the desired manifests themselves (a Secret's values as digests only)."""
