@@ -63,6 +63,8 @@ class Metrics:
         self.promotion_waiting = Gauge("promotion_waiting", "1 while an environment waits for a dependency to be "
                                        "Healthy at the revision it would apply", ["environment", "dependency"],
                                        namespace=ns, registry=registry)
+        self.removals_refused = Gauge("removals_refused", "Environments gone from Git whose removal the guard "
+                                      "refused (0 once a revision resolves it)", namespace=ns, registry=registry)
         self.kube_requests = Counter("kube_requests_total", "Kubernetes API requests by verb",
                                      ["verb"], namespace=ns, registry=registry)
         self.apply_conflicts = Counter("apply_conflicts_total", "Applies refused because another field manager "
@@ -93,6 +95,19 @@ class Metrics:
             for labels, value in values.items():
                 gauge.labels(environment, *labels).set(value)
             self._series[key] = set(values)
+
+    def forget(self, environment: str) -> None:
+        """Remove every series of `environment` (it left Git): gauges, counters and histograms alike."""
+        with self._lock:
+            for key in [k for k in self._series if k[1] == environment]:
+                del self._series[key]
+            for family in self.__dict__.values():
+                labels = getattr(family, "_labelnames", ())
+                if "environment" not in labels:
+                    continue
+                index = labels.index("environment")
+                for values in [v for v in list(family._metrics) if v[index] == environment]:  # the family's series
+                    family.remove(*values)
 
     def environment_status(self, environment: str, target: str, revision: str, sync: SyncStatus,
                            health: Health) -> None:

@@ -124,6 +124,7 @@ class SyncStatus(enum.StrEnum):
     STALE = "Stale"  # Git cannot be fetched: the last good revision is applied
     WAITING = "Waiting"  # a promotion gate: a dependency is not yet Healthy at the new revision
     UNVERIFIED = "Unverified"  # the branch head's signature did not verify: the last good revision is applied
+    REMOVED = "Removed"  # the environment left Git: what it applied was pruned
 
 
 class Health(enum.StrEnum):

@@ -74,6 +74,9 @@ class MemoryTarget:
     def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
         self.saved[spec.name] = snapshot
 
+    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+        self.saved.pop(spec.name, None)
+
     def close(self, workloads: bool) -> None:
         pass
 

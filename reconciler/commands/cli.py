@@ -16,7 +16,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from ..errors import InvalidEnvironment, RayGitopsError
+from ..errors import ConfigError, InvalidEnvironment, RayGitopsError
 from ..pipeline.source import redact
 from ..service import config
 from ..service.daemon import Daemon
@@ -51,6 +51,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings.once:
         try:
             return 0 if daemon.run_once() else 1
+        except ConfigError:
+            raise  # exit 2, like any bad setting
         except RayGitopsError as exc:
             logging.getLogger("ray-gitops").error("%s", exc)
             return 1
@@ -105,6 +107,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
                      "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
     run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
+    run.add_argument("--removal-max-fraction", help="share of the environments that may leave Git in one revision "
+                     "and have their objects pruned; more is refused (default 0.5; 1: no guard)")
+    run.add_argument("--dependency-timeout", help="--once: how long each dependsOn link may take to be Healthy at the "
+                     "revision before its dependents are given up, exit 1 (default 10m)")
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")

@@ -197,3 +197,19 @@ def _prune(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inv
     if refused:
         return [PlanItem(ref, Action.SKIP, refused, flags=frozenset({Flag.PRUNE_REFUSED})) for ref in deletable] + items
     return [PlanItem(ref, Action.DELETE, "not in Git; pruned") for ref in deletable] + items
+
+
+def removal_refused(known: set[str], vanished: set[str], max_fraction: float) -> str:
+    """Why the environments `vanished` (known before, gone from Git now) may not be removed in one revision ("" when
+    they may), the guard against a bad commit or merge that drops many directories. As `pruneGuard` does for one
+    environment's objects: removing every environment at once is refused (an empty `environments/` is more
+    likely a mistake than an intent), and so is removing more than `max_fraction` of them when that is more than
+    one. `max_fraction` 1 turns the guard off (how a repository of one environment removes it)."""
+    if not vanished or max_fraction >= 1:
+        return ""
+    if vanished >= known:
+        return f"every environment ({len(known)}) left Git at once"
+    if len(vanished) > 1 and len(vanished) > max_fraction * len(known):
+        return (f"{len(vanished)} of {len(known)} environments left Git at once, more than the removal guard "
+                f"{max_fraction:g} allows")
+    return ""

@@ -18,9 +18,11 @@ import logging
 import re
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
 
-from ..errors import InvalidEnvironment, RayGitopsError, TemporaryError, Unreachable
+from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
 from ..metrics import Metrics
 from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
                      Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
@@ -79,9 +81,10 @@ class Pipeline:
 
     def __init__(self, source: GitSource, ledger: Ledger, metrics: Metrics, targets: Targets,
                  options: planner.PlanOptions = planner.PlanOptions(),
-                 stopping: threading.Event | None = None) -> None:
+                 stopping: threading.Event | None = None, scope: frozenset[str] | None = None) -> None:
         self.source, self.ledger, self.metrics, self.targets, self.options = source, ledger, metrics, targets, options
         self.stopping = stopping or threading.Event()  # set: apply nothing more, leave the rest for later
+        self.scope = scope  # the environments reconciled here (`--environment`); None: all
         self._adopted: dict[str, LedgerSnapshot] = {}  # per environment: the copy its target holds
         self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
         self._warned: dict[str, str] = {}  # per environment: the unverified head it was told about
@@ -102,8 +105,25 @@ class Pipeline:
     # -- reconcile ------------------------------------------------------------------------------------
     def reconcile(self, name: str, revision: Revision) -> Result:
         started = time.monotonic()
+        result = self._guarded(name, revision, lambda: self._reconcile(name, revision))
+        self.metrics.reconcile_total.labels(name, result.result).inc()
+        self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
+        return result
+
+    def remove(self, name: str, revision: Revision) -> Result:
+        """`name` left Git at `revision`: prune what it applied, as its own prune would with the settings of the
+        revision it applied last (`prune: false` keeps the objects and says so), drop the target's copy of its
+        ledger, forget its metric series and report it `Removed`. Suspended (by `ray-gitops suspend`, or in Git at
+        its last revision): nothing is removed. The daemon's removal guard decides before (`removal_refused`)."""
+        result = self._guarded(name, revision, lambda: self._remove(name, revision))
+        if result.sync_status == SyncStatus.REMOVED:
+            self.metrics.forget(name)
+        return result
+
+    def _guarded(self, name: str, revision: Revision, work: Callable[[], Result]) -> Result:
+        """`work`'s result; an error fails this environment alone (reported, its last applied state kept)."""
         try:
-            result = self._reconcile(name, revision)
+            return work()
         except Interrupted as exc:
             log.info("environment %s: %s", name, exc)
             return Result(name, "error", SyncStatus.FAILED, Health.UNKNOWN, str(exc))
@@ -116,9 +136,67 @@ class Pipeline:
         except Exception as exc:  # a target or a bug: this environment fails, the others go on
             log.exception("environment %s: reconcile failed", name)
             result = self._failed(name, revision, f"{type(exc).__name__}: {exc}")
-        self.metrics.reconcile_total.labels(name, result.result).inc()
-        self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
         return result
+
+    def _remove(self, name: str, revision: Revision) -> Result:
+        loaded, previous = self.ledger.load(name), self.ledger.state(name)
+        kind = previous.target if previous else "unknown"
+        if loaded.suspended is not None:
+            return self._suspended(name, revision, kind, f"removed from Git at {revision.short}, but suspended by "
+                                   "`ray-gitops suspend`: nothing is pruned until `ray-gitops resume`")
+        last = loaded.last_applied or (previous.revision if previous else "")
+        if not last:  # nothing was ever applied: nothing to prune
+            return self._removed(name, revision, kind, loaded, loaded, [], "nothing had been applied")
+        if previous is not None and previous.sync_status == SyncStatus.SUSPENDED:
+            return self._suspended(name, revision, kind, f"removed from Git at {revision.short}, but it was suspended "
+                                   "in Git: nothing is pruned (add it back without suspend: true, then remove it)")
+        before = render(self.source.revision(last).tree, name, last, self.targets)
+        target = self.targets.get(before.spec)
+        gone = RenderedEnvironment(before.spec, (), revision.sha)
+        record = self._adopt(gone, target, loaded)
+        live, record, ended = self._observe(gone, target, record)
+        items = planner.plan(gone, live, record.inventory, record.finished,
+                             replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
+        context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
+        outcomes, errors = self._apply(gone, items, target, context) if items else ([], [])
+        record = record.with_inventory(self._inventory(gone, items, outcomes, live))
+        if errors:
+            self.ledger.commit(name, loaded, record)
+            self._ended(name, ended)
+            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: {'; '.join(errors)}")
+        if isinstance(target, KeepsLedger) and not record.inventory:
+            target.drop_ledger(before.spec)
+        kept = [i for i in items if i.action == Action.SKIP]
+        why = ", ".join(sorted({i.reason for i in kept}))
+        note = (f"{len(outcomes)} object(s) pruned" if outcomes else "no object to prune") + (
+            f"; {len(kept)} kept: {why}" if kept else "")
+        return self._removed(name, revision, target.kind, loaded, record, outcomes, note, tuple(ended))
+
+    def hold_removal(self, name: str, revision: Revision, reason: str) -> None:
+        """`name` left Git at `revision` but the removal guard refused it (`reason`): nothing is touched, and the
+        environment reports OutOfSync at the revision it applied last until a revision resolves it."""
+        previous = self.ledger.state(name)
+        kind = previous.target if previous else "unknown"
+        health = previous.health_status if previous else Health.UNKNOWN
+        applied = self.ledger.load(name).last_applied or ""
+        message = (f"removal refused: left Git at {revision.short}, but {reason}; nothing is pruned until a revision "
+                   "restores it or removes fewer environments at once (daemon setting removal_max_fraction)")
+        self.ledger.commit(name, state=EnvironmentState(name, kind, applied, SyncStatus.OUT_OF_SYNC, health, message,
+                                                        time.time(), previous.detail if previous else {}))
+        self.metrics.environment_status(name, kind, applied[:12], SyncStatus.OUT_OF_SYNC, health)
+
+    def _removed(self, name: str, revision: Revision, kind: str, loaded: Record, record: Record,
+                 outcomes: list[tuple[PlanItem, Outcome]], note: str, ended: tuple[JobRun, ...] = ()) -> Result:
+        """Report `name` removed at `revision` (status, a history row, the log)."""
+        message = f"removed from Git at {revision.short}: {note}"
+        summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or note
+        state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, time.time(),
+                                 {})
+        self.ledger.commit(name, loaded, record, state, Applied(revision.sha, revision.commit_time, "removed", summary))
+        self._ended(name, list(ended))
+        self._adopted.pop(name, None)  # back in Git later: its target's copy is read again
+        log.info("environment %s: %s", name, message)
+        return Result(name, "success", SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes, revision=revision.sha)
 
     def _reconcile(self, name: str, revision: Revision) -> Result:
         loaded = self.ledger.load(name)  # read every time: `ray-gitops suspend/resume` need no restart
@@ -131,6 +209,10 @@ class Pipeline:
         if rendered.spec.suspend:
             return self._suspended(name, revision, target.kind, "suspended in Git", rendered.spec.interval)
         depends_on = rendered.spec.depends_on
+        outside = [d for d in depends_on if self.scope is not None and d not in self.scope]
+        if outside:
+            raise PermanentError(f"depends on {', '.join(outside)}, which this daemon does not reconcile (not selected "
+                                 "with --environment): select it too, or remove the dependency")
         waiting = self._gate(rendered, revision, loaded)
         if waiting and loaded.last_applied is None:  # nothing applied yet: nothing to keep in sync meanwhile
             return self._waiting(name, revision, target.kind, waiting, depends_on)

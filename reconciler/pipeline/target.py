@@ -77,6 +77,8 @@ class KeepsLedger(Protocol):
 
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None: ...
     def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None: ...
+    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+        """The environment left Git and nothing of it is left: its copy goes too."""
 
 
 @runtime_checkable

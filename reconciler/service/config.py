@@ -21,7 +21,7 @@ from ..targets import Runtime
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
-             "leader_election_retry_period")
+             "leader_election_retry_period", "dependency_timeout")
 
 
 def default_state_dir() -> Path:
@@ -68,6 +68,8 @@ class Settings:
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
+    removal_max_fraction: float = 0.5  # environments that may leave Git in one revision and be removed (1: no guard)
+    dependency_timeout: float = 600.0  # run --once: how long a dependsOn link may take to be Healthy at the revision
 
     def verifier(self) -> Verifier | None:
         """Checks of commit signatures, when `verify_commits` asks for them."""
@@ -112,6 +114,11 @@ def _value(name: str, value: Any) -> Any:
         return number
     if name == "kube_api_qps":
         return float(value)
+    if name == "removal_max_fraction":
+        number = float(value)
+        if not 0 < number <= 1:
+            raise ValueError(f"must be a number in (0, 1], got {value!r}")
+        return number
     if name in ("once", "leader_election", "ui"):
         if isinstance(value, bool):
             return value

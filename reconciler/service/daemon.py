@@ -27,9 +27,11 @@ from prometheus_client import CollectorRegistry
 
 from ..errors import ConfigError, RayGitopsError
 from ..metrics import Metrics
+from ..model import Health, SyncStatus
+from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, list_environments
+from ..pipeline.render import ROOT, depends_on, list_environments
 from ..pipeline.source import GitSource, Revision
 from ..targets import Registry
 from . import http, webhook
@@ -64,7 +66,9 @@ class Daemon:
         self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
-        self._selected: list[str] = []
+        self._selected: list[str] = []  # the environments in Git (within --environment) at the last turn
+        self._shown: list[str] = []  # those and the ones the ledger knows (removed, or held by the removal guard)
+        self._refusal = ""  # the revision whose removals the guard refused (reported once)
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
@@ -77,16 +81,21 @@ class Daemon:
         self._led = False  # leading at the last turn of the loop
 
     def _pipeline(self) -> Pipeline:
-        return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping)
+        return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping,
+                        scope=self._scope())
+
+    def _scope(self) -> frozenset[str] | None:
+        """The environments this daemon reconciles (None: all of them)."""
+        return frozenset(self.settings.environments) or None
 
     def _page(self) -> StatusPage | None:
         """The status page and its API (off with `ui: false`); plans are previewed by a pipeline of their own."""
         if not self.settings.ui:
             return None
-        previews = Pipeline(self.source, self.ledger, self.metrics, self.targets)
+        previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._selected, self.leading))
+                              lambda: self._shown, self.leading))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""
@@ -151,15 +160,16 @@ class Daemon:
         """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
         found = list_environments(revision.tree)
         wanted = list(self.settings.environments) or found
+        gone = {s.environment for s in self.ledger.states()} - set(found)  # left Git: removed, not reconciled
         if revision.sha != self._listed:
             self._listed = revision.sha
             for name in wanted:
-                if name not in found:
+                if name not in found and name not in gone:
                     log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
             for path, reason in revision.tree.problems(ROOT):
                 if path.count("/") < 2 or path.split("/")[1] not in found:
                     log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
-        return wanted
+        return [name for name in wanted if name not in gone]
 
     def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
         with self._lock:
@@ -181,25 +191,88 @@ class Daemon:
 
     def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
         self._selected = self.environments(revision)
+        removable = self._removals(revision, self._selected)
+        names = self._selected + removable
         with self._lock:
             if force:
-                self.schedule.force(self._selected)
-            due = self.schedule.due(self._selected, revision.sha) if self.leading() else []
+                self.schedule.force(names)
+            due = self.schedule.due(names, revision.sha) if self.leading() else []
         for name in due:
-            future = pool.submit(self._reconcile, name, revision)
+            work = self._remove if name in removable else self._reconcile
+            future = pool.submit(work, name, revision)
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
             self._running[name] = future
 
+    def _remove(self, name: str, revision: Revision) -> Result:
+        with self._guard(name):
+            return self.pipeline.remove(name, revision)
+
+    def _removals(self, revision: Revision, present: list[str]) -> list[str]:
+        """The environments that left Git at `revision` (known to the ledger, not yet removed, within
+        `--environment`) and may be removed now. When the removal guard refuses them, none is: the refusal is
+        reported once per revision (log, `removals_refused`, each one's status)."""
+        scope = set(self.settings.environments)
+        states = [s for s in self.ledger.states() if not scope or s.environment in scope]
+        self._shown = sorted({*present, *(s.environment for s in states)})
+        known = {s.environment for s in states if s.sync_status != SyncStatus.REMOVED}
+        vanished = known - set(present)
+        refused = planner.removal_refused(known, vanished, self.settings.removal_max_fraction)
+        self.metrics.removals_refused.set(len(vanished) if refused else 0)
+        if not refused:
+            self._refusal = ""
+            return sorted(vanished)
+        if self._refusal != revision.sha:
+            self._refusal = revision.sha
+            log.error("removal refused at revision %s: %s (%s); nothing is pruned", revision.short, refused,
+                      ", ".join(sorted(vanished)))
+            for name in sorted(vanished):
+                self.pipeline.hold_removal(name, revision, refused)
+        return []
+
     def run_once(self) -> bool:
-        """Reconcile every selected environment once; True only if all succeeded."""
+        """Reconcile every selected environment once, a `dependsOn` chain in order: a dependent runs once its
+        dependencies are Healthy at the revision, each link waiting at most `dependency_timeout`. Remove the
+        environments that left Git. True only if everything succeeded and nothing is left waiting; a dependency
+        that is not selected is a ConfigError (exit 2), never a silent wait."""
         revision = self.source.fetch()
         names = self.environments(revision)
+        graph = {name: depends_on(revision.tree, name) for name in names}
+        for name, dependencies in graph.items():
+            for dependency in dependencies:
+                if dependency not in names:
+                    raise ConfigError(f"environment {name} depends on {dependency}, which is not selected "
+                                      f"(--environment {' --environment '.join(names)}); select it too")
+        removable = self._removals(revision, names)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
-            results = list(pool.map(lambda n: self.pipeline.reconcile(n, revision), names))
-        for result in results:
+            results = dict(zip(removable, pool.map(lambda n: self.pipeline.remove(n, revision), removable)))
+            results.update(self._in_order(pool, revision, graph))
+        for result in results.values():
             log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
                      result.sync_status, result.health_status)
-        return bool(names) and all(r.result != "error" for r in results)
+        waiting = [r.environment for r in results.values() if r.sync_status == SyncStatus.WAITING]
+        if waiting:
+            log.error("run --once: %s still waiting for a dependency after %.0f s (dependency_timeout)",
+                      ", ".join(waiting), self.settings.dependency_timeout)
+        return bool(names) and not waiting and all(r.result != "error" for r in results.values())
+
+    def _in_order(self, pool: ThreadPoolExecutor, revision: Revision,
+                  graph: dict[str, tuple[str, ...]]) -> dict[str, Result]:
+        """Reconcile `graph`'s environments wave by wave (dependencies first). While one waits for a dependency,
+        the dependencies are reconciled again (their health moves on) every 2 s, until it may go ahead or
+        `dependency_timeout` has passed."""
+        results: dict[str, Result] = {}
+        deadline = time.monotonic() + self.settings.dependency_timeout
+
+        def run(names: list[str]) -> None:
+            results.update(zip(names, pool.map(lambda n: self.pipeline.reconcile(n, revision), names)))
+        for wave in waves(graph):
+            run(wave)
+            waiting = [n for n in wave if results[n].sync_status == SyncStatus.WAITING]
+            while waiting and time.monotonic() < deadline and not self.stopping.wait(2.0):
+                run(sorted({d for n in waiting for d in graph[n] if results[d].health_status != Health.HEALTHY}))
+                run(waiting)
+                waiting = [n for n in waiting if results[n].sync_status == SyncStatus.WAITING]
+        return results
 
     def serve(self) -> None:
         """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
@@ -263,3 +336,16 @@ class Daemon:
 
     def healthy(self) -> bool:
         return time.monotonic() - self._heartbeat < 3 * self.settings.interval + 60
+
+
+def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
+    is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
+    out, placed = [], set()
+    while len(placed) < len(graph):
+        wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
+                                                                                 for d in deps))
+        wave = wave or sorted(set(graph) - placed)
+        out.append(wave)
+        placed.update(wave)
+    return out

@@ -72,6 +72,11 @@ class ConfigMapLedger:
                     snapshot = LedgerSnapshot(snapshot.inventory, tuple(sorted(runs.items())))
         raise TemporaryError(f"ConfigMap/{self.namespace}/{self.name}: conflicting writes, gave up after 3 tries")
 
+    def delete(self) -> None:
+        """Delete the ConfigMap (its environment left Git); gone already is fine."""
+        self.kube.delete(self.path)
+        self._version = None
+
     def _body(self, snapshot: LedgerSnapshot) -> dict[str, Any]:
         runs = dict(sorted(snapshot.runs)[-MAX_RUNS:])
         inventory = sorted([r.group, r.kind, r.namespace, r.name] for r in snapshot.inventory)

@@ -255,6 +255,11 @@ class KubernetesTarget:
     def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
         self._ledger(spec).save(snapshot)
 
+    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+        self._ledger(spec).delete()
+        with self._lock:
+            self._ledgers.pop((spec.name, spec.target.namespace), None)
+
     def _ledger(self, spec: EnvironmentSpec) -> ConfigMapLedger:
         """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
         ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET;

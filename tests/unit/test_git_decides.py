@@ -1,0 +1,266 @@
+"""Git decides, at the edges: an environment removed from Git is pruned (behind a guard), a restart keeps the
+last verified revision, `run --once` follows a dependsOn chain, and a look changes nothing. Real Git, the
+in-memory target (and the local target's records, no Ray)."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from reconciler.metrics import Metrics
+from reconciler.model import LiveObject, ObjectRef, RenderedEnvironment
+from reconciler.pipeline import planner
+from reconciler.pipeline.ledger import Ledger
+from reconciler.pipeline.source import GitSource
+from reconciler.pipeline.target import Observation
+from reconciler.service.config import Settings
+from reconciler.service.daemon import Daemon, waves
+from tests.conftest import GitRemote
+from tests.memory import MemoryTarget, pipeline
+
+TESTDATA = Path(__file__).parent.parent / "testdata"
+
+
+def env_yaml(name: str, extra: str = "", depends_on: tuple[str, ...] = ()) -> str:
+    text = (TESTDATA / "environment-local.yaml").read_text().replace("name: e2e", f"name: {name}") + extra
+    return text + ("  dependsOn:\n" + "".join(f"  - environment: {d}\n" for d in depends_on) if depends_on else "")
+
+
+def cluster_yaml(name: str = "demo") -> str:
+    return (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1").replace("name: demo", f"name: {name}")
+
+
+def configmap(name: str) -> str:
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\ndata: {{k: v}}\n"
+
+
+@pytest.fixture
+def setup(remote: GitRemote, tmp_path: Path):
+    target = MemoryTarget()
+    metrics = Metrics(CollectorRegistry())
+    source = GitSource(remote.url, "main", tmp_path / "cache", metrics.git_request)
+    return remote, source, target, metrics, pipeline(source, tmp_path / "state", target, metrics)
+
+
+def two_environments(remote: GitRemote, source: GitSource, reconciler, extra: str = ""):
+    for env in ("a", "b"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env, extra))
+        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml(f"{env}-demo"))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("a and b")
+    revision = source.fetch()
+    for env in ("a", "b"):
+        assert reconciler.reconcile(env, revision).sync_status == "Synced"
+
+
+@pytest.mark.parametrize("known, vanished, fraction, refused", [
+    pytest.param({"a", "b"}, {"b"}, 0.5, "", id="one-of-two"),
+    pytest.param({"a", "b", "c", "d"}, {"c", "d"}, 0.5, "", id="half"),
+    pytest.param({"a", "b", "c", "d"}, {"b", "c", "d"}, 0.5, "3 of 4 environments left Git at once", id="most"),
+    pytest.param({"a"}, {"a"}, 0.5, "every environment (1) left Git at once", id="the-only-one"),
+    pytest.param({"a", "b"}, {"a", "b"}, 0.9, "every environment (2) left Git at once", id="all"),
+    pytest.param({"a"}, {"a"}, 1.0, "", id="guard-off"),
+    pytest.param({"a", "b", "c"}, set(), 0.5, "", id="nothing"),
+])
+def test_the_removal_guard_refuses_most_or_all_environments_at_once(known: set[str], vanished: set[str],
+                                                                    fraction: float, refused: str) -> None:
+    assert planner.removal_refused(known, vanished, fraction).startswith(refused)
+    assert bool(planner.removal_refused(known, vanished, fraction)) == bool(refused)
+
+
+def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_removed(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    target.saved["b"] = target.saved["b"]  # its copy of the ledger exists
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    gone = remote.commit("b leaves")
+
+    result = reconciler.remove("b", source.fetch())
+
+    assert (result.sync_status, result.message) == (
+        "Removed", f"removed from Git at {gone[:12]}: 2 object(s) pruned")
+    assert sorted(ref.name for ref in target.objects) == ["a-demo", "a-settings"]
+    assert ("delete", "b-demo") in target.calls and ("delete", "b-settings") in target.calls
+    state = reconciler.ledger.state("b")
+    assert (state.sync_status, state.revision) == ("Removed", gone)
+    assert reconciler.ledger.history("b")[0][:1] + reconciler.ledger.history("b")[0][3:4] == (gone, "removed")
+    assert reconciler.ledger.load("b").inventory == frozenset() and "b" not in target.saved
+    samples = [s for family in metrics.registry.collect() for s in family.samples
+               if s.labels.get("environment") == "b"]
+    assert samples == []  # its series went; a's stay
+    assert metrics.registry.get_sample_value("ray_gitops_reconcile_total", {"environment": "a", "result": "success"})
+
+
+def test_prune_false_at_its_last_revision_keeps_the_objects_and_says_so(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    remote.write("environments/b/environment.yaml", env_yaml("b").replace("prune: true", "prune: false"))
+    remote.commit("b keeps its objects")
+    assert reconciler.reconcile("b", source.fetch()).sync_status == "Synced"
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    remote.commit("b leaves")
+
+    result = reconciler.remove("b", source.fetch())
+
+    assert result.sync_status == "Removed"
+    assert result.message.endswith("no object to prune; 2 kept: not in Git; prune is disabled for this environment")
+    assert {ref.name for ref in target.objects} == {"a-demo", "a-settings", "b-demo", "b-settings"}
+
+
+def test_an_environment_suspended_in_git_at_its_last_revision_is_not_removed(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    remote.write("environments/b/environment.yaml", env_yaml("b", "  suspend: true\n"))
+    remote.commit("b suspended")
+    reconciler.reconcile("b", source.fetch())
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    remote.commit("b leaves")
+    calls = len(target.calls)
+
+    result = reconciler.remove("b", source.fetch())
+
+    assert result.sync_status == "Suspended" and "nothing is pruned" in reconciler.ledger.state("b").message
+    assert len(target.calls) == calls
+
+
+def test_a_removal_that_cannot_prune_is_failed_and_tried_again(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    remote.commit("b leaves")
+    target.failing.add("b-demo")
+
+    failed = reconciler.remove("b", source.fetch())
+    assert failed.sync_status == "Failed" and "pruning failed" in failed.message
+    assert {ref.name for ref in reconciler.ledger.load("b").inventory} == {"b-demo"}
+    target.failing.clear()
+    assert reconciler.remove("b", source.fetch()).sync_status == "Removed"
+    assert {ref.name for ref in target.objects} == {"a-demo", "a-settings"}
+
+
+def daemon(remote: GitRemote, tmp_path: Path, target: MemoryTarget, **settings) -> Daemon:
+    """A daemon whose pipeline applies to `target` (the main loop is not started: run_once or a turn)."""
+    made = Daemon(Settings(repo=remote.url, state_dir=tmp_path / "daemon-state", **settings), CollectorRegistry())
+    made.pipeline = pipeline(made.source, tmp_path / "daemon-state", target, made.metrics)
+    made.ledger = made.pipeline.ledger
+    return made
+
+
+def test_run_once_removes_an_environment_that_left_git_and_the_guard_holds_a_mass_removal(
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = MemoryTarget()
+    for env in ("a", "b", "c"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("three")
+    assert daemon(remote, tmp_path, target).run_once()
+    remote.repo.git.rm("-r", "-q", "environments/b", "environments/c")
+    held = remote.commit("b and c leave")
+
+    once = daemon(remote, tmp_path, target)
+    assert once.run_once()
+    assert {ref.name for ref in target.objects} == {"a-settings", "b-settings", "c-settings"}
+    assert once.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 2
+    state = once.ledger.state("b")
+    assert state.sync_status == "OutOfSync" and state.message.startswith(
+        f"removal refused: left Git at {held[:12]}, but 2 of 3 environments left Git at once")
+    assert caplog.text.count("removal refused at revision") == 1
+
+    remote.write("environments/c/environment.yaml", env_yaml("c"))
+    remote.write("environments/c/settings.yaml", configmap("c-settings"))
+    remote.commit("c is back: only b leaves")
+    again = daemon(remote, tmp_path, target)
+    assert again.run_once()
+    assert {ref.name for ref in target.objects} == {"a-settings", "c-settings"}
+    assert again.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
+    assert [s.sync_status.value for s in again.ledger.states()] == ["Synced", "Removed", "Synced"]
+
+
+class SlowTarget(MemoryTarget):
+    """A RayCluster becomes ready only after it was observed `after` times (Pods take a while)."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after, self.seen = after, 0
+
+    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef], pending: frozenset[str]) -> Observation:
+        found = super().observe(rendered, refs, pending)
+        live = {}
+        for ref, obj in found.live.items():
+            if ref.kind == "RayCluster":
+                self.seen += 1
+                ready = self.seen > self.after
+                obj = LiveObject(ref, copy.deepcopy(obj.manifest), {"state": "ready" if ready else "provisioning"})
+            live[ref] = obj
+        return Observation(live, found.runs)
+
+
+def chain(remote: GitRemote) -> None:
+    """dev (a RayCluster) <- staging <- prod (ConfigMaps)."""
+    remote.write("environments/dev/environment.yaml", env_yaml("dev"))
+    remote.write("environments/dev/raycluster.yaml", cluster_yaml())
+    remote.write("environments/staging/environment.yaml", env_yaml("staging", depends_on=("dev",)))
+    remote.write("environments/staging/settings.yaml", configmap("staging"))
+    remote.write("environments/prod/environment.yaml", env_yaml("prod", depends_on=("staging",)))
+    remote.write("environments/prod/settings.yaml", configmap("prod"))
+    remote.commit("a chain")
+
+
+def test_run_once_applies_a_depends_on_chain_in_order(remote: GitRemote, tmp_path: Path) -> None:
+    chain(remote)
+    target = SlowTarget(after=3)
+    once = daemon(remote, tmp_path, target, dependency_timeout=30.0)
+
+    assert once.run_once()
+    assert [s.sync_status.value for s in once.ledger.states()] == ["Synced", "Synced", "Synced"]
+    creates = [name for action, name in target.calls if action == "create"]
+    assert creates == ["demo", "staging", "prod"]
+
+
+def test_run_once_exits_1_when_a_link_is_still_waiting(remote: GitRemote, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    chain(remote)
+    once = daemon(remote, tmp_path, SlowTarget(after=1000), dependency_timeout=3.0)
+
+    assert not once.run_once()
+    assert {s.environment: s.sync_status.value for s in once.ledger.states()} == {
+        "dev": "Synced", "staging": "Waiting", "prod": "Waiting"}
+    assert "staging, prod still waiting for a dependency after 3 s" in caplog.text
+
+
+def test_a_dependency_that_is_not_selected_is_an_error_not_a_wait(remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.errors import ConfigError
+    chain(remote)
+    once = daemon(remote, tmp_path, MemoryTarget(), environments=("prod",))
+    with pytest.raises(ConfigError, match="environment prod depends on staging, which is not selected"):
+        once.run_once()
+
+    serving = daemon(remote, tmp_path, MemoryTarget(), environments=("prod",))
+    serving.pipeline.scope = frozenset({"prod"})
+    result = serving.pipeline.reconcile("prod", serving.source.fetch())
+    assert result.sync_status == "Failed" and "depends on staging, which this daemon does not reconcile" in \
+        result.message
+
+
+def test_waves_put_each_environment_after_its_dependencies() -> None:
+    assert waves({"prod": ("staging",), "staging": ("dev",), "dev": (), "other": ()}) == [
+        ["dev", "other"], ["staging"], ["prod"]]
+    assert waves({"a": ("b",), "b": ("a",)}) == [["a", "b"]]  # a cycle (validation reports it) goes last
+
+
+def test_a_read_only_ledger_creates_nothing_and_reads_as_empty(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere"
+    ledger = Ledger(missing, readonly=True)
+    assert ledger.states() == [] and ledger.history("a") == [] and ledger.load("a").inventory == frozenset()
+    assert not missing.exists()
+
+    Ledger(tmp_path / "state").suspend("a", "incident")
+    data = ("ledger.sqlite3", "ledger.sqlite3-wal")  # the database; -shm is SQLite's index of readers
+    before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data}
+    looked = Ledger(tmp_path / "state", readonly=True)
+    assert looked.load("a").suspended == "incident"
+    with pytest.raises(Exception, match="readonly"):
+        looked.suspend("b")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data} == before
