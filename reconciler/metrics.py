@@ -48,6 +48,9 @@ class Metrics:
                                       ["request_type", "result"], namespace=ns, registry=registry, buckets=_SECONDS)
         self.apply_total = Counter("apply_total", "Changes made to targets by kind and action",
                                    ["environment", "kind", "action"], namespace=ns, registry=registry)
+        self.drift_corrections = Counter("drift_corrections_total", "Drifted objects set back to Git (hand edits, "
+                                         "another applier, a deleted object)", ["environment", "kind"], namespace=ns,
+                                         registry=registry)
         self.drifted_objects = Gauge("drifted_objects", "Objects whose live state differs from the applied revision",
                                      ["environment", "kind"], namespace=ns, registry=registry)
         self.raycluster_workers = Gauge("raycluster_workers", "Workers per group: desired/min/max/ready/available",

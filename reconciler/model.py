@@ -20,6 +20,8 @@ REVISION_ANNOTATION = "gitops.ray.io/revision"
 PRUNE_ANNOTATION = "gitops.ray.io/prune"
 ON_CHANGE_ANNOTATION = "gitops.ray.io/on-change"
 ON_TEMPLATE_CHANGE_ANNOTATION = "gitops.ray.io/on-template-change"
+RECONCILE_ANNOTATION = "gitops.ray.io/reconcile"  # `disabled` (in Git or by hand on the live object): left alone
+SSA_ANNOTATION = "gitops.ray.io/ssa"  # `IfNotPresent`: created when absent, never updated or healed afterwards
 
 Manifest = dict[str, Any]
 
@@ -112,6 +114,8 @@ class Flag(enum.StrEnum):
     PRUNE_REFUSED = "prune-refused"  # a guard kept an object Git no longer holds: the environment is OutOfSync
     GROUP_REMOVED = "group-removed"  # a worker group left Git (KubeRay leaves its pods running)
     PENDING_RESTART = "pending-restart"  # applied, but existing pods keep the old template
+    OWNED_ELSEWHERE = "owned-elsewhere"  # the live object belongs to another environment: never adopted or applied
+    LEFT_ALONE = "left-alone"  # gitops.ray.io/reconcile: disabled (or ssa: IfNotPresent on an existing object)
 
 
 class SyncStatus(enum.StrEnum):

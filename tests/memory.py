@@ -32,6 +32,7 @@ class MemoryTarget:
         self.saved: dict[str, LedgerSnapshot] = {}
         self.reports_deleted_runs = False
         self.warnings: list[tuple[str, str, str]] = []
+        self.events: list[tuple[str, str, str]] = []  # (name, reason, message)
 
     def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
@@ -62,8 +63,9 @@ class MemoryTarget:
         self.objects[item.ref] = LiveObject(item.ref, copy.deepcopy(item.desired.manifest), status)
         return Outcome.CREATED
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
-        pass  # the log line is the record on this target
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+                     reason: str = "") -> None:
+        self.events.append((item.ref.name, reason or outcome.value, message))
 
     def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
         self.warnings.append((spec.name, reason, message))

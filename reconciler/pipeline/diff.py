@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 import yaml
 from deepdiff import DeepDiff
 
-from ..model import REVISION_ANNOTATION, Manifest
+from ..model import MANAGED_BY_VALUE, REVISION_ANNOTATION, Manifest
 
 NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
                   "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
@@ -186,3 +186,39 @@ def unified(old: Manifest | None, new: Manifest | None, name: str) -> str:
 def lazy(old: Manifest | None, new: Manifest | None, name: str) -> Callable[[], str]:
     """`unified` of already normalized documents (`new` as rendered for a create), computed when called."""
     return lambda: unified(old, new if old is not None else normalize(new or {}), name)
+
+
+def _segments(path: str) -> list[str]:
+    """`spec.workerGroupSpecs[cpu].replicas` -> ["spec", "workerGroupSpecs", "[cpu]", "replicas"]."""
+    return [part for part in re.split(r"\.|(\[[^]]*\])", path) if part]
+
+
+def _owns(node: Any, rest: list[str]) -> bool:
+    """A `managedFields` fieldsV1 tree owns the field at `rest` (or all of it: an atomic field is a leaf `{}`)."""
+    if not isinstance(node, dict) or not node or not rest:
+        return isinstance(node, dict)
+    head = rest[0]
+    if head.startswith("["):  # a list item by name (`k:{"groupName":"cpu"}`) or index (`i:0`)
+        name = head[1:-1]
+        return any(_owns(child, rest[1:]) for key, child in node.items()
+                   if key.startswith(("k:", "v:", "i:")) and (f'"{name}"' in key or key == f"i:{name}"))
+    for end in range(len(rest), 0, -1):  # a key may hold dots itself (`metadata.labels.app.kubernetes.io/name`)
+        key = "f:" + ".".join(rest[:end])
+        if key in node:
+            return _owns(node[key], rest[end:])
+    return False
+
+
+def changed_by(manifest: Manifest, paths: Iterable[str], ours: str = MANAGED_BY_VALUE) -> list[str]:
+    """The field managers other than `ours` that own one of `paths` (as `changed_paths` names them) in a live
+    object's `metadata.managedFields` (Kubernetes; none elsewhere), newest first: who made a drift."""
+    entries = sorted((manifest.get("metadata") or {}).get("managedFields") or [], key=lambda e: e.get("time") or "",
+                     reverse=True)
+    found: list[str] = []
+    for entry in entries:
+        manager = str(entry.get("manager") or "")
+        if manager in found or manager == ours or entry.get("subresource"):
+            continue
+        if any(_owns(entry.get("fieldsV1") or {}, _segments(path)) for path in paths):
+            found.append(manager)
+    return found

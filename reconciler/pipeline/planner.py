@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
-                    ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
+                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, Action,
+                    DesiredObject, Flag, LiveObject, Manifest, ObjectRef, PlanItem, RenderedEnvironment,
+                    job_submission_id)
 from . import diff
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3, "RayCronJob": 3}
@@ -48,12 +49,38 @@ def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inven
     for desired in sorted(rendered.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
         current = live.get(desired.ref)
         wanted = (expected or {}).get(desired.ref, desired.manifest)
-        if desired.ref.kind == "RayJob":
+        if (kept := _left_alone(rendered.spec.name, desired, current)) is not None:
+            items.append(kept)
+        elif desired.ref.kind == "RayJob":
             items.append(_job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore))
         else:
             items.append(_object(desired, wanted, current, rendered.spec.ignore))
     items += _prune(rendered, live, inventory, options)
     return items
+
+
+def owner(obj: LiveObject) -> str:
+    """The environment whose ownership label a live object carries ("" when it is not ray-gitops')."""
+    labels = obj.labels
+    return str(labels.get(ENVIRONMENT_LABEL) or "") if labels.get(MANAGED_BY_LABEL) == MANAGED_BY_VALUE else ""
+
+
+def _left_alone(environment: str, desired: DesiredObject, current: LiveObject | None) -> PlanItem | None:
+    """A SKIP or NOOP for an object Git does not change: it belongs to another environment (one object, one
+    environment: never adopted, never applied, so nothing flips), or an annotation asks (in Git, or by hand on
+    the live object: `reconcile: disabled`; an existing object with `ssa: IfNotPresent`)."""
+    if current is not None and (other := owner(current)) and other != environment:
+        return PlanItem(desired.ref, Action.SKIP, f"belongs to environment {other} (one object, one environment): not "
+                        f"applied; remove it from one of them", desired, flags=frozenset({Flag.OWNED_ELSEWHERE}))
+    for source, annotations in (("Git", desired.annotations), ("the live object", current.annotations if current
+                                                                else {})):
+        if annotations.get(RECONCILE_ANNOTATION) == "disabled":
+            return PlanItem(desired.ref, Action.SKIP, f"{RECONCILE_ANNOTATION}: disabled on {source}: left alone",
+                            desired, flags=frozenset({Flag.LEFT_ALONE}))
+    if current is not None and desired.annotations.get(SSA_ANNOTATION) == "IfNotPresent":
+        return PlanItem(desired.ref, Action.NOOP, f"exists; {SSA_ANNOTATION}: IfNotPresent: never updated", desired,
+                        flags=frozenset({Flag.LEFT_ALONE}))
+    return None
 
 
 def _value(manifest: Manifest, pointer: str) -> Any:
@@ -182,8 +209,9 @@ def _prune(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inv
                                   "operator children are never pruned"))
         elif labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != spec.name:
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but its ownership labels no longer match; kept"))
-        elif annotations.get(PRUNE_ANNOTATION) == "disabled":
-            items.append(PlanItem(ref, Action.SKIP, f"not in Git; protected by {PRUNE_ANNOTATION}: disabled"))
+        elif annotations.get(PRUNE_ANNOTATION) == "disabled" or annotations.get(RECONCILE_ANNOTATION) == "disabled":
+            which = PRUNE_ANNOTATION if annotations.get(PRUNE_ANNOTATION) == "disabled" else RECONCILE_ANNOTATION
+            items.append(PlanItem(ref, Action.SKIP, f"not in Git; protected by {which}: disabled"))
         else:
             deletable.append(ref)
     refused = ""

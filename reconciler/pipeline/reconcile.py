@@ -28,7 +28,7 @@ from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, Le
                      Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
                      parse_time, spec_hash)
 from . import health, planner
-from .diff import cluster_spec, worker_groups
+from .diff import changed_by, cluster_spec, worker_groups
 from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
 from .render import render
 from .source import GitSource, Revision
@@ -88,6 +88,8 @@ class Pipeline:
         self._adopted: dict[str, LedgerSnapshot] = {}  # per environment: the copy its target holds
         self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
         self._warned: dict[str, str] = {}  # per environment: the unverified head it was told about
+        self._foreign: dict[str, dict[ObjectRef, str]] = {}  # per environment: objects it found another's (-> owner)
+        self._lock = threading.Lock()  # around `_foreign`, which every environment thread reads
 
     # -- preview: the pipeline up to the plan ---------------------------------------------------------
     def preview(self, name: str, revision: Revision) -> Preview:
@@ -223,7 +225,8 @@ class Pipeline:
         controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
         live, record, ended = self._observe(rendered, target, record, controlled)
         items = self._plan(rendered, target, live, record)
-        self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
+        drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
+        shared = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
         errors: list[str] = []
         persisted = loaded
@@ -234,13 +237,14 @@ class Pipeline:
             self._ended(name, ended)  # committed with the claim: counted now, before any apply
             ended = []
             context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(
-                revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options)
-            outcomes, errors = self._apply(rendered, items, target, context)
+                revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options,
+                rendered.spec.ignore)
+            outcomes, errors = self._apply(rendered, items, target, context, {r: live.get(r) for r in drifted})
             if outcomes:
                 live, record, more = self._observe(rendered, target, record)
                 ended += more
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
-        sync, message, summary = self._sync(items, outcomes, errors, waiting)
+        sync, message, summary = self._sync(items, outcomes, errors, waiting, shared)
         env_health, detail = self._report_health(rendered, live, record, outcomes)
         if revision.signer:
             detail["signer"] = revision.signer
@@ -257,7 +261,7 @@ class Pipeline:
         self._keep_copy(rendered, target, record)
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
-        result = "error" if errors else "success" if outcomes else "noop"
+        result = "error" if errors or sync == SyncStatus.FAILED else "success" if outcomes else "noop"
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
@@ -363,8 +367,12 @@ class Pipeline:
                                           spec_hash(manifest))
         return record.with_inventory(record.inventory | {i.ref for i in items if i.action in CREATES})
 
-    def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target,
-               context: ApplyContext) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
+    def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target, context: ApplyContext,
+               drifted: dict[ObjectRef, LiveObject | None] | None = None
+               ) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
+        """Apply the changes one by one (one failure does not stop the others). A change that sets back a drifted
+        object (`drifted`: its live state) is a correction: counted, logged and reported with the managers that
+        changed it."""
         outcomes: list[tuple[PlanItem, Outcome]] = []
         errors: list[str] = []
         name = rendered.spec.name
@@ -397,12 +405,27 @@ class Pipeline:
                 if events is not None:
                     events.report_event(item, Outcome.FAILED, f"{item.action.value} failed: {exc}", context)
                 continue
-            log.info("environment %s: %s %s (%s)", name, item.ref, outcome.value, item.reason)
-            if events is not None:
-                events.report_event(item, outcome, f"{outcome.value}: {item.reason}", context)
+            if drifted and item.ref in drifted:
+                self._corrected(name, item, drifted[item.ref], context, events)
+            else:
+                log.info("environment %s: %s %s (%s)", name, item.ref, outcome.value, item.reason)
+                if events is not None:
+                    events.report_event(item, outcome, f"{outcome.value}: {item.reason}", context)
             self.metrics.apply_total.labels(name, item.ref.kind, item.action.value).inc()
             outcomes.append((item, outcome))
         return outcomes, errors
+
+    def _corrected(self, name: str, item: PlanItem, live: LiveObject | None, context: ApplyContext,
+                   events: ReportsEvents | None) -> None:
+        """A drift set back to Git: `drift_corrections_total`, one log line and an Event naming who changed it."""
+        managers = changed_by(live.manifest, item.changes) if live is not None else []
+        who = f" (changed by {', '.join(managers)})" if managers else ""
+        what = ", ".join(item.changes) or "the object (it was gone)"
+        message = f"drift corrected: {what} set back to Git's value{who}"
+        self.metrics.drift_corrections.labels(name, item.ref.kind).inc()
+        log.info("environment %s: %s %s", name, item.ref, message)
+        if events is not None:
+            events.report_event(item, Outcome.CONFIGURED, message, context, reason="DriftCorrected")
 
     def _say(self, name: str, said: set[str], level: int, message: str) -> None:
         """Log a skip or a warning when it is new (a steady state repeats them every cycle: said once)."""
@@ -413,31 +436,46 @@ class Pipeline:
     @staticmethod
     def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
                    live: dict[ObjectRef, LiveObject]) -> set[ObjectRef]:
-        """Objects we own after this reconcile: live desired ones, failed or untried deletes, refused prunes."""
+        """Objects we own after this reconcile: live desired ones (not another environment's), failed or untried
+        deletes, refused prunes."""
         done = {i.ref for i, o in outcomes if o != Outcome.FAILED}
         failed = {i.ref for i in items if i.action in CHANGES and i.ref not in done}
-        keep = {d.ref for d in rendered.objects if d.ref in live or d.ref in failed}
+        foreign = {i.ref for i in items if Flag.OWNED_ELSEWHERE in i.flags}
+        keep = {d.ref for d in rendered.objects if (d.ref in live or d.ref in failed) and d.ref not in foreign}
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes
 
     def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: list[str],
-              waiting: str) -> tuple[SyncStatus, str, str]:
-        """(sync status, message, summary of the changes): a failure first, then what keeps the environment
-        from the branch head (an unverified head, failing fetches, a promotion gate), then a refused prune."""
+              waiting: str, shared: list[str]) -> tuple[SyncStatus, str, str]:
+        """(sync status, message, summary of the changes): a failure first (an object another environment owns
+        is one), then what keeps the environment from the branch head (an unverified head, failing fetches, a
+        promotion gate), then a refused prune or an object another environment also names (`shared`)."""
         refused = [i for i in items if Flag.PRUNE_REFUSED in i.flags]
+        foreign = [f"{i.ref} {i.reason}" for i in items if Flag.OWNED_ELSEWHERE in i.flags]
         stale, unverified = self.source.failure, self.source.unverified
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
-        if errors:
-            return SyncStatus.FAILED, "; ".join(errors), summary
+        if errors or foreign:
+            return SyncStatus.FAILED, "; ".join(errors + foreign), summary
         if unverified:
             return SyncStatus.UNVERIFIED, f"Unverified: {unverified[1]}", summary
         if stale:
             return SyncStatus.STALE, f"Stale: {stale}", summary
         if waiting:
             return SyncStatus.WAITING, waiting, summary
-        if refused:
-            return SyncStatus.OUT_OF_SYNC, "; ".join(i.reason for i in refused), summary
+        if refused or shared:
+            return SyncStatus.OUT_OF_SYNC, "; ".join([i.reason for i in refused] + shared), summary
         return SyncStatus.SYNCED, summary, summary
+
+    def _shared(self, name: str, items: list[PlanItem], live: dict[ObjectRef, LiveObject]) -> list[str]:
+        """Record the objects `name` found owned by another environment; the reports of the other environments that
+        found one of `name`'s (one object, one environment: both say so)."""
+        found = {i.ref: planner.owner(live[i.ref]) for i in items if Flag.OWNED_ELSEWHERE in i.flags}
+        mine = {i.ref for i in items if i.desired is not None}
+        with self._lock:
+            self._foreign[name] = found
+            return sorted(f"{ref} is also in environment {other} (one object, one environment: {other} does not apply "
+                          f"it)" for other, refs in self._foreign.items() if other != name
+                          for ref, owner in refs.items() if owner == name and ref in mine)
 
     # -- reports --------------------------------------------------------------------------------------
     def _failed(self, name: str, revision: Revision, message: str, retry_after: float | None = None) -> Result:
@@ -469,14 +507,20 @@ class Pipeline:
         self.metrics.environment_status(name, target, applied[:12], SyncStatus.SUSPENDED, Health.UNKNOWN)
         return Result(name, "noop", SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
 
-    def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef], steady: bool) -> None:
+    def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef],
+                      steady: bool) -> set[ObjectRef]:
+        """Count (`drifted_objects`) and return the objects whose live state moved away from the revision already
+        applied (hand edits, another applier, a dead worker, a deleted object); the plan sets them back."""
         counts: dict[tuple[str, ...], float] = {}
+        drifted = set()
         if steady:
             for item in items:
                 if item.action in (Action.UPDATE, Action.RECREATE) or (
                         item.action == Action.CREATE and item.ref in inventory):
                     counts[(item.ref.kind,)] = counts.get((item.ref.kind,), 0) + 1
+                    drifted.add(item.ref)
         self.metrics.replace(self.metrics.drifted_objects, name, counts)
+        return drifted
 
     def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], record: Record,
                        outcomes: list[tuple[PlanItem, Outcome]]) -> tuple[Health, dict]:

@@ -27,6 +27,7 @@ class ApplyContext:
     revision: str
     materialize: Callable[[str], Path]  # repository path -> exported directory of that revision
     options: TargetOptions  # the environment's own (a target instance serves several environments)
+    ignore: tuple[str, ...] = ()  # the environment's `ignore` pointers: their live values are kept
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,8 @@ class ReportsEvents(Protocol):
     """A target that tells its users what was done to an object, or what keeps an environment from Git
     (Kubernetes: an Event; a Warning on the environment's ledger ConfigMap); never raises."""
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None: ...
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+                     reason: str = "") -> None: ...
     def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None: ...
 
 

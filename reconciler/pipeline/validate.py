@@ -14,8 +14,8 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, EnvironmentSpec, Patch, TargetOptions,
-                     TargetSpec, parse_duration, parse_quantity)
+from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION,
+                     EnvironmentSpec, Patch, TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
@@ -245,6 +245,9 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",
              {"recreate", "none"})
+    c.one_of(annotations.get(RECONCILE_ANNOTATION), f"metadata.annotations.{RECONCILE_ANNOTATION}",
+             {"disabled", "enabled"})
+    c.one_of(annotations.get(SSA_ANNOTATION), f"metadata.annotations.{SSA_ANNOTATION}", {"IfNotPresent"})
     if kind == "RayCluster":
         _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", environment)
     elif kind == "RayJob":

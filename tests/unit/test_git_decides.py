@@ -264,3 +264,125 @@ def test_a_read_only_ledger_creates_nothing_and_reads_as_empty(tmp_path: Path) -
     with pytest.raises(Exception, match="readonly"):
         looked.suspend("b")
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data} == before
+
+
+def test_two_environments_naming_one_object_both_report_the_conflict_and_nothing_flips(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    for env, replicas in (("a", "1"), ("b", "3")):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml("shared").replace("replicas: 1",
+                                                                                           f"replicas: {replicas}"))
+    remote.commit("a and b both name RayCluster shared")
+    revision = source.fetch()
+
+    for _ in range(3):
+        a, b = reconciler.reconcile("a", revision), reconciler.reconcile("b", revision)
+        cluster = target.objects[ObjectRef("ray.io", "RayCluster", "default", "shared")]
+        assert cluster.labels["gitops.ray.io/environment"] == "a"
+        assert cluster.manifest["spec"]["workerGroupSpecs"][0]["replicas"] == 1
+    assert (b.result, b.sync_status) == ("error", "Failed")
+    assert "RayCluster/default/shared belongs to environment a (one object, one environment)" in b.message
+    assert a.sync_status == "OutOfSync"
+    assert a.message == ("RayCluster/default/shared is also in environment b (one object, one environment: b does "
+                         "not apply it)")
+    assert [c for c in target.calls if c[1] == "shared"] == [("create", "shared")]
+    assert reconciler.ledger.load("b").inventory == frozenset()  # b never owns it: its prune can never touch it
+
+
+def test_a_hand_edit_is_set_back_counted_and_reported_with_who_made_it(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/raycluster.yaml", cluster_yaml())
+    remote.commit("a")
+    revision = source.fetch()
+    reconciler.reconcile("a", revision)
+    ref = ObjectRef("ray.io", "RayCluster", "default", "demo")
+    edited = copy.deepcopy(target.objects[ref].manifest)
+    edited["spec"]["workerGroupSpecs"][0]["replicas"] = 4
+    edited["metadata"]["managedFields"] = [{"manager": "kubectl-edit", "operation": "Update", "time": "2026-12-04T10:00:00Z",
+                                            "fieldsV1": {"f:spec": {"f:workerGroupSpecs": {}}}}]
+    target.objects[ref] = LiveObject(ref, edited, target.objects[ref].status)
+
+    result = reconciler.reconcile("a", revision)
+
+    assert result.sync_status == "Synced"
+    assert target.objects[ref].manifest["spec"]["workerGroupSpecs"][0]["replicas"] == 1
+    assert metrics.registry.get_sample_value("ray_gitops_drift_corrections_total",
+                                             {"environment": "a", "kind": "RayCluster"}) == 1
+    assert target.events[-1] == ("demo", "DriftCorrected", "drift corrected: spec.workerGroupSpecs[cpu].replicas set "
+                                 "back to Git's value (changed by kubectl-edit)")
+    assert reconciler.reconcile("a", revision).result == "noop"  # corrected once, then nothing to do
+
+
+@pytest.mark.parametrize("annotations, live_annotations, action, reason", [
+    pytest.param({"gitops.ray.io/reconcile": "disabled"}, {}, "skip",
+                 "gitops.ray.io/reconcile: disabled on Git: left alone", id="disabled-in-git"),
+    pytest.param({}, {"gitops.ray.io/reconcile": "disabled"}, "skip",
+                 "gitops.ray.io/reconcile: disabled on the live object: left alone", id="disabled-by-hand"),
+    pytest.param({"gitops.ray.io/ssa": "IfNotPresent"}, {}, "noop",
+                 "exists; gitops.ray.io/ssa: IfNotPresent: never updated", id="if-not-present"),
+    pytest.param({}, {}, "update", "changed in place: spec.workerGroupSpecs[cpu].replicas", id="healed"),
+])
+def test_opt_outs_leave_an_edited_object_alone(annotations: dict, live_annotations: dict, action: str,
+                                               reason: str) -> None:
+    from reconciler.model import DesiredObject, EnvironmentSpec, TargetSpec
+    from reconciler.targets.local.options import LocalOptions
+    import yaml
+    doc = yaml.safe_load(cluster_yaml())
+    doc["metadata"].update(namespace="default", annotations=annotations,
+                           labels={"app.kubernetes.io/managed-by": "ray-gitops", "gitops.ray.io/environment": "a"})
+    desired = DesiredObject(ObjectRef.of(doc), doc, "environments/a/c.yaml", 0)
+    edited = copy.deepcopy(doc)
+    edited["spec"]["workerGroupSpecs"][0]["replicas"] = 4
+    edited["metadata"]["annotations"] = {**annotations, **live_annotations}
+    rendered = RenderedEnvironment(EnvironmentSpec("a", TargetSpec("local", LocalOptions())), (desired,))
+    item, = planner.plan(rendered, {desired.ref: LiveObject(desired.ref, edited)}, frozenset({desired.ref}), {})
+    assert (item.action.value, item.reason) == (action, reason)
+
+
+def test_a_look_at_another_repository_leaves_the_daemons_git_cache_alone(remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.commands.cli import main
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/settings.yaml", configmap("a"))
+    remote.commit("a")
+    other = GitRemote(tmp_path / "other")
+    other.write("environments/a/environment.yaml", env_yaml("a"))
+    other.write("environments/a/settings.yaml", configmap("other"))
+    other.commit("other")
+    state = tmp_path / "state"
+    made = Daemon(Settings(repo=remote.url, state_dir=state), CollectorRegistry())
+    made.source.fetch()
+    files = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+
+    for command in (["plan"], ["diff"], ["render"]):
+        assert main([*command, "--repo", other.url, "--environment", "a", "--state-dir", str(state)]) in (0, 1)
+    assert main(["status", "--state-dir", str(state)]) == 0
+
+    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    assert after == files
+    assert [url.read_text().count(other.url) for url in (state / "git").glob("*/config")] == [0]
+
+
+@pytest.mark.parametrize("pointer, expected", [
+    pytest.param("/spec/suspend", {"spec": {"suspend": True, "groups": [{"n": 1}, {"n": 2}]}}, id="a-field"),
+    pytest.param("/spec/groups/*/n", {"spec": {"suspend": False, "groups": [{"n": 5}, {"n": 2}]}}, id="wildcard"),
+    pytest.param("/spec/missing", {"spec": {"suspend": False, "groups": [{"n": 1}, {"n": 2}]}}, id="absent"),
+])
+def test_an_ignored_field_keeps_its_live_value_in_the_apply_body(pointer: str, expected: dict) -> None:
+    from reconciler.targets.kubernetes.body import keep_live
+    body = {"spec": {"suspend": False, "groups": [{"n": 1}, {"n": 2}]}}
+    keep_live(body, {"spec": {"suspend": True, "groups": [{"n": 5}]}}, pointer)
+    assert body == expected
+
+
+def test_who_changed_a_field_comes_from_managed_fields() -> None:
+    from reconciler.pipeline.diff import changed_by
+    entry = lambda manager, fields, **extra: {"manager": manager, "operation": "Update", "fieldsV1": fields, **extra}
+    live = {"metadata": {"managedFields": [
+        entry("ray-gitops", {"f:spec": {"f:workerGroupSpecs": {}}}, time="2026-12-04T10:00:00Z"),
+        entry("kubectl-edit", {"f:spec": {"f:workerGroupSpecs": {}}}, time="2026-12-04T11:00:00Z"),
+        entry("kubectl-label", {"f:metadata": {"f:labels": {"f:app.kubernetes.io/name": {}}}}),
+        entry("kuberay-operator", {"f:status": {}}, subresource="status")]}}
+    assert changed_by(live, ["spec.workerGroupSpecs[cpu].replicas"]) == ["kubectl-edit"]
+    assert changed_by(live, ["metadata.labels.app.kubernetes.io/name"]) == ["kubectl-label"]
+    assert changed_by(live, ["status.state", "data.x"]) == [] and changed_by({}, ["spec"]) == []

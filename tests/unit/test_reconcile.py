@@ -27,10 +27,10 @@ def cluster_yaml(name: str = "demo", replicas: int = 1) -> str:
 
 
 def commit_two_environments(remote: GitRemote, source: GitSource):
-    """Environments `a` and `b`, one cluster each, committed and fetched."""
+    """Environments `a` and `b`, one cluster each (`demo-a`, `demo-b`), committed and fetched."""
     for env in ("a", "b"):
         remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
-        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml())
+        remote.write(f"environments/{env}/raycluster.yaml", cluster_yaml(f"demo-{env}"))
     remote.commit("two environments")
     return source.fetch()
 
@@ -64,14 +64,14 @@ def test_broken_environment_applies_and_prunes_nothing_while_others_go_on(setup)
 
     remote.remove("environments/a/raycluster.yaml")  # would be a prune...
     remote.write("environments/a/broken.yaml", "kind: [unclosed")  # ...but the environment is broken
-    remote.write("environments/b/raycluster.yaml", cluster_yaml(replicas=3))
+    remote.write("environments/b/raycluster.yaml", cluster_yaml("demo-b", replicas=3))
     remote.commit("break a, scale b")
     revision = source.fetch()
     a, b = reconciler.reconcile("a", revision), reconciler.reconcile("b", revision)
 
     assert (a.result, a.sync_status) == ("error", "Failed")
     assert "environments/a/broken.yaml" in a.message
-    assert ("delete", "demo") not in target.calls
+    assert ("delete", "demo-a") not in target.calls
     assert len(ledger.load("a").inventory) == 1
     assert (b.result, b.sync_status) == ("success", "Synced")
     assert [(i.action, o) for i, o in b.outcomes] == [(Action.UPDATE, Outcome.CREATED)]

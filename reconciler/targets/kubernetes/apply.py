@@ -46,8 +46,9 @@ def conflict_error(ref: ObjectRef, exc: ApiError) -> PermanentError:
     fields = sorted({f for _, f in conflicts})
     return PermanentError(
         f"{ref}: apply conflict: {', '.join(fields)} owned by field manager(s) {', '.join(managers)} with a "
-        "different value; not overwritten (set annotation gitops.ray.io/force: \"true\" on the object or "
-        "spec.target.kubernetes.force: true to take them over)")
+        "different value; not overwritten (spec.target.kubernetes.selfHeal is false; set annotation "
+        "gitops.ray.io/force: \"true\" on the object, spec.target.kubernetes.force: true or selfHeal: true to take "
+        "them over)")
 
 
 class Applier:
@@ -62,12 +63,13 @@ class Applier:
         except ApiError as exc:
             raise translate(ref, exc) from exc
 
-    def apply(self, environment: str, desired: DesiredObject, live: Manifest | None, force: bool) -> Manifest:
-        """Server-side apply `desired`; the object as stored."""
+    def apply(self, environment: str, desired: DesiredObject, live: Manifest | None, force: bool,
+              ignore: tuple[str, ...] = ()) -> Manifest:
+        """Server-side apply `desired` (the live values at the `ignore` pointers kept); the object as stored."""
         ref = desired.ref
         path = resource(ref).item(ref.namespace, ref.name)
         for _ in range(self.attempts):
-            body = apply_body(environment, desired, live)
+            body = apply_body(environment, desired, live, ignore)
             try:
                 return self.kube.apply(path, body, self.manager, force=force)
             except ApiError as exc:

@@ -22,6 +22,7 @@ autoscaler's JSON patch makes it the owner of the whole list (checked on kube-ap
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from ...model import DesiredObject, Manifest, job_submission_id
 from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
@@ -29,9 +30,14 @@ from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_p
 FORCE_ANNOTATION = "gitops.ray.io/force"
 
 
-def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) -> Manifest:
-    """The apply body of `desired`, given the live object (None: it is being created)."""
+def apply_body(environment: str, desired: DesiredObject, live: Manifest | None,
+               ignore: tuple[str, ...] = ()) -> Manifest:
+    """The apply body of `desired`, given the live object (None: it is being created) and the environment's
+    `ignore` pointers (an existing object keeps its live values there: ignored is never compared nor reverted)."""
     body = copy.deepcopy(desired.manifest)
+    if live is not None:
+        for pointer in ignore:
+            keep_live(body, live, pointer)
     if desired.ref.kind == "RayJob":
         run = job_submission_id(environment, desired.ref.name, desired.manifest)
         body.setdefault("spec", {})["jobId"] = run
@@ -54,6 +60,34 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None) 
                     group.pop(name, None)
         body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
     return body
+
+
+def keep_live(body: Any, live: Any, pointer: str) -> None:
+    """Set the field(s) `pointer` names (`*`: every key or index) in `body` to their value in `live`, in place;
+    a field `live` does not have is left out of `body`."""
+    parts = [p.replace("~1", "/").replace("~0", "~") for p in pointer.strip("/").split("/")]
+
+    def walk(mine: Any, theirs: Any, rest: list[str]) -> None:
+        head, tail = rest[0], rest[1:]
+        if isinstance(mine, dict) and isinstance(theirs, dict):
+            keys = list(mine) if head == "*" else [head]
+        elif isinstance(mine, list) and isinstance(theirs, list):
+            keys = list(range(len(mine))) if head == "*" else [int(head)] if head.isdigit() else []
+            keys = [k for k in keys if k < len(mine)]
+        else:
+            return
+        for key in keys:
+            present = key in theirs if isinstance(theirs, dict) else key < len(theirs)
+            if tail:
+                if present and (key in mine if isinstance(mine, dict) else True):
+                    walk(mine[key], theirs[key], tail)
+            elif present:
+                mine[key] = copy.deepcopy(theirs[key])
+            elif isinstance(mine, dict):
+                mine.pop(key, None)
+
+    if parts and parts != [""]:
+        walk(body, live, parts)
 
 
 def same_run(live: Manifest | None, run: str) -> bool:
@@ -88,6 +122,8 @@ def only_worker_groups(kind: str, fields: list[str]) -> bool:
     return bool(fields) and all(f == prefix or f.startswith(prefix + "[") for f in fields)
 
 
-def forced(environment_force: bool, desired: DesiredObject) -> bool:
-    """`force: true` for the environment (spec.target.kubernetes.force) or the object (annotation)."""
-    return environment_force or str(desired.annotations.get(FORCE_ANNOTATION, "")).lower() == "true"
+def forced(self_heal: bool, environment_force: bool, desired: DesiredObject) -> bool:
+    """Take over fields another manager owns: always while the environment heals drift (`selfHeal`, the
+    default, as Flux and Argo CD's selfHeal with server-side apply do); otherwise only with `force: true` for
+    the environment or the annotation `gitops.ray.io/force: "true"` on the object."""
+    return self_heal or environment_force or str(desired.annotations.get(FORCE_ANNOTATION, "")).lower() == "true"

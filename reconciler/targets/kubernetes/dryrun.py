@@ -31,11 +31,12 @@ class DryRuns:
         self._cache: dict[ObjectRef, tuple[tuple[str, str], Manifest]] = {}
         self._lock = threading.Lock()
 
-    def expected(self, environment: str, desired: DesiredObject, live: Manifest) -> Manifest:
+    def expected(self, environment: str, desired: DesiredObject, live: Manifest,
+                 ignore: tuple[str, ...] = ()) -> Manifest:
         """`desired` as stored if applied now over `live`. Forced: a conflict is the real apply's to report,
         the plan should still show the difference."""
         ref = desired.ref
-        key, body = self._key(environment, desired, live)
+        key, body = self._key(environment, desired, live, ignore)
         with self._lock:
             hit = self._cache.get(ref)
         if hit is not None and hit[0] == key:
@@ -52,10 +53,11 @@ class DryRuns:
             self._cache[ref] = (key, stored)
         return stored
 
-    def remember(self, environment: str, desired: DesiredObject, stored: Manifest) -> None:
+    def remember(self, environment: str, desired: DesiredObject, stored: Manifest,
+                 ignore: tuple[str, ...] = ()) -> None:
         """After a real apply: `stored` is what a dry-run of the same body over it returns, so the next
         cycle needs none."""
-        key, _ = self._key(environment, desired, stored)
+        key, _ = self._key(environment, desired, stored, ignore)
         with self._lock:
             self._cache[desired.ref] = (key, hide_secret_values(stored))
 
@@ -64,6 +66,7 @@ class DryRuns:
             self._cache.pop(ref, None)
 
     @staticmethod
-    def _key(environment: str, desired: DesiredObject, live: Manifest) -> tuple[tuple[str, str], Manifest]:
-        body = without_precondition(apply_body(environment, desired, live))
+    def _key(environment: str, desired: DesiredObject, live: Manifest,
+             ignore: tuple[str, ...]) -> tuple[tuple[str, str], Manifest]:
+        body = without_precondition(apply_body(environment, desired, live, ignore))
         return (body_hash(body), str(live["metadata"].get("resourceVersion"))), body

@@ -18,10 +18,11 @@ class KubernetesOptions:
     context: str = ""
     kubeconfig: str = ""
     in_cluster: bool = False
-    force: bool = False  # take over fields another field manager owns
+    force: bool = False  # with self_heal false: take over fields another field manager owns
     delete_timeout: float = 60.0  # seconds to wait for a delete before re-creating
     others: frozenset[str] = frozenset()  # `namespaces`: more namespaces the environment may write to
     service_account: str = ""  # every write impersonates system:serviceaccount:<namespace>:<this>
+    self_heal: bool = True  # a field Git sets that another manager changed is set back (taking it over)
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -33,7 +34,7 @@ class KubernetesOptions:
     @classmethod
     def parse(cls, raw: Mapping[str, Any], c: Checker, path: str) -> KubernetesOptions | None:
         c.known_keys(raw, path, {"namespace", "namespaces", "context", "kubeconfig", "inCluster", "force",
-                                 "deleteTimeout", "serviceAccountName"})
+                                 "deleteTimeout", "serviceAccountName", "selfHeal"})
         namespace = c.string(raw.get("namespace"), f"{path}.namespace", required=True)
         others = []
         for i, other in enumerate([namespace, *c.sequence(raw.get("namespaces"), f"{path}.namespaces")]):
@@ -47,7 +48,7 @@ class KubernetesOptions:
             c.fail(f"{path}.serviceAccountName", f"must be a DNS-1123 label, got {short(account)}")
         context = c.string(raw.get("context"), f"{path}.context")
         kubeconfig = c.string(raw.get("kubeconfig"), f"{path}.kubeconfig")
-        for flag in ("inCluster", "force"):
+        for flag in ("inCluster", "force", "selfHeal"):
             c.boolean(raw.get(flag), f"{path}.{flag}")
         if raw.get("inCluster") and context:
             c.fail(path, "set either inCluster: true or context, not both")
@@ -59,4 +60,4 @@ class KubernetesOptions:
         if namespace is None or not dns_label(namespace):
             return None
         return cls(namespace, context or "", kubeconfig or "", raw.get("inCluster") is True, raw.get("force") is True,
-                   timeout, frozenset(others), account or "")
+                   timeout, frozenset(others), account or "", raw.get("selfHeal", True) is not False)

@@ -18,8 +18,8 @@ from kubernetes import client as k8s
 from ...errors import PermanentError
 from ...kubeapi import ApiError, Kube, RateLimiter, connect, resource
 from ...metrics import Metrics
-from ...model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
-                      RenderedEnvironment, job_submission_id, parse_time)
+from ...model import (ENVIRONMENT_LABEL, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef,
+                      Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
 from ...pipeline.diff import CLUSTER_SPEC_PATHS
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
@@ -70,6 +70,7 @@ class KubernetesTarget:
         self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
         self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
+        self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one environment)
         self._lock = threading.Lock()
 
     def _count(self, verb: str) -> None:
@@ -195,7 +196,7 @@ class KubernetesTarget:
         for desired in rendered.objects:
             current = live.get(desired.ref)
             if current is not None and not current.manifest["metadata"].get("deletionTimestamp"):
-                out[desired.ref] = dry_runs.expected(rendered.spec.name, desired, current.manifest)
+                out[desired.ref] = dry_runs.expected(rendered.spec.name, desired, current.manifest, rendered.spec.ignore)
         return out
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
@@ -209,20 +210,32 @@ class KubernetesTarget:
         if item.action not in OUTCOMES or item.desired is None:
             raise PermanentError(f"{ref}: cannot {item.action.value} on Kubernetes without a desired object")
         live = self._cached(ref)
+        self._own(ref, live, context.environment)
         if item.action == Action.RECREATE:
             self._delete(writer, ref, wait=options.delete_timeout, live=live)
             live = None
-        stored = writer.applier.apply(context.environment, item.desired, live, forced(options.force, item.desired))
-        writer.dry_runs.remember(context.environment, item.desired, stored)
+        stored = writer.applier.apply(context.environment, item.desired, live,
+                                      forced(options.self_heal, options.force, item.desired), context.ignore)
+        writer.dry_runs.remember(context.environment, item.desired, stored, context.ignore)
         informer = self._known(ref)
         if informer is not None:
             informer.expect_version(str(stored["metadata"].get("resourceVersion", "")))
         return OUTCOMES[item.action]
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext) -> None:
+    def _own(self, ref: ObjectRef, live: Manifest | None, environment: str) -> None:
+        """Claim `ref` for `environment` before writing it; refuse when another environment has it (its ownership
+        label on the live object, or a claim of this process: two environments that both create it at once)."""
+        labels = ((live or {}).get("metadata") or {}).get("labels") or {}
+        with self._lock:
+            owner = self._owners.setdefault(ref, str(labels.get(ENVIRONMENT_LABEL) or "") or environment)
+        if owner != environment:
+            raise PermanentError(f"{ref}: belongs to environment {owner} (one object, one environment): not applied")
+
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+                     reason: str = "") -> None:
         assert isinstance(context.options, KubernetesOptions)
         self.recorder.record(self.writer(context.options).kube, item.ref, lambda: self._uid(item.ref), outcome,
-                             f"{message} (revision {context.revision[:12]})", context.environment)
+                             f"{message} (revision {context.revision[:12]})", context.environment, reason)
 
     def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
         ref = ObjectRef("", "ConfigMap", spec.target.namespace, ledger_name(spec.name))
@@ -237,6 +250,8 @@ class KubernetesTarget:
         live = live if live is not None else self._cached(ref)
         answer = writer.applier.delete(ref)
         writer.dry_runs.forget(ref)
+        with self._lock:
+            self._owners.pop(ref, None)
         if answer is None:
             return
         uid = ((live or {}).get("metadata") or {}).get("uid") or (answer.get("metadata") or {}).get("uid") \
