@@ -116,6 +116,7 @@ class Flag(enum.StrEnum):
     PENDING_RESTART = "pending-restart"  # applied, but existing pods keep the old template
     OWNED_ELSEWHERE = "owned-elsewhere"  # the live object belongs to another environment: never adopted or applied
     LEFT_ALONE = "left-alone"  # gitops.ray.io/reconcile: disabled (or ssa: IfNotPresent on an existing object)
+    DRAINING = "draining"  # a worker group that left Git is scaled to 0 before it leaves the spec
 
 
 class SyncStatus(enum.StrEnum):

@@ -6,9 +6,10 @@ edits are ignored by the operator (so: a new run), and the prune guards.
 """
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Mapping
 
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
                     ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, Action,
@@ -122,7 +123,7 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
 
     warnings, removed = _group_warnings(current, desired)
     restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in NO_RESTART else []
-    if not restart and not removed:
+    if not restart and (not removed or desired.ref.kind == "RayCluster"):  # a RayCluster's groups drain first
         return item(Action.UPDATE, f"changed in place: {', '.join(paths)}")
     changed = ", ".join(restart) or "worker groups removed"
     if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
@@ -143,12 +144,19 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
 
 
 def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[tuple[str, ...], frozenset[Flag]]:
-    """Warnings about the worker groups, and GROUP_REMOVED when a group left Git."""
+    """Warnings about the worker groups, and GROUP_REMOVED when a group leaves the spec. A RayCluster's group
+    leaves it once drained (`drain`): a warning only if it still has nodes (the drain timed out)."""
     old = [g.get("groupName") for g in diff.cluster_spec(current.manifest).get("workerGroupSpecs") or []]
     new = [g.get("groupName") for g in diff.cluster_spec(desired.manifest).get("workerGroupSpecs") or []]
-    warnings = [f"worker group {name} removed: KubeRay leaves its pods running (kuberay#1739); scale it to 0 first "
-                f"or recreate the cluster" for name in old if name not in new]
-    flags = frozenset({Flag.GROUP_REMOVED}) if warnings else frozenset()
+    gone = [name for name in old if name not in new]
+    if desired.ref.kind == "RayCluster":
+        warnings = [f"worker group {name} left Git and still has nodes after draining for {DRAIN_TIMEOUT:.0f} s: "
+                    f"removed from the spec anyway; KubeRay may leave them running (kuberay#1739)"
+                    for name in gone if has_nodes(current, str(name))]
+    else:
+        warnings = [f"worker group {name} removed: KubeRay leaves its pods running (kuberay#1739); scale it to 0 "
+                    f"first or recreate the cluster" for name in gone]
+    flags = frozenset({Flag.GROUP_REMOVED}) if gone else frozenset()
     common_old, common_new = [n for n in old if n in new], [n for n in new if n in old]
     if common_old != common_new:
         warnings.append("worker groups reordered: the Ray autoscaler patches groups by index")
@@ -241,3 +249,49 @@ def removal_refused(known: set[str], vanished: set[str], max_fraction: float) ->
         return (f"{len(vanished)} of {len(known)} environments left Git at once, more than the removal guard "
                 f"{max_fraction:g} allows")
     return ""
+
+
+DRAIN_TIMEOUT = 300.0  # seconds a worker group that left Git may take to lose its nodes before it leaves the spec
+
+
+def has_nodes(obj: LiveObject, group: str) -> bool:
+    """The live cluster still runs nodes of `group` (Kubernetes: any Pod of it, even terminating; the local target:
+    nodes alive)."""
+    return group in obj.oldest_nodes if obj.oldest_nodes is not None else obj.workers.get(group, 0) > 0
+
+
+def drain(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject],
+          since: Mapping[ObjectRef, Mapping[str, float]], now: float
+          ) -> tuple[RenderedEnvironment, dict[ObjectRef, dict[str, float]]]:
+    """The environment to plan, in which each worker group that left Git but still has nodes stays in its
+    RayCluster, at its live place, scaled to 0 (replicas, minReplicas and maxReplicas 0: KubeRay then deletes its
+    Pods, where it would leave them running if the group just went, kuberay#1739); it leaves the spec once its
+    nodes are gone, or after DRAIN_TIMEOUT seconds of draining. Also, per cluster, the groups draining and since
+    when (`since`: as reported before)."""
+    objects, draining = [], {}
+    for desired in rendered.objects:
+        current = live.get(desired.ref)
+        keep: dict[str, float] = {}
+        if desired.ref.kind == "RayCluster" and current is not None:
+            wanted = diff.worker_groups(desired.manifest)
+            for name in diff.worker_groups(current.manifest):
+                started = (since.get(desired.ref) or {}).get(name, now)
+                if name not in wanted and has_nodes(current, name) and now - started < DRAIN_TIMEOUT:
+                    keep[name] = started
+        if not keep:
+            objects.append(desired)
+            continue
+        assert current is not None
+        manifest = copy.deepcopy(desired.manifest)
+        groups = manifest["spec"].setdefault("workerGroupSpecs", [])
+        live_order = [str(g.get("groupName")) for g in current.manifest["spec"].get("workerGroupSpecs") or []]
+        for name in keep:
+            zero = {**copy.deepcopy(diff.worker_groups(current.manifest)[name]), "replicas": 0, "minReplicas": 0,
+                    "maxReplicas": 0}
+            zero.pop("scaleStrategy", None)
+            before = [n for n in live_order[:live_order.index(name)] if n in {str(g.get("groupName")) for g in groups}]
+            at = 1 + max((i for i, g in enumerate(groups) if g.get("groupName") in before), default=-1)
+            groups.insert(at, zero)
+        objects.append(replace(desired, manifest=manifest))
+        draining[desired.ref] = keep
+    return replace(rendered, objects=tuple(objects)), draining

@@ -102,7 +102,7 @@ class Pipeline:
             copy = target.load_ledger(rendered.spec)
             record = record.merged(copy) if copy is not None else record
         live, record, _ = self._observe(rendered, target, record)
-        return Preview(name, revision, self._plan(rendered, target, live, record))
+        return Preview(name, revision, self._plan(rendered, target, live, record)[0])
 
     # -- reconcile ------------------------------------------------------------------------------------
     def reconcile(self, name: str, revision: Revision) -> Result:
@@ -224,7 +224,7 @@ class Pipeline:
         record = self._adopt(rendered, target, loaded)
         controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
         live, record, ended = self._observe(rendered, target, record, controlled)
-        items = self._plan(rendered, target, live, record)
+        items, draining = self._plan(rendered, target, live, record)
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
@@ -245,7 +245,7 @@ class Pipeline:
                 ended += more
         record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
         sync, message, summary = self._sync(items, outcomes, errors, waiting, shared)
-        env_health, detail = self._report_health(rendered, live, record, outcomes)
+        env_health, detail = self._report_health(rendered, live, record, outcomes, draining)
         if revision.signer:
             detail["signer"] = revision.signer
         applied = None
@@ -353,9 +353,23 @@ class Pipeline:
             log.info("environment %s: RayJob %s run %s finished: %s", name, run.job, run.submission_id, run.result)
 
     def _plan(self, rendered: RenderedEnvironment, target: Target, live: dict[ObjectRef, LiveObject],
-              record: Record) -> list[PlanItem]:
-        return planner.plan(rendered, live, record.inventory, record.finished, self.options,
-                            target.expected(rendered, live))
+              record: Record) -> tuple[list[PlanItem], dict[ObjectRef, dict[str, float]]]:
+        """The plan, with the worker groups that left Git drained first (`planner.drain`), and those groups per
+        RayCluster with the time their draining started (as the last report said, else now)."""
+        previous = self.ledger.state(rendered.spec.name)
+        clusters = (previous.detail.get("clusters") or {}) if previous else {}
+        since = {d.ref: (clusters.get(d.ref.name) or {}).get("draining") or {} for d in rendered.objects
+                 if d.ref.kind == "RayCluster"}
+        planned, draining = planner.drain(rendered, live, since, time.time())
+        items = planner.plan(planned, live, record.inventory, record.finished, self.options,
+                             target.expected(planned, live))
+        for index, item in enumerate(items):
+            if item.ref in draining and item.action == Action.UPDATE:
+                groups = ", ".join(sorted(draining[item.ref]))
+                items[index] = replace(item, reason=f"worker group(s) {groups} left Git: scaled to 0 first (replicas, "
+                                       f"min and max 0); removed from the spec once their nodes are gone",
+                                       flags=item.flags | {Flag.DRAINING})
+        return items, draining
 
     @staticmethod
     def _claim(name: str, items: list[PlanItem], record: Record) -> Record:
@@ -523,7 +537,8 @@ class Pipeline:
         return drifted
 
     def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], record: Record,
-                       outcomes: list[tuple[PlanItem, Outcome]]) -> tuple[Health, dict]:
+                       outcomes: list[tuple[PlanItem, Outcome]],
+                       draining: dict[ObjectRef, dict[str, float]] | None = None) -> tuple[Health, dict]:
         name, finished = rendered.spec.name, record.finished
         previous = self.ledger.state(name)
         before = (previous.detail.get("clusters") or {}) if previous else {}
@@ -563,6 +578,13 @@ class Pipeline:
                                            (before.get(ref.name) or {}).get("pendingRestart"), time.time())
                 if restart:
                     detail["clusters"][ref.name]["pendingRestart"] = restart
+                if (draining or {}).get(ref) and obj_health != Health.DEGRADED:  # a removed group scales to 0 first
+                    groups_left = ", ".join(sorted((draining or {})[ref]))
+                    obj_health, why = Health.PROGRESSING, (f"draining worker group(s) {groups_left}: removed from the "
+                                                           "spec once their nodes are gone")
+                    healths[-1] = obj_health
+                    detail["objects"][str(ref)].update(health=obj_health.value, message=why)
+                    detail["clusters"][ref.name].update(health=obj_health.value, draining=(draining or {})[ref])
         self.metrics.replace(self.metrics.raycluster_workers, name, workers)
         self.metrics.replace(self.metrics.raycluster_state, name, states)
         self.metrics.replace(self.metrics.rayjob_status, name, jobs)

@@ -165,16 +165,44 @@ def test_create_carries_the_full_desired_object_as_diff() -> None:
     assert any(line.endswith("groupName: gpu") for line in added)
 
 
-def test_removed_worker_group_warns_about_orphaned_pods() -> None:
+def without_gpu() -> dict[str, Any]:
     git = copy.deepcopy(CLUSTER)
+    assert git["spec"]["workerGroupSpecs"][1]["groupName"] == "gpu"
     del git["spec"]["workerGroupSpecs"][1]
+    return git
 
-    item = plan_one(git, CLUSTER)
 
-    assert item.action is Action.UPDATE
-    assert "worker groups removed" in item.reason
+def test_a_removed_worker_group_that_still_has_nodes_is_scaled_to_zero_where_it_was() -> None:
+    from dataclasses import replace
+    from reconciler.pipeline.planner import drain
+    on_target = replace(live(CLUSTER), oldest_nodes={"headgroup": 1.0, "cpu": 1.0, "gpu": 2.0})
+    planned, draining = drain(environment(without_gpu()), {ref(CLUSTER): on_target}, {}, 1000.0)
+
+    groups = planned.objects[0].manifest["spec"]["workerGroupSpecs"]
+    assert [g["groupName"] for g in groups] == [g["groupName"] for g in CLUSTER["spec"]["workerGroupSpecs"]]
+    assert {k: groups[1][k] for k in ("replicas", "minReplicas", "maxReplicas")} == dict.fromkeys(
+        ("replicas", "minReplicas", "maxReplicas"), 0)
+    assert draining == {ref(CLUSTER): {"gpu": 1000.0}}
+    item, = plan(planned, {ref(CLUSTER): on_target}, frozenset({ref(CLUSTER)}), {})
+    assert item.action is Action.UPDATE and item.warnings == ()
+    assert set(item.changes) >= {"spec.workerGroupSpecs[gpu].maxReplicas", "spec.workerGroupSpecs[gpu].replicas"}
+
+    later, still = drain(environment(without_gpu()), {ref(CLUSTER): on_target}, {ref(CLUSTER): {"gpu": 1000.0}},
+                         1000.0 + 301)
+    assert still == {} and later.objects[0].manifest == without_gpu()  # drained too long: it goes anyway
+
+
+def test_a_drained_worker_group_leaves_the_spec_in_place_and_one_still_running_warns() -> None:
+    from dataclasses import replace
+    item = plan_one(without_gpu(), CLUSTER)  # no node of gpu left
+    assert (item.action, item.warnings) == (Action.UPDATE, ())
+    assert item.reason == "changed in place: spec.workerGroupSpecs[gpu]" and "group-removed" in item.flags
+
+    running = replace(live(CLUSTER), oldest_nodes={"gpu": 2.0})
+    item, = plan(environment(without_gpu()), {ref(CLUSTER): running}, frozenset({ref(CLUSTER)}), {})
     (warning,) = item.warnings
-    assert "worker group gpu removed" in warning and "kuberay#1739" in warning
+    assert "worker group gpu left Git and still has nodes after draining for 300 s" in warning
+    assert "kuberay#1739" in warning
 
 
 def test_reordered_worker_groups_warn_that_the_autoscaler_patches_by_index() -> None:
