@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import yaml
 
@@ -79,9 +79,11 @@ class Settings:
             raise ConfigError("verify_commits needs trusted_keys: a directory of *.asc keys and allowed_signers")
         return Verifier(self.verify_commits, Path(self.trusted_keys), self.state_dir)
 
-    def runtime(self, metrics: Metrics) -> Runtime:
-        """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same)."""
-        return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account)
+    def runtime(self, metrics: Metrics, changed: Callable[[str], None] | None = None) -> Runtime:
+        """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same); `changed`: the
+        daemon's listener for objects someone else changed."""
+        return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account,
+                       changed)
 
     @property
     def host_port(self) -> tuple[str, int]:

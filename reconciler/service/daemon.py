@@ -45,6 +45,7 @@ from .schedule import Schedule
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+DEBOUNCE = 1.0  # seconds from a change someone else made to its environment's drift check (more changes: one check)
 
 
 class Daemon:
@@ -57,7 +58,7 @@ class Daemon:
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request,
                                 settings.verifier(), heads=self.ledger)
-        self.targets = Registry(settings.runtime(self.metrics))
+        self.targets = Registry(settings.runtime(self.metrics, self.changed))
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.pipeline = self._pipeline()
@@ -74,6 +75,8 @@ class Daemon:
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
+        self._touched: set[str] = set()  # environments whose objects someone else changed (checked after DEBOUNCE)
+        self._debounce: threading.Timer | None = None
         self.head: Revision | None = None  # the last revision fetched
         self.worker = Worker()  # the status page's slow work
         self.commits = Commits(self.worker, self.source.revision)
@@ -137,6 +140,23 @@ class Daemon:
         """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
         interval. Only wakes the loop: nothing is reconciled in the caller's (HTTP) thread."""
         self._force.set()
+        self.wake.set()
+
+    def changed(self, environment: str) -> None:
+        """A watch saw someone else change an object of `environment` (a hand edit, another applier, its Pods):
+        its drift check runs within DEBOUNCE seconds, whatever its interval; a burst of changes makes one check.
+        Called from the watch threads; only wakes the loop."""
+        with self._lock:
+            self._touched.add(environment)
+            if self._debounce is None:
+                self._debounce = threading.Timer(DEBOUNCE, self._check_touched)
+                self._debounce.daemon = True
+                self._debounce.start()
+
+    def _check_touched(self) -> None:
+        with self._lock:
+            touched, self._touched, self._debounce = self._touched, set(), None
+            self.schedule.force(touched & set(self._selected))
         self.wake.set()
 
     def leading(self) -> bool:

@@ -29,6 +29,7 @@ class Runtime:
     kube_api_qps: float = 50.0
     kube_api_burst: int = 300
     default_service_account: str = ""  # Kubernetes: impersonated by environments that name none
+    changed: Callable[[str], None] | None = None  # told the environment of an object someone else changed
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target:
     from ..kubeapi import RateLimiter
     from .kubernetes.target import KubernetesTarget
     return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst),
-                            default_service_account=runtime.default_service_account)
+                            default_service_account=runtime.default_service_account, on_change=runtime.changed)
 
 
 TYPES: dict[str, TargetType] = {t.name: t for t in (

@@ -4,10 +4,13 @@ LIST, then a WATCH. Objects are keyed by (namespace, name).
 The Kubernetes target reads live objects here instead of GETting each one every cycle. A daemon
 thread follows the watch from the last resourceVersion (bookmarks included), re-lists on 410 Gone
 and reconnects with bounded backoff. The target's own writes are awaited (`expect_*`, `settle`),
-so the observe right after an apply sees it. Nothing here decides anything about the objects.
+so the observe right after an apply sees it. A change someone else made (a watch event that is
+not one of our writes and changes more than status) is handed to `on_change`, so the daemon can
+look at its environment at once. Nothing here decides anything about the objects.
 """
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import threading
@@ -30,6 +33,15 @@ def _key(obj: dict[str, Any]) -> tuple[str, str]:
     return str(meta.get("namespace") or ""), str(meta.get("name") or "")
 
 
+def _essence(obj: dict[str, Any] | None) -> Any:
+    """What a change is about: the object without its status and the metadata every write changes (None: none)."""
+    if obj is None:
+        return None
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields",
+                                                                              "generation")}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
 def _version(value: str) -> int | None:
     try:
         return int(value)
@@ -41,9 +53,12 @@ class Informer:
     """The objects of one collection, kept current by a watch thread."""
 
     def __init__(self, kube: Kube, path: str, selector: str = "", transform: Transform | None = None,
-                 watch_seconds: int = 300, backoff: tuple[float, float] = (0.5, 30.0)) -> None:
+                 watch_seconds: int = 300, backoff: tuple[float, float] = (0.5, 30.0),
+                 on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.kube, self.path, self.selector = kube, path, selector
         self.transform = transform or (lambda obj: obj)
+        self.on_change = on_change  # called (in the watch thread) with an object someone else changed
+        self._ours: collections.deque[str] = collections.deque(maxlen=4096)  # versions and uids of our own writes
         self.watch_seconds, self.backoff = watch_seconds, backoff
         self._items: dict[tuple[str, str], dict[str, Any]] = {}
         self._version = ""
@@ -98,6 +113,7 @@ class Informer:
     def expect_version(self, resource_version: str) -> None:
         """Our write produced `resource_version`: reads wait until the watch got that far."""
         wanted = _version(resource_version)
+        self._ours.append(resource_version)
 
         def met() -> bool | None:
             have = _version(self._version)
@@ -107,6 +123,8 @@ class Informer:
 
     def expect_gone(self, namespace: str, name: str, uid: str) -> None:
         """We deleted `name` (uid): reads wait until the watch reported it gone (or replaced)."""
+        self._ours.append(uid)
+
         def met() -> bool:
             item = self._items.get((namespace, name))
             return item is None or (item.get("metadata") or {}).get("uid") != uid
@@ -206,9 +224,13 @@ class Informer:
             have = _version(self._version)
             if have is not None and (_version(version) or 0) <= have:
                 return  # already in the list we took after this event was sent
+            old, new = self._items.get(_key(obj)), None
             if kind in ("ADDED", "MODIFIED"):
-                self._items[_key(obj)] = self.transform(obj)
+                new = self._items[_key(obj)] = self.transform(obj)
             elif kind == "DELETED":
                 self._items.pop(_key(obj), None)
             self._version = version or self._version
             self._cond.notify_all()
+        ours = version in self._ours or (kind == "DELETED" and meta.get("uid") in self._ours)
+        if self.on_change is not None and kind != "BOOKMARK" and not ours and _essence(old) != _essence(new):
+            self.on_change(new or old or {})

@@ -19,8 +19,11 @@ MAX_RUNS = 500  # newest runs kept; a ConfigMap holds at most 1 MiB
 Reader = Callable[[], Manifest | None]
 
 
+LEDGER_PREFIX = "ray-gitops-ledger-"
+
+
 def ledger_name(environment: str) -> str:
-    return f"ray-gitops-ledger-{environment}"
+    return f"{LEDGER_PREFIX}{environment}"
 
 
 class ConfigMapLedger:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from kubernetes import client as k8s
 
@@ -27,7 +27,7 @@ from .apply import Applier, translate
 from .body import forced
 from .cache import Informer
 from .dryrun import DryRuns
-from .ledger import ConfigMapLedger, ledger_name
+from .ledger import LEDGER_PREFIX, ConfigMapLedger, ledger_name
 from .options import KubernetesOptions
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,9 @@ class KubernetesTarget:
 
     def __init__(self, options: KubernetesOptions, metrics: Metrics, *, field_manager: str = "ray-gitops",
                  api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None,
-                 default_service_account: str = "") -> None:
+                 default_service_account: str = "", on_change: Callable[[str], None] | None = None) -> None:
         self.metrics, self.field_manager = metrics, field_manager
+        self.on_change = on_change  # told the environment of an object (or a Ray Pod) someone else changed
         self.default_service_account = default_service_account
         self._owns_client = api_client is None
         self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
@@ -112,7 +113,20 @@ class KubernetesTarget:
 
     def _start_informer(self, kind: str, namespace: str) -> Informer:
         resource_, selector, transform = observe.cache_of(kind)
-        return Informer(self.kube, resource_.collection(namespace), selector, transform).start()
+        listener = self._changed if self.on_change is not None and kind != observe.CRON_RUNS else None
+        return Informer(self.kube, resource_.collection(namespace), selector, transform, on_change=listener).start()
+
+    def _changed(self, obj: Manifest) -> None:
+        """A watch saw someone else change `obj`: tell `on_change` its environment (a Ray Pod's: its RayCluster's).
+        The ledger ConfigMaps are ray-gitops' own bookkeeping, not drift."""
+        meta = obj.get("metadata") or {}
+        if "cluster" in obj:  # a Ray Pod's summary
+            informer = self._known(ObjectRef("ray.io", "RayCluster", str(meta.get("namespace")), ""))
+            cluster = informer.get(str(meta.get("namespace")), str(obj["cluster"])) if informer else None
+            meta = (cluster or {}).get("metadata") or {}
+        environment = ((meta.get("labels") or {}).get(ENVIRONMENT_LABEL))
+        if environment and self.on_change is not None and not str(meta.get("name")).startswith(LEDGER_PREFIX):
+            self.on_change(str(environment))
 
     def _known(self, ref: ObjectRef) -> Informer | None:
         """The cache already holding `ref`'s kind and namespace, if any."""
