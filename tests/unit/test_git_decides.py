@@ -386,3 +386,54 @@ def test_who_changed_a_field_comes_from_managed_fields() -> None:
     assert changed_by(live, ["spec.workerGroupSpecs[cpu].replicas"]) == ["kubectl-edit"]
     assert changed_by(live, ["metadata.labels.app.kubernetes.io/name"]) == ["kubectl-label"]
     assert changed_by(live, ["status.state", "data.x"]) == [] and changed_by({}, ["spec"]) == []
+
+
+def test_a_preview_and_every_api_route_write_nothing_and_run_no_cron_slot(
+        remote: GitRemote, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The real local target (ConfigMaps and a RayCronJob whose slot is due; no Ray): `plan`, `diff`,
+    `render`, `status`, `history` and every route of the status page change no file of the state dir, and
+    only a reconcile runs the cron controller's step."""
+    import json
+    import time
+    from email.message import Message
+    from reconciler.commands.cli import main
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    remote.write("environments/a/settings.yaml", configmap("settings"))
+    remote.write("environments/a/secret.yaml", "apiVersion: v1\nkind: Secret\nmetadata: {name: token}\n"
+                 "stringData: {token: s3cret}\n")
+    remote.write("environments/a/nightly.yaml", "apiVersion: ray.io/v1\nkind: RayCronJob\nmetadata: {name: nightly}\n"
+                 "spec:\n  schedule: '* * * * *'\n  jobTemplate:\n    entrypoint: python -c 'print(1)'\n"
+                 "    clusterSelector: {ray.io/cluster: demo}\n")
+    remote.commit("a")
+    state = tmp_path / "state"
+    made = Daemon(Settings(repo=remote.url, state_dir=state, ui=True), CollectorRegistry())
+    assert made.run_once()
+    cron = state / "local" / "objects" / "a" / "RayCronJob.default.nightly.json"
+    record = json.loads(cron.read_text())
+    cron.write_text(json.dumps({**record, "last_slot": time.time() - 130}))  # a slot is due now
+    files = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+
+    for command in (["plan"], ["diff"], ["render"], ["diff", "-o", "json"]):
+        assert main([*command, "--repo", remote.url, "--environment", "a", "--state-dir", str(state)]) in (0, 1)
+    assert main(["status", "--state-dir", str(state)]) == main(["history", "--environment", "a", "--state-dir",
+                                                                str(state)]) == 0
+    made.head = made.source.fetch()
+    made._shown = made._selected = ["a"]
+    page = made._page()
+    made.worker.start()
+    try:
+        routes = ["/", "/environments/a", "/ui/app.js", "/api/v1/environments", "/api/v1/environments/a",
+                  "/api/v1/environments/a/history", "/api/v1/environments/a/runs"]
+        assert all(page.get(route, Message()).code == 200 for route in routes)
+        deadline = time.monotonic() + 20
+        while json.loads(page.get("/api/v1/environments/a/plan", Message()).body)["status"] != "ready":
+            assert time.monotonic() < deadline, "the plan was never computed"
+            time.sleep(0.1)
+    finally:
+        made.worker.stop()
+
+    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    assert after == files
+    assert "scheduled run" not in capsys.readouterr().err  # the commands log to stderr
+    made.pipeline.reconcile("a", made.head)
+    assert "scheduled run a-nightly-" in capsys.readouterr().err  # a reconcile runs the slot (its cluster is absent)

@@ -1,5 +1,6 @@
-"""Field ownership on the real API server: never fight the Ray autoscaler, never clobber another field
-manager's value unless forced. KubeRay's `workerGroupSpecs` is an atomic list for server-side apply."""
+"""Field ownership on the real API server: never fight the Ray autoscaler; heal a field another manager
+changed (selfHeal, the default) or, with selfHeal off, never clobber it unless forced. KubeRay's
+`workerGroupSpecs` is an atomic list for server-side apply."""
 from __future__ import annotations
 
 from typing import Any
@@ -115,40 +116,66 @@ def test_autoscaler_fields_inside_a_rayjob_cluster_spec_are_kept(kit: Kit) -> No
     assert (group["replicas"], group["scaleStrategy"]) == (3, {"workersToDelete": ["pod-x"]})
 
 
-def test_without_autoscaling_a_foreign_replicas_patch_is_drift_that_conflicts_until_forced(kit: Kit) -> None:
-    """Git owns replicas here, but an Update by another manager takes the atomic list from us, so
-    restoring Git's value is a conflict like any other: reported, not clobbered, until forced."""
+def test_without_autoscaling_a_foreign_replicas_patch_is_healed_taking_the_field_back(kit: Kit) -> None:
+    """Git owns replicas here; an Update by another manager (`kubectl scale`, `kubectl edit`) takes the atomic
+    list from us. By default the next apply sets Git's value back and takes the list back."""
     doc = load("raycluster.yaml")
     obj = desired(doc, kit.namespace)
     kit.sync(obj)
     kit.json_patch("RayCluster", "demo", [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
                    "kubectl-scale")
+    assert managers(kit.get("RayCluster", "demo"), "workerGroupSpecs") == {"kubectl-scale": "Update"}
 
     kit.caught_up(obj)
-    item = kit.plan(obj)
-    assert item.action == Action.UPDATE and "spec.workerGroupSpecs[cpu].replicas" in item.reason
-    with pytest.raises(PermanentError) as raised:
-        kit.target.apply(item, kit.context)
-
-    message = str(raised.value)
-    assert message.startswith(f"RayCluster/{kit.namespace}/demo: apply conflict: .spec.workerGroupSpecs owned by "
-                              "field manager(s) kubectl-scale")
-    assert kit.conflicts("RayCluster") == 1
-    assert kit.get("RayCluster", "demo")["spec"]["workerGroupSpecs"][0]["replicas"] == 3
-
-    doc["metadata"]["annotations"] = {"gitops.ray.io/force": "true"}
-    item, outcome = kit.sync(desired(doc, kit.namespace))
+    item, outcome = kit.sync(obj)
 
     assert (item.action, outcome) == (Action.UPDATE, Outcome.CONFIGURED)
+    assert item.changes == ("spec.workerGroupSpecs[cpu].replicas",)
     live = kit.get("RayCluster", "demo")
     assert live["spec"]["workerGroupSpecs"][0]["replicas"] == 1
     assert managers(live, "workerGroupSpecs") == {"ray-gitops": "Apply"}
+    assert kit.conflicts("RayCluster") == 0
+
+
+def test_with_self_heal_off_a_foreign_replicas_patch_conflicts_until_forced(
+        kube_control_plane, kube_namespace: str) -> None:
+    """`selfHeal: false`: restoring Git's value is a conflict like any other: reported, not clobbered, until
+    forced."""
+    kit = Kit(kube_control_plane, kube_namespace, self_heal=False)
+    try:
+        doc = load("raycluster.yaml")
+        obj = desired(doc, kit.namespace)
+        kit.sync(obj)
+        kit.json_patch("RayCluster", "demo", [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
+                       "kubectl-scale")
+
+        kit.caught_up(obj)
+        item = kit.plan(obj)
+        assert item.action == Action.UPDATE and "spec.workerGroupSpecs[cpu].replicas" in item.reason
+        with pytest.raises(PermanentError) as raised:
+            kit.target.apply(item, kit.context)
+
+        message = str(raised.value)
+        assert message.startswith(f"RayCluster/{kit.namespace}/demo: apply conflict: .spec.workerGroupSpecs owned by "
+                                  "field manager(s) kubectl-scale")
+        assert kit.conflicts("RayCluster") == 1
+        assert kit.get("RayCluster", "demo")["spec"]["workerGroupSpecs"][0]["replicas"] == 3
+
+        doc["metadata"]["annotations"] = {"gitops.ray.io/force": "true"}
+        item, outcome = kit.sync(desired(doc, kit.namespace))
+
+        assert (item.action, outcome) == (Action.UPDATE, Outcome.CONFIGURED)
+        live = kit.get("RayCluster", "demo")
+        assert live["spec"]["workerGroupSpecs"][0]["replicas"] == 1
+        assert managers(live, "workerGroupSpecs") == {"ray-gitops": "Apply"}
+    finally:
+        kit.close()
 
 
 @pytest.mark.parametrize("force_by", ["environment", "annotation"])
-def test_a_field_another_manager_applied_is_not_clobbered_unless_forced(
+def test_with_self_heal_off_a_field_another_manager_applied_is_not_clobbered_unless_forced(
         kube_control_plane, kube_namespace: str, force_by: str) -> None:
-    kit = Kit(kube_control_plane, kube_namespace)
+    kit = Kit(kube_control_plane, kube_namespace, self_heal=False)
     try:
         doc = load("raycluster.yaml")
         obj = desired(doc, kube_namespace)
@@ -170,7 +197,8 @@ def test_a_field_another_manager_applied_is_not_clobbered_unless_forced(
     finally:
         kit.close()
 
-    kit = Kit(kube_control_plane, kube_namespace, **({"force": True} if force_by == "environment" else {}))
+    kit = Kit(kube_control_plane, kube_namespace, self_heal=False,
+              **({"force": True} if force_by == "environment" else {}))
     try:
         if force_by == "annotation":
             doc["metadata"]["annotations"] = {"gitops.ray.io/force": "true"}
