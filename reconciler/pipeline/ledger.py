@@ -241,7 +241,8 @@ class Ledger:
 
     def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None:
         with self._tx() as db:
-            db.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)", (url, branch, revision, signer, time.time()))
+            db.execute("INSERT OR REPLACE INTO verified VALUES (?,?,?,?,?)",
+                       (url, branch, revision, signer, time.time()))
 
     def suspend(self, environment: str, reason: str = "") -> None:
         """`ray-gitops suspend`: the pipeline applies nothing to `environment` until `resume`."""

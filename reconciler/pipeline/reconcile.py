@@ -1,6 +1,7 @@
-"""The one pipeline of an environment: render -> load its record -> observe -> plan -> apply ->
-observe -> report. `Pipeline.preview` (what `plan` and `diff` print) is the same pipeline stopped
-before apply; `Pipeline.reconcile` goes on.
+"""The one pipeline of an environment: render -> load its record -> (the target's own control step)
+-> observe -> plan -> apply -> observe -> report. `Pipeline.preview` (what `plan` and `diff` print) is
+the same pipeline without the control step, stopped before apply: it writes nothing. `Pipeline.reconcile`
+goes on; `Pipeline.remove` prunes an environment that left Git.
 
 A reconcile reads the environment's ledger record once and writes it back once (twice when it
 creates objects or submits runs: they are owned in the ledger before they exist, so a crash or a
@@ -10,7 +11,8 @@ environment applies and prunes nothing and keeps its last applied state.
 Thread ownership: called from several environment threads at once, never twice at the same time
 for one environment (the daemon's schedule guarantees it). It reads only the revision's immutable
 snapshot; the per-environment entries of `_adopted` and `_said` are touched only by the thread
-reconciling that environment; the ledger, metrics and targets are thread-safe.
+reconciling that environment; `_foreign` (what each environment found owned by another) is shared
+and read under `_lock`; the ledger, metrics and targets are thread-safe.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ The pipeline drives a `Target`: it observes live objects (and what happened to j
 how desired objects would be stored, and applies one plan item at a time, reporting an `Outcome`.
 A target never decides *what* to change (the planner does) and never touches the ledger; `observe`
 and `expected` only read. Keeping a copy of the ledger, reporting Events and running a controller of
-its own are optional capabilities (`KeepsLedger`, `ReportsEvents`, `Controls`). `Targets` is the registry the service and the commands hand to the pipeline:
+its own are optional capabilities (`KeepsLedger`, `ReportsEvents`, `Controls`). `Targets` is the
+registry the service and the commands hand to the pipeline:
 the target kinds, their typed options, the object kinds each supports, and one live instance per
 connection. The implementations live in `reconciler.targets`; this module defines the seam.
 """

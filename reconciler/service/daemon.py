@@ -3,7 +3,9 @@ election and the HTTP endpoints, and the main loop.
 
 Started by `ray-gitops run`. The main loop fetches Git, asks the schedule which environments are
 due and hands them to a pool of `concurrency` threads; each environment has its own interval and
-error backoff, so a slow or broken one never holds the others. On stop it lets each running
+error backoff, so a slow or broken one never holds the others. An environment that left Git is
+removed the same way, behind the removal guard; a change someone else made to an object (seen by a
+watch) checks its environment at once. On stop it lets each running
 reconcile finish the object it is applying, then closes the targets (the local target stops the
 Ray processes it started). With leader election, only the Lease holder fetches and reconciles; a
 follower serves /metrics, /healthz and a 200 /readyz (it stands by: a rolling update can proceed),
@@ -11,7 +13,9 @@ and a leader that loses the Lease schedules nothing new while its running reconc
 
 Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
-run in those threads and touch the schedule under `_lock`. The HTTP threads read the metrics
+run in those threads and touch the schedule under `_lock`; the targets' watch threads call
+`changed`, which only records the environment under `_lock` and, after DEBOUNCE, forces it in the
+schedule and wakes the loop. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
 thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`.

@@ -1,6 +1,7 @@
 """The local target through the reconcile stage, on real Ray and real Git (no daemon process)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -151,9 +152,11 @@ def test_template_change_restarts_nodes_only_when_asked(harness: Harness, extra:
     assert (after.worker_pids() != workers) == restarted
 
 
-def test_a_cron_job_runs_each_slot_once_even_across_a_restart(harness: Harness, remote: GitRemote) -> None:
-    """RayCronJob on real Ray: the daemon schedules it; the slot's run id makes a second submission (here, by
-    a fresh target as after a restart) impossible. Bounded: the next minute's slot comes within 60 s."""
+def test_a_cron_job_runs_each_slot_once_even_across_a_restart_and_never_from_a_preview(
+        harness: Harness, remote: GitRemote) -> None:
+    """RayCronJob on real Ray: the daemon schedules it; a preview (what `plan`, `diff` and the status page run)
+    with a slot due submits nothing and writes nothing; the slot's run id makes a second submission (here, by a
+    fresh target as after a restart) impossible."""
     harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(0))
     harness.remote.write(f"environments/{ENV}/cron.yaml", """\
 apiVersion: ray.io/v1
@@ -167,6 +170,20 @@ spec:
 """)
     harness.remote.commit("a job every minute")
     harness.reconcile()
+    record = harness.state / "local" / "objects" / ENV / "RayCronJob.default.minutely.json"
+    slot = json.loads(record.read_text())
+    record.write_text(json.dumps({**slot, "last_slot": slot["last_slot"] - 70}))  # a slot came due meanwhile
+    before = record.read_bytes()
+    ray = harness.cluster(f"{ENV}-demo")
+    assert ray is not None
+    import requests
+
+    def submissions() -> list[str]:
+        jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", headers=ray.auth_headers, timeout=10).json()
+        return [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"]
+
+    preview = harness.reconciler.preview(ENV, harness.source.fetch())
+    assert preview.changes == [] and record.read_bytes() == before and submissions() == []
 
     result = harness.until("a scheduled run", lambda r: bool(harness.reconciler.ledger.load(ENV).runs), timeout=100)
     [run] = harness.reconciler.ledger.load(ENV).runs
@@ -176,11 +193,7 @@ spec:
     harness.until("the run to succeed", lambda r: harness.reconciler.ledger.load(ENV).finished.get(run) == "succeeded",
                   timeout=60)
 
-    ray = harness.cluster(f"{ENV}-demo")
-    assert ray is not None
-    import requests
-    jobs = requests.get(f"{ray.dashboard_url}/api/jobs/", headers=ray.auth_headers, timeout=10).json()
-    assert [j["submission_id"] for j in jobs if j.get("type") == "SUBMISSION"].count(run) == 1
+    assert submissions().count(run) == 1
     assert harness.metrics.registry.get_sample_value("ray_gitops_rayjob_runs_total", {
         "environment": ENV, "job": "minutely", "result": "succeeded"}) >= 1
 

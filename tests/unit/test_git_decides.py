@@ -299,7 +299,8 @@ def test_a_hand_edit_is_set_back_counted_and_reported_with_who_made_it(setup) ->
     ref = ObjectRef("ray.io", "RayCluster", "default", "demo")
     edited = copy.deepcopy(target.objects[ref].manifest)
     edited["spec"]["workerGroupSpecs"][0]["replicas"] = 4
-    edited["metadata"]["managedFields"] = [{"manager": "kubectl-edit", "operation": "Update", "time": "2026-12-04T10:00:00Z",
+    edited["metadata"]["managedFields"] = [{"manager": "kubectl-edit", "operation": "Update",
+                                            "time": "2026-12-04T10:00:00Z",
                                             "fieldsV1": {"f:spec": {"f:workerGroupSpecs": {}}}}]
     target.objects[ref] = LiveObject(ref, edited, target.objects[ref].status)
 

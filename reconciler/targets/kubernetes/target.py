@@ -210,7 +210,8 @@ class KubernetesTarget:
         for desired in rendered.objects:
             current = live.get(desired.ref)
             if current is not None and not current.manifest["metadata"].get("deletionTimestamp"):
-                out[desired.ref] = dry_runs.expected(rendered.spec.name, desired, current.manifest, rendered.spec.ignore)
+                out[desired.ref] = dry_runs.expected(rendered.spec.name, desired, current.manifest,
+                                                     rendered.spec.ignore)
         return out
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:

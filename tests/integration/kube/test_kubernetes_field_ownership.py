@@ -146,8 +146,8 @@ def test_with_self_heal_off_a_foreign_replicas_patch_conflicts_until_forced(
         doc = load("raycluster.yaml")
         obj = desired(doc, kit.namespace)
         kit.sync(obj)
-        kit.json_patch("RayCluster", "demo", [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas", "value": 3}],
-                       "kubectl-scale")
+        kit.json_patch("RayCluster", "demo", [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas",
+                                               "value": 3}], "kubectl-scale")
 
         kit.caught_up(obj)
         item = kit.plan(obj)
