@@ -207,12 +207,17 @@ def test_removing_a_worker_leaves_one_small_node(alpha: LocalRayCluster) -> None
     assert alpha.remove_worker("no-such-group") is False
 
 
-def test_adopting_a_cluster_whose_head_died_returns_none_and_cleans_up(
+def test_adopting_a_cluster_whose_head_died_returns_none_changes_nothing_and_stop_cleans_up(
         alpha: LocalRayCluster, state_dir: Path) -> None:
     pids, temp_dir = tracked_pids(state_dir, "alpha")
     head_pid = json.loads((state_dir / "alpha" / "cluster.json").read_text())["head"]["pid"]
     os.killpg(head_pid, signal.SIGKILL)  # the head node's own processes; its Ray workers live on
     eventually(lambda: not running(head_pid), "the head to die")
-    assert LocalRayCluster.adopt("alpha", state_dir) is None
+    record = (state_dir / "alpha" / "cluster.json").read_bytes()
+    assert LocalRayCluster.adopt("alpha", state_dir) is None  # a look (observe, plan) acts on nothing
+    assert (state_dir / "alpha" / "cluster.json").read_bytes() == record
+    dead = LocalRayCluster.load("alpha", state_dir)
+    assert dead is not None
+    dead.stop()  # what the target does before it starts the cluster again
     assert leftovers(pids, temp_dir) == []
     assert not (state_dir / "alpha" / "cluster.json").exists()

@@ -108,7 +108,7 @@ spec:
     assert harness.reconcile().outcomes == []  # and the finished run is not submitted again
 
 
-def test_dead_worker_is_drift_and_is_replaced(harness: Harness) -> None:
+def test_a_dead_worker_is_drift_and_is_replaced_and_a_renamed_group_drains_first(harness: Harness) -> None:
     harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
     harness.remote.commit("one worker")
     harness.reconcile()
@@ -124,6 +124,19 @@ def test_dead_worker_is_drift_and_is_replaced(harness: Harness) -> None:
     assert replaced.worker_pids()["cpu"] != [old]
     assert harness.metrics.registry.get_sample_value(
         "ray_gitops_apply_total", {"environment": ENV, "kind": "RayCluster", "action": "update"}) >= 1
+
+    harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1).replace("groupName: cpu",
+                                                                                        "groupName: small"))
+    harness.remote.commit("the group cpu renamed small")  # cpu drains (its node stops), then leaves the spec
+    draining = harness.reconcile()
+    assert draining.health_status == "Progressing"
+    assert "draining" in harness.reconciler.ledger.state(ENV).detail["clusters"]["demo"]
+    done = harness.until("the group cpu out of the spec", lambda r: r.health_status == "Healthy")
+    assert done.sync_status == "Synced"
+    renamed = harness.cluster(f"{ENV}-demo")
+    assert renamed is not None and renamed.alive_nodes() == {"head": 1, "small": 1}
+    record = harness.state / "local" / "objects" / ENV / "RayCluster.default.demo.json"
+    assert [g["groupName"] for g in json.loads(record.read_text())["manifest"]["spec"]["workerGroupSpecs"]] == ["small"]
 
 
 @pytest.mark.parametrize("extra, outcome, restarted", [

@@ -9,10 +9,11 @@
   const REFRESH_MS = 3000;
   const NO_MAX = 2 ** 31 - 1; // a worker group without maxReplicas
   const SYNC = { Synced: "ok", OutOfSync: "warn", Failed: "bad", Suspended: "muted", Stale: "warn",
-                 Waiting: "info", Unverified: "bad" };
+                 Waiting: "info", Unverified: "bad", Removed: "muted" };
   const HEALTH = { Healthy: "ok", Progressing: "info", Degraded: "bad", Missing: "bad", Suspended: "muted",
                    Unknown: "muted" };
-  const RESULT = { success: "ok", error: "bad", succeeded: "ok", failed: "bad", stopped: "warn", deleted: "muted",
+  const RESULT = { success: "ok", error: "bad", removed: "muted", succeeded: "ok", failed: "bad", stopped: "warn",
+                   deleted: "muted",
                    created: "ok", configured: "ok", unchanged: "muted", recreated: "warn", submitted: "ok",
                    skipped: "muted" };
   const JOB = { SUCCEEDED: "ok", FAILED: "bad", STOPPED: "warn", RUNNING: "info", PENDING: "info" };

@@ -45,22 +45,22 @@ def desired(doc: dict[str, Any], namespace: str, document: int = 0, revision: st
 class Kit:
     """One target on the test control plane, in one namespace, with its metrics."""
 
-    def __init__(self, plane: Any, namespace: str, **options: Any) -> None:
-        self.namespace = namespace
+    def __init__(self, plane: Any, namespace: str, ignore: tuple[str, ...] = (), **options: Any) -> None:
+        self.namespace, self.ignore = namespace, ignore
         self.metrics = Metrics(CollectorRegistry())
         self.api_client = plane.api_client()
         self.options = KubernetesOptions(namespace, **options)
         self.target = KubernetesTarget(self.options, self.metrics, api_client=self.api_client)
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
-        self.context = ApplyContext(ENV, "r1", lambda path: Path(path), self.options)
+        self.context = ApplyContext(ENV, "r1", lambda path: Path(path), self.options, ignore)
 
     def close(self) -> None:
         self.target.close(workloads=True)
         self.api_client.close()
 
     def environment(self, *objects: DesiredObject) -> RenderedEnvironment:
-        spec = EnvironmentSpec(ENV, TargetSpec("kubernetes", self.options))
+        spec = EnvironmentSpec(ENV, TargetSpec("kubernetes", self.options), ignore=self.ignore)
         return RenderedEnvironment(spec, tuple(objects), "r1")
 
     # -- the reconcile steps, one object at a time ---------------------------------------------------

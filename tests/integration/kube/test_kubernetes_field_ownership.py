@@ -3,6 +3,7 @@ changed (selfHeal, the default) or, with selfHeal off, never clobber it unless f
 `workerGroupSpecs` is an atomic list for server-side apply."""
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -209,5 +210,49 @@ def test_with_self_heal_off_a_field_another_manager_applied_is_not_clobbered_unl
         assert live["spec"]["rayVersion"] == "2.60.0"
         assert managers(live, "rayVersion") == {"ray-gitops": "Apply"}
         assert kit.conflicts("RayCluster") == 0
+    finally:
+        kit.close()
+
+
+def test_what_is_not_healed_an_ignored_field_and_objects_left_alone(kube_control_plane, kube_namespace: str) -> None:
+    """The exceptions to healing, on the real API server: a field under the environment's `ignore` pointers keeps
+    its hand-edited value even when another change is applied (its live value is sent back); an object annotated
+    `gitops.ray.io/reconcile: disabled` by hand, or created with `gitops.ray.io/ssa: IfNotPresent`, is left as
+    it is."""
+    kit = Kit(kube_control_plane, kube_namespace, ignore=("/spec/workerGroupSpecs/*/replicas",))
+    try:
+        doc = load("raycluster.yaml")
+        kit.sync(desired(doc, kube_namespace))
+        kit.json_patch("RayCluster", "demo", [{"op": "replace", "path": "/spec/workerGroupSpecs/0/replicas",
+                                               "value": 3}], "kubectl-scale")
+        changed = copy.deepcopy(doc)
+        changed["spec"]["workerGroupSpecs"][0]["maxReplicas"] = 6
+        obj = desired(changed, kube_namespace)
+        kit.caught_up(obj)
+        item, outcome = kit.sync(obj)
+        assert (item.action, item.changes, outcome) == (Action.UPDATE, ("spec.workerGroupSpecs[cpu].maxReplicas",),
+                                                        Outcome.CONFIGURED)
+        group = kit.get("RayCluster", "demo")["spec"]["workerGroupSpecs"][0]
+        assert (group["replicas"], group["maxReplicas"]) == (3, 6), "the ignored field kept its hand-edited value"
+
+        kit.custom.patch_namespaced_custom_object(
+            "ray.io", "v1", kube_namespace, "rayclusters", "demo",
+            {"metadata": {"annotations": {"gitops.ray.io/reconcile": "disabled"}}, "spec": {"rayVersion": "2.59.0"}},
+            field_manager="kubectl-edit", _content_type="application/merge-patch+json")
+        kit.caught_up(obj)
+        item, outcome = kit.sync(obj)
+        assert (item.action, outcome) == (Action.SKIP, None) and "left alone" in item.reason
+        assert kit.get("RayCluster", "demo")["spec"]["rayVersion"] == "2.59.0"
+
+        once = load("configmap.yaml")
+        once["metadata"]["annotations"] = {"gitops.ray.io/ssa": "IfNotPresent"}
+        created = desired(once, kube_namespace)
+        assert kit.sync(created)[1] == Outcome.CREATED
+        kit.core.patch_namespaced_config_map(once["metadata"]["name"], kube_namespace, {"data": {"edited": "yes"}},
+                                             field_manager="kubectl-edit")
+        kit.caught_up(created)
+        item, outcome = kit.sync(created)
+        assert (item.action, outcome) == (Action.NOOP, None)
+        assert kit.get("ConfigMap", once["metadata"]["name"])["data"]["edited"] == "yes"
     finally:
         kit.close()
