@@ -230,7 +230,13 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     if kind not in supported:
         c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
     metadata = c.mapping(doc.get("metadata"), "metadata", required=True)
-    name = c.string(metadata.get("name"), "metadata.name", required=True)
+    if not metadata.get("name") and metadata.get("generateName"):
+        c.fail("metadata.generateName", "a GitOps object needs a stable metadata.name: ray-gitops knows an object by "
+               "its name to diff it, prune it and never run it twice, and generateName makes a new object at every "
+               "apply; set metadata.name instead")
+        name = None
+    else:
+        name = c.string(metadata.get("name"), "metadata.name", required=True)
     if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):
         c.fail("metadata.name", f"must be a DNS-1123 name of at most 63 characters, got {short(name)}")
     namespace = c.string(metadata.get("namespace"), "metadata.namespace")
@@ -341,7 +347,14 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, pa
     """A RayJob's spec (or a RayCronJob's `jobTemplate`, at `path`)."""
     mode = spec.get("submissionMode")
     c.one_of(mode, f"{path}.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
-    c.string(spec.get("entrypoint"), f"{path}.entrypoint", required=mode != "InteractiveMode")
+    entrypoint = c.string(spec.get("entrypoint"), f"{path}.entrypoint")
+    if entrypoint is None and mode != "InteractiveMode" and not submitter_command(spec):
+        c.fail(f"{path}.entrypoint", "required field is missing: the operator submits it as the job; only "
+               "InteractiveMode, or a submitterPodTemplate whose container sets its own command, runs without one")
+    template = c.mapping(spec.get("submitterPodTemplate"), f"{path}.submitterPodTemplate")
+    if template and mode == "SidecarMode":
+        c.fail(f"{path}.submitterPodTemplate", "SidecarMode runs the submitter in the head Pod: KubeRay refuses a "
+               "submitterPodTemplate with it")
     has_cluster, has_selector = "rayClusterSpec" in spec, "clusterSelector" in spec
     if has_cluster == has_selector:
         c.fail(path, "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
@@ -366,6 +379,18 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, pa
     runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), f"{path}.runtimeEnvYAML")
     if runtime_env_yaml:
         runtime_env(c, runtime_env_yaml, f"{path}.runtimeEnvYAML")
+
+
+def submitter_command(spec: Mapping[str, Any]) -> bool:
+    """A RayJob spec whose submitter runs a command of its own (K8sJobMode with a `submitterPodTemplate` whose
+    first container sets `command`: KubeRay then runs it instead of `ray job submit -- <entrypoint>`)."""
+    if spec.get("submissionMode", "K8sJobMode") != "K8sJobMode":
+        return False
+    template = spec.get("submitterPodTemplate")
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    return bool(isinstance(containers, list) and containers and isinstance(containers[0], dict)
+                and containers[0].get("command"))
 
 
 def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:

@@ -71,6 +71,10 @@ data:
 
 CONFIGMAP = fixture("configmap.yaml")
 LOCAL_ENV = (TESTDATA / "environment-local.yaml").read_text()
+# KubeRay's light-weight submitter sample: a submitter Pod running its own command instead of `ray job submit`
+SUBMITTER = {"spec": {"restartPolicy": "Never", "containers": [
+    {"name": "submitter", "image": "quay.io/kuberay/submitter:v1.5.1", "command": ["/submitter"],
+     "args": ["--", "python", "/home/ray/samples/sample_code.py"]}]}}
 
 
 def env_file(edits: dict[str, Any]) -> str:
@@ -129,6 +133,26 @@ def env_file(edits: dict[str, Any]) -> str:
         "metadata.annotations": {"gitops.ray.io/on-change": "always"}}))},
                  "environments/prod/job.yaml#0: RayJob/train: metadata.annotations.gitops.ray.io/on-change: ",
                  "must be one of ignore, rerun, got 'always'", id="bad-on-change-annotation"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"metadata.name": REMOVE, "metadata.generateName": "train-"}))},
+                 "environments/prod/job.yaml#0: RayJob/?: metadata.generateName: ",
+                 "a GitOps object needs a stable metadata.name: ray-gitops knows an object by its name to diff it, "
+                 "prune it and never run it twice", id="generate-name-says-why-a-name-is-needed"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"spec.entrypoint": REMOVE}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.entrypoint: ",
+                 "required field is missing: the operator submits it as the job", id="job-without-entrypoint"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"spec.submissionMode": "SidecarMode",
+                                                         "spec.submitterPodTemplate": SUBMITTER}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submitterPodTemplate: ",
+                 "KubeRay refuses a submitterPodTemplate with it", id="sidecar-mode-with-submitter-template"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "job.yaml": dump(edited("rayjob.yaml", {
+        "spec.entrypoint": REMOVE, "spec.submitterPodTemplate": SUBMITTER}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submitterPodTemplate: ",
+                 "its container's own command cannot run on the local target: there is no submitter Pod",
+                 id="custom-submitter-on-local-target"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "job.yaml": dump(edited("rayjob.yaml", {
+        "spec.submissionMode": "InteractiveMode"}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submissionMode: ",
+                 "InteractiveMode waits for a person to submit the job", id="interactive-mode-on-local-target"),
     pytest.param({"environment.yaml": env_file({"metadata.name": "staging"})},
                  "environments/prod/environment.yaml: Environment/prod: metadata.name: ",
                  "must equal the directory name 'prod', got 'staging'", id="environment-name-mismatch"),
@@ -152,6 +176,13 @@ def test_invalid_environment_error_names_file_document_object_and_field(
     errors = errors_of(write_environment(tmp_path, files))
 
     assert any(e.startswith(where) and reason in e for e in errors), errors
+
+
+def test_a_job_whose_submitter_runs_its_own_command_needs_no_entrypoint(tmp_path: Path) -> None:
+    """As KubeRay's CRD: `entrypoint` is optional; a K8sJobMode submitter Pod with a command of its own runs that."""
+    job = edited("rayjob.yaml", {"spec.entrypoint": REMOVE, "spec.submitterPodTemplate": SUBMITTER})
+    assert [o.ref.name for o in render(write_environment(tmp_path, {"job.yaml": dump(job)}), "prod", "",
+                                       TARGETS).objects] == ["train"]
 
 
 @pytest.mark.parametrize("environment_yaml", [

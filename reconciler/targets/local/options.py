@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...model import EnvironmentSpec
-from ...pipeline.validate import Checker
+from ...pipeline.validate import Checker, submitter_command
 from . import limits
 
 KINDS = frozenset({"RayCluster", "RayJob", "RayCronJob", "ConfigMap", "Secret"})
@@ -33,10 +33,21 @@ class LocalOptions:
 
 
 def check_object(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpec) -> None:
-    """What the local target refuses beyond the common checks: more Ray nodes than its caps (`limits`), and
-    a cluster that asks to run without Ray's token authentication (every local cluster uses it)."""
+    """What the local target refuses beyond the common checks: more Ray nodes than its caps (`limits`), a
+    cluster that asks to run without Ray's token authentication (every local cluster uses it), and a job that
+    only a submitter Pod or a person would submit (the local target submits `entrypoint` itself)."""
     limits.check(doc, c, environment)
     for path, spec in limits.cluster_specs(doc):
         if (spec.get("authOptions") or {}).get("mode") == "disabled":
             c.fail(f"{path}.authOptions.mode", "disabled is refused by the local target: every local Ray cluster "
                    "uses token authentication (remove the field, or set token)")
+    spec = doc.get("spec") or {}
+    job, path = {"RayJob": (spec, "spec"), "RayCronJob": (spec.get("jobTemplate") or {}, "spec.jobTemplate")}.get(
+        str(doc.get("kind")), ({}, ""))
+    if submitter_command(job):
+        c.fail(f"{path}.submitterPodTemplate", "its container's own command cannot run on the local target: there is "
+               "no submitter Pod, the local target submits entrypoint through the Ray Jobs API itself (set "
+               "entrypoint, and drop the command)")
+    if job.get("submissionMode") == "InteractiveMode":
+        c.fail(f"{path}.submissionMode", "InteractiveMode waits for a person to submit the job and set its jobId; the "
+               "local target submits entrypoint itself (remove submissionMode)")
