@@ -162,6 +162,7 @@ class Pipeline:
         items = planner.plan(gone, live, record.inventory, record.finished,
                              replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
         context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
+        self._tell(name, items)
         outcomes, errors = self._apply(gone, items, target, context) if items else ([], [])
         record = record.with_inventory(self._inventory(gone, items, outcomes, live))
         if errors:
@@ -227,6 +228,7 @@ class Pipeline:
         controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
         live, record, ended = self._observe(rendered, target, record, controlled)
         items, draining = self._plan(rendered, target, live, record)
+        self._tell(name, items)
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
@@ -392,15 +394,9 @@ class Pipeline:
         outcomes: list[tuple[PlanItem, Outcome]] = []
         errors: list[str] = []
         name = rendered.spec.name
-        said, self._said[name] = self._said.get(name, set()), set()
         events = target if isinstance(target, ReportsEvents) else None
         for index, item in enumerate(items):
-            for warning in item.warnings:
-                self._say(name, said, logging.WARNING, f"{item.ref}: {warning}")
             if item.action not in CHANGES:
-                if item.action == Action.SKIP:
-                    level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
-                    self._say(name, said, level, f"{item.ref} skipped: {item.reason}")
                 continue
             if self.stopping.is_set():
                 left = sum(1 for i in items[index:] if i.action in CHANGES)
@@ -443,11 +439,19 @@ class Pipeline:
         if events is not None:
             events.report_event(item, Outcome.CONFIGURED, message, context, reason="DriftCorrected")
 
-    def _say(self, name: str, said: set[str], level: int, message: str) -> None:
-        """Log a skip or a warning when it is new (a steady state repeats them every cycle: said once)."""
-        self._said[name].add(message)
-        if message not in said:
-            log.log(level, "environment %s: %s", name, message)
+    def _tell(self, name: str, items: list[PlanItem]) -> None:
+        """Log each warning and skip of the plan when it is new: a steady state repeats them every cycle, so each is
+        said once (again if it goes away and comes back), whether or not the reconcile changes anything."""
+        said, self._said[name] = self._said.get(name, set()), set()
+        for item in items:
+            messages = [(logging.WARNING, f"{item.ref}: {warning}") for warning in item.warnings]
+            if item.action == Action.SKIP:
+                level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
+                messages.append((level, f"{item.ref} skipped: {item.reason}"))
+            for level, message in messages:
+                self._said[name].add(message)
+                if message not in said:
+                    log.log(level, "environment %s: %s", name, message)
 
     @staticmethod
     def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
@@ -562,7 +566,8 @@ class Pipeline:
                 status = (obj.status.get("jobStatus") or "PENDING") if obj and ref.kind == "RayJob" else None
             healths.append(obj_health)
             detail["objects"][str(ref)] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
-                                           "health": obj_health.value, "message": why}
+                                           "health": obj_health.value, "message": why,
+                                           **({"warnings": list(desired.warnings)} if desired.warnings else {})}
             if ref.kind == "RayCronJob":  # its newest run's status
                 runs = sorted((r for r in record.runs.values() if r.job == ref.name), key=lambda r: r.submitted_at)
                 status = runs[-1].status if runs else None
@@ -642,13 +647,15 @@ def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple
 
 def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:
     """Per worker group: desired (clamped), min, max from Git (replicas from live when the autoscaler owns
-    them); ready and available from the target."""
+    them), min and max as the target holds them once it has the group (the local target clamps maxReplicas to
+    its cap); ready and available from the target."""
     live_groups = worker_groups(obj.manifest) if obj else {}
     autoscaled = cluster_spec(manifest).get("enableInTreeAutoscaling") is True
     out = {}
     for name, group in worker_groups(manifest).items():
-        counted = {**group, "replicas": (live_groups.get(name) or group).get("replicas", 0)} if autoscaled else group
+        held = live_groups.get(name) or group
+        counted = {**group, "replicas": held.get("replicas", 0)} if autoscaled else group
         ready = obj.workers.get(name, 0) if obj else 0
-        out[name] = {"desired": desired_workers(counted), "min": group.get("minReplicas", 0),
-                     "max": group.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
+        out[name] = {"desired": desired_workers(counted), "min": held.get("minReplicas", 0),
+                     "max": held.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
     return out

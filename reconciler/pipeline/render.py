@@ -86,11 +86,12 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
             except overlay.OverlayError as exc:
                 errors.append(ValidationError(source.file, exc.reason, source.document, str(ref), exc.path))
                 continue
-        doc_errors = validate.ray_object(doc, source.file, source.document, spec, supported, target_check)
+        doc_errors, warnings = validate.ray_object(doc, source.file, source.document, spec, supported, target_check)
         if doc_errors:
             errors += doc_errors
             continue
-        objects.append(DesiredObject(ref, _owned(doc, ref, environment, revision), source.file, source.document))
+        objects.append(DesiredObject(ref, _owned(doc, ref, environment, revision), source.file, source.document,
+                                     tuple(f"{w.path}: {w.reason}" for w in warnings)))
     if len(objects) > MAX_OBJECTS:
         errors.append(ValidationError(directory, f"{len(objects)} objects: an environment holds at most "
                                       f"{MAX_OBJECTS} (split it into several environments)"))

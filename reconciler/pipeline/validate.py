@@ -55,14 +55,19 @@ class TargetCatalog(Protocol):
 
 
 class Checker:
-    """Collects errors for one document; each check names the field path it looked at."""
+    """Collects errors (and warnings: accepted, but worth saying) for one document; each check names the field
+    path it looked at."""
 
     def __init__(self, file: str, document: int | None, obj: str = "") -> None:
         self.file, self.document, self.obj = file, document, obj
         self.errors: list[ValidationError] = []
+        self.warnings: list[ValidationError] = []
 
     def fail(self, path: str, reason: str) -> None:
         self.errors.append(ValidationError(self.file, reason, self.document, self.obj, path))
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warnings.append(ValidationError(self.file, reason, self.document, self.obj, path))
 
     def mapping(self, value: Any, path: str, required: bool = False) -> dict[str, Any]:
         if value is None:
@@ -216,17 +221,17 @@ def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[P
 
 
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
-               supported: frozenset[str],
-               target_check: Callable[[dict[str, Any], Checker], None] | None = None) -> list[ValidationError]:
-    """Check one rendered object document; `supported`: the object kinds of the environment's target;
-    `target_check`: the target's own checks, run on an object that passed these."""
+               supported: frozenset[str], target_check: Callable[[dict[str, Any], Checker], None] | None = None
+               ) -> tuple[list[ValidationError], list[ValidationError]]:
+    """Check one rendered object document: its errors and its warnings. `supported`: the object kinds of the
+    environment's target; `target_check`: the target's own checks, run on an object that passed these."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
     if (api_version, kind) not in KINDS:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
-        return c.errors
+        return c.errors, []
     if kind not in supported:
         c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
     metadata = c.mapping(doc.get("metadata"), "metadata", required=True)
@@ -269,7 +274,7 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         _cron_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
     if target_check is not None and not c.errors:
         target_check(doc, c)
-    return c.errors
+    return c.errors, c.warnings
 
 
 def _cron_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:

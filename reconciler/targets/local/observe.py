@@ -7,6 +7,7 @@ import copy
 
 from ...model import TERMINAL_JOB_STATUSES, LiveObject, ObjectRef, desired_workers
 from ...pipeline.diff import worker_groups
+from . import limits
 from .clusters import HEAD, Clusters
 from .store import Record
 
@@ -18,13 +19,14 @@ def cluster_name(environment: str, name: str) -> str:
     return f"{environment}-{name}"
 
 
-def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Record) -> LiveObject | None:
-    """A RayCluster as applied, with the replicas that really run (drift shows) and KubeRay's status fields;
-    absent when its Ray cluster is not running."""
+def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Record, cap: int) -> LiveObject | None:
+    """A RayCluster as applied, with the replicas that really run (drift shows), `maxReplicas` clamped to `cap`
+    workers per group (the effective bound) and KubeRay's status fields; absent when its Ray cluster is not
+    running."""
     cluster = clusters.get(cluster_name(environment, ref.name))
     if cluster is None:
         return None
-    manifest = copy.deepcopy(record["manifest"])
+    manifest = copy.deepcopy(limits.clamp(record["manifest"], cap))
     alive = cluster.alive_nodes()
     desired = ready = low = high = 0
     for name, group in worker_groups(manifest).items():

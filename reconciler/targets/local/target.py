@@ -15,7 +15,7 @@ from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, 
                       RenderedEnvironment)
 from ...pipeline.diff import hide_secret_values
 from ...pipeline.target import ApplyContext, Observation, RunReport
-from . import apply, control, cron, observe
+from . import apply, control, cron, limits, observe
 from .clusters import Clusters
 from .observe import cluster_name
 from .options import LocalOptions
@@ -42,6 +42,7 @@ class LocalTarget:
         options = rendered.spec.target.options
         with self._lock:
             self._persist[environment] = isinstance(options, LocalOptions) and options.persist
+        cap = self.clusters.limits.per_group(rendered.spec)[0]
         live: dict[ObjectRef, LiveObject] = {}
         runs: list[RunReport] = []
         for ref in refs:
@@ -49,7 +50,7 @@ class LocalTarget:
             if record is None:
                 continue
             if ref.kind == "RayCluster":
-                obj = observe.raycluster(self.clusters, environment, ref, record)
+                obj = observe.raycluster(self.clusters, environment, ref, record, cap)
             elif ref.kind == "RayJob":
                 obj = observe.rayjob(self.clusters, ref, record)
             elif ref.kind == "RayCronJob":
@@ -72,8 +73,10 @@ class LocalTarget:
         return tuple(control.control(self.clusters, self.store, spec.name))
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
-        """Stored as applied: the desired manifests themselves (a Secret's values as digests only)."""
-        return {d.ref: hide_secret_values(d.manifest) for d in rendered.objects if d.ref in live}
+        """As the target holds them: the desired manifests themselves (a Secret's values as digests only), with
+        `maxReplicas` clamped to the cap per group (as `observe` reports them)."""
+        cap = self.clusters.limits.per_group(rendered.spec)[0]
+        return {d.ref: limits.clamp(hide_secret_values(d.manifest), cap) for d in rendered.objects if d.ref in live}
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         environment, ref = context.environment, item.ref
