@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
+SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
 # Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
 WAIT_RECHECK = 10.0
@@ -551,7 +552,8 @@ class Pipeline:
         workers: dict[tuple[str, ...], float] = {}
         states: dict[tuple[str, ...], float] = {}
         jobs: dict[tuple[str, ...], float] = {}
-        healths, detail = [], {"clusters": {}, "jobs": {}, "objects": {}}
+        applications: dict[tuple[str, ...], float] = {}
+        healths, detail = [], {"clusters": {}, "jobs": {}, "services": {}, "objects": {}}
         for desired in rendered.objects:
             obj = live.get(desired.ref)
             ref = desired.ref
@@ -574,6 +576,11 @@ class Pipeline:
             if ref.kind in ("RayJob", "RayCronJob"):
                 jobs.update({(ref.name, s): float(s == status) for s in JOB_STATUSES})
                 detail["jobs"][ref.name] = {"status": status or "", "health": obj_health.value}
+            if ref.kind == "RayService":
+                service = _service(obj)
+                detail["services"][ref.name] = {"health": obj_health.value, **service}
+                applications.update({(ref.name, app, s): float(s == status) for app, status in
+                                     service["applications"].items() for s in SERVE_STATUSES})
             if ref.kind == "RayCluster":
                 state = (obj.status.get("state") or "provisioning") if obj else "provisioning"
                 states.update({(ref.name, s): float(s == state) for s in CLUSTER_STATES})
@@ -595,6 +602,7 @@ class Pipeline:
         self.metrics.replace(self.metrics.raycluster_workers, name, workers)
         self.metrics.replace(self.metrics.raycluster_state, name, states)
         self.metrics.replace(self.metrics.rayjob_status, name, jobs)
+        self.metrics.replace(self.metrics.rayservice_application_status, name, applications)
         return Health.worst(healths), detail
 
 
@@ -643,6 +651,17 @@ def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple
     if obj.oldest_nodes is not None:
         pending = {g: t for g, t in pending.items() if g in obj.oldest_nodes and obj.oldest_nodes[g] < t - 1}
     return pending
+
+
+def _service(obj: LiveObject | None) -> dict:
+    """A RayService's detail: its active and pending clusters, its applications' Serve statuses on the active one,
+    and its address when the target gives one (the local target's `serveURL`)."""
+    status = obj.status if obj else {}
+    active, pending = status.get("activeServiceStatus") or {}, status.get("pendingServiceStatus") or {}
+    return {"activeCluster": active.get("rayClusterName", ""), "pendingCluster": pending.get("rayClusterName", ""),
+            "applications": {app: str(entry.get("status", "")) for app, entry in
+                             sorted((active.get("applicationStatuses") or {}).items())},
+            **({"url": status["serveURL"]} if status.get("serveURL") else {})}
 
 
 def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:

@@ -268,6 +268,10 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         upgrade = c.mapping(spec.get("upgradeStrategy"), "spec.upgradeStrategy")
         c.one_of(upgrade.get("type"), "spec.upgradeStrategy.type", {"NewCluster", "NewClusterWithIncrementalUpgrade",
                                                                     "None"})
+        c.integer(spec.get("rayClusterDeletionDelaySeconds"), "spec.rayClusterDeletionDelaySeconds")
+        serve_config = c.string(spec.get("serveConfigV2"), "spec.serveConfigV2")
+        if serve_config:
+            _serve_config(c, serve_config)
         _cluster_spec(c, c.mapping(spec.get("rayClusterConfig"), "spec.rayClusterConfig", required=True),
                       "spec.rayClusterConfig", environment)
     elif kind == "RayCronJob":
@@ -275,6 +279,23 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     if target_check is not None and not c.errors:
         target_check(doc, c)
     return c.errors, c.warnings
+
+
+def _serve_config(c: Checker, text: str, path: str = "spec.serveConfigV2") -> None:
+    """`serveConfigV2`, Ray Serve's multi-application config as a YAML string: a mapping whose `applications` each
+    name an `import_path`; a relative `working_dir` stays inside the repository (as a RayJob's)."""
+    value, errors = parse.text(text, c.file, c.document, c.obj, path)
+    c.errors += errors
+    config = c.mapping(value, path)
+    for i, app in enumerate(c.sequence(config.get("applications"), f"{path}.applications")):
+        where = f"{path}.applications[{i}]"
+        app = c.mapping(app, where)
+        c.string(app.get("import_path"), f"{where}.import_path", required=True)
+        working_dir = c.mapping(app.get("runtime_env"), f"{where}.runtime_env").get("working_dir")
+        if isinstance(working_dir, str) and "://" not in working_dir and (
+                working_dir.startswith("/") or ".." in working_dir.split("/")):
+            c.fail(f"{where}.runtime_env.working_dir", f"must be relative to the repository root and stay inside "
+                   f"it, got {short(working_dir)}")
 
 
 def _cron_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:

@@ -167,9 +167,17 @@ def env_file(edits: dict[str, Any]) -> str:
     pytest.param({"a.yaml": dump(CONFIGMAP), "b.yaml": dump(fixture("raycluster.yaml"), CONFIGMAP)},
                  "environments/prod/b.yaml#1: ConfigMap/ray-prod/settings: ",
                  "duplicate object, first defined in environments/prod/a.yaml#0", id="duplicate-across-files"),
-    pytest.param({"environment.yaml": LOCAL_ENV, "serve.yaml": dump(fixture("rayservice.yaml"))},
-                 "environments/prod/serve.yaml#0: RayService/serve: kind: ",
-                 "RayService is not supported by the local target", id="rayservice-on-local-target"),
+    pytest.param({"serve.yaml": dump(edited("rayservice.yaml", {"spec.serveConfigV2": "applications: [{name: a}]\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: spec.serveConfigV2.applications[0].import_path: ",
+                 "required field is missing", id="serve-application-without-import-path"),
+    pytest.param({"serve.yaml": dump(edited("rayservice.yaml", {"spec.serveConfigV2": "applications: [\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: spec.serveConfigV2: ",
+                 "invalid YAML", id="serve-config-not-yaml"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "serve.yaml": dump(edited("rayservice.yaml", {
+        "spec.serveConfigV2": "grpc_options: {grpc_servicer_functions: [user.add_servicer]}\napplications: []\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: "
+                 "spec.serveConfigV2.grpc_options.grpc_servicer_functions: ",
+                 "Serve's gRPC proxy listens on every interface", id="serve-grpc-on-local-target"),
 ])
 def test_invalid_environment_error_names_file_document_object_and_field(
         tmp_path: Path, files: dict[str, str], where: str, reason: str) -> None:
@@ -289,3 +297,12 @@ def test_list_environments_finds_only_directories_with_environment_yaml(tmp_path
     (tmp_path / "environments" / "environment.yaml").write_text(LOCAL_ENV)
 
     assert list_environments(DirectoryTree(tmp_path)) == ["prod", "staging"]
+
+
+def test_a_rayservice_renders_on_the_local_target_and_an_incremental_upgrade_warns(tmp_path: Path) -> None:
+    service = edited("rayservice.yaml", {"spec.upgradeStrategy": {"type": "NewClusterWithIncrementalUpgrade"}})
+    [rendered] = render(write_environment(tmp_path, {"environment.yaml": LOCAL_ENV, "serve.yaml": dump(service)}),
+                        "prod", "", TARGETS).objects
+    assert rendered.warnings == ("spec.upgradeStrategy.type: NewClusterWithIncrementalUpgrade shifts traffic through "
+                                 "a Gateway on Kubernetes; the local target has none and switches it at once when the "
+                                 "new cluster is ready (as NewCluster)",)
