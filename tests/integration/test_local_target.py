@@ -200,7 +200,8 @@ spec:
     assert preview.changes == [] and record.read_bytes() == before and submissions() == []
 
     result = harness.until("a scheduled run", lambda r: bool(harness.reconciler.ledger.load(ENV).runs), timeout=100)
-    [run] = harness.reconciler.ledger.load(ENV).runs
+    # going back 70 s crosses two minute boundaries one time in six: the older slot is then reported missed
+    [run] = [r for r, info in harness.reconciler.ledger.load(ENV).runs.items() if info.result != "missed"]
     assert run.startswith(f"{ENV}-minutely-") and result.sync_status == "Synced"
     restarted = pipeline(harness.source, harness.state, LocalTarget(harness.state), harness.metrics)
     assert restarted.reconcile(ENV, harness.source.fetch()).result != "error"
