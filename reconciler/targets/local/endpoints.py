@@ -39,8 +39,11 @@ class Endpoint:
         self._upstream = upstream
 
     def close(self) -> None:
-        """Stop listening; connections being relayed finish on their own."""
+        """Stop listening (the port is free when this returns); connections being relayed finish on their own."""
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._server.shutdown(socket.SHUT_RDWR)
+        self._server.close()
 
     def _accept(self) -> None:
         with self._server:
