@@ -1,8 +1,9 @@
 """RayService on the local target, through the reconcile stage, on real Ray (Serve) and real Git.
 
 One RayService, `greeter`, lives through the module's tests in order: deployed from Git on a local cluster and
-answering on its loopback address; a `serveConfigV2` change applied in place (same cluster, a new answer); a
-cluster change under `upgradeStrategy: NewCluster`, polled all along: the old cluster answers until the new
+answering on its loopback address; a `serveConfigV2` change applied in place (same cluster, a new answer); its
+address back on its port after a restart of the daemon; a cluster change under `upgradeStrategy: NewCluster`,
+polled all along: the old cluster answers until the new
 one's applications run, not one request fails, then the old cluster stops. The Serve application is a tiny
 deployment in the test's Git repository, loaded through `import_path` from a `working_dir` exported from the
 revision; it answers with its greeting (Serve's `user_config`) and its cluster's GCS address.
@@ -206,6 +207,22 @@ def test_a_serve_config_change_is_applied_in_place(harness: Harness) -> None:
     assert after["active"]["cluster"] == before["cluster"] and "pending" not in after
     assert json.loads((harness.state / "local" / "clusters" / before["cluster"] / "cluster.json").read_text())[
         "head"]["pid"] == head["pid"]
+
+
+def test_after_a_restart_of_the_daemon_the_address_is_back_on_its_port_and_nothing_is_redeployed(
+        harness: Harness) -> None:
+    """As after `kill -9`: the address lived in the daemon's process, the cluster runs on. A new target on the same
+    state dir opens the address again at its recorded port in its control step, and changes nothing."""
+    url, active = harness.detail["url"], harness.record["active"]
+    harness.target.endpoints.close_all()
+    with pytest.raises(requests.ConnectionError):
+        ask(url)
+    harness.target = LocalTarget(harness.state)
+    harness.reconciler = pipeline(harness.source, harness.state, harness.target, harness.metrics)
+
+    assert harness.reconcile().outcomes == []
+    assert harness.detail["url"] == url and harness.record["active"] == active
+    assert ask(url).startswith("bonjour from ")
 
 
 def test_a_cluster_change_moves_to_a_new_cluster_without_a_failed_request(harness: Harness) -> None:
