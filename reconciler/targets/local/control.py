@@ -19,7 +19,9 @@ from ...pipeline.target import RunReport
 from . import cron, serve
 from .clusters import Clusters
 from .endpoints import Endpoints
+from .nodes import LocalRayError
 from .observe import job_status
+from .runtime import LocalRayCluster
 from .store import ObjectStore, Record
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def rayservice(clusters: Clusters, store: ObjectStore, endpoints: Endpoints, env
     before = copy.deepcopy(record)
     active, pending = record.get("active"), record.get("pending")
     upcoming = clusters.get(pending["cluster"]) if pending else None
-    if pending and upcoming is not None and serve.ready(serve.service_status(upcoming)):
+    if pending and upcoming is not None and _serving(upcoming):
         delay = record["manifest"]["spec"].get("rayClusterDeletionDelaySeconds", DELETION_DELAY)
         record["retiring"] = [*(record.get("retiring") or []), *([{"cluster": active["cluster"], "at": now + delay}]
                                                                   if active else [])]
@@ -68,6 +70,15 @@ def rayservice(clusters: Clusters, store: ObjectStore, endpoints: Endpoints, env
         record["retiring"].remove(old)
     if record != before:
         store.save(environment, ref, record)
+
+
+def _serving(cluster: LocalRayCluster) -> bool:
+    """Every Serve application runs on the cluster; a cluster whose dashboard does not answer yet is not ready."""
+    try:
+        return serve.ready(serve.service_status(cluster))
+    except LocalRayError as exc:
+        log.debug("Ray cluster %s: not ready to take the traffic: %s", cluster.name, exc)
+        return False
 
 
 def rayjob(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef, record: Record,
