@@ -29,7 +29,7 @@ from ..targets import Registry, Runtime
 
 def preview(args: argparse.Namespace) -> Preview:
     """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
-    settings = config.load(vars(args))
+    settings = config.load(vars(args), config_file=args.config)
     metrics = Metrics(CollectorRegistry())
     targets = Registry(settings.runtime(metrics))
     source = GitSource(settings.repo, settings.branch, user_cache())
@@ -43,7 +43,7 @@ def preview(args: argparse.Namespace) -> Preview:
 def cmd_render(args: argparse.Namespace) -> int:
     """The environment's final objects at the branch head, as YAML (like `flux build` or `kustomize build`):
     base, patches and variables applied, ownership labels added, Secret values as digests."""
-    settings = config.load(vars(args))
+    settings = config.load(vars(args), config_file=args.config)
     revision = GitSource(settings.repo, settings.branch, user_cache()).fetch()
     targets = Registry(settings.runtime(Metrics(CollectorRegistry())))  # parses options; builds no target
     try:

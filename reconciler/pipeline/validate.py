@@ -45,11 +45,13 @@ _REPR.maxlevel = 2
 
 class TargetCatalog(Protocol):
     """What validation asks of the target registry (`reconciler.targets`): which target kinds exist,
-    each kind's options (parsed and checked by the target's own options class), its object kinds, and its
-    own checks of an object (the local target's caps)."""
+    each kind's options (parsed and checked by the target's own options class, and admitted for the
+    environment by the daemon's settings), its object kinds, and its own checks of an object (the local
+    target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
-    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str) -> TargetOptions | None: ...
+    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str,
+                environment: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
     def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
 
@@ -137,7 +139,7 @@ def environment(doc: Any, file: str, directory_name: str,
     options = None
     if len(kinds) == 1:
         path = f"spec.target.{kinds[0]}"
-        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path)
+        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path, directory_name)
     interval = 60.0
     try:
         interval = parse_duration(spec.get("interval", "60s"))

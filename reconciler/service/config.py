@@ -5,7 +5,7 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -16,7 +16,7 @@ from ..metrics import Metrics
 from ..model import parse_duration
 from ..pipeline.validate import dns_label
 from ..pipeline.verify import Verifier
-from ..targets import Runtime
+from ..targets import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -29,12 +29,17 @@ def default_state_dir() -> Path:
     return Path(base) / "ray-gitops"
 
 
+def pod_namespace() -> str:
+    """The pod's namespace when running in a cluster, else ""."""
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip()
+    except OSError:
+        return ""
+
+
 def default_namespace() -> str:
     """The pod's namespace when running in a cluster, else "default"."""
-    try:
-        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
-    except OSError:
-        return "default"
+    return pod_namespace() or "default"
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Settings:
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
+    clusters: Mapping[str, Cluster] = field(default_factory=dict)  # Kubernetes clusters environments may name
     removal_max_fraction: float = 0.5  # environments that may leave Git in one revision and be removed (1: no guard)
     dependency_timeout: float = 600.0  # run --once: how long a dependsOn link may take to be Healthy at the revision
 
@@ -82,8 +88,22 @@ class Settings:
     def runtime(self, metrics: Metrics, changed: Callable[[str], None] | None = None) -> Runtime:
         """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same); `changed`: the
         daemon's listener for objects someone else changed."""
+        own = pod_namespace()
         return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account,
-                       changed)
+                       changed, self.kube_clusters(), PROTECTED_NAMESPACES | ({own} if own else set()))
+
+    def kube_clusters(self) -> dict[str, Cluster]:
+        """The clusters environments may name: `clusters`, else one called `default` (this daemon's kubeconfig
+        and context, or in-cluster in a pod). With `default_service_account`, a cluster that lists no service
+        accounts admits only that one."""
+        accounts = (self.default_service_account,) if self.default_service_account else ("*",)
+        if not self.clusters:
+            in_pod = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+            in_cluster = not self.kubeconfig and not self.kube_context and in_pod
+            return {DEFAULT_CLUSTER: Cluster(DEFAULT_CLUSTER, self.kubeconfig, self.kube_context, in_cluster,
+                                             service_accounts=accounts)}
+        return {name: cluster if cluster.service_accounts != () else replace(cluster, service_accounts=accounts)
+                for name, cluster in self.clusters.items()}
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -116,6 +136,8 @@ def _value(name: str, value: Any) -> Any:
         return number
     if name == "kube_api_qps":
         return float(value)
+    if name == "clusters":
+        return _clusters(yaml.safe_load(value) if isinstance(value, str) else value)
     if name == "removal_max_fraction":
         number = float(value)
         if not 0 < number <= 1:
@@ -129,6 +151,29 @@ def _value(name: str, value: Any) -> Any:
             raise ValueError(f"expected true or false, got {value!r}")
         return BOOLEANS[text]
     return str(value)
+
+
+CLUSTER_KEYS = {"kubeconfig", "context", "in_cluster", "environments", "namespaces", "service_accounts"}
+
+
+def _clusters(value: Any) -> dict[str, Cluster]:
+    """`clusters`: name -> {kubeconfig, context, in_cluster, environments, namespaces, service_accounts} (patterns;
+    `-` or `_` in keys). A cluster that lists no service accounts gets the default (see `kube_clusters`)."""
+    if not isinstance(value, dict):
+        raise ValueError("must map cluster names to their settings (kubeconfig, context or in_cluster, ...)")
+    out = {}
+    for name, raw in value.items():
+        if not isinstance(name, str) or not dns_label(name):
+            raise ValueError(f"cluster name {name!r} is not a DNS-1123 label")
+        raw = {str(k).replace("-", "_"): v for k, v in (raw or {}).items()}
+        if set(raw) - CLUSTER_KEYS:
+            raise ValueError(f"cluster {name}: unknown keys {', '.join(sorted(set(raw) - CLUSTER_KEYS))} (known: "
+                             f"{', '.join(sorted(CLUSTER_KEYS))})")
+        lists = {key: tuple(str(p) for p in raw.get(key, ["*"])) for key in ("environments", "namespaces")}
+        out[name] = Cluster(name, str(raw.get("kubeconfig") or ""), str(raw.get("context") or ""),
+                            raw.get("in_cluster") is True, lists["environments"], lists["namespaces"],
+                            tuple(str(p) for p in raw.get("service_accounts", ())))
+    return out
 
 
 def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ, config_file: Path | None = None) -> Settings:

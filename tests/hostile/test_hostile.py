@@ -202,16 +202,15 @@ def test_a_symlink_or_a_submodule_in_a_directory_is_an_error(tmp_path: Path) -> 
 
 def test_names_and_settings_that_are_not_allowed_are_one_line_errors(remote: GitRemote, tmp_path: Path) -> None:
     remote.write("environments/team-a/environment.yaml", "---\n" + KUBE.replace(
-        "namespace: team-a", f"namespace: team-a, kubeconfig: {tmp_path / 'kubeconfig'}, context: nope"))
-    remote.commit("a leading empty document, and a context that does not exist")
-    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+        "namespace: team-a", "namespace: team-a, cluster: nope"))
+    remote.commit("a leading empty document, and a cluster the daemon does not know")
     state = ["--state-dir", str(tmp_path / "state")]
 
     assert run(["validate", str(remote.work_path)], tmp_path) == (0, "ok: environment team-a: 0 object(s), "
                                                                       "target kubernetes\n")
     code, out = run(["plan", "--repo", str(remote.work_path), "--environment", "team-a", *state], tmp_path)
-    assert code == 2 and out.startswith("ray-gitops plan: kubeconfig ") and "context nope" in out
-    assert len(out.strip().splitlines()) == 1
+    assert code == 2 and "spec.target.kubernetes.cluster: no cluster nope in the daemon's settings (known: " \
+        "default)" in out
     code, out = run(["run", "--once", "--repo", str(remote.work_path), "--environment", "a/b", *state], tmp_path)
     assert code == 2 and out.strip() == ("ray-gitops run: setting environments: 'a/b' is not an environment name "
                                          "(a DNS-1123 label: a-z, 0-9, '-')")

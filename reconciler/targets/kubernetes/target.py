@@ -16,7 +16,7 @@ from typing import Any, Callable
 from kubernetes import client as k8s
 
 from ...errors import PermanentError
-from ...kubeapi import ApiError, Kube, RateLimiter, connect, resource
+from ...kubeapi import ApiError, Kube, RateLimiter, resource
 from ...metrics import Metrics
 from ...model import (ENVIRONMENT_LABEL, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef,
                       Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
@@ -45,7 +45,7 @@ class Writer:
 
 
 class KubernetesTarget:
-    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it.
+    """One cluster connection (a cluster of the daemon's settings), shared by every environment that names it.
 
     Reads that feed the shared caches (list+watch per kind) are the daemon's own. Every write of an
     environment with a service account (`serviceAccountName`, else `default_service_account`) acts as
@@ -54,15 +54,15 @@ class KubernetesTarget:
 
     kind = "kubernetes"
 
-    def __init__(self, options: KubernetesOptions, metrics: Metrics, *, field_manager: str = "ray-gitops",
-                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None,
-                 default_service_account: str = "", on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(self, options: KubernetesOptions, metrics: Metrics, *, api_client: k8s.ApiClient,
+                 field_manager: str = "ray-gitops", limiter: RateLimiter | None = None,
+                 default_service_account: str = "", on_change: Callable[[str], None] | None = None,
+                 owns_client: bool = False) -> None:
         self.metrics, self.field_manager = metrics, field_manager
         self.on_change = on_change  # told the environment of an object (or a Ray Pod) someone else changed
         self.default_service_account = default_service_account
-        self._owns_client = api_client is None
-        self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
-                                                                            options.in_cluster)
+        self._owns_client = owns_client  # close the connection with the target
+        self.api_client = api_client
         self.kube = Kube(self.api_client, self._count, limiter)
         self.recorder = events.Recorder(self.kube.limiter.twin())  # Events never wait behind (or delay) applies
         self.applier = Applier(self.kube, metrics, field_manager)  # the daemon's own reads

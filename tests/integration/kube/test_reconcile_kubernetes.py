@@ -14,7 +14,7 @@ from reconciler.model import Action, Outcome
 from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Result
 from reconciler.pipeline.source import GitSource
-from reconciler.targets import Registry, Runtime
+from reconciler.targets import Cluster, Registry, Runtime
 from tests.conftest import GitRemote
 
 pytestmark = pytest.mark.kube
@@ -35,7 +35,8 @@ class Harness:
         self.metrics = Metrics(CollectorRegistry())
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.ledger = Ledger(state)
-        self.targets = Registry(Runtime(state, self.metrics))
+        self.targets = Registry(Runtime(state, self.metrics, clusters={
+            "default": Cluster("default", str(plane.kubeconfig), plane.context)}))
         self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
         self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
@@ -47,7 +48,7 @@ kind: Environment
 metadata: {{name: {env}}}
 spec:
   target:
-    kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, namespace: {ns}}}
+    kubernetes: {{namespace: {ns}}}
   interval: 5s
 """)
         for env, ns in self.neighbours.items():
