@@ -63,7 +63,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     host, port = settings.host_port
     print(f"ray-gitops: reconciling {redact(settings.repo)} ({settings.branch}) every {settings.interval:g}s; "
           f"metrics on http://{host}:{port}/metrics; state in {settings.state_dir}", file=sys.stderr)
-    daemon.serve()
+    if not daemon.serve():  # a reconcile that never ends: do not wait for its thread at exit
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -33,7 +33,7 @@ from urllib.parse import unquote
 import git
 
 from ..errors import TemporaryError
-from .verify import Verifier
+from .verify import Verifier, descends
 
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -278,6 +278,9 @@ class VerifiedHeads(Protocol):
 
     def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None: ...
 
+    def recalled(self) -> list[str]:
+        """Verified heads kept elsewhere (the targets' ledger copies), for a daemon whose ledger has none."""
+
 
 def cache_key(url: str) -> str:
     """The directory name of a repository's cache: one per URL (without credentials), so a cache is never
@@ -313,6 +316,7 @@ class GitSource:
         self.failure: FetchFailure | None = None  # set while fetches fail; the last good revision stays
         self.verifier = verifier
         self.unverified: tuple[str, str] | None = None  # (head, why) while the head fails verification
+        self.verified = ""  # the last head that passed verification ("" without verification)
 
     def _open(self) -> git.Repo:
         """The cache repository. Made by two git commands (`init`, `remote add`), so a crash between them
@@ -379,11 +383,15 @@ class GitSource:
         if self.verifier is not None:
             last = self._heads.last_verified(self.url, self.branch) if self._heads is not None else None
             last = last or ((self._current.sha, self._current.signer) if self._current else None)
+            if last is None and self._heads is not None:  # a lost state dir: what the targets remember
+                newest = self._newest(repo, self._heads.recalled())
+                last = (newest, "") if newest else None
             verdict = self.verifier.check(repo, sha, last[0] if last else "")
             if verdict.failure:
                 if self._current is None and last is not None:  # a restart: the last verified head stays applied
                     with contextlib.suppress(git.GitCommandError):  # gone from the cache: nothing to apply
                         self._current = self._revision(repo, last[0], last[1])
+                        self.verified = last[0]
                 if self.unverified is None or self.unverified[0] != sha:
                     log.error("git: revision %s is not applied: %s (the last good revision %s stays)", sha[:12],
                               verdict.failure, self._current.short if self._current else "(none yet)")
@@ -392,9 +400,22 @@ class GitSource:
                 return
             if self._heads is not None:
                 self._heads.record_verified(self.url, self.branch, sha, verdict.signer)
-            signer = verdict.signer
+            signer, self.verified = verdict.signer, sha
         self.unverified = None
         self._current = self._revision(repo, sha, signer)
+
+    @staticmethod
+    def _newest(repo: git.Repo, candidates: list[str]) -> str:
+        """Of the commits `candidates` (those in the cache), the one every other is an ancestor of, else the
+        latest committed ("" for none)."""
+        known = []
+        for sha in dict.fromkeys(candidates):
+            with contextlib.suppress(git.GitCommandError):
+                known.append((float(repo.git.log("-1", "--format=%ct", sha)), sha))
+        for _, sha in known:
+            if all(descends(repo, other, sha) for _, other in known):
+                return sha
+        return max(known)[1] if known else ""
 
     def revision(self, sha: str) -> Revision:
         """The snapshot of an earlier commit (an environment waiting for a promotion stays on its last
@@ -417,11 +438,7 @@ class GitSource:
         if newer == older:
             return True
         with self._lock:
-            try:
-                self._open().git.merge_base("--is-ancestor", older, newer)
-            except git.GitCommandError:
-                return False
-            return True
+            return descends(self._open(), older, newer)
 
     def _fetch_environment(self) -> dict[str, str]:
         """Never prompt; credentials from the URL go to git through an askpass helper and this process's

@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION,
-                     EnvironmentSpec, Patch, TargetOptions, TargetSpec, parse_duration, parse_quantity)
+from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+                     ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
+                     TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
@@ -243,6 +244,13 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         c.fail("metadata.namespace", f"{namespace} is outside this environment: it may write only to "
                f"{', '.join(sorted(allowed))} (a Kubernetes environment lists more in spec.target.kubernetes."
                "namespaces)")
+    if kind == "ConfigMap" and isinstance(name, str) and name.startswith(LEDGER_PREFIX):
+        c.fail("metadata.name", f"{LEDGER_PREFIX}* ConfigMaps are ray-gitops' own ledgers: Git may not hold one")
+    labels = c.mapping(meta.get("labels"), "metadata.labels")
+    for label, value in ((ENVIRONMENT_LABEL, environment.name), (MANAGED_BY_LABEL, MANAGED_BY_VALUE)):
+        if labels.get(label, value) != value:
+            c.fail(f"metadata.labels.{label}", f"is ray-gitops' ownership label, set to {value!r} for this "
+                   f"environment; Git may not set it to {short(labels[label])}")
     annotations = c.mapping(meta.get("annotations"), "metadata.annotations")
     c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",

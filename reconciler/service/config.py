@@ -5,6 +5,7 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -72,8 +73,10 @@ class Settings:
     default_service_account: str = ""  # Kubernetes writes of environments without serviceAccountName impersonate it
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
+    verify_allow_rewrite: bool = False  # strict: accept a head that is not a descendant of the last verified one
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
     clusters: Mapping[str, Cluster] = field(default_factory=dict)  # Kubernetes clusters environments may name
+    ledger_key_file: str = ""  # the key that signs ledger copies on targets (default: <state-dir>/ledger-key)
     removal_max_fraction: float = 0.5  # environments that may leave Git in one revision and be removed (1: no guard)
     dependency_timeout: float = 600.0  # run --once: how long a dependsOn link may take to be Healthy at the revision
 
@@ -83,14 +86,38 @@ class Settings:
             return None
         if not self.trusted_keys:
             raise ConfigError("verify_commits needs trusted_keys: a directory of *.asc keys and allowed_signers")
-        return Verifier(self.verify_commits, Path(self.trusted_keys), self.state_dir)
+        return Verifier(self.verify_commits, Path(self.trusted_keys), self.state_dir, self.verify_allow_rewrite)
 
-    def runtime(self, metrics: Metrics, changed: Callable[[str], None] | None = None) -> Runtime:
+    def runtime(self, metrics: Metrics, changed: Callable[[str], None] | None = None, writes: bool = False) -> Runtime:
         """What targets are built with (the daemon and the CLI's `plan`/`diff` use the same); `changed`: the
-        daemon's listener for objects someone else changed."""
+        daemon's listener for objects someone else changed; `writes`: the daemon (it may create the ledger key)."""
         own = pod_namespace()
         return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account,
-                       changed, self.kube_clusters(), PROTECTED_NAMESPACES | ({own} if own else set()))
+                       changed, self.kube_clusters(), PROTECTED_NAMESPACES | ({own} if own else set()),
+                       ledger_key=self.ledger_key(create=writes))
+
+    def ledger_key(self, create: bool) -> bytes:
+        """The key that signs the ledger copies on the targets: `ledger_key_file` (a mounted Secret), else
+        `<state-dir>/ledger-key`, made on first use by the daemon (`create`). A command that looks and finds none
+        uses a key of its own for this run: the copies then read as unverifiable, and the state dir's ledger is
+        used alone."""
+        path = Path(self.ledger_key_file) if self.ledger_key_file else self.state_dir / "ledger-key"
+        try:
+            key = path.read_bytes().strip()
+        except FileNotFoundError:
+            if self.ledger_key_file:
+                raise ConfigError(f"ledger_key_file {path}: no such file") from None
+            key = b""
+        except OSError as exc:
+            raise ConfigError(f"ledger_key_file {path}: {exc.strerror}") from None
+        if key:
+            return key
+        key = secrets.token_hex(32).encode()
+        if create:
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.write_bytes(key)
+            path.chmod(0o600)
+        return key
 
     def kube_clusters(self) -> dict[str, Cluster]:
         """The clusters environments may name: `clusters`, else one called `default` (this daemon's kubeconfig
@@ -143,7 +170,7 @@ def _value(name: str, value: Any) -> Any:
         if not 0 < number <= 1:
             raise ValueError(f"must be a number in (0, 1], got {value!r}")
         return number
-    if name in ("once", "leader_election", "ui"):
+    if name in ("once", "leader_election", "ui", "verify_allow_rewrite"):
         if isinstance(value, bool):
             return value
         text = str(value).strip().lower()

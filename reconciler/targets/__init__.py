@@ -8,21 +8,23 @@ by every environment on the same connection (`options.connection()`) and closed 
 """
 from __future__ import annotations
 
+import logging
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from ..errors import TemporaryError
+from ..errors import RayGitopsError, TemporaryError
 from ..metrics import Metrics
-from ..model import EnvironmentSpec, TargetOptions
+from ..model import EnvironmentSpec, TargetOptions, TargetSpec
 from ..pipeline.target import Target
 from ..pipeline.validate import Checker
 from .kubernetes.options import (DEFAULT_CLUSTER, KINDS as KUBERNETES_KINDS, PROTECTED_NAMESPACES, Cluster,
                                  KubernetesOptions, admit)
 from .local.options import KINDS as LOCAL_KINDS, LocalOptions, check_object as local_check
 
+log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0  # seconds a target may take to connect before its environments fail (and retry)
 
 
@@ -39,6 +41,7 @@ class Runtime:
     clusters: Mapping[str, Cluster] | None = None  # Kubernetes clusters by name (None: not known, as in `validate`)
     protected: frozenset[str] = PROTECTED_NAMESPACES  # namespaces a cluster's settings must list by name
     connect_timeout: float = CONNECT_TIMEOUT  # seconds a target may take to connect (read its credentials)
+    ledger_key: bytes = b""  # signs the target's ledger copies (Kubernetes: ConfigMaps tenants could write)
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,8 @@ def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target:
     cluster = (runtime.clusters or {}).get(options.cluster) or Cluster(options.cluster)
     return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst),
                             default_service_account=runtime.default_service_account, on_change=runtime.changed,
-                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster), owns_client=True)
+                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster), owns_client=True,
+                            ledger_key=runtime.ledger_key)
 
 
 def _admit_kubernetes(options: KubernetesOptions, environment: str, runtime: Runtime, check: Checker,
@@ -125,6 +129,20 @@ class Registry:
         except FutureTimeout:
             raise TemporaryError(f"connecting to {spec.target.kind} {'/'.join(map(str, key[1:])) or 'target'} took "
                                  f"more than {self.runtime.connect_timeout:.0f} s; trying again later") from None
+
+    def verified_heads(self) -> list[str]:
+        """The verified branch heads the ledger copies on every configured Kubernetes cluster remember (for a
+        daemon that lost its state dir: strict signatures then still refuse a rollback of history)."""
+        found = []
+        for name in (self.runtime.clusters or {}):
+            spec = EnvironmentSpec(f"cluster-{name}", TargetSpec("kubernetes", KubernetesOptions("default", name)))
+            try:
+                target = self.get(spec)
+            except RayGitopsError as exc:
+                log.warning("cluster %s: its ledger copies cannot be read (%s)", name, exc)
+                continue
+            found += getattr(target, "verified_heads", lambda: [])()
+        return found
 
     def close(self, workloads: bool = True) -> None:
         """Close every target built (a build still running is left to finish on its own thread)."""
