@@ -5,6 +5,7 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
@@ -20,6 +21,7 @@ from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+DIGEST_KEY = "digest-key"  # in the state dir
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
              "leader_election_retry_period")
 
@@ -85,6 +87,35 @@ class Settings:
     def host_port(self) -> tuple[str, int]:
         host, _, port = self.metrics_address.rpartition(":")
         return host or "127.0.0.1", int(port)
+
+
+def digest_key(state_dir: Path, create: bool = False) -> bytes:
+    """The installation's key for Secret digests: `<state-dir>/digest-key`, 32 random bytes, mode 0600. The
+    daemon (`create`) makes it on its first start; a command that only looks uses it if it is there, else a
+    random key of its own (its digests then differ from the daemon's, so `diff` shows every Secret as changed)."""
+    path = state_dir / DIGEST_KEY
+    if not path.exists():
+        if not create:
+            return secrets.token_bytes(32)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fresh = path.with_name(f".{DIGEST_KEY}.{secrets.token_hex(8)}")
+        with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+            out.write(secrets.token_bytes(32))
+            os.fsync(out.fileno())
+        try:
+            os.link(fresh, path)  # never replaces a key another daemon made meanwhile
+        except FileExistsError:
+            pass
+        finally:
+            fresh.unlink()
+    try:
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    if len(key) != 32:
+        raise ConfigError(f"{path}: must hold 32 bytes, holds {len(key)} (remove it: the daemon makes a new one at "
+                          "its next start, and every Secret digest changes once)")
+    return key
 
 
 def _coerce(name: str, value: Any) -> Any:

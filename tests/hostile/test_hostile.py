@@ -301,7 +301,7 @@ def test_what_validate_accepts_plan_and_diff_handle(remote: GitRemote, tmp_path:
     assert run(["validate", str(remote.work_path)], tmp_path)[0] == 0
     code, out = run(["diff", *args], tmp_path)
     assert code == 1 and "mode: '2026-12-03'" in out
-    assert "hunter2" not in out and "token: sha256:" in out
+    assert "hunter2" not in out and "token: hmac-sha256:" in out
 
 
 def test_a_symlink_or_a_submodule_in_a_directory_is_an_error(tmp_path: Path) -> None:
