@@ -70,6 +70,7 @@ class Settings:
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
+    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides loopback and the bound address
 
     def verifier(self) -> Verifier | None:
         """Checks of commit signatures, when `verify_commits` asks for them."""
@@ -130,6 +131,12 @@ def _value(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name == "state_dir":
         return Path(value).expanduser()
+    if name == "allowed_hosts":
+        hosts = tuple(h.strip() for h in value.split(",")) if isinstance(value, str) else tuple(map(str, value))
+        for host in hosts:
+            if not host or any(c.isspace() or c in "/@?#" for c in host):
+                raise ValueError(f"{host!r} is not a host name (names, without scheme or path, comma-separated)")
+        return hosts
     if name == "environments":
         names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
         for environment in names:
