@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 import jsonpatch
 import jsonpointer
@@ -147,7 +147,7 @@ def _checked(operation: Any, i: int) -> tuple[str, str]:
     return name, pointer
 
 
-def _pointer(value: Any) -> bool:
+def _pointer(value: Any) -> TypeGuard[str]:
     try:
         return isinstance(value, str) and (value == "" or jsonpointer.JsonPointer(value) is not None)
     except jsonpointer.JsonPointerException:  # no leading /, or ~ not followed by 0 or 1

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from yaml.error import Mark
 from yaml.events import (AliasEvent, MappingEndEvent, MappingStartEvent, ScalarEvent, SequenceEndEvent, SequenceStartEvent,
                          StreamEndEvent)
 from yaml.nodes import ScalarNode
@@ -47,7 +46,7 @@ _NOT_JSON = "is not allowed: only strings, numbers, booleans, null, lists and ma
 class _Refused(Exception):
     """A value that is not allowed; `path` is the field, `line` where it starts."""
 
-    def __init__(self, path: str, reason: str, mark: Mark) -> None:
+    def __init__(self, path: str, reason: str, mark: Any) -> None:  # a libyaml or PyYAML Mark
         super().__init__(reason)
         self.path, self.reason, self.line = path, reason, mark.line + 1
 
@@ -78,7 +77,7 @@ class _Builder:
         self.loader.get_event()  # DocumentEndEvent
         return value
 
-    def _count(self, values: int, spent: int, path: str, mark: Mark) -> None:
+    def _count(self, values: int, spent: int, path: str, mark: Any) -> None:
         self.values += values
         self.spent += spent
         if self.values > MAX_VALUES:

@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from email.message import Message
-from typing import Any, BinaryIO, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -68,7 +68,7 @@ class Endpoints:
     allowed_hosts: tuple[str, ...] = ()  # more names the page answers to (behind a proxy), beside LOOPBACK
 
 
-def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer:
+def serve(address: tuple[str, int], endpoints: Endpoints) -> BoundedServer:
     """Listen on `address` and serve in a daemon thread; `shutdown()` and `server_close()` stop it."""
 
     class Handler(BaseHTTPRequestHandler):
@@ -159,7 +159,7 @@ def _host(value: str) -> str:
 class _Replay(io.RawIOBase):
     """What the head reader read ahead, then the rest of the connection."""
 
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+    def __init__(self, head: bytes, rest: io.BufferedIOBase) -> None:
         self._head, self._rest = memoryview(head), rest
 
     def readable(self) -> bool:
@@ -170,7 +170,7 @@ class _Replay(io.RawIOBase):
             size = min(len(buffer), len(self._head))
             buffer[:size], self._head = self._head[:size], self._head[size:]
             return size
-        return self._rest.readinto1(buffer)  # type: ignore[attr-defined]
+        return self._rest.readinto1(buffer)
 
     def close(self) -> None:
         self._rest.close()

@@ -83,7 +83,8 @@ def test_slow_heads_never_keep_healthz_and_metrics_out(serve, monkeypatch: pytes
                                                        most: int) -> None:
     monkeypatch.setattr(server_http, "MAX_HEADS", most)
     port = serve()
-    stop, lasted = threading.Event(), []
+    stop = threading.Event()
+    lasted: list[float] = []
     slow = [threading.Thread(target=trickle, args=(port, 2.0, stop, lasted)) for _ in range(clients)]
     for client in slow:
         client.start()
@@ -107,7 +108,8 @@ def test_slow_heads_never_keep_healthz_and_metrics_out(serve, monkeypatch: pytes
 
 def test_a_head_that_trickles_is_closed_at_its_deadline_and_a_quick_one_is_answered(serve) -> None:
     port = serve()
-    stop, lasted = threading.Event(), []
+    stop = threading.Event()
+    lasted: list[float] = []
     slow = threading.Thread(target=trickle, args=(port, 0.25, stop, lasted))
     slow.start()
     try:
