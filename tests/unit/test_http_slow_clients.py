@@ -2,6 +2,8 @@
 heads never keep /healthz and /metrics out, and the status page answers only the names it serves."""
 from __future__ import annotations
 
+import hashlib
+import hmac
 import http.client
 import select
 import socket
@@ -14,7 +16,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler.errors import ConfigError
+from reconciler.metrics import Metrics
 from reconciler.service import http as server_http
+from reconciler.service import webhook
 from reconciler.service.config import load
 from reconciler.service.http import Endpoints, Response
 
@@ -141,6 +145,22 @@ def test_the_status_page_answers_only_the_names_it_serves(serve, path: str, host
     port = serve(allowed)
 
     assert get(port, path, host.format(port=port)) == code
+
+
+def test_a_signed_body_larger_than_what_the_head_reader_reads_ahead_reaches_the_webhook_whole() -> None:
+    pushed = threading.Event()
+    receiver = webhook.Receiver("s3cret", 1024 * 1024, Metrics(CollectorRegistry()), pushed.set)
+    server = server_http.serve(("127.0.0.1", 0), Endpoints(CollectorRegistry(), lambda: True, lambda: True, receiver))
+    body = b'{"ref": "refs/heads/main", "pad": "' + b"x" * 300_000 + b'"}'
+    signature = "sha256=" + hmac.new(b"s3cret", body, hashlib.sha256).hexdigest()
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=5)
+    try:
+        conn.request("POST", "/hooks/git", body=body, headers={"X-Signature-256": signature, "Host": "git.example"})
+        assert (conn.getresponse().status, pushed.is_set()) == (202, True)
+    finally:
+        conn.close()
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_webhook_does_not_check_the_host(serve) -> None:
