@@ -113,7 +113,7 @@ def json_patch(target: dict[str, Any], operations: list[Any], budget: Budget) ->
             budget.check_time()
         except Exhausted as exc:
             raise OverlayError(where, exc.reason, i) from None
-        source = operation.get("from", pointer)
+        source = operation["from"] if name in ("copy", "move") else pointer
         found = jsonpointer.resolve_pointer(doc, source, _MISSING) if name != "add" else None
         if found is _MISSING or isinstance(found, jsonpointer.EndOfList):
             raise OverlayError(where, f"no such location in the object{'' if source == pointer else ' (from)'}", i)

@@ -93,23 +93,14 @@ class Settings:
 def digest_key(state_dir: Path, create: bool = False) -> bytes:
     """The installation's key for Secret digests: `<state-dir>/digest-key`, 32 random bytes, mode 0600. The
     daemon (`create`) makes it on its first start; a command that only looks uses it if it is there, else a
-    random key of its own (its digests then differ from the daemon's, so `diff` shows every Secret as changed)."""
+    random key of its own (its digests then differ from the daemon's: on the local target, which stores the
+    daemon's digests, `diff` shows every Secret as changed)."""
     path = state_dir / DIGEST_KEY
-    if not path.exists():
-        if not create:
-            return secrets.token_bytes(32)
-        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fresh = path.with_name(f".{DIGEST_KEY}.{secrets.token_hex(8)}")
-        with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-            out.write(secrets.token_bytes(32))
-            os.fsync(out.fileno())
-        try:
-            os.link(fresh, path)  # never replaces a key another daemon made meanwhile
-        except FileExistsError:
-            pass
-        finally:
-            fresh.unlink()
+    if not path.exists() and not create:
+        return secrets.token_bytes(32)
     try:
+        if not path.exists():
+            _make_key(path)
         key = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: {exc.strerror}") from None
@@ -117,6 +108,22 @@ def digest_key(state_dir: Path, create: bool = False) -> bytes:
         raise ConfigError(f"{path}: must hold 32 bytes, holds {len(key)} (remove it: the daemon makes a new one at "
                           "its next start, and every Secret digest changes once)")
     return key
+
+
+def _make_key(path: Path) -> None:
+    """32 random bytes at `path`, 0600, whole or not at all (written aside, then linked: never replacing a key
+    another daemon made meanwhile)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = path.with_name(f".{DIGEST_KEY}.{secrets.token_hex(8)}")
+    with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(secrets.token_bytes(32))
+        os.fsync(out.fileno())
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink()
 
 
 def _coerce(name: str, value: Any) -> Any:
