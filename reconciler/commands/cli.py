@@ -17,7 +17,6 @@ import traceback
 from pathlib import Path
 
 from ..errors import InvalidEnvironment, RayGitopsError
-from ..pipeline.diff import use_digest_key
 from ..pipeline.source import redact
 from ..service import config
 from ..service.daemon import Daemon
@@ -48,7 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
         return 2
     _logging(settings.log_format, settings.log_level)
-    use_digest_key(config.digest_key(settings.state_dir, create=True))
+    config.key_digests(settings.state_dir, create=True)
     daemon = Daemon(settings)
     if settings.once:
         try:

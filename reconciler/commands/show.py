@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from ..errors import InvalidEnvironment
 from ..metrics import Metrics
 from ..model import Action
-from ..pipeline.diff import hide_secret_values, use_digest_key
+from ..pipeline.diff import hide_secret_values
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Preview
 from ..pipeline.render import ROOT, list_environments, render
@@ -26,7 +26,7 @@ from ..targets import Registry, Runtime
 def preview(args: argparse.Namespace) -> Preview:
     """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
     settings = config.load(vars(args))
-    use_digest_key(config.digest_key(settings.state_dir))  # Secret digests as the daemon's, if it made its key
+    config.key_digests(settings.state_dir)  # Secret digests as the daemon's, if it made its key
     metrics = Metrics(CollectorRegistry())
     targets = Registry(settings.runtime(metrics))
     source = GitSource(settings.repo, settings.branch, settings.state_dir / "git")
@@ -47,7 +47,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except InvalidEnvironment as exc:
         print(exc, file=sys.stderr)
         return 1
-    use_digest_key(config.digest_key(settings.state_dir))  # Secret digests as the daemon's, if it made its key
+    config.key_digests(settings.state_dir)  # Secret digests as the daemon's, if it made its key
     docs = [hide_secret_values(d.manifest) for d in rendered.objects]
     print(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False), end="")
     return 0

@@ -97,7 +97,8 @@ _digest_key = secrets.token_bytes(32)  # this process's own until `use_digest_ke
 
 def use_digest_key(key: bytes) -> None:
     """Key every digest of this process with `key` (the installation's, from the state dir). Called once at
-    start-up, before any thread digests: by `run`, and by `plan`, `diff` and `render` to match the daemon."""
+    start-up, before any thread digests (`service.config.key_digests`: by `run`, and by `plan`, `diff` and
+    `render` to match the daemon)."""
     global _digest_key
     _digest_key = key
 

@@ -15,6 +15,7 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import Metrics
 from ..model import parse_duration
+from ..pipeline.diff import use_digest_key
 from ..pipeline.validate import dns_label
 from ..pipeline.verify import Verifier
 from ..targets import Runtime
@@ -48,6 +49,7 @@ class Settings:
     environments: tuple[str, ...] = ()
     interval: float = 30.0
     metrics_address: str = "127.0.0.1:9464"
+    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides loopback and the bound address
     state_dir: Path = default_state_dir()
     once: bool = False
     log_format: str = "text"
@@ -70,7 +72,6 @@ class Settings:
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature
     trusted_keys: str = ""  # a directory of *.asc OpenPGP public keys and an SSH allowed_signers file
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
-    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides loopback and the bound address
 
     def verifier(self) -> Verifier | None:
         """Checks of commit signatures, when `verify_commits` asks for them."""
@@ -108,6 +109,12 @@ def digest_key(state_dir: Path, create: bool = False) -> bytes:
         raise ConfigError(f"{path}: must hold 32 bytes, holds {len(key)} (remove it: the daemon makes a new one at "
                           "its next start, and every Secret digest changes once)")
     return key
+
+
+def key_digests(state_dir: Path, create: bool = False) -> None:
+    """Key this process's Secret digests (`diff.use_digest_key`) with `digest_key(state_dir, create)`: once, at
+    start-up, by `run` (`create`) and by the commands that show digests."""
+    use_digest_key(digest_key(state_dir, create))
 
 
 def _make_key(path: Path) -> None:
