@@ -5,6 +5,7 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -14,12 +15,14 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import Metrics
 from ..model import parse_duration
+from ..pipeline.diff import use_digest_key
 from ..pipeline.validate import dns_label
 from ..pipeline.verify import Verifier
 from ..targets import Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+DIGEST_KEY = "digest-key"  # in the state dir
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
              "leader_election_retry_period", "dependency_timeout")
 
@@ -46,6 +49,7 @@ class Settings:
     environments: tuple[str, ...] = ()
     interval: float = 30.0
     metrics_address: str = "127.0.0.1:9464"
+    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides loopback and the bound address
     state_dir: Path = default_state_dir()
     once: bool = False
     log_format: str = "text"
@@ -91,6 +95,48 @@ class Settings:
         return host or "127.0.0.1", int(port)
 
 
+def digest_key(state_dir: Path, create: bool = False) -> bytes:
+    """The installation's key for Secret digests: `<state-dir>/digest-key`, 32 random bytes, mode 0600. The
+    daemon (`create`) makes it on its first start; a command that only looks uses it if it is there, else a
+    random key of its own (its digests then differ from the daemon's: on the local target, which stores the
+    daemon's digests, `diff` shows every Secret as changed)."""
+    path = state_dir / DIGEST_KEY
+    if not path.exists() and not create:
+        return secrets.token_bytes(32)
+    try:
+        if not path.exists():
+            _make_key(path)
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: {exc.strerror}") from None
+    if len(key) != 32:
+        raise ConfigError(f"{path}: must hold 32 bytes, holds {len(key)} (remove it: the daemon makes a new one at "
+                          "its next start, and every Secret digest changes once)")
+    return key
+
+
+def key_digests(state_dir: Path, create: bool = False) -> None:
+    """Key this process's Secret digests (`diff.use_digest_key`) with `digest_key(state_dir, create)`: once, at
+    start-up, by `run` (`create`) and by the commands that show digests."""
+    use_digest_key(digest_key(state_dir, create))
+
+
+def _make_key(path: Path) -> None:
+    """32 random bytes at `path`, 0600, whole or not at all (written aside, then linked: never replacing a key
+    another daemon made meanwhile)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = path.with_name(f".{DIGEST_KEY}.{secrets.token_hex(8)}")
+    with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(secrets.token_bytes(32))
+        os.fsync(out.fileno())
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink()
+
+
 def _coerce(name: str, value: Any) -> Any:
     try:
         return _value(name, value)
@@ -103,6 +149,12 @@ def _value(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name == "state_dir":
         return Path(value).expanduser()
+    if name == "allowed_hosts":
+        hosts = tuple(h.strip() for h in value.split(",")) if isinstance(value, str) else tuple(map(str, value))
+        for host in hosts:
+            if not host or any(c.isspace() or c in "/@?#" for c in host):
+                raise ValueError(f"{host!r} is not a host name (names, without scheme or path, comma-separated)")
+        return hosts
     if name == "environments":
         names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
         for environment in names:
