@@ -43,7 +43,7 @@ class ObjectRef:
     def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
         api_version = str(manifest.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
-        meta = manifest.get("metadata") or {}
+        meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
         return cls(group, str(manifest.get("kind", "")), str(meta.get("namespace") or default_namespace),
                    str(meta.get("name", "")))
 

@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
         return 2
     _logging(settings.log_format, settings.log_level)
+    config.key_digests(settings, create=True)
     daemon = Daemon(settings)
     if settings.once:
         try:
@@ -116,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")
+    run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
+                     "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)
 
     for verb, func, text in (

@@ -18,6 +18,7 @@ from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED
                      ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
                      TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
+from .budgets import Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
@@ -60,8 +61,8 @@ class TargetCatalog(Protocol):
 class Checker:
     """Collects errors for one document; each check names the field path it looked at."""
 
-    def __init__(self, file: str, document: int | None, obj: str = "") -> None:
-        self.file, self.document, self.obj = file, document, obj
+    def __init__(self, file: str, document: int | None, obj: str = "", budget: Budget | None = None) -> None:
+        self.file, self.document, self.obj, self.budget = file, document, obj, budget
         self.errors: list[ValidationError] = []
 
     def fail(self, path: str, reason: str) -> None:
@@ -220,12 +221,14 @@ def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[P
 
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
                supported: frozenset[str],
-               target_check: Callable[[dict[str, Any], Checker], None] | None = None) -> list[ValidationError]:
+               target_check: Callable[[dict[str, Any], Checker], None] | None = None,
+               budget: Budget | None = None) -> list[ValidationError]:
     """Check one rendered object document; `supported`: the object kinds of the environment's target;
-    `target_check`: the target's own checks, run on an object that passed these."""
+    `target_check`: the target's own checks, run on an object that passed these; `budget`: the render's,
+    which parsing `runtimeEnvYAML` spends from."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
+    c = Checker(file, index, f"{kind}/{meta.get('name', '?')}", budget)
     if (api_version, kind) not in KINDS:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
@@ -415,7 +418,7 @@ def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:
 def runtime_env(c: Checker, text: str, path: str = "spec.runtimeEnvYAML") -> None:
     """Parse `runtimeEnvYAML` (with the one YAML parser); a relative `working_dir` must stay inside the
     repository."""
-    value, errors = parse.text(text, c.file, c.document, c.obj, path)
+    value, errors = parse.text(text, c.file, c.document, c.obj, path, c.budget)
     c.errors += errors
     env = c.mapping(value, path)
     working_dir = env.get("working_dir")

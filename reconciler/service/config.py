@@ -4,6 +4,8 @@ Read once by the CLI; every other module receives a `Settings`. Never logs secre
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass, field, fields, replace
@@ -15,12 +17,14 @@ import yaml
 from ..errors import ConfigError
 from ..metrics import Metrics
 from ..model import parse_duration
+from ..pipeline.diff import use_digest_key
 from ..pipeline.validate import dns_label
 from ..pipeline.verify import Verifier
 from ..targets import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, Runtime
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+INSTALLATION_KEY = "installation-key"  # in the state dir
 DURATIONS = ("interval", "leader_election_lease_duration", "leader_election_renew_deadline",
              "leader_election_retry_period", "dependency_timeout")
 
@@ -52,6 +56,7 @@ class Settings:
     environments: tuple[str, ...] = ()
     interval: float = 30.0
     metrics_address: str = "127.0.0.1:9464"
+    allowed_hosts: tuple[str, ...] = ()  # Host names the page answers to besides loopback and the bound address
     state_dir: Path = default_state_dir()
     once: bool = False
     log_format: str = "text"
@@ -76,7 +81,7 @@ class Settings:
     verify_allow_rewrite: bool = False  # strict: accept a head that is not a descendant of the last verified one
     ui: bool = True  # the status page (/) and its read-only JSON API (/api/v1/) on the metrics address
     clusters: Mapping[str, Cluster] = field(default_factory=dict)  # Kubernetes clusters environments may name
-    ledger_key_file: str = ""  # the key that signs ledger copies on targets (default: <state-dir>/ledger-key)
+    installation_key_file: str = ""  # the secret keying digests and ledger copies (default <state-dir>/installation-key)
     removal_max_fraction: float = 0.5  # environments that may leave Git in one revision and be removed (1: no guard)
     dependency_timeout: float = 600.0  # run --once: how long a dependsOn link may take to be Healthy at the revision
 
@@ -94,30 +99,8 @@ class Settings:
         own = pod_namespace()
         return Runtime(self.state_dir, metrics, self.kube_api_qps, self.kube_api_burst, self.default_service_account,
                        changed, self.kube_clusters(), PROTECTED_NAMESPACES | ({own} if own else set()),
-                       ledger_key=self.ledger_key(create=writes))
-
-    def ledger_key(self, create: bool) -> bytes:
-        """The key that signs the ledger copies on the targets: `ledger_key_file` (a mounted Secret), else
-        `<state-dir>/ledger-key`, made on first use by the daemon (`create`). A command that looks and finds none
-        uses a key of its own for this run: the copies then read as unverifiable, and the state dir's ledger is
-        used alone."""
-        path = Path(self.ledger_key_file) if self.ledger_key_file else self.state_dir / "ledger-key"
-        try:
-            key = path.read_bytes().strip()
-        except FileNotFoundError:
-            if self.ledger_key_file:
-                raise ConfigError(f"ledger_key_file {path}: no such file") from None
-            key = b""
-        except OSError as exc:
-            raise ConfigError(f"ledger_key_file {path}: {exc.strerror}") from None
-        if key:
-            return key
-        key = secrets.token_hex(32).encode()
-        if create:
-            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            path.write_bytes(key)
-            path.chmod(0o600)
-        return key
+                       ledger_key=derived(installation_key(self.state_dir, writes, self.installation_key_file),
+                                          "ledger-copies"))
 
     def kube_clusters(self) -> dict[str, Cluster]:
         """The clusters environments may name: `clusters`, else one called `default` (this daemon's kubeconfig
@@ -138,6 +121,56 @@ class Settings:
         return host or "127.0.0.1", int(port)
 
 
+def installation_key(state_dir: Path, create: bool = False, file: str = "") -> bytes:
+    """The installation's secret, which keys the Secret digests and signs the ledger copies on targets (`derived`):
+    `file` (`installation_key_file`: a mounted Secret, so it survives an emptyDir state dir), else
+    `<state-dir>/installation-key`, 32 random bytes, mode 0600. The daemon (`create`) makes it on its first start;
+    a command that only looks uses it if it is there, else a random key of its own (its digests then differ from
+    the daemon's, and the ledger copies read as unverifiable)."""
+    path = Path(file) if file else state_dir / INSTALLATION_KEY
+    if not path.exists() and not create and not file:
+        return secrets.token_bytes(32)
+    try:
+        if not path.exists() and not file:
+            _make_key(path)
+        key = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{'installation_key_file ' if file else ''}{path}: {exc.strerror}") from None
+    if len(key) < 32 if file else len(key) != 32:
+        raise ConfigError(f"{path}: must hold {'at least ' if file else ''}32 bytes, holds {len(key)}" + (
+            "" if file else " (remove it: the daemon makes a new one at its next start, and every Secret digest and "
+            "ledger signature changes once)"))
+    return key
+
+
+def derived(key: bytes, purpose: str) -> bytes:
+    """A key for one purpose (`secret-digests`, `ledger-copies`) from the installation's."""
+    return hmac.new(key, purpose.encode(), hashlib.sha256).digest()
+
+
+def key_digests(settings: Settings, create: bool = False) -> None:
+    """Key this process's Secret digests (`diff.use_digest_key`) with the installation's key: once, at start-up, by
+    `run` (`create`) and by the commands that show digests."""
+    use_digest_key(derived(installation_key(settings.state_dir, create, settings.installation_key_file),
+                           "secret-digests"))
+
+
+def _make_key(path: Path) -> None:
+    """32 random bytes at `path`, 0600, whole or not at all (written aside, then linked: never replacing a key
+    another daemon made meanwhile)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fresh = path.with_name(f".{INSTALLATION_KEY}.{secrets.token_hex(8)}")
+    with open(os.open(fresh, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(secrets.token_bytes(32))
+        os.fsync(out.fileno())
+    try:
+        os.link(fresh, path)
+    except FileExistsError:
+        pass
+    finally:
+        fresh.unlink()
+
+
 def _coerce(name: str, value: Any) -> Any:
     try:
         return _value(name, value)
@@ -150,6 +183,12 @@ def _value(name: str, value: Any) -> Any:
         return parse_duration(value)
     if name == "state_dir":
         return Path(value).expanduser()
+    if name == "allowed_hosts":
+        hosts = tuple(h.strip() for h in value.split(",")) if isinstance(value, str) else tuple(map(str, value))
+        for host in hosts:
+            if not host or any(c.isspace() or c in "/@?#" for c in host):
+                raise ValueError(f"{host!r} is not a host name (names, without scheme or path, comma-separated)")
+        return hosts
     if name == "environments":
         names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
         for environment in names:

@@ -324,7 +324,7 @@ class Daemon:
         caller should end the process without waiting for it)."""
         page = self._page()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
-                                                                     self.hooks, page))
+                                                                     self.hooks, page, self.settings.allowed_hosts))
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if page is not None:
             self.worker.start()

@@ -14,6 +14,7 @@ from reconciler.model import Action, Outcome
 from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Result
 from reconciler.pipeline.source import GitSource
+from reconciler.service.config import derived
 from reconciler.targets import Cluster, Registry, Runtime
 from tests.conftest import GitRemote
 
@@ -24,7 +25,7 @@ WRITES = ("apply", "create", "update", "delete", "dryrun-apply")
 
 
 NEIGHBOURS = ("n1", "n2")  # environments reconciled beside `k`, each in its own namespace
-LEDGER_KEY = b"the-installations-ledger-key"
+INSTALLATION_KEY = b"the-installation-key-of-at-least-32-bytes"
 
 
 class Harness:
@@ -37,7 +38,8 @@ class Harness:
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.ledger = Ledger(state)
         self.targets = Registry(Runtime(state, self.metrics, clusters={
-            "default": Cluster("default", str(plane.kubeconfig), plane.context)}, ledger_key=LEDGER_KEY))
+            "default": Cluster("default", str(plane.kubeconfig), plane.context)},
+            ledger_key=derived(INSTALLATION_KEY, "ledger-copies")))
         self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
         self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
@@ -236,16 +238,16 @@ def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledg
     harness.remote.remove(f"environments/{ENV}/b.yaml")
     harness.remote.commit("drop b")
 
-    key = tmp_path / "ledger-key"  # the daemon's key file (a mounted Secret): a fresh machine reads it too
-    key.write_bytes(LEDGER_KEY)
+    key = tmp_path / "installation-key"  # the daemon's key file (a mounted Secret): a fresh machine reads it too
+    key.write_bytes(INSTALLATION_KEY)
     config = tmp_path / "ray-gitops.yaml"
-    config.write_text(f"ledger_key_file: {key}\nclusters:\n  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
+    config.write_text(f"installation_key_file: {key}\nclusters:\n  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
                       f"context: {kube_control_plane.context}}}\n")
     args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh"),
             "--config", str(config)]
     assert main(args) == 1
     assert "delete RayCluster/" in capsys.readouterr().out
-    key.write_bytes(b"another-key")  # a copy signed with another key is not believed: no prune is planned
+    key.write_bytes(b"another-installation-key-of-32-bytes")  # a copy signed with another key is not believed
     assert main(args) == 0
 
 
