@@ -133,7 +133,7 @@ def installation_key(state_dir: Path, create: bool = False, file: str = "") -> b
     try:
         if not path.exists() and not file:
             _make_key(path)
-        key = path.read_bytes()
+        key = path.read_bytes().strip() if file else path.read_bytes()  # a mounted Secret may end in a newline
     except OSError as exc:
         raise ConfigError(f"{'installation_key_file ' if file else ''}{path}: {exc.strerror}") from None
     if len(key) < 32 if file else len(key) != 32:
