@@ -11,6 +11,7 @@ as problems for render to report, never raised. Credentials in URLs never reach 
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import fcntl
 import functools
@@ -38,6 +39,7 @@ from .verify import Verifier, descends
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 2 * 1024 * 1024  # one YAML file; larger ones are a problem, not read
+MAX_DIRECTORY_BYTES = 16 * 1024 * 1024  # the YAML of one environment's directory (or one base's top directory)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # all YAML of one revision together
 _FILE_MODES = {"100644", "100755", "100664"}
 
@@ -231,6 +233,13 @@ esac
 """
 
 
+def budget_directory(path: str) -> str:
+    """Whose share of the revision's YAML a file takes: its environment's (`environments/<env>`), else its top
+    directory's (a base). One environment's directory can then fill only its own share, never the others'."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[0] == "environments" and len(parts) > 2 else parts[0]
+
+
 def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
     """Read commit `sha` of `repo` into a Snapshot: one `git ls-tree`, then one `git cat-file` per YAML
     blob. Git itself lists the entries, so a crafted tree that gitpython cannot parse is still read."""
@@ -238,7 +247,7 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
     contents: dict[str, bytes] = {}
     others: set[str] = set()
     problems: dict[str, str] = {}
-    total = 0
+    total, per_directory = 0, collections.Counter[str]()
     for raw in listing.split(b"\0"):
         if not raw:
             continue
@@ -257,11 +266,15 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
                    or (None if kind == b"blob" and mode_text in _FILE_MODES else f"unsupported entry mode {mode_text}")
                    or _size_problem(int(size), path))
         if problem is None and path.endswith(YAML_SUFFIXES):
-            if total + int(size) > MAX_SNAPSHOT_BYTES:
+            directory = budget_directory(path)
+            if per_directory[directory] + int(size) > MAX_DIRECTORY_BYTES:
+                problem = f"the YAML files of {directory}/ exceed {MAX_DIRECTORY_BYTES} bytes together; not read"
+            elif total + int(size) > MAX_SNAPSHOT_BYTES:
                 problem = f"the revision's YAML files exceed {MAX_SNAPSHOT_BYTES} bytes together; not read"
             else:
                 contents[path] = repo.odb.stream(bytes.fromhex(blob.decode())).read()
                 total += len(contents[path])
+                per_directory[directory] += len(contents[path])
                 continue
         if problem is None:
             others.add(path)
