@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION,
-                     EnvironmentSpec, Patch, TargetOptions, TargetSpec, parse_duration, parse_quantity)
+from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+                     ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
+                     TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
 from .budgets import Budget
 
@@ -46,11 +47,13 @@ _REPR.maxlevel = 2
 
 class TargetCatalog(Protocol):
     """What validation asks of the target registry (`reconciler.targets`): which target kinds exist,
-    each kind's options (parsed and checked by the target's own options class), its object kinds, and its
-    own checks of an object (the local target's caps)."""
+    each kind's options (parsed and checked by the target's own options class, and admitted for the
+    environment by the daemon's settings), its object kinds, and its own checks of an object (the local
+    target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
-    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str) -> TargetOptions | None: ...
+    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str,
+                environment: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
     def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
 
@@ -138,7 +141,7 @@ def environment(doc: Any, file: str, directory_name: str,
     options = None
     if len(kinds) == 1:
         path = f"spec.target.{kinds[0]}"
-        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path)
+        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path, directory_name)
     interval = 60.0
     try:
         interval = parse_duration(spec.get("interval", "60s"))
@@ -244,6 +247,13 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         c.fail("metadata.namespace", f"{namespace} is outside this environment: it may write only to "
                f"{', '.join(sorted(allowed))} (a Kubernetes environment lists more in spec.target.kubernetes."
                "namespaces)")
+    if kind == "ConfigMap" and isinstance(name, str) and name.startswith(LEDGER_PREFIX):
+        c.fail("metadata.name", f"{LEDGER_PREFIX}* ConfigMaps are ray-gitops' own ledgers: Git may not hold one")
+    labels = c.mapping(meta.get("labels"), "metadata.labels")
+    for label, value in ((ENVIRONMENT_LABEL, environment.name), (MANAGED_BY_LABEL, MANAGED_BY_VALUE)):
+        if labels.get(label, value) != value:
+            c.fail(f"metadata.labels.{label}", f"is ray-gitops' ownership label, set to {value!r} for this "
+                   f"environment; Git may not set it to {short(labels[label])}")
     annotations = c.mapping(meta.get("annotations"), "metadata.annotations")
     c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",

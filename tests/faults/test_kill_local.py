@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.service.config import derived
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 from tests.faults.drill import LedgerView, assert_clean_logs, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
@@ -89,8 +90,8 @@ def stored(state: Path, env: str) -> dict[tuple[str, str, str], dict]:
 
 
 def digest(state: Path, value: str) -> str:
-    """A Secret value as the daemon stores it: keyed with the digest key in its state dir."""
-    key = (state / "digest-key").read_bytes()
+    """A Secret value as the daemon stores it: keyed with the digest key derived from its installation key."""
+    key = derived((state / "installation-key").read_bytes(), "secret-digests")
     return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]
 
 

@@ -1,24 +1,29 @@
-"""Hostile Git content against the CLI as users run it: one case per way a pusher could try to escape
-their environment, exhaust the daemon or crash it. Each case asserts the exit code, a message naming
+"""Hostile Git content against the CLI and the daemon as users run them: one case per way a pusher could try
+to escape their environment, exhaust the daemon or crash it. Each case asserts the exit code, a message naming
 file, object and field, bounds on time and peak memory, and that nothing outside the environment
-was written. `pytest tests/hostile -s` prints the table (case, command, exit code, message, wall time, CPU time,
+was written; the daemon, under a 4 GiB address-space cap, runs every case at once as environments of one
+repository beside a good one, which stays Synced while probes and 40 slow connections are answered. `pytest tests/hostile -s` prints the table (case, command, exit code, message, wall time, CPU time,
 peak memory)."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
-from tests.conftest import GitRemote
+from tests.conftest import GitRemote, write_neighbours
+from tests.daemon import DaemonProcess
 
 # Per command: CPU seconds (user + system, the same on a loaded machine), peak RSS, and wall seconds with room for
 # a machine shared with other work. Measured here: at most 1.4 s of wall time, 1.0 s of CPU and 114 MiB (the
@@ -138,9 +143,10 @@ CASES = {
     "documents-across-30-files": Case({f"c{i:02}.yaml": "---\n" * 999 for i in range(30)},
                                       r"environments/team-a/c01\.yaml#1: more than 1000 YAML documents in the "
                                       r"environment's object files"),
-    "a-revision-of-57-mib-of-empty-documents": Case(
+    "a-revision-of-57-mib-of-empty-documents": Case(  # a directory's share of the revision is 16 MiB (from Git)
         {f"c{i:02}.yaml": lambda: "---\n{}\n" * (2_000_000 // 7) for i in range(30)},
-        r"environments/team-a/c29\.yaml#1000: more than 1000 YAML document\(s\)"),
+        r"environments/team-a/c\d\d\.yaml(#1000: more than 1000 YAML document\(s\)|: the YAML files of "
+        r"environments/team-a/ exceed 16777216 bytes together; not read)"),
     "a-million-values-in-one-document": Case({"c.yaml": lambda: "[" + "a," * (1024 * 1024 - 2) + "a]\n"},
                                              r"environments/team-a/c\.yaml#0: \[199999\]: expands to more than"),
     "a-1-mib-string-through-20-aliases": Case(
@@ -194,6 +200,27 @@ CASES = {
                    + CONFIGMAP % ""},
         r"environments/team-a/c\.yaml#1: ConfigMap/team-a/settings: duplicate object after substitution, first "
         r"defined in environments/team-a/c\.yaml#0", env=substituting(K="ConfigMap", NS="team-a")),
+    "kubeconfig-naming-the-daemons-own-git-pipe": Case(
+        {}, r"environments/team-a/environment\.yaml: Environment/team-a: spec\.target\.kubernetes\.kubeconfig: Git may "
+        r"not name the daemon's credentials", env=KUBE.replace("namespace: team-a",
+                                                              "namespace: team-a, kubeconfig: /proc/self/fd/9")),
+    "kubeconfig-naming-etc-shadow-and-an-admin-context": Case(
+        {}, r"environments/team-a/environment\.yaml: Environment/team-a: spec\.target\.kubernetes\.(context|kubeconfig)"
+        r": Git may not name the daemon's credentials",
+        env=KUBE.replace("namespace: team-a", "namespace: team-a, kubeconfig: /etc/shadow, context: admin")),
+    "a-protected-namespace": Case(
+        {}, r"environments/team-a/environment\.yaml: Environment/team-a: spec\.target\.kubernetes: namespace "
+        r"kube-system is protected", env=KUBE.replace("namespace: team-a", "namespace: kube-system")),
+    "another-environments-ledger": Case(
+        {"l.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: ray-gitops-ledger-team-b}\n"
+                   "data: {runs: '{\"team-b-job-0123456789\": \"succeeded\"}'}\n"},
+        r"environments/team-a/l\.yaml#0: ConfigMap/ray-gitops-ledger-team-b: metadata\.name: ray-gitops-ledger-\* "
+        r"ConfigMaps are ray-gitops' own ledgers"),
+    "another-environments-ownership-label": Case(
+        {"c.yaml": CONFIGMAP.replace("{name: settings%s}", "{name: settings, labels: {gitops.ray.io/environment: "
+                                                            "team-b}}")},
+        r"environments/team-a/c\.yaml#0: ConfigMap/settings: metadata\.labels\.gitops\.ray\.io/environment: is "
+        r"ray-gitops' ownership label"),
     "namespace-from-substitution": Case(
         {"c.yaml": CONFIGMAP % ", namespace: '${NS}'"},
         r"environments/team-a/c\.yaml#0: ConfigMap/settings: metadata\.namespace: kube-system is outside this "
@@ -324,16 +351,85 @@ def test_a_symlink_or_a_submodule_in_a_directory_is_an_error(tmp_path: Path) -> 
 
 def test_names_and_settings_that_are_not_allowed_are_one_line_errors(remote: GitRemote, tmp_path: Path) -> None:
     remote.write("environments/team-a/environment.yaml", "---\n" + KUBE.replace(
-        "namespace: team-a", f"namespace: team-a, kubeconfig: {tmp_path / 'kubeconfig'}, context: nope"))
-    remote.commit("a leading empty document, and a context that does not exist")
-    (tmp_path / "kubeconfig").write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+        "namespace: team-a", "namespace: team-a, cluster: nope"))
+    remote.commit("a leading empty document, and a cluster the daemon does not know")
     state = ["--state-dir", str(tmp_path / "state")]
 
     assert run(["validate", str(remote.work_path)], tmp_path) == (0, "ok: environment team-a: 0 object(s), "
                                                                       "target kubernetes\n")
     code, out = run(["plan", "--repo", str(remote.work_path), "--environment", "team-a", *state], tmp_path)
-    assert code == 2 and out.startswith("ray-gitops plan: kubeconfig ") and "context nope" in out
-    assert len(out.strip().splitlines()) == 1
+    assert code == 2 and "spec.target.kubernetes.cluster: no cluster nope in the daemon's settings (known: " \
+        "default)" in out
     code, out = run(["run", "--once", "--repo", str(remote.work_path), "--environment", "a/b", *state], tmp_path)
     assert code == 2 and out.strip() == ("ray-gitops run: setting environments: 'a/b' is not an environment name "
                                          "(a DNS-1123 label: a-z, 0-9, '-')")
+
+
+def slow_client(port: int, until: float) -> None:
+    """A connection that sends one byte every 2 s (reconnecting when it is closed) until `until`."""
+    while time.monotonic() < until:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+                while time.monotonic() < until:
+                    conn.sendall(b"G")
+                    time.sleep(2)
+        except OSError:
+            time.sleep(0.2)
+
+
+def test_the_daemon_under_a_memory_cap_keeps_everything_else_going_whatever_each_case_does(
+        remote: GitRemote, tmp_path: Path) -> None:
+    """Every case at once, each as an environment of one repository, beside a good environment: each case is
+    Failed with its message, the good one Synced; /healthz and /metrics answer within a second while 40 slow
+    connections trickle; a SIGTERM ends the daemon promptly. Prints the case, its message, the daemon's reconcile
+    time for it and the daemon's peak memory."""
+    environments = {name: f"h{i:02}" for i, name in enumerate(CASES)}
+    for name, env in environments.items():
+        case = CASES[name]
+        for path, text in {"environment.yaml": case.env, **case.files}.items():
+            remote.write(f"environments/{env}/{path}", (text() if callable(text) else text).replace("team-a", env))
+    write_neighbours(remote, ("good",), interval="1s")
+    sha = remote.commit("every hostile case at once, and a good environment")
+    state, log = tmp_path / "state", tmp_path / "daemon.log"
+    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s"], address_space=4 * 1024 ** 3)
+    try:
+        def states() -> dict[str, dict]:
+            out = subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(state), "-o",
+                                  "json"], capture_output=True, text=True, timeout=60).stdout
+            return {row["environment"]: row for row in json.loads(out or "[]")}
+        daemon.wait_for("every case reported", lambda: set(environments.values()) <= set(states()), timeout=240,
+                        poll=2)
+        rows = states()
+        assert (rows["good"]["sync_status"], rows["good"]["revision"]) == ("Synced", sha)
+        probes: list[float] = []
+        until = time.monotonic() + 8
+        clients = [threading.Thread(target=slow_client, args=(daemon.port, until), daemon=True) for _ in range(40)]
+        for client in clients:
+            client.start()
+        time.sleep(1)
+        while time.monotonic() < until:
+            for path in ("/healthz", "/metrics"):
+                started = time.monotonic()
+                with urllib.request.urlopen(f"http://127.0.0.1:{daemon.port}{path}", timeout=5) as answer:
+                    assert answer.status == 200
+                probes.append(time.monotonic() - started)
+            time.sleep(0.5)
+        for client in clients:
+            client.join(10)
+        peak = int(re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{daemon.proc.pid}/status").read_text())[1]) / 1024
+        for name, env in environments.items():
+            row = rows[env]
+            message = CASES[name].message.replace("team-a", env)
+            count = daemon.metric("ray_gitops_reconcile_duration_seconds_count", environment=env) or 1
+            seconds = (daemon.metric("ray_gitops_reconcile_duration_seconds_sum", environment=env) or 0) / count
+            print(f"| {name} | daemon | {row['sync_status']} | {row['message'][:110]} | {seconds:.2f} s |")
+            assert row["sync_status"] == "Failed" and re.search(message, row["message"]), (name, row["message"])
+            assert not [text for text in CASES[name].absent if text in row["message"]]
+        print(f"daemon: peak RSS {peak:.0f} MiB; {len(probes)} probes under 40 slow connections, slowest "
+              f"{max(probes):.2f} s")
+        assert max(probes) < 1.0 and peak < 1024
+        assert "Traceback" not in log.read_text() and "MemoryError" not in log.read_text()
+    finally:
+        started = time.monotonic()
+        daemon.stop()
+    assert daemon.proc.returncode == 0 and time.monotonic() - started < 30

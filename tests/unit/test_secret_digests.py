@@ -19,7 +19,7 @@ from reconciler.errors import ConfigError
 from reconciler.kubeapi import ApiError
 from reconciler.model import DesiredObject, ObjectRef
 from reconciler.pipeline import diff
-from reconciler.service.config import digest_key
+from reconciler.service.config import derived, installation_key
 from reconciler.targets.kubernetes.apply import translate
 from tests.conftest import GitRemote
 
@@ -60,32 +60,32 @@ def test_a_secret_is_normalized_to_keyed_digests_and_other_kinds_are_not(key: by
 
 def test_the_daemon_makes_the_key_once_0600_and_every_caller_gets_the_same(tmp_path: Path) -> None:
     found: list[bytes] = []
-    threads = [threading.Thread(target=lambda: found.append(digest_key(tmp_path / "state", create=True)))
+    threads = [threading.Thread(target=lambda: found.append(installation_key(tmp_path / "state", create=True)))
                for _ in range(8)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
 
-    path = tmp_path / "state" / "digest-key"
+    path = tmp_path / "state" / "installation-key"
     assert len(set(found)) == 1 and found[0] == path.read_bytes() and len(found[0]) == 32
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert [p.name for p in path.parent.iterdir()] == ["digest-key"]  # no temporary file left
-    assert digest_key(tmp_path / "state") == found[0]
+    assert [p.name for p in path.parent.iterdir()] == ["installation-key"]  # no temporary file left
+    assert installation_key(tmp_path / "state") == found[0]
 
 
 def test_a_command_that_looks_makes_no_key_and_uses_one_of_its_own(tmp_path: Path) -> None:
-    first, second = digest_key(tmp_path), digest_key(tmp_path)
+    first, second = installation_key(tmp_path), installation_key(tmp_path)
 
     assert len(first) == 32 and first != second
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_key_file_of_another_size_is_an_error_naming_it(tmp_path: Path) -> None:
-    (tmp_path / "digest-key").write_bytes(b"short")
+    (tmp_path / "installation-key").write_bytes(b"short")
 
-    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}/digest-key: must hold 32 bytes, holds 5")):
-        digest_key(tmp_path, create=True)
+    with pytest.raises(ConfigError, match=re.escape(f"{tmp_path}/installation-key: must hold 32 bytes, holds 5")):
+        installation_key(tmp_path, create=True)
 
 
 @pytest.mark.parametrize("kind, shown", [
@@ -117,7 +117,7 @@ def test_render_shows_the_daemons_digests_once_the_daemon_made_its_key(remote: G
     assert cli("run", "--once", "--repo", remote.url, "--state-dir", str(state)).returncode == 0
     daemons, own = cli(*render, str(state)), cli(*render, str(other))
 
-    key = (state / "digest-key").read_bytes()
+    key = derived((state / "installation-key").read_bytes(), "secret-digests")
     assert f"password: {keyed(key, 'hunter2')}" in daemons.stdout
     assert "password: hmac-sha256:" in own.stdout and keyed(key, "hunter2") not in own.stdout
-    assert not (other / "digest-key").exists() and "hunter2" not in daemons.stdout + own.stdout
+    assert not (other / "installation-key").exists() and "hunter2" not in daemons.stdout + own.stdout

@@ -9,14 +9,17 @@ reconciles the environment.
 """
 from __future__ import annotations
 
+import logging
 import time
 
 from ...model import TERMINAL_JOB_STATUSES, ObjectRef
 from ...pipeline.target import RunReport
 from . import cron
 from .clusters import Clusters
-from .observe import job_status
+from .observe import cluster_name, job_status, legacy_cluster_name
 from .store import ObjectStore, Record
+
+log = logging.getLogger(__name__)
 
 
 def control(clusters: Clusters, store: ObjectStore, environment: str, now: float | None = None) -> list[RunReport]:
@@ -25,6 +28,12 @@ def control(clusters: Clusters, store: ObjectStore, environment: str, now: float
     reports: list[RunReport] = []
     for kind, record in store.ray_records(environment):
         ref = ObjectRef.of(record["manifest"], "default")
+        legacy = legacy_cluster_name(environment, ref.name)
+        if kind == "RayCluster" and (clusters.directory / legacy / "cluster.json").exists():
+            log.warning("environment %s: stopping Ray cluster %s, started by an earlier version under a name other "
+                        "environments could share; it starts again as %s", environment, legacy,
+                        cluster_name(environment, ref.name))
+            clusters.stop(legacy)
         if kind == "RayJob":
             rayjob(clusters, store, environment, ref, record, now)
         elif kind == "RayCronJob":
