@@ -88,14 +88,20 @@ spec:
 """
 
 
-def write_repo(root: Path, n: int, plane: kube_controlplane.ControlPlane, prefix: str) -> None:
+def use_cluster(plane: kube_controlplane.ControlPlane) -> None:
+    """Make `plane` the cluster `default` of every ray-gitops command this benchmark runs."""
+    os.environ.update(RAY_GITOPS_KUBECONFIG=str(plane.kubeconfig), RAY_GITOPS_KUBE_CONTEXT=plane.context)
+
+
+def write_repo(root: Path, n: int, prefix: str) -> None:
+    """N environments on the daemon's cluster `default` (`use_cluster` points it at the control plane)."""
     for i in range(n):
         env = root / "environments" / f"e{i:03d}"
         env.mkdir(parents=True)
         (env / "environment.yaml").write_text(
             "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
             f"metadata: {{name: e{i:03d}}}\nspec:\n  interval: 10s\n  target:\n    kubernetes: "
-            f"{{kubeconfig: \"{plane.kubeconfig}\", context: {plane.context}, namespace: {prefix}{i:03d}}}\n")
+            f"{{namespace: {prefix}{i:03d}}}\n")
         (env / "ray.yaml").write_text(CLUSTER)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
@@ -203,7 +209,7 @@ def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], wor
             prefix, root = f"{way[0]}{r}-", work / f"{way}{r}"
             repo = root / "repo"
             repo.mkdir(parents=True)
-            write_repo(repo, n, plane, prefix)
+            write_repo(repo, n, prefix)
             namespaces(k, prefix, n, work)
             if way == "kubectl":
                 (root / "files").mkdir()
@@ -219,10 +225,11 @@ def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], wor
 def alone(assets: Path, kubectl: list[str], work: Path, n: int) -> tuple[float, dict[str, float]]:
     """On a control plane of its own: the peak RSS of `run --once`, then the daemon adopting what it made."""
     plane = kube_controlplane.ControlPlane.start(assets)
+    use_cluster(plane)
     try:
         repo = work / "alone" / "repo"
         repo.mkdir(parents=True)
-        write_repo(repo, n, plane, "a-")
+        write_repo(repo, n, "a-")
         namespaces([*kubectl, "--kubeconfig", str(plane.kubeconfig)], "a-", n, work)
         _, rss, _ = timed_process(once_command(repo, work / "alone" / "state"))
         return rss, daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
@@ -242,6 +249,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             plane = kube_controlplane.ControlPlane.start(assets)
+            use_cluster(plane)
             try:
                 seconds = initial_syncs(plane, kubectl, work, n, args.repeat)
             finally:

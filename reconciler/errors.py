@@ -47,8 +47,13 @@ class ValidationError:
 
     def __str__(self) -> str:
         where = self.file if self.document is None else f"{self.file}#{self.document}"
-        parts = [where] + [p for p in (self.object, self.path) if p]
+        parts = [_cut(where)] + [_cut(p) for p in (self.object, self.path) if p]
         return f"{': '.join(parts)}: {self.reason}"
+
+
+def _cut(text: str, most: int = 256) -> str:
+    """A name or path from Git as printed in an error: a key or a name can be a megabyte long."""
+    return text if len(text) <= most else f"{text[:most]}... ({len(text)} characters)"
 
 
 class InvalidEnvironment(PermanentError):

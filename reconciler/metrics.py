@@ -70,6 +70,9 @@ class Metrics:
         self.promotion_waiting = Gauge("promotion_waiting", "1 while an environment waits for a dependency to be "
                                        "Healthy at the revision it would apply", ["environment", "dependency"],
                                        namespace=ns, registry=registry)
+        self.reconcile_stuck = Gauge("reconcile_stuck", "1 while an environment's reconcile has been running for more "
+                                     "than 10 minutes (its environment alone is stuck)", ["environment"],
+                                     namespace=ns, registry=registry)
         self.removals_refused = Gauge("removals_refused", "Environments gone from Git whose removal the guard "
                                       "refused (0 once a revision resolves it)", namespace=ns, registry=registry)
         self.kube_requests = Counter("kube_requests_total", "Kubernetes API requests by verb",

@@ -17,6 +17,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
 ENVIRONMENT_LABEL = "gitops.ray.io/environment"
 REVISION_ANNOTATION = "gitops.ray.io/revision"
+LEDGER_PREFIX = "ray-gitops-ledger-"  # ConfigMap ray-gitops-ledger-<env>: an environment's ledger on Kubernetes
 PRUNE_ANNOTATION = "gitops.ray.io/prune"
 ON_CHANGE_ANNOTATION = "gitops.ray.io/on-change"
 ON_TEMPLATE_CHANGE_ANNOTATION = "gitops.ray.io/on-template-change"
@@ -42,7 +43,7 @@ class ObjectRef:
     def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
         api_version = str(manifest.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
-        meta = manifest.get("metadata") or {}
+        meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
         return cls(group, str(manifest.get("kind", "")), str(meta.get("namespace") or default_namespace),
                    str(meta.get("name", "")))
 
@@ -246,11 +247,13 @@ class RenderedEnvironment:
 
 @dataclass(frozen=True)
 class LedgerSnapshot:
-    """What a target keeps of an environment's ledger: its inventory and its job runs
-    (submission id -> result, or "" while the run has not been seen to end)."""
+    """What a target keeps of an environment's ledger: its inventory, its job runs (submission id -> result,
+    or "" while the run has not been seen to end), and the last branch head that passed signature verification
+    ("" without verification), so a daemon that lost its state dir still refuses a rollback of history."""
 
     inventory: frozenset[ObjectRef] = frozenset()
     runs: tuple[tuple[str, str], ...] = ()
+    verified: str = ""
 
 
 def desired_workers(group: dict[str, Any]) -> int:

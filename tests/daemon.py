@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -19,12 +20,16 @@ class DaemonProcess:
     """One daemon on a free loopback port; `args` follow `ray-gitops run --repo ... --state-dir ...`."""
 
     def __init__(self, repo: str, state_dir: Path, log: Path, args: list[str],
-                 environ: dict[str, str] | None = None) -> None:
+                 environ: dict[str, str] | None = None, address_space: int | None = None) -> None:
+        """`address_space`: a cap on the daemon's virtual memory in bytes (RLIMIT_AS), as a container limit."""
         self.port, self.log = free_port(), log
         cmd = [sys.executable, "-m", "reconciler", "run", "--repo", repo, "--state-dir", str(state_dir),
                "--metrics-address", f"127.0.0.1:{self.port}", *args]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_GITOPS_")}, **(environ or {})}
-        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env)
+        limit = (lambda: resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))) \
+            if address_space else None
+        self.proc = subprocess.Popen(cmd, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env,
+                                     preexec_fn=limit)
 
     def metric(self, name: str, **labels: str) -> float | None:
         """One sample's value, None when absent or when the daemon does not answer."""

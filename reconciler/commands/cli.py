@@ -47,6 +47,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
         return 2
     _logging(settings.log_format, settings.log_level)
+    config.key_digests(settings, create=True)
     daemon = Daemon(settings)
     if settings.once:
         try:
@@ -63,7 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     host, port = settings.host_port
     print(f"ray-gitops: reconciling {redact(settings.repo)} ({settings.branch}) every {settings.interval:g}s; "
           f"metrics on http://{host}:{port}/metrics; state in {settings.state_dir}", file=sys.stderr)
-    daemon.serve()
+    if not daemon.serve():  # a reconcile that never ends: do not wait for its thread at exit
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
@@ -76,6 +79,7 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--branch", help="branch to follow (default main)")
         sp.add_argument("--state-dir", type=Path, help="ledger, Git cache and local clusters (default "
                         "$XDG_STATE_HOME/ray-gitops)")
+        sp.add_argument("--config", type=Path, help="YAML file of settings, e.g. the clusters (flags and env vars win)")
 
     run = sub.add_parser("run", help="run the reconciler daemon")
     source_flags(run)
@@ -94,16 +98,15 @@ def parser() -> argparse.ArgumentParser:
                      "namespace) whose rights every write of an environment without serviceAccountName uses")
     run.add_argument("--log-format", choices=["text", "json"])
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--config", type=Path, help="YAML file of settings (flags and env vars win)")
     run.add_argument("--leader-election", action="store_true", default=None,
                      help="reconcile only while holding a coordination.k8s.io Lease (for more than one replica)")
     run.add_argument("--leader-election-namespace", help="namespace of the Lease (default: the pod's, else default)")
     run.add_argument("--leader-election-id", help="name of the Lease (default ray-gitops)")
     for timing in ("lease-duration", "renew-deadline", "retry-period"):  # for tests; settings keys too
         run.add_argument(f"--leader-election-{timing}", help=argparse.SUPPRESS)
-    run.add_argument("--kubeconfig", help="kubeconfig for the Lease (default: in-cluster, else $KUBECONFIG or "
-                     "~/.kube/config)")
-    run.add_argument("--kube-context", help="kubeconfig context for the Lease (default: the current context)")
+    run.add_argument("--kubeconfig", help="kubeconfig of the Lease and of the cluster `default` (default: in-cluster, "
+                     "else $KUBECONFIG or ~/.kube/config)")
+    run.add_argument("--kube-context", help="its context (default: the current context)")
     run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
                      "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
     run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
@@ -114,6 +117,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")
+    run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
+                     "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)
 
     for verb, func, text in (

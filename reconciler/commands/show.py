@@ -29,7 +29,8 @@ from ..targets import Registry, Runtime
 
 def preview(args: argparse.Namespace) -> Preview:
     """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
-    settings = config.load(vars(args))
+    settings = config.load(vars(args), config_file=args.config)
+    config.key_digests(settings)  # Secret digests as the daemon's, if it made its key
     metrics = Metrics(CollectorRegistry())
     targets = Registry(settings.runtime(metrics))
     source = GitSource(settings.repo, settings.branch, user_cache())
@@ -43,7 +44,7 @@ def preview(args: argparse.Namespace) -> Preview:
 def cmd_render(args: argparse.Namespace) -> int:
     """The environment's final objects at the branch head, as YAML (like `flux build` or `kustomize build`):
     base, patches and variables applied, ownership labels added, Secret values as digests."""
-    settings = config.load(vars(args))
+    settings = config.load(vars(args), config_file=args.config)
     revision = GitSource(settings.repo, settings.branch, user_cache()).fetch()
     targets = Registry(settings.runtime(Metrics(CollectorRegistry())))  # parses options; builds no target
     try:
@@ -51,6 +52,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     except InvalidEnvironment as exc:
         print(exc, file=sys.stderr)
         return 1
+    config.key_digests(settings)  # Secret digests as the daemon's, if it made its key
     docs = [hide_secret_values(d.manifest) for d in rendered.objects]
     print(yaml.safe_dump_all(docs, sort_keys=False, default_flow_style=False), end="")
     return 0

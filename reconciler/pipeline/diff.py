@@ -2,7 +2,8 @@
 
 Field-level comparison is deepdiff's (over lists keyed by name); people get a unified YAML diff.
 
-Called by the planner. Pure functions: no target access. Ray-aware rules live here, once:
+Called by the planner. Pure functions: no target access; the one piece of state is the key of Secret
+digests, set once at start-up (`use_digest_key`). Ray-aware rules live here, once:
 with `enableInTreeAutoscaling` the autoscaler owns `workerGroupSpecs[*].replicas` and
 `.scaleStrategy` (also inside a RayJob's `rayClusterSpec` and a RayService's `rayClusterConfig`).
 """
@@ -11,7 +12,9 @@ from __future__ import annotations
 import copy
 import difflib
 import hashlib
+import hmac
 import re
+import secrets
 from typing import Any, Callable, Iterable
 
 import yaml
@@ -88,14 +91,26 @@ def strip(manifest: Manifest, pointers: Iterable[str]) -> Manifest:
     return out
 
 
-_DIGEST = re.compile(r"sha256:[0-9a-f]{12}")
+_DIGEST = re.compile(r"hmac-sha256:[0-9a-f]{12}")
+_digest_key = secrets.token_bytes(32)  # this process's own until `use_digest_key` sets the installation's
+
+
+def use_digest_key(key: bytes) -> None:
+    """Key every digest of this process with `key` (the installation's, from the state dir). Called once at
+    start-up, before any thread digests (`service.config.key_digests`: by `run`, and by `plan`, `diff` and
+    `render` to match the daemon)."""
+    global _digest_key
+    _digest_key = key
 
 
 def digest(value: Any) -> str:
-    """How a Secret value is shown and stored: `sha256:` and the first 12 hex digits of its SHA-256, so a
-    change is visible and the value is not. Idempotent: a digest stays itself."""
+    """How a Secret value is shown and stored: `hmac-sha256:` and the first 12 hex digits of its HMAC-SHA256
+    under the installation's key, so a change is visible and the value is not, and a weak value cannot be
+    guessed offline from its digest. A pure function of (key, value), so plans and drift stay stable; and
+    idempotent: a digest stays itself."""
     text = str(value)
-    return text if _DIGEST.fullmatch(text) else "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return text if _DIGEST.fullmatch(text) else \
+        "hmac-sha256:" + hmac.new(_digest_key, text.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def hide_secret_values(manifest: Manifest) -> Manifest:

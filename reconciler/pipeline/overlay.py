@@ -1,58 +1,86 @@
-"""Overlays: how an environment changes the objects of a shared base. Pure functions on JSON values.
+"""Overlays: how an environment changes the objects of a shared base. Functions on JSON values that change
+the object they are given in place (the render owns it) and spend what they add from the render's `Budget`
+before adding it.
 
 - `merge`: a merge patch (RFC 7386: `null` deletes a field, maps merge, other values replace) where
   lists of named items merge item by item, as KubeRay users think of them: worker groups by
   `groupName`, containers, env vars, volumes and ports by `name` (`LIST_KEYS`, kept as data). An
   item `{<key>: x, $patch: delete}` removes item x.
-- `json_patch`: an RFC 6902 JSON patch, applied by the `jsonpatch` package.
+- `json_patch`: an RFC 6902 JSON patch of at most `MAX_OPERATIONS` operations, applied one operation at a
+  time by the `jsonpatch` package (so no operation copies the whole object, and what `add`, `replace` and
+  `copy` bring is counted before it is made).
 - `substitute`: `${VAR}` in string values from the environment's `spec.substitute`; a value that is
   exactly `${VAR}` takes the variable's type (so `replicas: ${REPLICAS}` stays a number);
   `$${VAR}` is a literal `${VAR}` (shell variables in entrypoints survive); an undefined variable is
-  an error (Flux silently makes it empty, a known trap).
-Errors are `OverlayError(path, reason)`, the path in the object (`spec.workerGroupSpecs[cpu].replicas`).
+  an error (Flux silently makes it empty, a known trap). A string comes to at most `MAX_STRING_BYTES`,
+  measured before it is built.
+Errors are `OverlayError(path, reason, operation)`: the path in the object (`spec.workerGroupSpecs[cpu].replicas`),
+or for a JSON patch the operation's index, name and pointer. No message ever holds a value from the object
+or the patch (a Secret's value would land in logs, the ledger and the status page).
 """
 from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, TypeGuard
 
 import jsonpatch
+import jsonpointer
+
+from .budgets import MAX_STRING_BYTES, Budget, Exhausted, measure
+from .parse import MAX_DEPTH
 
 LIST_KEYS = {"workerGroupSpecs": "groupName", "containers": "name", "initContainers": "name", "env": "name",
              "volumes": "name", "volumeMounts": "name", "ports": "name", "imagePullSecrets": "name"}
 DELETE = "$patch"
+MAX_OPERATIONS = 100  # per JSON patch
+_OPERATIONS = ("add", "copy", "move", "remove", "replace", "test")
 _VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_MISSING = object()
 
 
 class OverlayError(Exception):
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, operation: int | None = None) -> None:
         super().__init__(reason)
-        self.path, self.reason = path, reason
+        self.path, self.reason, self.operation = path, reason, operation
 
 
 def _at(path: str, key: str) -> str:
     return f"{path}.{key}" if path else key
 
 
-def merge(target: Any, patch: Any, path: str = "") -> Any:
-    """`target` with the merge patch applied (neither is changed)."""
+def _spend(budget: Budget, value: Any, path: str, operation: int | None = None) -> int:
+    """Spend what `value` counts (measured no further than the budget left) before it is copied in; its height."""
+    spent, height = measure(value, max(budget.bytes, 0))
+    try:
+        budget.spend(spent)
+    except Exhausted as exc:
+        raise OverlayError(path, exc.reason, operation) from None
+    return height
+
+
+def merge(target: Any, patch: Any, budget: Budget) -> Any:
+    """`target` with the merge patch applied: changed in place where it is a map, the patch's values copied."""
+    _spend(budget, patch, "")
+    return _merge(target, patch, "")
+
+
+def _merge(target: Any, patch: Any, path: str) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
+    out = target if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
         elif key in LIST_KEYS and isinstance(value, list) and isinstance(out.get(key), list):
-            out[key] = _merge_list(out[key], value, LIST_KEYS[key], _at(path, key))
+            _merge_list(out[key], value, LIST_KEYS[key], _at(path, key))
         else:
-            out[key] = merge(out.get(key), value, _at(path, key))
+            out[key] = _merge(out.get(key), value, _at(path, key))
     return out
 
 
-def _merge_list(items: list[Any], patch: list[Any], key: str, path: str) -> list[Any]:
-    out = list(items)
-    index = {item.get(key): i for i, item in enumerate(out) if isinstance(item, dict)}
+def _merge_list(items: list[Any], patch: list[Any], key: str, path: str) -> None:
+    index = {item.get(key): i for i, item in enumerate(items) if isinstance(item, dict)}
     for i, change in enumerate(patch):
         name = change.get(key) if isinstance(change, dict) else None
         if not isinstance(name, str):
@@ -60,45 +88,115 @@ def _merge_list(items: list[Any], patch: list[Any], key: str, path: str) -> list
         if change.get(DELETE) == "delete":
             if name not in index:
                 raise OverlayError(f"{path}[{name}]", "cannot delete: no such item")
-            out[index[name]] = None
+            items[index.pop(name)] = None
         elif name in index:
-            out[index[name]] = merge(out[index[name]], change, f"{path}[{name}]")
+            items[index[name]] = _merge(items[index[name]], change, f"{path}[{name}]")
         else:
-            index[name] = len(out)
-            out.append(copy.deepcopy(change))
-    return [item for item in out if item is not None]
+            index[name] = len(items)
+            items.append(copy.deepcopy(change))
+    items[:] = [item for item in items if item is not None]
 
 
-def json_patch(target: dict[str, Any], operations: list[Any]) -> dict[str, Any]:
-    """`target` with an RFC 6902 patch applied (with the `jsonpatch` package; `target` is not changed)."""
-    try:
-        result = jsonpatch.JsonPatch(operations).apply(target)
-    except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException, TypeError, KeyError, IndexError,
-            ValueError) as exc:
-        raise OverlayError("", f"JSON patch failed: {exc}") from None
-    if not isinstance(result, dict):
+def json_patch(target: dict[str, Any], operations: list[Any], budget: Budget) -> dict[str, Any]:
+    """`target` with an RFC 6902 patch applied in place, one operation at a time. What `add` and `replace`
+    bring, and what `copy` and `move` take, is measured and spent first (a `move` counts as a copy: that
+    bounds the cost of measuring it). A failed operation leaves those before it applied: the caller drops
+    the object, whose environment is invalid anyway."""
+    if len(operations) > MAX_OPERATIONS:
+        raise OverlayError("", f"{len(operations)} operations: a JSON patch holds at most {MAX_OPERATIONS} (split "
+                           "it into several patches)")
+    doc: Any = target
+    for i, operation in enumerate(operations):
+        name, pointer = _checked(operation, i)
+        where = f"{name} {_shown(pointer)}"
+        try:
+            budget.check_time()
+        except Exhausted as exc:
+            raise OverlayError(where, exc.reason, i) from None
+        source = operation["from"] if name in ("copy", "move") else pointer
+        found = jsonpointer.resolve_pointer(doc, source, _MISSING) if name != "add" else None
+        if found is _MISSING or isinstance(found, jsonpointer.EndOfList):
+            raise OverlayError(where, f"no such location in the object{'' if source == pointer else ' (from)'}", i)
+        if name in ("add", "replace", "copy", "move"):
+            height = _spend(budget, operation["value"] if name in ("add", "replace") else found, where, i)
+            if pointer.count("/") + height > MAX_DEPTH:
+                raise OverlayError(where, f"would nest the object deeper than {MAX_DEPTH} levels", i)
+        try:
+            doc = jsonpatch.JsonPatch([operation]).apply(doc, in_place=True)
+        except jsonpatch.JsonPatchTestFailed:
+            raise OverlayError(where, "value does not match", i) from None
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException, TypeError, KeyError, IndexError,
+                ValueError):  # their texts may quote the object: never shown
+            raise OverlayError(where, "cannot be applied at this location", i) from None
+    if not isinstance(doc, dict):
         raise OverlayError("", "a JSON patch must leave an object (a mapping)")
-    return result
+    return doc
 
 
-def substitute(node: Any, variables: Mapping[str, Any], path: str = "") -> Any:
-    """`node` with `${VAR}` replaced in every string value (keys are left alone)."""
+def _checked(operation: Any, i: int) -> tuple[str, str]:
+    """The operation's name and pointer, if it is well formed (each error names the operation, no value)."""
+    if not isinstance(operation, dict) or operation.get("op") not in _OPERATIONS:
+        raise OverlayError("", f"must be a mapping whose op is one of {', '.join(_OPERATIONS)}", i)
+    name, pointer = operation["op"], operation.get("path")
+    if not _pointer(pointer):
+        raise OverlayError(name, "path must be a JSON pointer: empty or starting with /", i)
+    if name in ("add", "replace", "test") and "value" not in operation:
+        raise OverlayError(f"{name} {_shown(pointer)}", "needs a value", i)
+    if name in ("move", "copy") and not _pointer(operation.get("from")):
+        raise OverlayError(f"{name} {_shown(pointer)}", "from must be a JSON pointer: empty or starting with /", i)
+    return name, pointer
+
+
+def _pointer(value: Any) -> TypeGuard[str]:
+    try:
+        return isinstance(value, str) and (value == "" or jsonpointer.JsonPointer(value) is not None)
+    except jsonpointer.JsonPointerException:  # no leading /, or ~ not followed by 0 or 1
+        return False
+
+
+def _shown(pointer: str) -> str:
+    return pointer if len(pointer) <= 100 else pointer[:100] + "..."
+
+
+def substitute(node: Any, variables: Mapping[str, Any], budget: Budget, path: str = "") -> Any:
+    """`node` with `${VAR}` replaced in every string value (keys are left alone); in place in maps and lists."""
     if isinstance(node, dict):
-        return {key: substitute(value, variables, _at(path, key)) for key, value in node.items()}
+        for key, value in node.items():
+            node[key] = substitute(value, variables, budget, _at(path, key))
+        return node
     if isinstance(node, list):
-        return [substitute(item, variables, f"{path}[{i}]") for i, item in enumerate(node)]
+        for i, item in enumerate(node):
+            node[i] = substitute(item, variables, budget, f"{path}[{i}]")
+        return node
     if not isinstance(node, str) or "${" not in node:
         return node
     whole = _VARIABLE.fullmatch(node)
     if whole and not whole.group(1):
-        return _value(whole.group(2), variables, path)
+        value = _value(whole.group(2), variables, path)
+        _grow(budget, len(node), len(value) if isinstance(value, str) else 0, path)
+        return value
+    length = len(node) + sum(len(_text(m, variables, path)) - len(m.group(0)) for m in _VARIABLE.finditer(node))
+    _grow(budget, len(node), length, path)
+    return _VARIABLE.sub(lambda m: _text(m, variables, path), node)
 
-    def replace(match: re.Match[str]) -> str:
-        if match.group(1):  # $${VAR}: the literal ${VAR}
-            return "${" + match.group(2) + "}"
-        value = _value(match.group(2), variables, path)
-        return ("true" if value else "false") if isinstance(value, bool) else str(value)
-    return _VARIABLE.sub(replace, node)
+
+def _grow(budget: Budget, before: int, after: int, path: str) -> None:
+    """Check a string's length after substitution, and spend its growth, before it is built."""
+    if after > MAX_STRING_BYTES:
+        raise OverlayError(path, f"would be {after} characters after substitution, more than the limit of "
+                           f"{MAX_STRING_BYTES} for one value")
+    try:
+        budget.spend(max(after - before, 0))
+    except Exhausted as exc:
+        raise OverlayError(path, exc.reason) from None
+
+
+def _text(match: re.Match[str], variables: Mapping[str, Any], path: str) -> str:
+    """What one `${VAR}` (or `$${VAR}`) inside a longer string becomes."""
+    if match.group(1):  # $${VAR}: the literal ${VAR}
+        return "${" + match.group(2) + "}"
+    value = _value(match.group(2), variables, path)
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def _value(name: str, variables: Mapping[str, Any], path: str) -> Any:

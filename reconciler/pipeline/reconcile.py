@@ -178,6 +178,18 @@ class Pipeline:
             f"; {len(kept)} kept: {why}" if kept else "")
         return self._removed(name, revision, target.kind, loaded, record, outcomes, note, tuple(ended))
 
+    def report_stuck(self, name: str, since: float) -> None:
+        """`name`'s reconcile has been running since `since` (Unix time) and does not end: say so in its status
+        (its last applied revision stays as reported)."""
+        previous = self.ledger.state(name)
+        kind = previous.target if previous else "unknown"
+        applied = self.ledger.load(name).last_applied or ""
+        message = (f"stuck: a reconcile has been running since {time.strftime('%H:%M:%S', time.localtime(since))} "
+                   "(a target that does not answer?); the other environments go on")
+        self.ledger.commit(name, state=EnvironmentState(name, kind, applied, SyncStatus.FAILED, Health.UNKNOWN,
+                                                        message, time.time(), previous.detail if previous else {}))
+        self.metrics.environment_status(name, kind, applied[:12], SyncStatus.FAILED, Health.UNKNOWN)
+
     def hold_removal(self, name: str, revision: Revision, reason: str) -> None:
         """`name` left Git at `revision` but the removal guard refused it (`reason`): nothing is touched, and the
         environment reports OutOfSync at the revision it applied last until a revision resolves it."""
@@ -320,7 +332,7 @@ class Pipeline:
 
     def _keep_copy(self, rendered: RenderedEnvironment, target: Target, record: Record) -> None:
         """Write the target's copy of the ledger when it changed."""
-        snapshot = record.snapshot()
+        snapshot = replace(record.snapshot(), verified=self.source.verified)
         if isinstance(target, KeepsLedger) and snapshot != self._adopted.get(rendered.spec.name):
             target.save_ledger(rendered.spec, snapshot)
             self._adopted[rendered.spec.name] = snapshot

@@ -3,6 +3,8 @@
 Called by the daemon and the CLI with a `FileTree`. Every YAML document is parsed and validated;
 all errors of an environment are collected and raised together as `InvalidEnvironment`, so a
 broken environment applies nothing (and prunes nothing). Adds the ownership labels/annotation.
+One `Budget` per environment bounds the documents, bytes and CPU time of all of it: the first one
+to run out ends the render with an error naming the file (and object and field) where it did.
 """
 from __future__ import annotations
 
@@ -13,12 +15,11 @@ from dataclasses import dataclass
 from ..errors import InvalidEnvironment, ValidationError
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
                      EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
-from . import overlay, parse, validate
+from . import budgets, overlay, parse, validate
 from .source import FileTree
 
 ROOT = "environments"
 ENVIRONMENT_FILE = "environment.yaml"
-MAX_OBJECTS = 1000  # per environment
 
 
 def list_environments(tree: FileTree) -> list[str]:
@@ -39,8 +40,8 @@ class _UnknownTarget:
         return ()
 
 
-def _read(tree: FileTree, path: str) -> tuple[list[Any], list[ValidationError]]:
-    return parse.documents(tree.read(path), path)
+def _read(tree: FileTree, path: str, budget: budgets.Budget | None = None) -> tuple[list[Any], list[ValidationError]]:
+    return parse.documents(tree.read(path), path, budget)
 
 
 def render(tree: FileTree, environment: str, revision: str, targets: validate.TargetCatalog) -> RenderedEnvironment:
@@ -49,7 +50,8 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
 
     The objects are those of `spec.base` (if any), then those of the environment directory (an object of
     the same kind, namespace and name replaces the base's), then `spec.patches` in order, then
-    `spec.substitute`; each final object is validated, its errors naming the file it came from."""
+    `spec.substitute`; each final object is validated, identity included (kind, name and namespace as
+    substitution left them), its errors naming the file it came from."""
     directory = f"{ROOT}/{environment}"
     env_file = f"{directory}/{ENVIRONMENT_FILE}"
     if not validate.dns_label(environment):
@@ -58,7 +60,8 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
             "at most 63 characters): it becomes a label value and part of object names")])
     if not tree.exists(env_file):
         raise InvalidEnvironment(environment, [ValidationError(env_file, "file not found")])
-    docs, errors = _read(tree, env_file)
+    budget = budgets.Budget()
+    docs, errors = _read(tree, env_file, budget)
     present = [d for d in docs if d is not None]
     if not errors and len(present) != 1:
         errors.append(ValidationError(env_file, "must hold exactly one Environment document"))
@@ -68,43 +71,57 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
     spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown", _UnknownTarget()))
     supported = targets.kinds(spec.target.kind) if parsed else frozenset(k for _, k in validate.KINDS)
     target_check = (lambda doc, c: targets.check(spec.target.kind, doc, c, spec)) if parsed else None
-    errors += _dependency_errors(tree, spec, env_file)
+    errors += _dependency_errors(tree, spec, env_file, budget)
     sources: dict[ObjectRef, _Source] = {}
-    if spec.base:
+    if spec.base and not budget.exhausted:
         if not any(True for _ in tree.files(spec.base)) and not any(True for _ in tree.problems(spec.base)):
             errors.append(ValidationError(env_file, f"no such directory in the repository: {spec.base}", None,
                                           f"Environment/{environment}", "spec.base"))
-        errors += _collect(tree, spec.base, spec, sources, skip="")
-    errors += _collect(tree, directory, spec, sources, skip=env_file)
-    errors += _patch(spec, sources, env_file)
-    objects: list[DesiredObject] = []
+        errors += _collect(tree, spec.base, spec, sources, "", budget)
+    if not budget.exhausted:
+        errors += _collect(tree, directory, spec, sources, env_file, budget)
+    failed: set[ObjectRef] = set()
+    if not budget.exhausted:
+        errors += _patch(spec, sources, env_file, budget, failed)
+    variables = dict(spec.substitute)
+    objects: dict[ObjectRef, DesiredObject] = {}
     for ref, source in sources.items():
-        doc = source.doc
-        if spec.substitute:
-            try:
-                doc = overlay.substitute(doc, dict(spec.substitute))
-            except overlay.OverlayError as exc:
-                errors.append(ValidationError(source.file, exc.reason, source.document, str(ref), exc.path))
-                continue
-        doc_errors, warnings = validate.ray_object(doc, source.file, source.document, spec, supported, target_check)
+        if budget.exhausted:
+            break
+        if ref in failed:
+            continue
+        try:
+            budget.check_time()
+            doc = overlay.substitute(source.doc, variables, budget) if variables else source.doc
+        except overlay.OverlayError as exc:
+            errors.append(ValidationError(source.file, exc.reason, source.document, str(ref), exc.path))
+            continue
+        except budgets.Exhausted as exc:
+            errors.append(ValidationError(source.file, exc.reason, source.document, str(ref)))
+            break
+        doc_errors, warnings = validate.ray_object(doc, source.file, source.document, spec, supported, target_check,
+                                                   budget)
         if doc_errors:
             errors += doc_errors
             continue
-        objects.append(DesiredObject(ref, _owned(doc, ref, environment, revision), source.file, source.document,
-                                     tuple(f"{w.path}: {w.reason}" for w in warnings)))
-    if len(objects) > MAX_OBJECTS:
-        errors.append(ValidationError(directory, f"{len(objects)} objects: an environment holds at most "
-                                      f"{MAX_OBJECTS} (split it into several environments)"))
+        final = ObjectRef.of(doc, spec.target.namespace)  # substitution may have set the kind, name or namespace
+        if final in objects:
+            first = objects[final]
+            errors.append(ValidationError(source.file, f"duplicate object after substitution, first defined in "
+                                          f"{first.file}#{first.document}", source.document, str(final)))
+            continue
+        objects[final] = DesiredObject(final, _owned(doc, final, environment, revision), source.file, source.document,
+                                       tuple(f"{w.path}: {w.reason}" for w in warnings))
     if errors:  # environment.yaml's first, then by file and document: the same order every time
         errors.sort(key=lambda e: (e.file != env_file, e.file, -1 if e.document is None else e.document))
         raise InvalidEnvironment(environment, errors)
-    return RenderedEnvironment(spec, tuple(objects), revision)
+    return RenderedEnvironment(spec, tuple(objects.values()), revision)
 
 
-def depends_on(tree: FileTree, environment: str) -> tuple[str, ...]:
+def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None = None) -> tuple[str, ...]:
     """The environments `environment` names in `spec.dependsOn` (read leniently: only for the graph)."""
-    docs, errors = _read(tree, f"{ROOT}/{environment}/{ENVIRONMENT_FILE}") if tree.exists(
-        f"{ROOT}/{environment}/{ENVIRONMENT_FILE}") else ([], [])
+    path = f"{ROOT}/{environment}/{ENVIRONMENT_FILE}"
+    docs, errors = _read(tree, path, budget) if tree.exists(path) else ([], [])
     doc = next((d for d in docs if d is not None), None)
     spec = doc.get("spec") if isinstance(doc, dict) else None
     entries = spec.get("dependsOn") if isinstance(spec, dict) else None
@@ -112,7 +129,8 @@ def depends_on(tree: FileTree, environment: str) -> tuple[str, ...]:
         if isinstance(entries, list) and not errors else ()
 
 
-def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str) -> list[ValidationError]:
+def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str,
+                       budget: budgets.Budget) -> list[ValidationError]:
     """Every environment in `spec.dependsOn` exists, and following them never leads back here."""
     errors, existing = [], set(list_environments(tree)) if spec.depends_on else set()
     for i, other in enumerate(spec.depends_on):
@@ -120,9 +138,12 @@ def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str) -> 
             errors.append(ValidationError(env_file, f"no environment {other} in this revision", None,
                                           f"Environment/{spec.name}", f"spec.dependsOn[{i}].environment"))
     path, todo, seen = {spec.name: [spec.name]}, [spec.name], {spec.name}
-    while todo:
+    while todo and not budget.exhausted:
         current = todo.pop()
-        for other in (spec.depends_on if current == spec.name else depends_on(tree, current)):
+        others = spec.depends_on if current == spec.name else depends_on(tree, current, budget)
+        if budget.exhausted:  # reading that environment's file ran it out
+            return errors + [ValidationError(f"{ROOT}/{current}/{ENVIRONMENT_FILE}", budget.exhausted)]
+        for other in others:
             if other == spec.name:
                 cycle = " -> ".join([*path[current], other])
                 return errors + [ValidationError(env_file, f"dependsOn makes a cycle: {cycle}", None,
@@ -144,9 +165,9 @@ class _Source:
 
 
 def _collect(tree: FileTree, directory: str, spec: EnvironmentSpec, sources: dict[ObjectRef, _Source],
-             skip: str) -> list[ValidationError]:
+             skip: str, budget: budgets.Budget) -> list[ValidationError]:
     """Read every object file of `directory` into `sources`: an object replaces one read from another
-    directory (the base's); a repeat within `directory` is an error."""
+    directory (the base's); a repeat within `directory` is an error. Stops when the budget runs out."""
     errors = [ValidationError(path, reason) for path, reason in tree.problems(directory)]
     here: set[ObjectRef] = set()
     for path in tree.files(directory):
@@ -158,8 +179,18 @@ def _collect(tree: FileTree, directory: str, spec: EnvironmentSpec, sources: dic
         if path.rsplit("/", 1)[-1] == ENVIRONMENT_FILE:
             errors.append(ValidationError(path, "a base holds objects, not an Environment"))
             continue
-        file_docs, file_errors = _read(tree, path)
+        file_docs, file_errors = _read(tree, path, budget)
         errors += file_errors
+        try:
+            budget.check_time()
+        except budgets.Exhausted as exc:
+            errors.append(ValidationError(path, exc.reason))
+            break
+        try:
+            budget.read(len(file_docs))
+        except budgets.Exhausted as exc:  # at the document where the environment passed its limit
+            errors.append(ValidationError(path, exc.reason, len(file_docs) + budget.documents))
+            break
         for index, doc in enumerate(file_docs):
             if doc is None:
                 continue
@@ -177,30 +208,44 @@ def _collect(tree: FileTree, directory: str, spec: EnvironmentSpec, sources: dic
     return errors
 
 
-def _patch(spec: EnvironmentSpec, sources: dict[ObjectRef, _Source], env_file: str) -> list[ValidationError]:
-    """Apply `spec.patches` in order; an error names the patch and the field."""
+def _patch(spec: EnvironmentSpec, sources: dict[ObjectRef, _Source], env_file: str, budget: budgets.Budget,
+           failed: set[ObjectRef]) -> list[ValidationError]:
+    """Apply `spec.patches` in order, in place; an error names the patch (and the JSON patch operation) and
+    the field, and adds the object to `failed` (a patch may have been applied in part)."""
     errors = []
+    targets: dict[tuple[str, str], list[ObjectRef]] = {}
+    for ref in sources:
+        targets.setdefault((ref.kind, ref.name), []).append(ref)
     for i, patch in enumerate(spec.patches):
         where = f"spec.patches[{i}]"
-        matches = [ref for ref in sources if (ref.kind, ref.name) == (patch.kind, patch.name)]
-        if not matches:
+        if (patch.kind, patch.name) not in targets:
             errors.append(ValidationError(env_file, f"no {patch.kind} named {patch.name} to patch", None,
                                           f"Environment/{spec.name}", f"{where}.target"))
             continue
-        for ref in matches:
+        for ref in targets[(patch.kind, patch.name)]:
+            if ref in failed:
+                continue
             source = sources[ref]
             try:
-                doc = (overlay.merge(source.doc, patch.patch) if isinstance(patch.patch, dict)
-                       else overlay.json_patch(source.doc, patch.patch))
+                budget.check_time()
+                doc = (overlay.merge(source.doc, patch.patch, budget) if isinstance(patch.patch, dict)
+                       else overlay.json_patch(source.doc, patch.patch, budget))
             except overlay.OverlayError as exc:
-                field = f"{where}.patch" + (f" ({exc.path})" if exc.path else "")
-                errors.append(ValidationError(env_file, exc.reason, None, str(ref), field))
-                continue
-            if ObjectRef.of(doc, spec.target.namespace) != ref:
-                errors.append(ValidationError(env_file, "a patch may not change an object's kind, name or namespace",
-                                              None, str(ref), f"{where}.patch"))
-                continue
-            sources[ref] = _Source(doc, source.file, source.document)
+                field = (f"{where}.patch" + (f"[{exc.operation}]" if exc.operation is not None else "")
+                         + (f" ({exc.path})" if exc.path else ""))
+                error = ValidationError(env_file, exc.reason, None, str(ref), field)
+            except budgets.Exhausted as exc:
+                error = ValidationError(env_file, exc.reason, None, str(ref), where)
+            else:
+                if ObjectRef.of(doc, spec.target.namespace) == ref:
+                    source.doc = doc
+                    continue
+                error = ValidationError(env_file, "a patch may not change an object's kind, name or namespace", None,
+                                        str(ref), f"{where}.patch")
+            errors.append(error)
+            failed.add(ref)
+            if budget.exhausted:
+                return errors
     return errors
 
 

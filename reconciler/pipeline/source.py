@@ -11,6 +11,7 @@ as problems for render to report, never raised. Credentials in URLs never reach 
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import fcntl
 import functools
@@ -33,11 +34,12 @@ from urllib.parse import unquote
 import git
 
 from ..errors import TemporaryError
-from .verify import Verifier
+from .verify import Verifier, descends
 
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 2 * 1024 * 1024  # one YAML file; larger ones are a problem, not read
+MAX_DIRECTORY_BYTES = 16 * 1024 * 1024  # the YAML of one environment's directory (or one base's top directory)
 MAX_SNAPSHOT_BYTES = 64 * 1024 * 1024  # all YAML of one revision together
 _FILE_MODES = {"100644", "100755", "100664"}
 
@@ -231,6 +233,13 @@ esac
 """
 
 
+def budget_directory(path: str) -> str:
+    """Whose share of the revision's YAML a file takes: its environment's (`environments/<env>`), else its top
+    directory's (a base). One environment's directory can then fill only its own share, never the others'."""
+    parts = path.split("/")
+    return "/".join(parts[:2]) if parts[0] == "environments" and len(parts) > 2 else parts[0]
+
+
 def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
     """Read commit `sha` of `repo` into a Snapshot: one `git ls-tree`, then one `git cat-file` per YAML
     blob. Git itself lists the entries, so a crafted tree that gitpython cannot parse is still read."""
@@ -238,7 +247,7 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
     contents: dict[str, bytes] = {}
     others: set[str] = set()
     problems: dict[str, str] = {}
-    total = 0
+    total, per_directory = 0, collections.Counter[str]()
     for raw in listing.split(b"\0"):
         if not raw:
             continue
@@ -257,11 +266,15 @@ def read_snapshot(repo: git.Repo, sha: str) -> Snapshot:
                    or (None if kind == b"blob" and mode_text in _FILE_MODES else f"unsupported entry mode {mode_text}")
                    or _size_problem(int(size), path))
         if problem is None and path.endswith(YAML_SUFFIXES):
-            if total + int(size) > MAX_SNAPSHOT_BYTES:
+            directory = budget_directory(path)
+            if per_directory[directory] + int(size) > MAX_DIRECTORY_BYTES:
+                problem = f"the YAML files of {directory}/ exceed {MAX_DIRECTORY_BYTES} bytes together; not read"
+            elif total + int(size) > MAX_SNAPSHOT_BYTES:
                 problem = f"the revision's YAML files exceed {MAX_SNAPSHOT_BYTES} bytes together; not read"
             else:
                 contents[path] = repo.odb.stream(bytes.fromhex(blob.decode())).read()
                 total += len(contents[path])
+                per_directory[directory] += len(contents[path])
                 continue
         if problem is None:
             others.add(path)
@@ -277,6 +290,9 @@ class VerifiedHeads(Protocol):
         """(revision, signer) of the last head that passed verification, if any."""
 
     def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None: ...
+
+    def recalled(self) -> list[str]:
+        """Verified heads kept elsewhere (the targets' ledger copies), for a daemon whose ledger has none."""
 
 
 def cache_key(url: str) -> str:
@@ -313,6 +329,7 @@ class GitSource:
         self.failure: FetchFailure | None = None  # set while fetches fail; the last good revision stays
         self.verifier = verifier
         self.unverified: tuple[str, str] | None = None  # (head, why) while the head fails verification
+        self.verified = ""  # the last head that passed verification ("" without verification)
 
     def _open(self) -> git.Repo:
         """The cache repository. Made by two git commands (`init`, `remote add`), so a crash between them
@@ -379,11 +396,15 @@ class GitSource:
         if self.verifier is not None:
             last = self._heads.last_verified(self.url, self.branch) if self._heads is not None else None
             last = last or ((self._current.sha, self._current.signer) if self._current else None)
+            if last is None and self._heads is not None:  # a lost state dir: what the targets remember
+                newest = self._newest(repo, self._heads.recalled())
+                last = (newest, "") if newest else None
             verdict = self.verifier.check(repo, sha, last[0] if last else "")
             if verdict.failure:
                 if self._current is None and last is not None:  # a restart: the last verified head stays applied
                     with contextlib.suppress(git.GitCommandError):  # gone from the cache: nothing to apply
                         self._current = self._revision(repo, last[0], last[1])
+                        self.verified = last[0]
                 if self.unverified is None or self.unverified[0] != sha:
                     log.error("git: revision %s is not applied: %s (the last good revision %s stays)", sha[:12],
                               verdict.failure, self._current.short if self._current else "(none yet)")
@@ -392,9 +413,22 @@ class GitSource:
                 return
             if self._heads is not None:
                 self._heads.record_verified(self.url, self.branch, sha, verdict.signer)
-            signer = verdict.signer
+            signer, self.verified = verdict.signer, sha
         self.unverified = None
         self._current = self._revision(repo, sha, signer)
+
+    @staticmethod
+    def _newest(repo: git.Repo, candidates: list[str]) -> str:
+        """Of the commits `candidates` (those in the cache), the one every other is an ancestor of, else the
+        latest committed ("" for none)."""
+        known = []
+        for sha in dict.fromkeys(candidates):
+            with contextlib.suppress(git.GitCommandError):
+                known.append((float(repo.git.log("-1", "--format=%ct", sha)), sha))
+        for _, sha in known:
+            if all(descends(repo, other, sha) for _, other in known):
+                return sha
+        return max(known)[1] if known else ""
 
     def revision(self, sha: str) -> Revision:
         """The snapshot of an earlier commit (an environment waiting for a promotion stays on its last
@@ -417,11 +451,7 @@ class GitSource:
         if newer == older:
             return True
         with self._lock:
-            try:
-                self._open().git.merge_base("--is-ancestor", older, newer)
-            except git.GitCommandError:
-                return False
-            return True
+            return descends(self._open(), older, newer)
 
     def _fetch_environment(self) -> dict[str, str]:
         """Never prompt; credentials from the URL go to git through an askpass helper and this process's

@@ -14,9 +14,11 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION,
-                     EnvironmentSpec, Patch, TargetOptions, TargetSpec, parse_duration, parse_quantity)
+from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+                     ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
+                     TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
+from .budgets import Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
@@ -45,11 +47,13 @@ _REPR.maxlevel = 2
 
 class TargetCatalog(Protocol):
     """What validation asks of the target registry (`reconciler.targets`): which target kinds exist,
-    each kind's options (parsed and checked by the target's own options class), its object kinds, and its
-    own checks of an object (the local target's caps)."""
+    each kind's options (parsed and checked by the target's own options class, and admitted for the
+    environment by the daemon's settings), its object kinds, and its own checks of an object (the local
+    target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
-    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str) -> TargetOptions | None: ...
+    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str,
+                environment: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
     def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
 
@@ -58,8 +62,8 @@ class Checker:
     """Collects errors (and warnings: accepted, but worth saying) for one document; each check names the field
     path it looked at."""
 
-    def __init__(self, file: str, document: int | None, obj: str = "") -> None:
-        self.file, self.document, self.obj = file, document, obj
+    def __init__(self, file: str, document: int | None, obj: str = "", budget: Budget | None = None) -> None:
+        self.file, self.document, self.obj, self.budget = file, document, obj, budget
         self.errors: list[ValidationError] = []
         self.warnings: list[ValidationError] = []
 
@@ -142,7 +146,7 @@ def environment(doc: Any, file: str, directory_name: str,
     options = None
     if len(kinds) == 1:
         path = f"spec.target.{kinds[0]}"
-        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path)
+        options = targets.options(kinds[0], c.mapping(target.get(kinds[0]), path), c, path, directory_name)
     interval = 60.0
     try:
         interval = parse_duration(spec.get("interval", "60s"))
@@ -221,13 +225,15 @@ def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[P
 
 
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
-               supported: frozenset[str], target_check: Callable[[dict[str, Any], Checker], None] | None = None
-               ) -> tuple[list[ValidationError], list[ValidationError]]:
+               supported: frozenset[str],
+               target_check: Callable[[dict[str, Any], Checker], None] | None = None,
+               budget: Budget | None = None) -> tuple[list[ValidationError], list[ValidationError]]:
     """Check one rendered object document: its errors and its warnings. `supported`: the object kinds of the
-    environment's target; `target_check`: the target's own checks, run on an object that passed these."""
+    environment's target; `target_check`: the target's own checks, run on an object that passed these;
+    `budget`: the render's, which parsing `runtimeEnvYAML` spends from."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
-    c = Checker(file, index, f"{kind}/{meta.get('name', '?')}")
+    c = Checker(file, index, f"{kind}/{meta.get('name', '?')}", budget)
     if (api_version, kind) not in KINDS:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
@@ -252,6 +258,13 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         c.fail("metadata.namespace", f"{namespace} is outside this environment: it may write only to "
                f"{', '.join(sorted(allowed))} (a Kubernetes environment lists more in spec.target.kubernetes."
                "namespaces)")
+    if kind == "ConfigMap" and isinstance(name, str) and name.startswith(LEDGER_PREFIX):
+        c.fail("metadata.name", f"{LEDGER_PREFIX}* ConfigMaps are ray-gitops' own ledgers: Git may not hold one")
+    labels = c.mapping(meta.get("labels"), "metadata.labels")
+    for label, value in ((ENVIRONMENT_LABEL, environment.name), (MANAGED_BY_LABEL, MANAGED_BY_VALUE)):
+        if labels.get(label, value) != value:
+            c.fail(f"metadata.labels.{label}", f"is ray-gitops' ownership label, set to {value!r} for this "
+                   f"environment; Git may not set it to {short(labels[label])}")
     annotations = c.mapping(meta.get("annotations"), "metadata.annotations")
     c.one_of(annotations.get(ON_CHANGE_ANNOTATION), f"metadata.annotations.{ON_CHANGE_ANNOTATION}", {"rerun", "ignore"})
     c.one_of(annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION), f"metadata.annotations.{ON_TEMPLATE_CHANGE_ANNOTATION}",
@@ -456,7 +469,7 @@ def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:
 def runtime_env(c: Checker, text: str, path: str = "spec.runtimeEnvYAML") -> None:
     """Parse `runtimeEnvYAML` (with the one YAML parser); a relative `working_dir` must stay inside the
     repository."""
-    value, errors = parse.text(text, c.file, c.document, c.obj, path)
+    value, errors = parse.text(text, c.file, c.document, c.obj, path, c.budget)
     c.errors += errors
     env = c.mapping(value, path)
     working_dir = env.get("working_dir")

@@ -35,12 +35,12 @@ class Verdict:
 class Verifier:
     """Checks commits against the trusted keys in `keys` (a directory), with a keyring under `home`."""
 
-    def __init__(self, mode: str, keys: Path, home: Path) -> None:
+    def __init__(self, mode: str, keys: Path, home: Path, allow_rewrite: bool = False) -> None:
         if mode not in MODES:
             raise ConfigError(f"verify_commits must be one of {', '.join(MODES)}, got {mode!r}")
         if not keys.is_dir():
             raise ConfigError(f"trusted_keys {keys}: not a directory of *.asc keys and an allowed_signers file")
-        self.mode, self.keys, self.home = mode, keys, home
+        self.mode, self.keys, self.home, self.allow_rewrite = mode, keys, home, allow_rewrite
         self._imported = ""  # digest of the key files the keyring was built from
 
     def _keyring(self) -> Path:
@@ -63,6 +63,9 @@ class Verifier:
     def check(self, repo: git.Repo, head: str, verified: str) -> Verdict:
         """Verify `head` (mode head), or every commit reachable from it and not from `verified`, the last
         verified head (mode strict; all of `head`'s own only when there is none)."""
+        if self.mode == "strict" and verified and not self.allow_rewrite and not descends(repo, verified, head):
+            return Verdict(failure=f"{head[:12]}: not a descendant of the last verified head {verified[:12]} (history "
+                                   "was rewritten; the daemon setting verify_allow_rewrite allows it)")
         if self.mode == "strict" and verified:
             commits = repo.git.rev_list(head, "--not", verified).split() or [head]
         else:
@@ -79,6 +82,15 @@ class Verifier:
         signer = subprocess.run([*git_, "log", "-1", "--format=%GF", head], capture_output=True, text=True,
                                 env=environ, timeout=60).stdout.strip()
         return Verdict(signer=signer)
+
+
+def descends(repo: git.Repo, older: str, newer: str) -> bool:
+    """`older` is `newer` or one of its ancestors."""
+    try:
+        repo.git.merge_base("--is-ancestor", older, newer)
+    except git.GitCommandError:
+        return False
+    return True
 
 
 # git's %G? of a commit that `git verify-commit` refused

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 from prometheus_client import CollectorRegistry
 
@@ -49,6 +49,9 @@ from .schedule import Schedule
 from .worker import Worker
 
 log = logging.getLogger(__name__)
+SHUTDOWN_GRACE = 20.0  # seconds a stop waits for the running reconciles (each stops after the object it applies)
+STUCK = 600.0  # seconds after which a running reconcile is reported stuck (on its environment alone)
+STALL = 900.0  # seconds without a finished reconcile, while some run, after which /healthz fails (restart)
 DEBOUNCE = 1.0  # seconds from a change someone else made to its environment's drift check (more changes: one check)
 
 
@@ -61,8 +64,8 @@ class Daemon:
         self.metrics = Metrics(self.registry, process=registry is None)
         self.ledger = Ledger(settings.state_dir)
         self.source = GitSource(settings.repo, settings.branch, settings.state_dir / "git", self.metrics.git_request,
-                                settings.verifier(), heads=self.ledger)
-        self.targets = Registry(settings.runtime(self.metrics, self.changed))
+                                settings.verifier(), heads=self)
+        self.targets = Registry(settings.runtime(self.metrics, self.changed, writes=True))
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self.pipeline = self._pipeline()
@@ -71,6 +74,9 @@ class Daemon:
         self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
+        self._progress = time.monotonic()  # a reconcile finished, or none was running
+        self._started: dict[str, float] = {}  # environment -> when its current reconcile was submitted
+        self._stuck: set[str] = set()  # environments whose reconcile runs longer than STUCK
         self._selected: list[str] = []  # the environments in Git (within --environment) at the last turn
         self._shown: list[str] = []  # those and the ones the ledger knows (removed, or held by the removal guard)
         self._refusal = ""  # the revision whose removals the guard refused (reported once)
@@ -146,6 +152,17 @@ class Daemon:
         self._force.set()
         self.wake.set()
 
+    # -- the last verified head (GitSource's VerifiedHeads) --------------------------------------------
+    def last_verified(self, url: str, branch: str) -> tuple[str, str] | None:
+        return self.ledger.last_verified(url, branch)
+
+    def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None:
+        self.ledger.record_verified(url, branch, revision, signer)
+
+    def recalled(self) -> list[str]:
+        """What the targets' ledger copies remember (this state dir remembers nothing: an emptyDir was lost)."""
+        return self.targets.verified_heads()
+
     def changed(self, environment: str) -> None:
         """A watch saw someone else change an object of `environment` (a hand edit, another applier, its Pods):
         its drift check runs within DEBOUNCE seconds, whatever its interval; a burst of changes makes one check.
@@ -197,6 +214,7 @@ class Daemon:
 
     def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
         with self._lock:
+            self._progress = time.monotonic()
             if future.cancelled():
                 self.schedule.cancelled(name)
                 return
@@ -224,6 +242,8 @@ class Daemon:
         for name in due:
             work = self._remove if name in removable else self._reconcile
             future = pool.submit(work, name, revision)
+            with self._lock:
+                self._started[name] = time.monotonic()
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
             self._running[name] = future
 
@@ -298,11 +318,13 @@ class Daemon:
                 waiting = [n for n in waiting if results[n].sync_status == SyncStatus.WAITING]
         return results
 
-    def serve(self) -> None:
-        """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading)."""
+    def serve(self) -> bool:
+        """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading). False when
+        a reconcile was still running SHUTDOWN_GRACE seconds after the stop (its thread is left behind: the
+        caller should end the process without waiting for it)."""
         page = self._page()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
-                                                                     self.hooks, page))
+                                                                     self.hooks, page, self.settings.allowed_hosts))
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if page is not None:
             self.worker.start()
@@ -317,19 +339,26 @@ class Daemon:
                 leading = self._lead()
                 if leading:
                     self._turn(pool, force)
+                self._watch_running()
                 with self._lock:
                     pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
                 self.wake.wait(pause)
         finally:
             log.info("stopping: finishing the current steps")
             self.worker.stop()  # before the targets close: a preview in progress ends first
-            pool.shutdown(wait=True, cancel_futures=True)
+            pool.shutdown(wait=False, cancel_futures=True)
+            running = [f for f in self._running.values() if not f.done()]
+            _, left = wait(running, timeout=SHUTDOWN_GRACE)
+            if left:
+                log.error("stopping: %d reconcile(s) still running after %.0f s (%s); leaving them behind", len(left),
+                          SHUTDOWN_GRACE, ", ".join(n for n, f in self._running.items() if f in left))
             self.targets.close()
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
                 self.elector.stop(release=True)
             server.shutdown()
             server.server_close()
             log.info("stopped")
+        return not left
 
     def _turn(self, pool: ThreadPoolExecutor, force: bool) -> None:
         """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
@@ -346,6 +375,27 @@ class Daemon:
         except Exception:  # a bug must not stop the other environments' schedule
             log.exception("scheduling failed; retrying next turn")
 
+    def _watch_running(self) -> None:
+        """Progress and stuck reconciles: the loop made progress when a reconcile finished or none was running
+        (`healthy` fails when it has made none for STALL seconds, so a stuck daemon is restarted); a reconcile
+        running longer than STUCK seconds is reported on its environment alone (status, `reconcile_stuck`)."""
+        now = time.monotonic()
+        with self._lock:
+            running = {n: f for n, f in self._running.items() if not f.done()}
+            if not running:
+                self._progress = now
+            stuck = {n: self._started[n] for n in running if now - self._started.get(n, now) > STUCK}
+        for name, since in stuck.items():
+            if name not in self._stuck:
+                log.error("environment %s: its reconcile has been running for %.0f s; it is stuck (its other "
+                          "environments go on)", name, now - since)
+                self.pipeline.report_stuck(name, time.time() - (now - since))
+        for name in self._stuck - set(stuck):
+            self.metrics.reconcile_stuck.remove(name)
+        for name in stuck:
+            self.metrics.reconcile_stuck.labels(name).set(1)
+        self._stuck = set(stuck)
+
     def stop(self) -> None:
         self.stopping.set()
         self.wake.set()
@@ -359,7 +409,10 @@ class Daemon:
             return self.schedule.reconciled(self._selected)
 
     def healthy(self) -> bool:
-        return time.monotonic() - self._heartbeat < 3 * self.settings.interval + 60
+        """The main loop turns, and reconciles make progress (one finishes, or none is running)."""
+        now = time.monotonic()
+        return now - self._heartbeat < 3 * self.settings.interval + 60 and now - self._progress < max(
+            STALL, 3 * self.settings.interval)
 
 
 def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:

@@ -3,13 +3,19 @@ GET routes (/, /api/v1/...: answered by `Endpoints.page`), on one address.
 
 Started by the daemon; it answers from what the daemon hands it (callables, the webhook receiver
 and the page's router), and runs nothing of a reconcile in its threads. It is reachable by anyone who can reach
-the address, so it is bounded: a connection idle for `TIMEOUT` seconds is closed, at most
-`MAX_CONNECTIONS` are served at once (more are closed at once), and a client that goes away is a
-debug line, never a traceback.
+the address, so it is bounded: a request head (request line and headers) must be in within `HEAD_DEADLINE`
+seconds of the accept, however it trickles, and is read without a thread (`heads.HeadReader`, at most
+`MAX_HEADS` connections at once, one more closes the oldest); only a connection whose head is in gets one of
+`MAX_CONNECTIONS` threads, so slow clients never keep /healthz or /metrics out. A read or write that stalls
+for `TIMEOUT` seconds ends its connection; a client that goes away is a debug line, never a traceback. The
+status page answers only requests whose `Host` names this server (DNS rebinding: a page elsewhere whose name
+now points here would read it).
 """
 from __future__ import annotations
 
+import io
 import logging
+import socket
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -20,10 +26,14 @@ from typing import Any, Callable, Mapping, Protocol
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from . import webhook
+from .heads import HeadReader
 
 log = logging.getLogger(__name__)
-TIMEOUT = 10.0  # seconds a connection may stay idle, or take to send its request
-MAX_CONNECTIONS = 32
+TIMEOUT = 10.0  # seconds a read or a write may stall
+HEAD_DEADLINE = 5.0  # seconds from a connection's accept to the end of its request head
+MAX_CONNECTIONS = 32  # requests served at once (a thread each)
+MAX_HEADS = 128  # connections sending their request head at once (no thread; a socket each)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")  # names the status page always answers to
 
 
 @dataclass(frozen=True)
@@ -55,13 +65,19 @@ class Endpoints:
     ready: Callable[[], bool]
     hooks: webhook.Receiver | None  # None: POST /hooks/git is off (404)
     page: Page | None = None  # None: the status page is off (404)
+    allowed_hosts: tuple[str, ...] = ()  # more names the page answers to (behind a proxy), beside LOOPBACK
 
 
-def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer:
+def serve(address: tuple[str, int], endpoints: Endpoints) -> BoundedServer:
     """Listen on `address` and serve in a daemon thread; `shutdown()` and `server_close()` stop it."""
 
     class Handler(BaseHTTPRequestHandler):
         timeout = TIMEOUT
+        server: BoundedServer
+
+        def setup(self) -> None:
+            super().setup()
+            self.rfile = io.BufferedReader(_Replay(self.server.head_of(self.connection), self.rfile))
 
         def do_GET(self) -> None:  # noqa: N802 (http.server's name)
             if self.path == "/metrics":
@@ -73,6 +89,10 @@ def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer
                 ok = endpoints.ready()
                 self._send(200 if ok else 503, b"ok\n" if ok else b"first reconcile not done\n")
             elif endpoints.page is not None and self._paged():
+                if _host(self.headers.get("Host", "")) not in hosts:
+                    self._send(421, b"this server answers the status page at 127.0.0.1, localhost or its own "
+                               b"address; behind a proxy, add the name to allowed_hosts\n")
+                    return
                 answer = endpoints.page.get(self.path, self.headers)
                 self._send(answer.code, answer.body, answer.content_type, headers=answer.headers)
             else:
@@ -119,6 +139,7 @@ def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer
             pass
 
     server = BoundedServer(address, Handler)
+    hosts = {*LOOPBACK, *(_host(h) for h in (address[0], *endpoints.allowed_hosts))} - {"0.0.0.0", "::", ""}
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     log.info("serving /metrics /healthz /readyz%s%s on http://%s:%d",
              " " + webhook.PATH if endpoints.hooks is not None else "",
@@ -126,27 +147,76 @@ def serve(address: tuple[str, int], endpoints: Endpoints) -> ThreadingHTTPServer
     return server
 
 
+def _host(value: str) -> str:
+    """The name in a `Host` header or an address, without its port or IPv6 brackets, lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    name, colon, port = value.rpartition(":")
+    return name if colon and port.isdigit() and ":" not in name else value
+
+
+class _Replay(io.RawIOBase):
+    """What the head reader read ahead, then the rest of the connection."""
+
+    def __init__(self, head: bytes, rest: io.BufferedIOBase) -> None:
+        self._head, self._rest = memoryview(head), rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head:
+            size = min(len(buffer), len(self._head))
+            buffer[:size], self._head = self._head[:size], self._head[size:]
+            return size
+        return self._rest.readinto1(buffer)
+
+    def close(self) -> None:
+        self._rest.close()
+        super().close()
+
+
 class BoundedServer(ThreadingHTTPServer):
-    """A thread per connection, at most MAX_CONNECTIONS at once; broken connections logged at debug."""
+    """Heads read by one thread within HEAD_DEADLINE; then a thread per request, at most MAX_CONNECTIONS at
+    once (more are closed at once); broken connections logged at debug."""
 
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._heads: dict[socket.socket, bytes] = {}  # read ahead, until the handler takes them
+        self._lock = threading.Lock()
+        self._reader = HeadReader(self._serve, HEAD_DEADLINE, MAX_HEADS)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """Just accepted: the reader watches it until its head is in."""
+        self._reader.add(request, client_address)
+
+    def _serve(self, request: socket.socket, client_address: Any, head: bytes) -> None:
+        """Its head is in: a thread serves it, if one of MAX_CONNECTIONS is free."""
         if not self._slots.acquire(blocking=False):
-            log.debug("http: %d connections open; closing one from %s", MAX_CONNECTIONS, client_address[0])
+            log.debug("http: %d requests being served; closing one from %s", MAX_CONNECTIONS, client_address[0])
             self.shutdown_request(request)
             return
+        with self._lock:
+            self._heads[request] = head
         super().process_request(request, client_address)
+
+    def head_of(self, request: socket.socket) -> bytes:
+        with self._lock:
+            return self._heads.pop(request, b"")
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
             self._slots.release()
+
+    def server_close(self) -> None:
+        self._reader.stop()
+        super().server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.debug("http: connection from %s ended: %s", client_address[0], sys.exc_info()[1])

@@ -53,7 +53,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(2))
         scale = remote.commit("two workers")
         daemon.wait_for("2 ready workers", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 2)
-        ray = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")
+        ray = LocalRayCluster.adopt(f"{ENV}_demo", state_dir / "local" / "clusters")
         assert ray is not None and ray.alive_nodes() == {"head": 1, "cpu": 2}
 
         remote.write(f"environments/{ENV}/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
@@ -72,7 +72,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         daemon = start_daemon(remote.url, state_dir, log)
         daemon.wait_for("a reconcile after restart",
                         lambda: (daemon.metric("ray_gitops_reconcile_total", environment=ENV, result="noop") or 0) >= 2)
-        again = LocalRayCluster.adopt(f"{ENV}-demo", state_dir / "local" / "clusters")
+        again = LocalRayCluster.adopt(f"{ENV}_demo", state_dir / "local" / "clusters")
         assert again is not None and again.gcs_address == gcs and again.worker_pids() == workers
         jobs = [j for j in _list_jobs(again) if j.get("type") == "SUBMISSION"]
         assert len(jobs) == 1 and jobs[0]["status"] == "SUCCEEDED"

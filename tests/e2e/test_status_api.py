@@ -128,7 +128,7 @@ def test_the_plan_is_what_diff_prints_and_hides_secret_values(site: Site) -> Non
     assert plan["items"] == json.loads(diff.stdout)["items"]
     [item] = plan["items"]
     assert (item["object"], item["action"], item["changes"]) == ("Secret/default/token", "update", ["stringData.token"])
-    assert "-  token: sha256:" in item["diff"] and "+  token: sha256:" in item["diff"]
+    assert "-  token: hmac-sha256:" in item["diff"] and "+  token: hmac-sha256:" in item["diff"]
     served = b"".join(site.daemon.get(path)[2] for path in (
         "/", "/api/v1/environments", *(f"/api/v1/environments/{e}{view}" for e in ENVIRONMENTS
                                        for view in ("", "/plan", "/history", "/runs"))))

@@ -56,8 +56,7 @@ def write_revision(remote: GitRemote, plane: kube_controlplane.ControlPlane, sec
     wanted: dict[str, dict] = {}
     for env in ENVIRONMENTS:
         directory = remote.work_path / "environments" / env
-        target = (f'kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, '
-                  f'namespace: {namespace(env)}}}')
+        target = f"kubernetes: {{namespace: {namespace(env)}}}"
         remote.write(f"environments/{env}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
                      f"metadata: {{name: {env}}}\nspec:\n  target:\n    {target}\n  interval: 1s\n")
         objects: dict = {}
@@ -128,7 +127,8 @@ def test_apiserver_stopped_mid_apply_and_started_again_daemon_recovers_and_loses
     state, log = tmp_path / "state", tmp_path / "daemon.log"
     ledger = LedgerView(state / "ledger.sqlite3")
     daemon = DaemonProcess(remote.url, state, log,
-                           ["--interval", "1s", "--kube-api-qps", "25", "--kube-api-burst", "1"])
+                           ["--interval", "1s", "--kube-api-qps", "25", "--kube-api-burst", "1",
+                            "--kubeconfig", str(plane.kubeconfig), "--kube-context", plane.context])
     try:
         daemon.wait_for("revision 1 applied", lambda: ledger.converged(ENVIRONMENTS, sha), timeout=120)
         pid = daemon.proc.pid

@@ -10,6 +10,7 @@ to Git exactly, with the history, the status and the target agreeing.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.service.config import derived
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 from tests.faults.drill import LedgerView, assert_clean_logs, kill9, seeded_rng, stop_leftovers, tail, wait_for_line
@@ -87,8 +89,10 @@ def stored(state: Path, env: str) -> dict[tuple[str, str, str], dict]:
     return out
 
 
-def sha256_12(value: str) -> str:
-    return "sha256:" + hashlib.sha256(value.encode()).hexdigest()[:12]
+def digest(state: Path, value: str) -> str:
+    """A Secret value as the daemon stores it: keyed with the digest key derived from its installation key."""
+    key = derived((state / "installation-key").read_bytes(), "secret-digests")
+    return "hmac-sha256:" + hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:12]
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -195,7 +199,7 @@ def check_converged(content: Content, ledger: LedgerView, state: Path, sha: str,
         for (kind, _, name), manifest in applied.items():
             data = content.objects[env][name][1]
             assert manifest["data" if kind == "ConfigMap" else "stringData"] == (
-                data if kind == "ConfigMap" else {k: sha256_12(v) for k, v in data.items()}), f"{where}: {name}"
+                data if kind == "ConfigMap" else {k: digest(state, v) for k, v in data.items()}), f"{where}: {name}"
         history = json.loads(cli("history", "--environment", env, "--state-dir", str(state), "--limit", "500",
                                  "-o", "json").stdout)
         assert history[0]["revision"] == sha and {h["result"] for h in history} == {"success"}, where

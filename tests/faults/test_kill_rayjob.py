@@ -113,7 +113,7 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
     try:
         daemon = start("initial")
         converged("the cluster")
-        cluster = LocalRayCluster.adopt(f"{ENV}-demo", state / "local" / "clusters")
+        cluster = LocalRayCluster.adopt(f"{ENV}_demo", state / "local" / "clusters")
         assert cluster is not None
 
         def add_job(name: str) -> None:

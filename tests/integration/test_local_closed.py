@@ -25,8 +25,10 @@ from tests.sockets import Listener, listeners, processes
 
 pytestmark = pytest.mark.ray
 
-DRIVER = ('python -c "import ray, time; ray.init(); print(\'task says\', ray.get(ray.remote(lambda: 42).remote()), '
+DRIVER = ('python -c "import os, ray, time; ray.init(); print(\'task says\', ray.get(ray.remote(lambda: 42).remote()), '
+          '\'daemon settings seen:\', sorted(k for k in os.environ if k.startswith((\'RAY_GITOPS\', \'KUBECONFIG\'))), '
           'flush=True); time.sleep(300)" closed-driver')
+SECRETS = {"RAY_GITOPS_WEBHOOK_SECRET": "the-daemons-webhook-secret", "KUBECONFIG": "/etc/the-daemons/kubeconfig"}
 # One cheap call per gRPC service; an empty request is a valid protobuf message.
 GRPC_PROBES = {
     "port": "/ray.rpc.NodeInfoGcsService/CheckAlive",  # GCS
@@ -60,8 +62,18 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cluster(state_dir: Path) -> Iterator[LocalRayCluster]:
-    """Head + one worker node, and a job whose driver connected with ray.init() and ran a task."""
-    cluster = LocalRayCluster.start("closed", NodeSpec("head", num_cpus=1), state_dir)
+    """Head + one worker node, and a job whose driver connected with ray.init() and ran a task; started by a process
+    that holds daemon settings and a secret in its environment (SECRETS)."""
+    saved = {key: os.environ.get(key) for key in SECRETS}
+    os.environ.update(SECRETS)
+    try:
+        cluster = LocalRayCluster.start("closed", NodeSpec("head", num_cpus=1), state_dir)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     try:
         cluster.add_worker(NodeSpec("cpu", num_cpus=1))
         assert cluster.submit_job("driver", DRIVER)
@@ -72,7 +84,7 @@ def cluster(state_dir: Path) -> Iterator[LocalRayCluster]:
             return resp.json()["logs"] if resp.ok else ""
         eventually(lambda: "task says 42" in logs() or cluster.job_info("driver")["status"] == "FAILED",
                    "the job's task")
-        assert "task says 42" in logs(), cluster.job_info("driver")
+        assert "task says 42 daemon settings seen: []" in logs(), (cluster.job_info("driver"), logs())
         yield cluster
     finally:
         cluster.stop()
@@ -178,6 +190,7 @@ def test_the_token_is_kept_in_a_private_file_and_never_in_the_record(
     environ = Path(f"/proc/{record['head']['pid']}/environ").read_bytes().split(b"\0")
     assert b"RAY_AUTH_MODE=token" in environ and f"RAY_AUTH_TOKEN_PATH={token_file}".encode() in environ
     assert not any(token.encode() in v for v in environ)
+    assert not any(value.encode() in v for v in environ for value in SECRETS.values())  # a scrubbed environment
     assert stat.S_IMODE(os.stat(record["temp_dir"]).st_mode) == 0o700  # Ray's own temp dir is world-writable
 
 

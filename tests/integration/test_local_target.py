@@ -113,14 +113,14 @@ def test_a_dead_worker_is_drift_and_is_replaced_and_a_renamed_group_drains_first
     harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1))
     harness.remote.commit("one worker")
     harness.reconcile()
-    cluster = harness.cluster(f"{ENV}-demo")
+    cluster = harness.cluster(f"{ENV}_demo")
     assert cluster is not None
     [old] = cluster.worker_pids()["cpu"]
 
     os.killpg(old, signal.SIGKILL)
     harness.until("the worker to be replaced", lambda r: any(o == Outcome.CONFIGURED for _, o in r.outcomes))
 
-    replaced = harness.cluster(f"{ENV}-demo")
+    replaced = harness.cluster(f"{ENV}_demo")
     assert replaced is not None and replaced.alive_nodes() == {"head": 1, "cpu": 1}
     assert replaced.worker_pids()["cpu"] != [old]
     assert harness.metrics.registry.get_sample_value(
@@ -134,7 +134,7 @@ def test_a_dead_worker_is_drift_and_is_replaced_and_a_renamed_group_drains_first
     assert "draining" in harness.reconciler.ledger.state(ENV).detail["clusters"]["demo"]
     done = harness.until("the group cpu out of the spec", lambda r: r.health_status == "Healthy")
     assert done.sync_status == "Synced"
-    renamed = harness.cluster(f"{ENV}-demo")
+    renamed = harness.cluster(f"{ENV}_demo")
     assert renamed is not None and renamed.alive_nodes() == {"head": 1, "small": 1}
     record = harness.state / "local" / "objects" / ENV / "RayCluster.default.demo.json"
     assert [g["groupName"] for g in json.loads(record.read_text())["manifest"]["spec"]["workerGroupSpecs"]] == ["small"]
@@ -149,7 +149,7 @@ def test_template_change_restarts_nodes_only_when_asked(harness: Harness, extra:
     harness.remote.write(f"environments/{ENV}/raycluster.yaml", cluster_yaml(1, extra=extra))
     harness.remote.commit("one worker")
     harness.reconcile()
-    before = harness.cluster(f"{ENV}-demo")
+    before = harness.cluster(f"{ENV}_demo")
     assert before is not None
     gcs, workers = before.gcs_address, before.worker_pids()
 
@@ -160,7 +160,7 @@ def test_template_change_restarts_nodes_only_when_asked(harness: Harness, extra:
     [(item, got)] = result.outcomes
     assert got == outcome
     assert ("pending restart" in item.reason) == (not restarted)
-    after = harness.cluster(f"{ENV}-demo")
+    after = harness.cluster(f"{ENV}_demo")
     assert after is not None
     assert (after.gcs_address != gcs) == restarted
     assert (after.worker_pids() != workers) == restarted
@@ -188,7 +188,7 @@ spec:
     slot = json.loads(record.read_text())
     record.write_text(json.dumps({**slot, "last_slot": slot["last_slot"] - 70}))  # a slot came due meanwhile
     before = record.read_bytes()
-    ray = harness.cluster(f"{ENV}-demo")
+    ray = harness.cluster(f"{ENV}_demo")
     assert ray is not None
     import requests
 
@@ -225,10 +225,10 @@ def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harn
     assert result.result == "error"
     assert [(item.ref.name, outcome) for item, outcome in result.outcomes] == [("demo", Outcome.CREATED),
                                                                                 ("second", Outcome.FAILED)]
-    assert (f"Ray cluster {ENV}-second needs 2 Ray nodes (a head and 1 worker), but other local clusters run 1 "
+    assert (f"Ray cluster {ENV}_second needs 2 Ray nodes (a head and 1 worker), but other local clusters run 1 "
             "and the local target's limit of 2 Ray nodes on this machine") in result.message
-    assert harness.cluster(f"{ENV}-demo") is not None and harness.cluster(f"{ENV}-second") is None
-    assert not (harness.state / "local" / "clusters" / f"{ENV}-second").exists()  # nothing of it started
+    assert harness.cluster(f"{ENV}_demo") is not None and harness.cluster(f"{ENV}_second") is None
+    assert not (harness.state / "local" / "clusters" / f"{ENV}_second").exists()  # nothing of it started
 
     harness.remote.remove(f"environments/{ENV}/raycluster.yaml")
     harness.remote.commit("only second")
@@ -238,8 +238,8 @@ def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harn
         assert time.monotonic() < deadline, f"second did not start: {result.message}"
         time.sleep(1)
     assert result.result != "error", result.message
-    assert harness.cluster(f"{ENV}-demo") is None
-    second = harness.cluster(f"{ENV}-second")
+    assert harness.cluster(f"{ENV}_demo") is None
+    second = harness.cluster(f"{ENV}_second")
     assert second is not None and second.alive_nodes() == {"head": 1, "cpu": 1}
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -22,11 +21,10 @@ def test_render_plan_prints_both_ratios(monkeypatch: pytest.MonkeyPatch, capsys:
 
 
 def test_kube_scale_gives_kubectl_the_objects_ray_gitops_applies(tmp_path: Path) -> None:
-    plane = SimpleNamespace(kubeconfig=tmp_path / "kubeconfig", context="bench")
     repo, files = tmp_path / "repo", tmp_path / "files"
     repo.mkdir()
     files.mkdir()
-    kube_scale.write_repo(repo, 2, plane, "d-")  # type: ignore[arg-type]
+    kube_scale.write_repo(repo, 2, "d-")
     kube_scale.rendered_files(repo, files, 2, "k-")
 
     docs = list(yaml.safe_load_all((files / "e001.yaml").read_text()))

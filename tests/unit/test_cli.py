@@ -80,10 +80,15 @@ def test_status_prints_what_the_ledger_holds(tmp_path: Path, capsys: pytest.Capt
 
 
 @pytest.mark.parametrize("target, message", [
-    pytest.param("kubernetes: {context: prod}", "spec.target.kubernetes.namespace: required field is missing",
+    pytest.param("kubernetes: {cluster: prod}", "spec.target.kubernetes.namespace: required field is missing",
                  id="kubernetes-needs-namespace"),
-    pytest.param("kubernetes: {namespace: x, inCluster: true, context: prod}", "set either inCluster: true or context",
-                 id="in-cluster-or-context"),
+    pytest.param("kubernetes: {namespace: x, kubeconfig: /etc/shadow}", "spec.target.kubernetes.kubeconfig: Git may "
+                 "not name the daemon's credentials (a file, a context or its own service account): name a cluster of "
+                 "the daemon's settings instead", id="no-path-from-git"),
+    pytest.param("kubernetes: {namespace: x, context: admin}", "spec.target.kubernetes.context: Git may not name",
+                 id="no-context-from-git"),
+    pytest.param("kubernetes: {namespace: kube-system}", "spec.target.kubernetes: namespace kube-system is protected",
+                 id="protected-namespace"),
     pytest.param("local: {persit: true}", "spec.target.local.persit: unknown option (known: persist)", id="typo"),
     pytest.param("local: {persist: 'yes'}", "spec.target.local.persist: must be true or false", id="not-a-bool"),
 ])

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
 from kube_controlplane import module_dir, read_versions  # noqa: E402
 
 KEPT = {"RayCluster", "RayJob", "RayService", "RayCronJob", "ConfigMap", "Secret"}
-TARGET = {"kubernetes": "{kubernetes: {context: c, namespace: default}}", "local": "{local: {}}"}
+TARGET = {"kubernetes": "{kubernetes: {namespace: default}}", "local": "{local: {}}"}
 STABLE_NAME = "metadata.generateName: a GitOps object needs a stable metadata.name"
 BOTH, LOCAL = ("kubernetes", "local"), ("local",)
 # file -> (the targets that refuse it, the start of the error it gets)

@@ -27,17 +27,21 @@ def is_rejection(exc: ApiError) -> bool:
 
 
 def translate(ref: ObjectRef | str, exc: ApiError, desired: DesiredObject | None = None) -> RayGitopsError:
-    """A RayGitopsError whose message starts with the object (and names the Git file when rejected)."""
+    """A RayGitopsError whose message starts with the object (and names the Git file when rejected). For a
+    Secret, the server's text is left out (it may quote a value back); the fields it names stay."""
+    message = exc.message
+    if isinstance(ref, ObjectRef) and ref.kind == "Secret" and exc.status != 0:
+        message = "(the server's message is not shown for a Secret: it may quote a value)"
     if is_rejection(exc) and desired is not None:
         fields = sorted({c["field"] for c in exc.causes if c.get("field")})
         where = f"{desired.file}#{desired.document}"
         detail = f" (fields: {', '.join(fields)})" if fields else ""
-        return PermanentError(f"{ref}: {where}: rejected by the API server: {exc.message}{detail}")
+        return PermanentError(f"{ref}: {where}: rejected by the API server: {message}{detail}")
     if exc.status == 0:
-        return Unreachable(f"{ref}: API server unreachable: {exc.message}")
+        return Unreachable(f"{ref}: API server unreachable: {message}")
     if exc.status in (401, 403, 404, 405) or is_rejection(exc):
-        return PermanentError(f"{ref}: {exc.status} {exc.reason}: {exc.message}")
-    return TemporaryError(f"{ref}: API server error {exc.status} {exc.reason}: {exc.message}")
+        return PermanentError(f"{ref}: {exc.status} {exc.reason}: {message}")
+    return TemporaryError(f"{ref}: API server error {exc.status} {exc.reason}: {message}")
 
 
 def conflict_error(ref: ObjectRef, exc: ApiError) -> PermanentError:

@@ -8,6 +8,7 @@ does. One instance serves every environment on the same cluster connection.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from dataclasses import dataclass
@@ -15,11 +16,11 @@ from typing import Any, Callable
 
 from kubernetes import client as k8s
 
-from ...errors import PermanentError
-from ...kubeapi import ApiError, Kube, RateLimiter, connect, resource
+from ...errors import PermanentError, RayGitopsError
+from ...kubeapi import ApiError, Kube, RateLimiter, resource
 from ...metrics import Metrics
-from ...model import (ENVIRONMENT_LABEL, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef,
-                      Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
+from ...model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest,
+                      ObjectRef, Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
 from ...pipeline.diff import CLUSTER_SPEC_PATHS
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
@@ -27,7 +28,7 @@ from .apply import Applier, translate
 from .body import forced
 from .cache import Informer
 from .dryrun import DryRuns
-from .ledger import LEDGER_PREFIX, ConfigMapLedger, ledger_name
+from .ledger import ConfigMapLedger, Unverifiable, ledger_name
 from .options import KubernetesOptions
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ class Writer:
 
 
 class KubernetesTarget:
-    """One cluster connection (`spec.target.kubernetes`), shared by every environment that names it.
+    """One cluster connection (a cluster of the daemon's settings), shared by every environment that names it.
 
     Reads that feed the shared caches (list+watch per kind) are the daemon's own. Every write of an
     environment with a service account (`serviceAccountName`, else `default_service_account`) acts as
@@ -54,15 +55,17 @@ class KubernetesTarget:
 
     kind = "kubernetes"
 
-    def __init__(self, options: KubernetesOptions, metrics: Metrics, *, field_manager: str = "ray-gitops",
-                 api_client: k8s.ApiClient | None = None, limiter: RateLimiter | None = None,
-                 default_service_account: str = "", on_change: Callable[[str], None] | None = None) -> None:
+    def __init__(self, options: KubernetesOptions, metrics: Metrics, *, api_client: k8s.ApiClient,
+                 field_manager: str = "ray-gitops", limiter: RateLimiter | None = None,
+                 default_service_account: str = "", on_change: Callable[[str], None] | None = None,
+                 owns_client: bool = False, ledger_key: bytes = b"") -> None:
         self.metrics, self.field_manager = metrics, field_manager
         self.on_change = on_change  # told the environment of an object (or a Ray Pod) someone else changed
         self.default_service_account = default_service_account
-        self._owns_client = api_client is None
-        self.api_client = api_client if api_client is not None else connect(options.kubeconfig, options.context,
-                                                                            options.in_cluster)
+        self._owns_client = owns_client  # close the connection with the target
+        self.ledger_key = ledger_key  # signs the ledger ConfigMaps (tenants cannot read it)
+        self._unverifiable: set[str] = set()  # environments whose ledger copy was reported unverifiable
+        self.api_client = api_client
         self.kube = Kube(self.api_client, self._count, limiter)
         self.recorder = events.Recorder(self.kube.limiter.twin())  # Events never wait behind (or delay) applies
         self.applier = Applier(self.kube, metrics, field_manager)  # the daemon's own reads
@@ -280,7 +283,35 @@ class KubernetesTarget:
             writer.applier.wait_gone(ref, uid, wait)
 
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
-        return self._ledger(spec).load()
+        """The environment's ledger copy; None when there is none, or when it is unverifiable (forged, or signed
+        with another key: reported once, in the log and as a Warning Event, and never obeyed)."""
+        try:
+            return self._ledger(spec).load()
+        except Unverifiable as exc:
+            if spec.name not in self._unverifiable:
+                self._unverifiable.add(spec.name)
+                log.error("environment %s: %s", spec.name, exc)
+                self.report_warning(spec, "LedgerUnverifiable", str(exc))
+            return None
+
+    def verified_heads(self) -> list[str]:
+        """The verified branch heads this cluster's ledger copies remember (signed ones only), read from the
+        cluster-wide ConfigMap cache; [] when the daemon may not list ConfigMaps cluster-wide."""
+        try:
+            items = self._informer("ConfigMap", "").items() if "ConfigMap" not in self._namespaced else []
+        except RayGitopsError:
+            return []
+        found = []
+        for cm in items:
+            meta = cm.get("metadata") or {}
+            name, environment = str(meta.get("name")), str((meta.get("labels") or {}).get(ENVIRONMENT_LABEL) or "")
+            if name != ledger_name(environment):
+                continue
+            ledger = ConfigMapLedger(self.kube, str(meta.get("namespace")), environment, self.ledger_key, lambda: cm)
+            with contextlib.suppress(Unverifiable):
+                if (snapshot := ledger.load()) is not None and snapshot.verified:
+                    found.append(snapshot.verified)
+        return found
 
     def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
         self._ledger(spec).save(snapshot)
@@ -305,7 +336,8 @@ class KubernetesTarget:
         kube = self.writer(_options(spec)).kube
         with self._lock:
             if (environment, namespace) not in self._ledgers:
-                self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment, read)
+                self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment,
+                                                                          self.ledger_key, read)
             return self._ledgers[(environment, namespace)]
 
     def close(self, workloads: bool) -> None:

@@ -142,7 +142,7 @@ def submit(clusters: Clusters, ref: ObjectRef, environment: str, spec: dict[str,
             raise TemporaryError(f"{ref}: RayCluster {spec['clusterSelector']['ray.io/cluster']} "
                                  "selected by clusterSelector is not running")
     else:
-        name, ephemeral = run, True  # deterministic: a retry after a crash adopts it
+        name, ephemeral = cluster_name(environment, run), True  # deterministic: a retry after a crash adopts it
         cluster = clusters.get(name) or clusters.start(name, spec["rayClusterSpec"])
     runtime_env, _ = parse.text(spec.get("runtimeEnvYAML") or "{}", "", None, str(ref), "spec.runtimeEnvYAML")
     runtime_env = runtime_env or {}

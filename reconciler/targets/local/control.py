@@ -20,7 +20,7 @@ from . import cron, serve
 from .clusters import Clusters
 from .endpoints import Endpoints
 from .nodes import LocalRayError
-from .observe import job_status
+from .observe import cluster_name, job_status, legacy_cluster_name
 from .runtime import LocalRayCluster
 from .store import ObjectStore, Record
 
@@ -36,6 +36,12 @@ def control(clusters: Clusters, store: ObjectStore, endpoints: Endpoints, enviro
     reports: list[RunReport] = []
     for kind, record in store.ray_records(environment):
         ref = ObjectRef.of(record["manifest"], "default")
+        legacy = legacy_cluster_name(environment, ref.name)
+        if kind == "RayCluster" and (clusters.directory / legacy / "cluster.json").exists():
+            log.warning("environment %s: stopping Ray cluster %s, started by an earlier version under a name other "
+                        "environments could share; it starts again as %s", environment, legacy,
+                        cluster_name(environment, ref.name))
+            clusters.stop(legacy)
         if kind == "RayJob":
             rayjob(clusters, store, environment, ref, record, now)
         elif kind == "RayCronJob":

@@ -35,7 +35,8 @@ PRELOAD_MODULE = "ray_gitops_loopback"  # imported first by every Python worker 
 TOKEN_FILE = "auth_token"  # in the cluster's state directory, mode 0600
 # Every node's environment: Ray's token authentication (KubeRay's `authOptions.mode: token`), and
 # Ray's switch that keeps a loopback node IP as given in every process of the node (launch.py).
-_DROPPED_ENV = ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE")
+KEPT_ENV = frozenset({"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "VIRTUAL_ENV",
+                      "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"})
 _NODE_PORT_FLAGS = ("node-manager-port", "object-manager-port", "metrics-export-port",
                     "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port")
 _HEAD_PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port")
@@ -169,10 +170,12 @@ def write_token(path: Path) -> str:
 
 
 def node_environment(base: Mapping[str, str], token_file: Path | None) -> dict[str, str]:
-    """The environment of a node's `ray start` (inherited by every process of the node, job drivers too):
-    loopback kept as given (and in every Python worker, `preload/`), and token authentication with the token
-    in `token_file` (None: a cluster started before ray-gitops used tokens, adopted as it is)."""
-    env = {k: v for k, v in base.items() if k not in _DROPPED_ENV}
+    """The environment of a node's `ray start` (inherited by every process of the node, job drivers too): only
+    what a program needs from the daemon's (KEPT_ENV: paths, locale, time zone, proxies; none of the daemon's
+    settings, credentials or secrets), loopback kept as given (and in every Python worker, `preload/`), and
+    token authentication with the token in `token_file` (None: a cluster started before ray-gitops used tokens,
+    adopted as it is)."""
+    env = {k: v for k, v in base.items() if k in KEPT_ENV or k.startswith("LC_")}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     env["RAY_preload_python_modules"] = PRELOAD_MODULE  # every Python worker: its gRPC servers on loopback
     env["PYTHONPATH"] = os.pathsep.join(p for p in (PRELOAD_DIR, base.get("PYTHONPATH")) if p)

@@ -16,7 +16,14 @@ JOB_DEPLOYMENT_STATUS = {"SUCCEEDED": "Complete", "STOPPED": "Complete", "FAILED
 
 
 def cluster_name(environment: str, name: str) -> str:
-    """The local Ray cluster of RayCluster `name` (each environment has its own)."""
+    """The local Ray cluster of RayCluster `name` (each environment has its own). `_` appears in no environment
+    name (a DNS label) and no object name, so no two (environment, name) pairs share a cluster."""
+    return f"{environment}_{name}"
+
+
+def legacy_cluster_name(environment: str, name: str) -> str:
+    """The name an earlier version gave the cluster (ambiguous: `team` + `a-x` and `team-a` + `x` both made
+    `team-a-x`); such a cluster is stopped and started again under `cluster_name`."""
     return f"{environment}-{name}"
 
 

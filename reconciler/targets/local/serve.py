@@ -31,7 +31,7 @@ def cluster_name(environment: str, name: str, spec: dict[str, Any], revision: st
     `rayClusterConfig` and revision, so a retry of the same apply starts the same cluster again (never a second
     one), and a later revision never takes the name of a cluster still stopping."""
     digest = hashlib.sha256(json.dumps([spec, revision], sort_keys=True).encode()).hexdigest()[:6]
-    return f"{environment}-{name}-{digest}"
+    return f"{environment}_{name}-{digest}"  # `_`: in no environment or object name (see observe.cluster_name)
 
 
 def config(ref: str, text: str, port: int, materialize: Callable[[str], Path]) -> dict[str, Any]:

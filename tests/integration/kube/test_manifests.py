@@ -853,6 +853,9 @@ def test_every_path_the_daemon_and_git_write_is_on_a_writable_volume(rendered: l
     credentials = volumes[mounts["/etc/ray-gitops/git"]["name"]]["secret"]
     assert credentials["secretName"] == "ray-gitops-git-credentials" and credentials["optional"] is True
     assert mounts["/etc/ray-gitops/git"]["readOnly"] is True
+    key = volumes[mounts["/etc/ray-gitops/installation"]["name"]]["secret"]  # outlives the emptyDir state
+    assert key["secretName"] == "ray-gitops-installation-key" and key["optional"] is False
+    assert env["RAY_GITOPS_INSTALLATION_KEY_FILE"] == "/etc/ray-gitops/installation/key"
 
 
 def test_the_deployment_args_and_environment_parse_into_leader_elected_settings_on_port_9464(

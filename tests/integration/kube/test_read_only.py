@@ -4,6 +4,7 @@ no object (every resourceVersion stays), write no Event and send no write reques
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,14 +40,14 @@ def test_the_status_page_api_and_every_look_command_write_nothing(kube_control_p
     plane = kube_control_plane
     remote.write("environments/k/environment.yaml", yaml.safe_dump({
         "apiVersion": "gitops.ray.io/v1alpha1", "kind": "Environment", "metadata": {"name": "k"},
-        "spec": {"target": {"kubernetes": {"kubeconfig": str(plane.kubeconfig), "context": plane.context,
-                                           "namespace": kube_namespace}}, "interval": "1s"}}))
+        "spec": {"target": {"kubernetes": {"namespace": kube_namespace}}, "interval": "1s"}}))
     testdata = Path(__file__).resolve().parents[2] / "testdata" / "kube"
     for name in ("raycluster.yaml", "configmap.yaml", "secret.yaml"):
         remote.write(f"environments/k/{name}", (testdata / name).read_text())
     remote.commit("an environment on the API server")
     state = tmp_path / "state"
-    daemon = DaemonProcess(remote.url, state, tmp_path / "daemon.log", ["--interval", "1s"])
+    cluster = ["--kubeconfig", str(plane.kubeconfig), "--kube-context", plane.context]
+    daemon = DaemonProcess(remote.url, state, tmp_path / "daemon.log", ["--interval", "1s", *cluster])
     with plane.api_client() as api_client:
         try:
             daemon.wait_for("/readyz", daemon.ready, timeout=60)
@@ -65,7 +66,9 @@ def test_the_status_page_api_and_every_look_command_write_nothing(kube_control_p
             for command in (["plan"], ["diff"], ["render"], ["diff", "-o", "json"]):
                 done = subprocess.run([sys.executable, "-m", "reconciler", *command, "--repo", remote.url,
                                        "--environment", "k", "--state-dir", str(state)],
-                                      capture_output=True, text=True, timeout=120)
+                                      capture_output=True, text=True, timeout=120,
+                                      env={**os.environ, "RAY_GITOPS_KUBECONFIG": str(plane.kubeconfig),
+                                           "RAY_GITOPS_KUBE_CONTEXT": plane.context})
                 assert done.returncode == 0, f"{command}: {done.stdout}{done.stderr}"
             for command in (["status"], ["history", "--environment", "k"]):
                 assert subprocess.run([sys.executable, "-m", "reconciler", *command, "--state-dir", str(state)],

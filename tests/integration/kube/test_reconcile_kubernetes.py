@@ -14,7 +14,8 @@ from reconciler.model import Action, Outcome
 from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Result
 from reconciler.pipeline.source import GitSource
-from reconciler.targets import Registry, Runtime
+from reconciler.service.config import derived
+from reconciler.targets import Cluster, Registry, Runtime
 from tests.conftest import GitRemote
 
 pytestmark = pytest.mark.kube
@@ -24,6 +25,7 @@ WRITES = ("apply", "create", "update", "delete", "dryrun-apply")
 
 
 NEIGHBOURS = ("n1", "n2")  # environments reconciled beside `k`, each in its own namespace
+INSTALLATION_KEY = b"the-installation-key-of-at-least-32-bytes"
 
 
 class Harness:
@@ -35,7 +37,9 @@ class Harness:
         self.metrics = Metrics(CollectorRegistry())
         self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
         self.ledger = Ledger(state)
-        self.targets = Registry(Runtime(state, self.metrics))
+        self.targets = Registry(Runtime(state, self.metrics, clusters={
+            "default": Cluster("default", str(plane.kubeconfig), plane.context)},
+            ledger_key=derived(INSTALLATION_KEY, "ledger-copies")))
         self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
         self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
@@ -47,7 +51,7 @@ kind: Environment
 metadata: {{name: {env}}}
 spec:
   target:
-    kubernetes: {{kubeconfig: "{plane.kubeconfig}", context: {plane.context}, namespace: {ns}}}
+    kubernetes: {{namespace: {ns}}}
   interval: 5s
 """)
         for env, ns in self.neighbours.items():
@@ -192,12 +196,16 @@ def test_finished_rayjob_deleted_by_its_ttl_is_not_recreated_and_a_new_spec_is_a
     assert second["spec"]["jobId"] not in (run, "") and second["spec"]["jobId"].startswith(f"{ENV}-count-")
 
 
-def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_path: Path,
+def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_path: Path, kube_control_plane,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     from reconciler.commands.cli import main
     harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
     harness.remote.commit("one cluster")
-    args = ["diff", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "cli")]
+    config = tmp_path / "ray-gitops.yaml"  # the daemon's settings name the cluster `default` (no path in Git)
+    config.write_text(f"clusters:\n  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
+                      f"context: {kube_control_plane.context}}}\n")
+    args = ["diff", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "cli"),
+            "--config", str(config)]
 
     assert main(args) == 1
     assert "create RayCluster/" in capsys.readouterr().out
@@ -221,7 +229,7 @@ def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(h
 
 
 def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledger(
-        harness: Harness, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        harness: Harness, tmp_path: Path, kube_control_plane, capsys: pytest.CaptureFixture[str]) -> None:
     from reconciler.commands.cli import main
     harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
     harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
@@ -230,9 +238,17 @@ def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledg
     harness.remote.remove(f"environments/{ENV}/b.yaml")
     harness.remote.commit("drop b")
 
-    args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh")]
+    key = tmp_path / "installation-key"  # the daemon's key file (a mounted Secret): a fresh machine reads it too
+    key.write_bytes(INSTALLATION_KEY)
+    config = tmp_path / "ray-gitops.yaml"
+    config.write_text(f"installation_key_file: {key}\nclusters:\n  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
+                      f"context: {kube_control_plane.context}}}\n")
+    args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh"),
+            "--config", str(config)]
     assert main(args) == 1
     assert "delete RayCluster/" in capsys.readouterr().out
+    key.write_bytes(b"another-installation-key-of-32-bytes")  # a copy signed with another key is not believed
+    assert main(args) == 0
 
 
 def test_an_environment_writes_with_its_service_account_rights_only(harness: Harness) -> None:

@@ -63,11 +63,10 @@ def configmap(name: str, owner: str) -> str:
                            "data": {"owner": owner}})
 
 
-def environment(name: str, kubeconfig: Path, context: str, namespace: str, interval: str = ENV_INTERVAL) -> str:
+def environment(name: str, namespace: str, interval: str = ENV_INTERVAL) -> str:
+    """An environment on the daemon's cluster `default` (its --kubeconfig and --kube-context)."""
     return yaml.safe_dump({"apiVersion": "gitops.ray.io/v1alpha1", "kind": "Environment", "metadata": {"name": name},
-                           "spec": {"target": {"kubernetes": {"kubeconfig": str(kubeconfig), "context": context,
-                                                              "namespace": namespace}},
-                                    "interval": interval}})
+                           "spec": {"target": {"kubernetes": {"namespace": namespace}}, "interval": interval}})
 
 
 @dataclass
@@ -79,6 +78,8 @@ class Loop:
     log: Path
     api_client: client.ApiClient
     namespaces: dict[str, str]  # environment -> namespace
+    kubeconfig: Path
+    context: str
     daemon: DaemonProcess | None = None
     drift_seen: dict[tuple[str, str], float] = field(default_factory=dict)  # (environment, kind) -> max seen
 
@@ -87,10 +88,14 @@ class Loop:
         return self.namespaces[ENV]
 
     # -- Git ------------------------------------------------------------------------------------------
-    def set_interval(self, interval: str, kubeconfig: Path, context: str) -> None:
+    def set_interval(self, interval: str) -> None:
         """Give the environment under test another spec.interval (in the next commit)."""
-        self.remote.write(f"environments/{ENV}/environment.yaml",
-                          environment(ENV, kubeconfig, context, self.namespace, interval))
+        self.remote.write(f"environments/{ENV}/environment.yaml", environment(ENV, self.namespace, interval))
+
+    @property
+    def cluster_flags(self) -> list[str]:
+        """The `run` flags that make the test control plane the daemon's cluster `default`."""
+        return ["--kubeconfig", str(self.kubeconfig), "--kube-context", self.context]
 
     def commit(self, message: str, **files: str | None) -> str:
         """Write (or with None remove) `environments/op/<name>.yaml` files, commit and push; the sha."""
@@ -104,7 +109,8 @@ class Loop:
 
     # -- the daemon -----------------------------------------------------------------------------------
     def start(self) -> DaemonProcess:
-        self.daemon = DaemonProcess(self.remote.url, self.state, self.log, ["--interval", POLL_INTERVAL])
+        self.daemon = DaemonProcess(self.remote.url, self.state, self.log, ["--interval", POLL_INTERVAL,
+                                                                            *self.cluster_flags])
         return self.daemon
 
     def stop(self) -> int | None:
@@ -192,10 +198,10 @@ def new_loop(tmp_path: Path, api_client: client.ApiClient, kubeconfig: Path, con
         core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
     remote = GitRemote(tmp_path)
     for name, namespace in namespaces.items():
-        remote.write(f"environments/{name}/environment.yaml", environment(name, kubeconfig, context, namespace))
+        remote.write(f"environments/{name}/environment.yaml", environment(name, namespace))
         if name != ENV:
             remote.write(f"environments/{name}/settings.yaml", configmap("settings", name))
-    return Loop(remote, tmp_path / "state", tmp_path / "daemon.log", api_client, namespaces)
+    return Loop(remote, tmp_path / "state", tmp_path / "daemon.log", api_client, namespaces, kubeconfig, context)
 
 
 def delete_namespaces(loop: Loop) -> None:

@@ -67,7 +67,7 @@ def _groups(loop: Loop, cluster: str = "train") -> dict[str, Any]:
 
 def test_a_raycluster_from_git_becomes_ready_scales_to_three_workers_and_back_on_revert(loop: Loop,
                                                                                       kuberay: Any) -> None:
-    loop.set_interval("60s", kuberay.plane.kubeconfig, kuberay.plane.context)  # the default: no help from drift checks
+    loop.set_interval("60s")  # the default: no help from drift checks
     first = loop.commit("a cluster with one worker", raycluster=raycluster("train", 1))
     loop.start()
     loop.wait("1 ready worker in the metrics", lambda: loop.metric("ray_gitops_raycluster_workers", **READY) == 1)

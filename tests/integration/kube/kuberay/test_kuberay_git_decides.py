@@ -64,7 +64,7 @@ def _median(times: list[float]) -> str:
 
 def test_a_hand_edit_is_healed_with_an_event_naming_its_manager_and_a_deleted_cluster_comes_back(
         loop: Loop, kuberay: Any) -> None:
-    loop.set_interval("60s", kuberay.plane.kubeconfig, kuberay.plane.context)  # only the watch can be this quick
+    loop.set_interval("60s")  # only the watch can be this quick
     loop.commit("a cluster with one worker", raycluster=raycluster("train", 1))
     loop.start()
     loop.wait("1 ready worker", lambda: loop.ready_workers("train") == 1 and loop.status()[ENV]["health_status"]
@@ -150,8 +150,7 @@ def test_an_environment_removed_from_git_takes_its_objects_and_pods_with_it(loop
         assert not [c for c in core.list_namespaced_config_map(loop.namespace).items
                     if c.metadata.name == f"ray-gitops-ledger-{ENV}"], "its ledger copy goes too"
         assert loop.metric("ray_gitops_reconcile_total", environment=ENV, result="success") is None
-        loop.remote.write(f"environments/{ENV}/environment.yaml", environment(
-            ENV, kuberay.plane.kubeconfig, kuberay.plane.context, loop.namespace))
+        loop.remote.write(f"environments/{ENV}/environment.yaml", environment(ENV, loop.namespace))
         loop.commit(f"back ({attempt})", raycluster=raycluster("train", 2))
         loop.wait("2 ready workers again", lambda: loop.ready_workers("train") == 2, timeout=60)
     print(f"environment removed from Git -> its RayCluster and Pods gone: {_median(times)}")
@@ -162,8 +161,7 @@ def test_an_environment_removed_from_git_takes_its_objects_and_pods_with_it(loop
 def test_two_environments_naming_one_object_both_report_it_and_nothing_flips(loop: Loop, kuberay: Any) -> None:
     first, second = NEIGHBOURS
     shared_ns = loop.namespaces[first]
-    text = yaml.safe_load(environment(second, kuberay.plane.kubeconfig, kuberay.plane.context,
-                                      loop.namespaces[second]))
+    text = yaml.safe_load(environment(second, loop.namespaces[second]))
     text["spec"]["target"]["kubernetes"]["namespaces"] = [shared_ns]
     loop.remote.write(f"environments/{second}/environment.yaml", yaml.safe_dump(text))
     loop.remote.write(f"environments/{first}/shared.yaml", configmap("shared", first))
@@ -199,17 +197,17 @@ def test_two_environments_naming_one_object_both_report_it_and_nothing_flips(loo
 
 
 def test_run_once_climbs_a_depends_on_chain_waiting_for_each_link(loop: Loop, kuberay: Any) -> None:
-    plane = kuberay.plane
     loop.commit("a cluster in op", raycluster=raycluster("train", 2))
     for name, needs in ((NEIGHBOURS[0], ENV), (NEIGHBOURS[1], NEIGHBOURS[0])):
-        text = yaml.safe_load(environment(name, plane.kubeconfig, plane.context, loop.namespaces[name]))
+        text = yaml.safe_load(environment(name, loop.namespaces[name]))
         text["spec"]["dependsOn"] = [{"environment": needs}]
         loop.remote.write(f"environments/{name}/environment.yaml", yaml.safe_dump(text))
     sha = loop.remote.commit("n1 after op, n2 after n1")
 
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "reconciler", "run", "--once", "--repo", loop.remote.url,
-                           "--state-dir", str(loop.state)], capture_output=True, text=True, timeout=300)
+                           "--state-dir", str(loop.state), *loop.cluster_flags], capture_output=True, text=True,
+                          timeout=300)
     took = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
     rows = loop.status()
