@@ -18,6 +18,7 @@ from reconciler.pipeline.reconcile import Result
 from reconciler.pipeline.render import render
 from reconciler.pipeline.source import GitSource
 from reconciler.targets.local.limits import Limits
+from reconciler.targets.local.observe import cluster_name
 from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
@@ -101,11 +102,11 @@ spec:
     first = harness.reconcile()
     run = first.outcomes[0][0].reason.removeprefix("new run ")
     assert [o for _, o in first.outcomes] == [Outcome.SUBMITTED]
-    assert harness.cluster(run) is not None
+    assert harness.cluster(cluster_name(ENV, run)) is not None  # the run's own cluster
     harness.until("the run to succeed", lambda r: r.health_status == "Healthy")
 
     assert harness.reconciler.ledger.load(ENV).finished == {run: "succeeded"}
-    assert harness.cluster(run) is None  # shutdownAfterJobFinishes stopped it
+    assert harness.cluster(cluster_name(ENV, run)) is None  # shutdownAfterJobFinishes stopped it
     assert harness.reconcile().outcomes == []  # and the finished run is not submitted again
 
 
