@@ -20,6 +20,7 @@ demo: install
 	@echo "  metrics:  curl -s 127.0.0.1:9464/metrics | grep ray_gitops_raycluster_workers"
 	@echo "  try:      edit environments/local/raycluster.yaml (replicas: 2), then git commit -am 'two workers'"
 	@echo "  then:     cp examples/rayjob-pi.yaml environments/local/ && git add -A && git commit -m job"
+	@echo "  serve:    cp examples/rayservice-hello.yaml environments/local/ && git add -A && git commit -m serve"
 	@echo "  undo:     git revert <sha>;  status: .venv/bin/ray-gitops status --state-dir .state;  stop: Ctrl-C"
 	$(BIN)/ray-gitops run --repo . --branch $(BRANCH) --environment local --interval 5s \
 		--state-dir .state --metrics-address 127.0.0.1:9464

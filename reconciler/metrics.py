@@ -59,6 +59,10 @@ class Metrics:
                                       ["environment", "cluster", "state"], namespace=ns, registry=registry)
         self.rayjob_status = Gauge("rayjob_status", "1 for the job's current run status",
                                    ["environment", "job", "status"], namespace=ns, registry=registry)
+        self.rayservice_application_status = Gauge(
+            "rayservice_application_status", "1 for the current Ray Serve status of each application of a "
+            "RayService (on its active cluster)", ["environment", "service", "application", "status"],
+            namespace=ns, registry=registry)
         self.rayjob_runs = Counter("rayjob_runs_total", "Finished RayJob runs by result",
                                    ["environment", "job", "result"], namespace=ns, registry=registry)
         self.rayjob_duration = Histogram("rayjob_duration_seconds", "Duration of finished RayJob runs",

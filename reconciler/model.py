@@ -56,6 +56,8 @@ class DesiredObject:
     manifest: Manifest
     file: str
     document: int
+    # what validation accepted but says (`<field path>: <reason>`: a value the target clamps), on each plan item
+    warnings: tuple[str, ...] = ()
 
     @property
     def annotations(self) -> dict[str, str]:

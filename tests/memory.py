@@ -87,9 +87,10 @@ TARGETS = Registry(Runtime(Path("."), Metrics(CollectorRegistry())))  # for rend
 
 
 def registry(target: Target, state_dir: Path, metrics: Metrics | None = None) -> Registry:
-    """The real registry, whose `local` kind builds `target` (the local options and kinds stay)."""
+    """The real registry, whose `local` kind builds `target` (the local options, kinds and checks stay)."""
     local = TYPES["local"]
-    types = {**TYPES, "local": TargetType("local", local.options, local.kinds, lambda options, runtime: target)}
+    types = {**TYPES, "local": TargetType("local", local.options, local.kinds, lambda options, runtime: target,
+                                          local.check)}
     return Registry(Runtime(state_dir, metrics or Metrics(CollectorRegistry())), types)
 
 

@@ -67,15 +67,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _print_plan(found: Preview, bodies: bool, output: str) -> int:
-    """One line per object that is not unchanged (action, object, reason), its warnings, optionally its
-    diff; or one JSON document. Exit 0 no changes, 1 changes."""
+    """One line per object that is not unchanged or carries a warning (action, object, reason), its warnings,
+    optionally its diff; or one JSON document. Exit 0 no changes, 1 changes."""
+    shown = [i for i in found.items if i.action != Action.NOOP or i.warnings]
     if output == "json":
         print(json.dumps({"environment": found.environment, "revision": found.revision.sha, "items": [
-            i.as_json(i.diff if bodies else None) for i in found.items if i.action != Action.NOOP]}, indent=2))
+            i.as_json(i.diff if bodies else None) for i in shown]}, indent=2))
         return 1 if found.changes else 0
-    for item in found.items:
-        if item.action == Action.NOOP:
-            continue
+    for item in shown:
         print(f"{item.action.value:>8} {item.ref}: {item.reason}")
         for warning in item.warnings:
             print(f"         warning: {warning}")
@@ -101,6 +100,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         try:
             rendered = render(DirectoryTree(root), name, "", targets)
             print(f"ok: environment {name}: {len(rendered.objects)} object(s), target {rendered.spec.target.kind}")
+            for d in rendered.objects:
+                for warning in d.warnings:
+                    print(f"warning: {d.file}#{d.document}: {d.ref.kind}/{d.ref.name}: {warning}", file=sys.stderr)
         except InvalidEnvironment as exc:
             failed += 1
             print(exc, file=sys.stderr)

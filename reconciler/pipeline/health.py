@@ -94,13 +94,43 @@ def rayjob(status: dict[str, Any]) -> tuple[Health, str]:
     return health, f"{deployment or 'New'}/{job or 'PENDING'}"
 
 
+# Ray Serve's application status -> health, as KubeRay reads it (it switches traffic to a cluster only when
+# every application is RUNNING).
+SERVE_APPLICATION_HEALTH = {
+    "RUNNING": Health.HEALTHY, **dict.fromkeys(("NOT_STARTED", "DEPLOYING", "DELETING"), Health.PROGRESSING),
+    "DEPLOY_FAILED": Health.DEGRADED, "UNHEALTHY": Health.DEGRADED,
+}
+
+
+def _applications(service_status: dict[str, Any] | None) -> tuple[Health, str]:
+    """The worst of a cluster's Serve applications (`applicationStatuses`), and what it is."""
+    worst, why = Health.HEALTHY, ""
+    for name, app in sorted(((service_status or {}).get("applicationStatuses") or {}).items()):
+        state = str(app.get("status", ""))
+        health = SERVE_APPLICATION_HEALTH.get(state, Health.UNKNOWN)
+        if Health.worst([worst, health]) != worst:
+            unhealthy = [f"deployment {d}: {x.get('status')}" + (f": {x['message']}" if x.get("message") else "")
+                         for d, x in sorted((app.get("serveDeploymentStatuses") or {}).items())
+                         if x.get("status") != "HEALTHY"]
+            detail = app.get("message") or "; ".join(unhealthy)
+            worst, why = health, f"application {name}: {state}" + (f": {detail}" if detail else "")
+    return worst, why
+
+
 def rayservice(status: dict[str, Any]) -> tuple[Health, str]:
-    """(health, message) of a RayService."""
+    """(health, message) of a RayService: an upgrade whose new cluster's applications failed is stuck (Degraded),
+    one under way Progressing; then the applications of the active cluster (Serve's statuses); then `Ready`."""
+    pending, why = _applications(status.get("pendingServiceStatus"))
+    if pending == Health.DEGRADED:
+        return Health.DEGRADED, f"upgrade stuck: on the new cluster, {why}"
     if (_condition(status, "UpgradeInProgress") or {}).get("status") == "True":
         return Health.PROGRESSING, "upgrade in progress"
     ready = _condition(status, "Ready")
     if ready is None:
         return Health.PROGRESSING, "no Ready condition yet"
+    active, why = _applications(status.get("activeServiceStatus"))
+    if active in (Health.DEGRADED, Health.PROGRESSING):
+        return active, why
     if ready.get("status") == "True":
         return Health.HEALTHY, "ready"
     reason = str(ready.get("reason", "not ready"))

@@ -51,11 +51,12 @@ def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inven
         current = live.get(desired.ref)
         wanted = (expected or {}).get(desired.ref, desired.manifest)
         if (kept := _left_alone(rendered.spec.name, desired, current)) is not None:
-            items.append(kept)
+            item = kept
         elif desired.ref.kind == "RayJob":
-            items.append(_job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore))
+            item = _job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore)
         else:
-            items.append(_object(desired, wanted, current, rendered.spec.ignore))
+            item = _object(desired, wanted, current, rendered.spec.ignore)
+        items.append(replace(item, warnings=desired.warnings + item.warnings) if desired.warnings else item)
     items += _prune(rendered, live, inventory, options)
     return items
 

@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
+SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
 # Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
 WAIT_RECHECK = 10.0
@@ -162,6 +163,7 @@ class Pipeline:
         items = planner.plan(gone, live, record.inventory, record.finished,
                              replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
         context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
+        self._tell(name, items)
         outcomes, errors = self._apply(gone, items, target, context) if items else ([], [])
         record = record.with_inventory(self._inventory(gone, items, outcomes, live))
         if errors:
@@ -239,6 +241,7 @@ class Pipeline:
         controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
         live, record, ended = self._observe(rendered, target, record, controlled)
         items, draining = self._plan(rendered, target, live, record)
+        self._tell(name, items)
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
@@ -404,15 +407,9 @@ class Pipeline:
         outcomes: list[tuple[PlanItem, Outcome]] = []
         errors: list[str] = []
         name = rendered.spec.name
-        said, self._said[name] = self._said.get(name, set()), set()
         events = target if isinstance(target, ReportsEvents) else None
         for index, item in enumerate(items):
-            for warning in item.warnings:
-                self._say(name, said, logging.WARNING, f"{item.ref}: {warning}")
             if item.action not in CHANGES:
-                if item.action == Action.SKIP:
-                    level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
-                    self._say(name, said, level, f"{item.ref} skipped: {item.reason}")
                 continue
             if self.stopping.is_set():
                 left = sum(1 for i in items[index:] if i.action in CHANGES)
@@ -455,11 +452,19 @@ class Pipeline:
         if events is not None:
             events.report_event(item, Outcome.CONFIGURED, message, context, reason="DriftCorrected")
 
-    def _say(self, name: str, said: set[str], level: int, message: str) -> None:
-        """Log a skip or a warning when it is new (a steady state repeats them every cycle: said once)."""
-        self._said[name].add(message)
-        if message not in said:
-            log.log(level, "environment %s: %s", name, message)
+    def _tell(self, name: str, items: list[PlanItem]) -> None:
+        """Log each warning and skip of the plan when it is new: a steady state repeats them every cycle, so each is
+        said once (again if it goes away and comes back), whether or not the reconcile changes anything."""
+        said, self._said[name] = self._said.get(name, set()), set()
+        for item in items:
+            messages = [(logging.WARNING, f"{item.ref}: {warning}") for warning in item.warnings]
+            if item.action == Action.SKIP:
+                level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
+                messages.append((level, f"{item.ref} skipped: {item.reason}"))
+            for level, message in messages:
+                self._said[name].add(message)
+                if message not in said:
+                    log.log(level, "environment %s: %s", name, message)
 
     @staticmethod
     def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
@@ -559,7 +564,8 @@ class Pipeline:
         workers: dict[tuple[str, ...], float] = {}
         states: dict[tuple[str, ...], float] = {}
         jobs: dict[tuple[str, ...], float] = {}
-        healths, detail = [], {"clusters": {}, "jobs": {}, "objects": {}}
+        applications: dict[tuple[str, ...], float] = {}
+        healths, detail = [], {"clusters": {}, "jobs": {}, "services": {}, "objects": {}}
         for desired in rendered.objects:
             obj = live.get(desired.ref)
             ref = desired.ref
@@ -574,13 +580,19 @@ class Pipeline:
                 status = (obj.status.get("jobStatus") or "PENDING") if obj and ref.kind == "RayJob" else None
             healths.append(obj_health)
             detail["objects"][str(ref)] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
-                                           "health": obj_health.value, "message": why}
+                                           "health": obj_health.value, "message": why,
+                                           **({"warnings": list(desired.warnings)} if desired.warnings else {})}
             if ref.kind == "RayCronJob":  # its newest run's status
                 runs = sorted((r for r in record.runs.values() if r.job == ref.name), key=lambda r: r.submitted_at)
                 status = runs[-1].status if runs else None
             if ref.kind in ("RayJob", "RayCronJob"):
                 jobs.update({(ref.name, s): float(s == status) for s in JOB_STATUSES})
                 detail["jobs"][ref.name] = {"status": status or "", "health": obj_health.value}
+            if ref.kind == "RayService":
+                service = _service(obj)
+                detail["services"][ref.name] = {"health": obj_health.value, **service}
+                applications.update({(ref.name, app, s): float(s == status) for app, status in
+                                     service["applications"].items() for s in SERVE_STATUSES})
             if ref.kind == "RayCluster":
                 state = (obj.status.get("state") or "provisioning") if obj else "provisioning"
                 states.update({(ref.name, s): float(s == state) for s in CLUSTER_STATES})
@@ -602,6 +614,7 @@ class Pipeline:
         self.metrics.replace(self.metrics.raycluster_workers, name, workers)
         self.metrics.replace(self.metrics.raycluster_state, name, states)
         self.metrics.replace(self.metrics.rayjob_status, name, jobs)
+        self.metrics.replace(self.metrics.rayservice_application_status, name, applications)
         return Health.worst(healths), detail
 
 
@@ -652,15 +665,28 @@ def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple
     return pending
 
 
+def _service(obj: LiveObject | None) -> dict:
+    """A RayService's detail: its active and pending clusters, its applications' Serve statuses on the active one,
+    and its address when the target gives one (the local target's `serveURL`)."""
+    status = obj.status if obj else {}
+    active, pending = status.get("activeServiceStatus") or {}, status.get("pendingServiceStatus") or {}
+    return {"activeCluster": active.get("rayClusterName", ""), "pendingCluster": pending.get("rayClusterName", ""),
+            "applications": {app: str(entry.get("status", "")) for app, entry in
+                             sorted((active.get("applicationStatuses") or {}).items())},
+            **({"url": status["serveURL"]} if status.get("serveURL") else {})}
+
+
 def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:
     """Per worker group: desired (clamped), min, max from Git (replicas from live when the autoscaler owns
-    them); ready and available from the target."""
+    them), min and max as the target holds them once it has the group (the local target clamps maxReplicas to
+    its cap); ready and available from the target."""
     live_groups = worker_groups(obj.manifest) if obj else {}
     autoscaled = cluster_spec(manifest).get("enableInTreeAutoscaling") is True
     out = {}
     for name, group in worker_groups(manifest).items():
-        counted = {**group, "replicas": (live_groups.get(name) or group).get("replicas", 0)} if autoscaled else group
+        held = live_groups.get(name) or group
+        counted = {**group, "replicas": held.get("replicas", 0)} if autoscaled else group
         ready = obj.workers.get(name, 0) if obj else 0
-        out[name] = {"desired": desired_workers(counted), "min": group.get("minReplicas", 0),
-                     "max": group.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
+        out[name] = {"desired": desired_workers(counted), "min": held.get("minReplicas", 0),
+                     "max": held.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
     return out

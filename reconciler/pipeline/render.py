@@ -99,7 +99,8 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
         except budgets.Exhausted as exc:
             errors.append(ValidationError(source.file, exc.reason, source.document, str(ref)))
             break
-        doc_errors = validate.ray_object(doc, source.file, source.document, spec, supported, target_check, budget)
+        doc_errors, warnings = validate.ray_object(doc, source.file, source.document, spec, supported, target_check,
+                                                   budget)
         if doc_errors:
             errors += doc_errors
             continue
@@ -109,7 +110,8 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
             errors.append(ValidationError(source.file, f"duplicate object after substitution, first defined in "
                                           f"{first.file}#{first.document}", source.document, str(final)))
             continue
-        objects[final] = DesiredObject(final, _owned(doc, final, environment, revision), source.file, source.document)
+        objects[final] = DesiredObject(final, _owned(doc, final, environment, revision), source.file, source.document,
+                                       tuple(f"{w.path}: {w.reason}" for w in warnings))
     if errors:  # environment.yaml's first, then by file and document: the same order every time
         errors.sort(key=lambda e: (e.file != env_file, e.file, -1 if e.document is None else e.document))
         raise InvalidEnvironment(environment, errors)

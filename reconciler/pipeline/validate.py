@@ -59,14 +59,19 @@ class TargetCatalog(Protocol):
 
 
 class Checker:
-    """Collects errors for one document; each check names the field path it looked at."""
+    """Collects errors (and warnings: accepted, but worth saying) for one document; each check names the field
+    path it looked at."""
 
     def __init__(self, file: str, document: int | None, obj: str = "", budget: Budget | None = None) -> None:
         self.file, self.document, self.obj, self.budget = file, document, obj, budget
         self.errors: list[ValidationError] = []
+        self.warnings: list[ValidationError] = []
 
     def fail(self, path: str, reason: str) -> None:
         self.errors.append(ValidationError(self.file, reason, self.document, self.obj, path))
+
+    def warn(self, path: str, reason: str) -> None:
+        self.warnings.append(ValidationError(self.file, reason, self.document, self.obj, path))
 
     def mapping(self, value: Any, path: str, required: bool = False) -> dict[str, Any]:
         if value is None:
@@ -222,21 +227,27 @@ def _overlays(c: Checker, spec: dict[str, Any], name: str) -> tuple[str, tuple[P
 def ray_object(doc: dict[str, Any], file: str, index: int, environment: EnvironmentSpec,
                supported: frozenset[str],
                target_check: Callable[[dict[str, Any], Checker], None] | None = None,
-               budget: Budget | None = None) -> list[ValidationError]:
-    """Check one rendered object document; `supported`: the object kinds of the environment's target;
-    `target_check`: the target's own checks, run on an object that passed these; `budget`: the render's,
-    which parsing `runtimeEnvYAML` spends from."""
+               budget: Budget | None = None) -> tuple[list[ValidationError], list[ValidationError]]:
+    """Check one rendered object document: its errors and its warnings. `supported`: the object kinds of the
+    environment's target; `target_check`: the target's own checks, run on an object that passed these;
+    `budget`: the render's, which parsing `runtimeEnvYAML` spends from."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}", budget)
     if (api_version, kind) not in KINDS:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
-        return c.errors
+        return c.errors, []
     if kind not in supported:
         c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
     metadata = c.mapping(doc.get("metadata"), "metadata", required=True)
-    name = c.string(metadata.get("name"), "metadata.name", required=True)
+    if not metadata.get("name") and metadata.get("generateName"):
+        c.fail("metadata.generateName", "a GitOps object needs a stable metadata.name: ray-gitops knows an object by "
+               "its name to diff it, prune it and never run it twice, and generateName makes a new object at every "
+               "apply; set metadata.name instead")
+        name = None
+    else:
+        name = c.string(metadata.get("name"), "metadata.name", required=True)
     if name and (len(name) > 63 or not _DNS1123.fullmatch(name)):
         c.fail("metadata.name", f"must be a DNS-1123 name of at most 63 characters, got {short(name)}")
     namespace = c.string(metadata.get("namespace"), "metadata.namespace")
@@ -270,13 +281,34 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
         upgrade = c.mapping(spec.get("upgradeStrategy"), "spec.upgradeStrategy")
         c.one_of(upgrade.get("type"), "spec.upgradeStrategy.type", {"NewCluster", "NewClusterWithIncrementalUpgrade",
                                                                     "None"})
+        c.integer(spec.get("rayClusterDeletionDelaySeconds"), "spec.rayClusterDeletionDelaySeconds")
+        serve_config = c.string(spec.get("serveConfigV2"), "spec.serveConfigV2")
+        if serve_config:
+            _serve_config(c, serve_config)
         _cluster_spec(c, c.mapping(spec.get("rayClusterConfig"), "spec.rayClusterConfig", required=True),
                       "spec.rayClusterConfig", environment)
     elif kind == "RayCronJob":
         _cron_spec(c, c.mapping(doc.get("spec"), "spec", required=True), environment)
     if target_check is not None and not c.errors:
         target_check(doc, c)
-    return c.errors
+    return c.errors, c.warnings
+
+
+def _serve_config(c: Checker, text: str, path: str = "spec.serveConfigV2") -> None:
+    """`serveConfigV2`, Ray Serve's multi-application config as a YAML string: a mapping whose `applications` each
+    name an `import_path`; a relative `working_dir` stays inside the repository (as a RayJob's)."""
+    value, errors = parse.text(text, c.file, c.document, c.obj, path)
+    c.errors += errors
+    config = c.mapping(value, path)
+    for i, app in enumerate(c.sequence(config.get("applications"), f"{path}.applications")):
+        where = f"{path}.applications[{i}]"
+        app = c.mapping(app, where)
+        c.string(app.get("import_path"), f"{where}.import_path", required=True)
+        working_dir = c.mapping(app.get("runtime_env"), f"{where}.runtime_env").get("working_dir")
+        if isinstance(working_dir, str) and "://" not in working_dir and (
+                working_dir.startswith("/") or ".." in working_dir.split("/")):
+            c.fail(f"{where}.runtime_env.working_dir", f"must be relative to the repository root and stay inside "
+                   f"it, got {short(working_dir)}")
 
 
 def _cron_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec) -> None:
@@ -354,7 +386,14 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, pa
     """A RayJob's spec (or a RayCronJob's `jobTemplate`, at `path`)."""
     mode = spec.get("submissionMode")
     c.one_of(mode, f"{path}.submissionMode", {"K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"})
-    c.string(spec.get("entrypoint"), f"{path}.entrypoint", required=mode != "InteractiveMode")
+    entrypoint = c.string(spec.get("entrypoint"), f"{path}.entrypoint")
+    if entrypoint is None and mode != "InteractiveMode" and not submitter_command(spec):
+        c.fail(f"{path}.entrypoint", "required field is missing: the operator submits it as the job; only "
+               "InteractiveMode, or a submitterPodTemplate whose container sets its own command, runs without one")
+    template = c.mapping(spec.get("submitterPodTemplate"), f"{path}.submitterPodTemplate")
+    if template and mode == "SidecarMode":
+        c.fail(f"{path}.submitterPodTemplate", "SidecarMode runs the submitter in the head Pod: KubeRay refuses a "
+               "submitterPodTemplate with it")
     has_cluster, has_selector = "rayClusterSpec" in spec, "clusterSelector" in spec
     if has_cluster == has_selector:
         c.fail(path, "set exactly one of rayClusterSpec (a cluster for this job) or clusterSelector "
@@ -379,6 +418,18 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, pa
     runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), f"{path}.runtimeEnvYAML")
     if runtime_env_yaml:
         runtime_env(c, runtime_env_yaml, f"{path}.runtimeEnvYAML")
+
+
+def submitter_command(spec: Mapping[str, Any]) -> bool:
+    """A RayJob spec whose submitter runs a command of its own (K8sJobMode with a `submitterPodTemplate` whose
+    first container sets `command`: KubeRay then runs it instead of `ray job submit -- <entrypoint>`)."""
+    if spec.get("submissionMode", "K8sJobMode") != "K8sJobMode":
+        return False
+    template = spec.get("submitterPodTemplate")
+    pod = template.get("spec") if isinstance(template, dict) else None
+    containers = pod.get("containers") if isinstance(pod, dict) else None
+    return bool(isinstance(containers, list) and containers and isinstance(containers[0], dict)
+                and containers[0].get("command"))
 
 
 def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:

@@ -130,7 +130,8 @@ class Api:
 
     def _objects(self, state: EnvironmentState) -> list[dict[str, Any]]:
         """Applied objects (the inventory), those the last reconcile rendered and those the plan knows, with
-        their health and its reason from the last reconcile, their last outcome and the pending action."""
+        their health and its reason and warnings from the last reconcile, their last outcome and the pending
+        action."""
         name, reported = state.environment, state.detail.get("objects") or {}
         plan = self._plans.peek(name)
         pending = {i["object"]: i for i in plan.items} if plan else {}
@@ -147,8 +148,8 @@ class Api:
             health = reported.get(key) or ({"health": "Missing", "message": "not created yet"}
                                            if action == Action.CREATE.value else
                                            {"health": "Unknown", "message": "no health reported by the last reconcile"})
-            row.update(health=health["health"], health_message=health["message"], last_action=last.get(key),
-                       pending=action)
+            row.update(health=health["health"], health_message=health["message"], warnings=health.get("warnings", []),
+                       last_action=last.get(key), pending=action)
         return sorted(rows.values(), key=lambda r: (r["kind"], r["namespace"], r["name"]))
 
     def _rollback(self, environment: str, revision: str) -> str:

@@ -30,6 +30,20 @@ def test_validate_reports_every_error_and_exits_1(tmp_path: Path, capsys: pytest
             in capsys.readouterr().err)
 
 
+def test_validate_prints_a_warning_and_still_exits_0(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    env = tmp_path / "environments" / "e2e"
+    env.mkdir(parents=True)
+    shutil.copy(TESTDATA / "environment-local.yaml", env / "environment.yaml")
+    (env / "c.yaml").write_text((TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1").replace(
+        "maxReplicas: 4", "maxReplicas: 1000000"))
+
+    assert main(["validate", str(env)]) == 0
+    out, err = capsys.readouterr()
+    assert "ok: environment e2e: 1 object(s)" in out
+    assert err.startswith("warning: environments/e2e/c.yaml#0: RayCluster/demo: spec.workerGroupSpecs[0].maxReplicas: "
+                          "1000000 is above the local target's limit of ")
+
+
 def test_diff_exits_1_with_changes_and_2_on_invalid_input(remote: GitRemote, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     remote.write("environments/e2e/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())

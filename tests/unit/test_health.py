@@ -78,7 +78,14 @@ def test_rayjob_without_status_is_a_new_pending_run() -> None:
 
 @pytest.mark.parametrize("case, expected", [
     pytest.param("ready", ("Healthy", "ready"), id="ready"),
-    pytest.param("not-ready", ("Degraded", "ZeroServeEndpoints"), id="ready-false"),
+    pytest.param("not-ready", ("Degraded", "application echo: DEPLOY_FAILED: ImportError: echo"), id="ready-false"),
+    pytest.param("deploying", ("Progressing", "application fruit: DEPLOYING: deployment Mango: UPDATING"),
+                 id="an-application-still-deploying"),
+    pytest.param("unhealthy", ("Degraded", "application echo: UNHEALTHY: deployment Echo: UNHEALTHY: A replica's "
+                                           "health check failed."), id="an-unhealthy-deployment"),
+    pytest.param("upgrade-stuck", ("Degraded", "upgrade stuck: on the new cluster, application echo: DEPLOY_FAILED: "
+                                               "ModuleNotFoundError: No module named 'echo'"),
+                 id="the-new-clusters-applications-failed"),
     pytest.param("upgrading", ("Progressing", "upgrade in progress"), id="upgrade-in-progress"),
     pytest.param("no-conditions-yet", ("Progressing", "no Ready condition yet"), id="no-conditions-yet"),
     pytest.param("initializing", ("Progressing", "Initializing"), id="initializing"),

@@ -1,23 +1,35 @@
-"""The local target's caps: at validation (through render, the one loader) and at apply time
-(`Clusters.claim`, without starting Ray: a refused claim starts nothing)."""
+"""The local target's caps: at validation (through render, the one loader: an error for what starts nodes, a
+warning and a clamp for `maxReplicas`) and at apply time (`Clusters.claim`, without starting Ray: a refused claim
+starts nothing)."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import CollectorRegistry
 
+from reconciler.commands.show import _print_plan
 from reconciler.errors import PermanentError
+from reconciler.metrics import Metrics
+from reconciler.model import Action, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from reconciler.pipeline.planner import plan
 from reconciler.pipeline.render import render
+from reconciler.pipeline.source import GitSource
+from reconciler.pipeline.target import ApplyContext
 from reconciler.targets.local.clusters import Clusters
-from reconciler.targets.local.limits import Limits, cluster_nodes, machine_cpus
+from reconciler.targets.local.limits import Limits, clamp, cluster_nodes, machine_cpus
+from reconciler.targets.local.target import LocalTarget
 from reconciler.targets.local.nodes import start_ticks
-from tests.memory import TARGETS
+from tests.conftest import GitRemote
+from tests.memory import TARGETS, MemoryTarget, pipeline
 from tests.unit.test_render import TESTDATA, dump, edited, errors_of, write_environment
 
 HERE = Limits.of_machine()
@@ -63,9 +75,45 @@ def test_an_absurd_replicas_is_a_validation_error_naming_file_object_and_field(t
                                "spec.workerGroupSpecs.0.maxReplicas": 2147483647})
     assert local_errors(tmp_path, cluster) == [
         f"environments/x/c.yaml#0: RayCluster/demo: spec.workerGroupSpecs[0].replicas: 2147483647 exceeds "
-        f"the local target's limit of {GROUP} workers per group {WHY}",
-        f"environments/x/c.yaml#0: RayCluster/demo: spec.workerGroupSpecs[0].maxReplicas: 2147483647 exceeds "
         f"the local target's limit of {GROUP} workers per group {WHY}"]
+
+
+@pytest.mark.parametrize("field", ["replicas", "minReplicas"])
+def test_what_would_start_more_nodes_than_the_cap_stays_an_error(tmp_path: Path, field: str) -> None:
+    cluster = small_cluster(**{f"spec.workerGroupSpecs.0.{field}": GROUP + 1,
+                               "spec.workerGroupSpecs.0.maxReplicas": GROUP + 1})
+    assert local_errors(tmp_path, cluster) == [
+        f"environments/x/c.yaml#0: RayCluster/demo: spec.workerGroupSpecs[0].{field}: {GROUP + 1} exceeds "
+        f"the local target's limit of {GROUP} workers per group {WHY}"]
+
+
+def test_a_max_replicas_above_the_cap_is_clamped_with_a_warning_in_render_plan_and_expected(tmp_path: Path) -> None:
+    """`maxReplicas` only bounds the autoscaler: above the cap it renders with a warning, each plan item of the
+    object carries it, and the local target holds (and reports) the cap, so the clamp is never drift."""
+    cluster = small_cluster(**{"spec.workerGroupSpecs.0.maxReplicas": 10**6})
+    hosts = edited("rayjob.yaml", {})
+    hosts["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].update(replicas=1, minReplicas=0, maxReplicas=GROUP,
+                                                                  numOfHosts=2)
+    tree = write_environment(tmp_path, {"environment.yaml": local_environment(), "c.yaml": dump(cluster, hosts)}, "x")
+    rendered = render(tree, "x", "", TARGETS)
+    demo, job = rendered.objects
+    assert demo.warnings == (f"spec.workerGroupSpecs[0].maxReplicas: 1000000 is above the local target's limit of "
+                             f"{GROUP} workers per group {WHY}: clamped to {GROUP} (maxReplicas only bounds the "
+                             "autoscaler)",)
+    assert job.warnings == (f"spec.rayClusterSpec.workerGroupSpecs[0].maxReplicas: {GROUP} x numOfHosts 2 = "
+                            f"{GROUP * 2} workers is above the local target's limit of {GROUP} workers per group "
+                            f"{WHY}: clamped to {GROUP // 2} (maxReplicas only bounds the autoscaler)",)
+
+    target = LocalTarget(tmp_path / "state")
+    held = target.expected(rendered, {demo.ref: LiveObject(demo.ref, {})})[demo.ref]
+    assert held["spec"]["workerGroupSpecs"][0]["maxReplicas"] == GROUP
+    assert demo.manifest["spec"]["workerGroupSpecs"][0]["maxReplicas"] == 10**6  # Git's value is kept as it is
+    [created] = plan(replace(rendered, objects=(demo,)), {}, frozenset(), {})
+    assert (created.action, created.warnings) == (Action.CREATE, demo.warnings)
+    [same] = plan(replace(rendered, objects=(demo,)), {demo.ref: LiveObject(demo.ref, held)}, frozenset({demo.ref}),
+                  {}, expected={demo.ref: held})
+    assert (same.action, same.warnings) == (Action.NOOP, demo.warnings)
+    assert clamp(held, GROUP) is held and clamp(hosts, 1) is hosts  # within the cap, and a RayJob: as they are
 
 
 def test_the_cap_holds_inside_a_rayjobs_cluster_and_counts_numofhosts(tmp_path: Path) -> None:
@@ -178,9 +226,8 @@ def test_the_cap_holds_inside_a_raycronjobs_job_template(tmp_path: Path) -> None
     cron = {"apiVersion": "ray.io/v1", "kind": "RayCronJob", "metadata": {"name": "nightly"},
             "spec": {"schedule": "0 2 * * *", "jobTemplate": job["spec"]}}
     assert local_errors(tmp_path, cron) == [
-        f"environments/x/c.yaml#0: RayCronJob/nightly: spec.jobTemplate.rayClusterSpec.workerGroupSpecs[0].{field}: "
-        f"{GROUP + 1} exceeds the local target's limit of {GROUP} workers per group {WHY}"
-        for field in ("replicas", "maxReplicas")]
+        f"environments/x/c.yaml#0: RayCronJob/nightly: spec.jobTemplate.rayClusterSpec.workerGroupSpecs[0].replicas: "
+        f"{GROUP + 1} exceeds the local target's limit of {GROUP} workers per group {WHY}"]
 
 
 def test_a_local_cluster_cannot_ask_to_run_without_the_token(tmp_path: Path) -> None:
@@ -189,3 +236,50 @@ def test_a_local_cluster_cannot_ask_to_run_without_the_token(tmp_path: Path) -> 
         "environments/x/c.yaml#0: RayCluster/demo: spec.authOptions.mode: disabled is refused by the local target: "
         "every local Ray cluster uses token authentication (remove the field, or set token)"]
     assert render_names(tmp_path, small_cluster(**{"spec.authOptions": {"mode": "token"}})) == ["demo"]
+
+
+class ClampingTarget(MemoryTarget):
+    """The in-memory target holding `maxReplicas` as the local target does (clamped to `cap`)."""
+
+    def __init__(self, cap: int) -> None:
+        super().__init__()
+        self.cap = cap
+
+    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, dict]:
+        return {ref: clamp(manifest, self.cap) for ref, manifest in super().expected(rendered, live).items()}
+
+    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+        outcome = super().apply(item, context)
+        if item.ref in self.objects:
+            held = self.objects[item.ref]
+            self.objects[item.ref] = replace(held, manifest=clamp(held.manifest, self.cap))
+        return outcome
+
+
+def test_a_clamp_is_said_once_in_the_log_and_shown_in_status_plan_and_metrics(
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+    """Through the reconcile stage: the warning is logged once (not at every cycle), the status detail of the object
+    carries it, `raycluster_workers{state="max"}` shows the effective bound, and `plan` prints the unchanged object
+    with its warning."""
+    remote.write("environments/x/environment.yaml", local_environment())
+    remote.write("environments/x/c.yaml", dump(small_cluster(**{"spec.workerGroupSpecs.0.maxReplicas": 10**6})))
+    remote.commit("a cluster with an autoscaler bound above the cap")
+    metrics = Metrics(CollectorRegistry())
+    source = GitSource(remote.url, "main", tmp_path / "cache")
+    reconciler = pipeline(source, tmp_path / "state", ClampingTarget(GROUP), metrics)
+    warning = (f"RayCluster/default/demo: spec.workerGroupSpecs[0].maxReplicas: 1000000 is above the local target's "
+               f"limit of {GROUP} workers per group {WHY}: clamped to {GROUP} (maxReplicas only bounds the autoscaler)")
+
+    with caplog.at_level(logging.WARNING, logger="reconciler.pipeline.reconcile"):
+        first = reconciler.reconcile("x", source.fetch())
+        second = reconciler.reconcile("x", source.fetch())
+
+    assert (first.result, second.result) == ("success", "noop")
+    assert [r.getMessage() for r in caplog.records] == [f"environment x: {warning}"]
+    detail = reconciler.ledger.state("x").detail
+    assert detail["objects"]["RayCluster/default/demo"]["warnings"] == [warning.split(": ", 1)[1]]
+    assert metrics.registry.get_sample_value("ray_gitops_raycluster_workers", {
+        "environment": "x", "cluster": "demo", "group": "cpu", "state": "max"}) == GROUP
+    assert _print_plan(reconciler.preview("x", source.fetch()), bodies=False, output="text") == 0
+    assert capsys.readouterr().out.splitlines()[:2] == [
+        "    noop RayCluster/default/demo: in sync", f"         warning: {warning.split(': ', 1)[1]}"]

@@ -71,6 +71,10 @@ data:
 
 CONFIGMAP = fixture("configmap.yaml")
 LOCAL_ENV = (TESTDATA / "environment-local.yaml").read_text()
+# KubeRay's light-weight submitter sample: a submitter Pod running its own command instead of `ray job submit`
+SUBMITTER = {"spec": {"restartPolicy": "Never", "containers": [
+    {"name": "submitter", "image": "quay.io/kuberay/submitter:v1.5.1", "command": ["/submitter"],
+     "args": ["--", "python", "/home/ray/samples/sample_code.py"]}]}}
 
 
 def env_file(edits: dict[str, Any]) -> str:
@@ -129,6 +133,26 @@ def env_file(edits: dict[str, Any]) -> str:
         "metadata.annotations": {"gitops.ray.io/on-change": "always"}}))},
                  "environments/prod/job.yaml#0: RayJob/train: metadata.annotations.gitops.ray.io/on-change: ",
                  "must be one of ignore, rerun, got 'always'", id="bad-on-change-annotation"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"metadata.name": REMOVE, "metadata.generateName": "train-"}))},
+                 "environments/prod/job.yaml#0: RayJob/?: metadata.generateName: ",
+                 "a GitOps object needs a stable metadata.name: ray-gitops knows an object by its name to diff it, "
+                 "prune it and never run it twice", id="generate-name-says-why-a-name-is-needed"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"spec.entrypoint": REMOVE}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.entrypoint: ",
+                 "required field is missing: the operator submits it as the job", id="job-without-entrypoint"),
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"spec.submissionMode": "SidecarMode",
+                                                         "spec.submitterPodTemplate": SUBMITTER}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submitterPodTemplate: ",
+                 "KubeRay refuses a submitterPodTemplate with it", id="sidecar-mode-with-submitter-template"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "job.yaml": dump(edited("rayjob.yaml", {
+        "spec.entrypoint": REMOVE, "spec.submitterPodTemplate": SUBMITTER}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submitterPodTemplate: ",
+                 "its container's own command cannot run on the local target: there is no submitter Pod",
+                 id="custom-submitter-on-local-target"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "job.yaml": dump(edited("rayjob.yaml", {
+        "spec.submissionMode": "InteractiveMode"}))},
+                 "environments/prod/job.yaml#0: RayJob/train: spec.submissionMode: ",
+                 "InteractiveMode waits for a person to submit the job", id="interactive-mode-on-local-target"),
     pytest.param({"environment.yaml": env_file({"metadata.name": "staging"})},
                  "environments/prod/environment.yaml: Environment/prod: metadata.name: ",
                  "must equal the directory name 'prod', got 'staging'", id="environment-name-mismatch"),
@@ -143,15 +167,30 @@ def env_file(edits: dict[str, Any]) -> str:
     pytest.param({"a.yaml": dump(CONFIGMAP), "b.yaml": dump(fixture("raycluster.yaml"), CONFIGMAP)},
                  "environments/prod/b.yaml#1: ConfigMap/ray-prod/settings: ",
                  "duplicate object, first defined in environments/prod/a.yaml#0", id="duplicate-across-files"),
-    pytest.param({"environment.yaml": LOCAL_ENV, "serve.yaml": dump(fixture("rayservice.yaml"))},
-                 "environments/prod/serve.yaml#0: RayService/serve: kind: ",
-                 "RayService is not supported by the local target", id="rayservice-on-local-target"),
+    pytest.param({"serve.yaml": dump(edited("rayservice.yaml", {"spec.serveConfigV2": "applications: [{name: a}]\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: spec.serveConfigV2.applications[0].import_path: ",
+                 "required field is missing", id="serve-application-without-import-path"),
+    pytest.param({"serve.yaml": dump(edited("rayservice.yaml", {"spec.serveConfigV2": "applications: [\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: spec.serveConfigV2: ",
+                 "invalid YAML", id="serve-config-not-yaml"),
+    pytest.param({"environment.yaml": LOCAL_ENV, "serve.yaml": dump(edited("rayservice.yaml", {
+        "spec.serveConfigV2": "grpc_options: {grpc_servicer_functions: [user.add_servicer]}\napplications: []\n"}))},
+                 "environments/prod/serve.yaml#0: RayService/serve: "
+                 "spec.serveConfigV2.grpc_options.grpc_servicer_functions: ",
+                 "Serve's gRPC proxy listens on every interface", id="serve-grpc-on-local-target"),
 ])
 def test_invalid_environment_error_names_file_document_object_and_field(
         tmp_path: Path, files: dict[str, str], where: str, reason: str) -> None:
     errors = errors_of(write_environment(tmp_path, files))
 
     assert any(e.startswith(where) and reason in e for e in errors), errors
+
+
+def test_a_job_whose_submitter_runs_its_own_command_needs_no_entrypoint(tmp_path: Path) -> None:
+    """As KubeRay's CRD: `entrypoint` is optional; a K8sJobMode submitter Pod with a command of its own runs that."""
+    job = edited("rayjob.yaml", {"spec.entrypoint": REMOVE, "spec.submitterPodTemplate": SUBMITTER})
+    assert [o.ref.name for o in render(write_environment(tmp_path, {"job.yaml": dump(job)}), "prod", "",
+                                       TARGETS).objects] == ["train"]
 
 
 @pytest.mark.parametrize("environment_yaml", [
@@ -258,3 +297,12 @@ def test_list_environments_finds_only_directories_with_environment_yaml(tmp_path
     (tmp_path / "environments" / "environment.yaml").write_text(LOCAL_ENV)
 
     assert list_environments(DirectoryTree(tmp_path)) == ["prod", "staging"]
+
+
+def test_a_rayservice_renders_on_the_local_target_and_an_incremental_upgrade_warns(tmp_path: Path) -> None:
+    service = edited("rayservice.yaml", {"spec.upgradeStrategy": {"type": "NewClusterWithIncrementalUpgrade"}})
+    [rendered] = render(write_environment(tmp_path, {"environment.yaml": LOCAL_ENV, "serve.yaml": dump(service)}),
+                        "prod", "", TARGETS).objects
+    assert rendered.warnings == ("spec.upgradeStrategy.type: NewClusterWithIncrementalUpgrade shifts traffic through "
+                                 "a Gateway on Kubernetes; the local target has none and switches it at once when the "
+                                 "new cluster is ready (as NewCluster)",)

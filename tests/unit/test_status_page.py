@@ -191,9 +191,10 @@ def test_the_page_loads_nothing_from_anywhere_else() -> None:
     assert "innerHTML" not in texts["app.js"] and "<script>" not in texts["index.html"]  # CSP: no inline script
 
 
-def test_the_page_files_ship_in_the_wheel(tmp_path: Path) -> None:
+def test_the_page_files_and_the_workers_preload_ship_in_the_wheel(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp_path),
                     str(ROOT)], check=True, timeout=300, capture_output=True)
     wheel = next(tmp_path.glob("ray_gitops-*.whl"))
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"reconciler/service/ui/{n}" for n in ("index.html", "app.js", "style.css", "favicon.svg")} <= names
+    assert "reconciler/targets/local/preload/ray_gitops_loopback.py" in names  # package data, not a package

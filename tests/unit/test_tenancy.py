@@ -16,7 +16,7 @@ from reconciler.pipeline.render import render
 from reconciler.pipeline.source import DirectoryTree
 from reconciler.service.config import load
 from reconciler.targets import TYPES, Cluster, Registry, Runtime, TargetType
-from reconciler.targets.local.nodes import node_environment
+from reconciler.targets.local.nodes import PRELOAD_DIR, node_environment
 from reconciler.targets.local.observe import cluster_name
 
 CLUSTERS = {"prod": Cluster("prod", environments=("team-*",), namespaces=("team-*", "kube-system"),
@@ -133,9 +133,10 @@ def test_ray_nodes_get_none_of_the_daemons_settings_or_secrets(tmp_path: Path) -
               "AWS_SECRET_ACCESS_KEY": "x", "RAY_ADDRESS": "10.0.0.1:6379"}
     env = node_environment(daemon, tmp_path / "auth_token")
     assert {k: v for k, v in env.items() if not k.startswith("RAY_")} == {
-        "PATH": "/usr/bin", "HOME": "/home/d", "LC_ALL": "C.UTF-8", "HTTPS_PROXY": "http://proxy:3128"}
+        "PATH": "/usr/bin", "HOME": "/home/d", "LC_ALL": "C.UTF-8", "HTTPS_PROXY": "http://proxy:3128",
+        "PYTHONPATH": PRELOAD_DIR}  # only the module that keeps every worker's gRPC servers on loopback
     assert {k for k in env if k.startswith("RAY_")} == {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_AUTH_MODE",
-                                                        "RAY_AUTH_TOKEN_PATH"}
+                                                        "RAY_AUTH_TOKEN_PATH", "RAY_preload_python_modules"}
 
 
 def test_a_stuck_reconcile_is_reported_on_its_environment_and_a_stalled_daemon_fails_its_liveness(

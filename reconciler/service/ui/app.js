@@ -190,7 +190,8 @@
     $("objects").tBodies[0].replaceChildren(...objects.map((o) => el("tr", { "data-object": o.object },
       el("td", { text: o.kind }),
       el("th", { scope: "row", text: o.namespace ? `${o.namespace}/${o.name}` : o.name }),
-      el("td", { title: o.health_message || "" }, badge(o.health, HEALTH)),
+      el("td", { title: o.health_message || "" }, badge(o.health, HEALTH),
+        (o.warnings || []).map((w) => sub(`warning: ${w}`))),
       el("td", {}, lastAction(o.last_action)),
       el("td", {}, o.pending && o.pending !== "noop" ? badge(o.pending, ACTION) : sub("in sync")))));
   }

@@ -1,5 +1,6 @@
 """Changes on the local target, as the KubeRay operator would make them: start, scale, restart and
-stop Ray clusters; submit and stop job runs through the Ray Jobs API; record what was applied."""
+stop Ray clusters; submit and stop job runs through the Ray Jobs API; start a RayService's clusters and
+deploy its Serve applications; record what was applied."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,10 @@ from ...errors import PermanentError, RayGitopsError, TemporaryError
 from ...model import Action, ObjectRef, Outcome, PlanItem, TERMINAL_JOB_STATUSES, job_submission_id
 from ...pipeline import parse
 from ...pipeline.target import ApplyContext
+from . import serve
 from .clusters import Clusters, template_hash
+from .endpoints import Endpoints
+from .nodes import free_port
 from .observe import cluster_name
 from .store import ObjectStore
 
@@ -32,6 +36,80 @@ def raycluster(clusters: Clusters, store: ObjectStore, environment: str, item: P
         return Outcome.RECREATED
     clusters.scale(cluster, spec)
     return Outcome.CONFIGURED
+
+
+def rayservice(clusters: Clusters, store: ObjectStore, endpoints: Endpoints, item: PlanItem, manifest: dict[str, Any],
+               context: ApplyContext) -> Outcome:
+    """What KubeRay's RayService controller does with a change. A new RayService, or one whose active cluster is
+    gone, starts a cluster and deploys `serveConfigV2` on it. A change to the cluster spec (beyond worker counts)
+    starts a pending cluster with the applications (`upgradeStrategy` NewCluster, the default), to which `control`
+    switches the traffic once they all run; with `None` it is only recorded (pending restart). Anything else
+    (`serveConfigV2` alone, worker counts) is applied in place, to the pending cluster during an upgrade, else to
+    the active one. The record names each cluster before it starts, so none is ever lost track of."""
+    environment, ref = context.environment, item.ref
+    record = {**(store.load(environment, ref) or {}), "manifest": manifest}
+    store.save(environment, ref, record)
+    spec = manifest["spec"]
+    wanted, text = spec["rayClusterConfig"], spec.get("serveConfigV2") or ""
+    active, pending = record.get("active"), record.get("pending")
+    outcome = Outcome.CONFIGURED
+    if item.action == Action.RECREATE or active is None or clusters.get(active["cluster"]) is None:
+        for name in serve.clusters_of(record):  # new, recreated, or its cluster is gone: start over (same address)
+            clusters.stop(name)
+        record = {"manifest": manifest, "port": record.get("port")}
+        _serve(clusters, store, environment, ref, record, "active", context)
+        outcome = {Action.CREATE: Outcome.CREATED, Action.RECREATE: Outcome.RECREATED}.get(item.action, outcome)
+    elif template_hash(wanted) != active["template"] and upgrade_strategy(spec) != "None":
+        if pending and pending["template"] == template_hash(wanted) and clusters.get(pending["cluster"]):
+            _update(clusters, pending, ref, text, wanted, context)
+        else:
+            if pending:
+                clusters.stop(pending["cluster"])
+            _serve(clusters, store, environment, ref, record, "pending", context)
+    else:  # in place; a pending cluster no longer wanted (Git went back to the active one's spec) stops
+        if pending:
+            clusters.stop(pending["cluster"])
+            record.pop("pending")
+        _update(clusters, record["active"], ref, text, wanted, context)
+    endpoint = endpoints.open((environment, ref.name), record.get("port"))
+    endpoint.route(record["active"]["port"])
+    store.save(environment, ref, {**record, "port": endpoint.port})
+    return outcome
+
+
+def upgrade_strategy(spec: dict[str, Any]) -> str:
+    """A RayService's `upgradeStrategy.type`: NewCluster by default. NewClusterWithIncrementalUpgrade shifts
+    traffic step by step through a Gateway on Kubernetes; the local target has none and switches at once."""
+    return (spec.get("upgradeStrategy") or {}).get("type") or "NewCluster"
+
+
+def _serve(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef, record: dict[str, Any],
+           role: str, context: ApplyContext) -> None:
+    """Start a new cluster of the RayService as its `role` (active or pending) and deploy its applications; the
+    cluster is in the record before it starts."""
+    spec = record["manifest"]["spec"]
+    wanted = spec["rayClusterConfig"]
+    entry = {"cluster": serve.cluster_name(environment, ref.name, wanted, context.revision), "spec": wanted,
+             "template": template_hash(wanted), "port": free_port(), "config": ""}
+    record[role] = entry
+    store.save(environment, ref, record)
+    clusters.start(entry["cluster"], wanted)
+    _update(clusters, entry, ref, spec.get("serveConfigV2") or "", wanted, context)
+    store.save(environment, ref, record)
+
+
+def _update(clusters: Clusters, entry: dict[str, Any], ref: ObjectRef, text: str, wanted: dict[str, Any],
+            context: ApplyContext) -> None:
+    """Scale a RayService's cluster to `wanted` (new nodes get its template, as KubeRay's) and deploy `text` on it
+    unless it runs that config already."""
+    cluster = clusters.get(entry["cluster"])
+    if cluster is None:
+        raise TemporaryError(f"{ref}: Ray cluster {entry['cluster']} is not running")
+    clusters.scale(cluster, wanted)
+    entry["spec"] = wanted
+    if text and text != entry["config"]:
+        serve.deploy(cluster, str(ref), serve.config(str(ref), text, entry["port"], context.materialize))
+        entry["config"] = text
 
 
 def rayjob(clusters: Clusters, store: ObjectStore, item: PlanItem, manifest: dict[str, Any],
@@ -88,10 +166,14 @@ def submit(clusters: Clusters, ref: ObjectRef, environment: str, spec: dict[str,
 
 
 def delete(clusters: Clusters, store: ObjectStore, environment: str, ref: ObjectRef) -> None:
-    """Stop what the object runs (a RayCluster's cluster; a RayJob's unfinished run, and its own cluster)."""
+    """Stop what the object runs (a RayCluster's cluster; a RayService's clusters; a RayJob's unfinished run, and
+    its own cluster)."""
     record = store.load(environment, ref)
     if ref.kind == "RayCluster":
         clusters.stop(cluster_name(environment, ref.name))
+    elif ref.kind == "RayService":
+        for name in serve.clusters_of(record or {}):
+            clusters.stop(name)
     elif ref.kind == "RayJob" and record:
         cluster = clusters.get(record["cluster"])
         if cluster is not None and (record.get("status") or {}).get("jobStatus") not in TERMINAL_JOB_STATUSES:

@@ -2,8 +2,9 @@
 content cannot make the daemon start thousands of raylets (`replicas: 2147483647`).
 
 - Workers per group: `spec.policy.maxWorkersPerGroup` if the environment sets it, else
-  max(4, 2 x CPUs). Each of `replicas`, `minReplicas` and `maxReplicas`, times `numOfHosts`, must
-  stay within it (as the policy does for every target).
+  max(4, 2 x CPUs). `replicas` and `minReplicas`, times `numOfHosts`, must stay within it (they start
+  nodes). `maxReplicas` is only the autoscaler's upper bound: above the cap it is accepted with a warning
+  and clamped (`clamp`: what the local target reports of a RayCluster's or a RayService's cluster).
 - Ray nodes (raylets, heads included) per machine: max(8, 4 x CPUs), over every local cluster of the
   daemon (its state directory), whatever the environment. One object that alone needs more is a
   validation error; `clusters.Clusters` holds the sum at apply time.
@@ -14,6 +15,7 @@ with Ray 2.60), so more than two per CPU only oversubscribes the machine; the fl
 """
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -21,7 +23,7 @@ from typing import Any, Mapping
 from ...model import EnvironmentSpec, desired_workers
 from ...pipeline.validate import Checker
 
-_REPLICA_FIELDS = ("replicas", "minReplicas", "maxReplicas")
+_STARTING_FIELDS = ("replicas", "minReplicas")  # what starts nodes: above the cap, an error
 
 
 def machine_cpus() -> int:
@@ -68,11 +70,13 @@ def cluster_nodes(spec: Mapping[str, Any]) -> int:
 
 
 def cluster_specs(doc: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
-    """(path, spec) of each RayCluster spec the object would start locally: a RayCluster's, a RayJob's
-    `rayClusterSpec`, a RayCronJob's `jobTemplate.rayClusterSpec`."""
+    """(path, spec) of each RayCluster spec the object would start locally: a RayCluster's, a RayService's
+    `rayClusterConfig`, a RayJob's `rayClusterSpec`, a RayCronJob's `jobTemplate.rayClusterSpec`."""
     spec = doc.get("spec") or {}
     if doc.get("kind") == "RayCluster":
         return [("spec", spec)]
+    if doc.get("kind") == "RayService" and spec.get("rayClusterConfig"):
+        return [("spec.rayClusterConfig", spec["rayClusterConfig"])]
     if doc.get("kind") == "RayJob" and spec.get("rayClusterSpec"):
         return [("spec.rayClusterSpec", spec["rayClusterSpec"])]
     template = spec.get("jobTemplate") or {}
@@ -92,11 +96,39 @@ def _cluster(spec: Mapping[str, Any], path: str, c: Checker, environment: Enviro
     cap, why = limits.per_group(environment)
     for i, group in enumerate(spec.get("workerGroupSpecs") or []):
         hosts = group.get("numOfHosts", 1)
-        for field in _REPLICA_FIELDS:
+        for field in (*_STARTING_FIELDS, "maxReplicas"):
             value = group.get(field)
-            if value is not None and value * hosts > cap:
-                count = f"{value}" if hosts == 1 else f"{value} x numOfHosts {hosts} = {value * hosts} workers"
-                c.fail(f"{path}.workerGroupSpecs[{i}].{field}",
-                       f"{count} exceeds the local target's limit of {cap} workers per group ({why})")
+            if value is None or value * hosts <= cap:
+                continue
+            count = f"{value}" if hosts == 1 else f"{value} x numOfHosts {hosts} = {value * hosts} workers"
+            where = f"{path}.workerGroupSpecs[{i}].{field}"
+            if field in _STARTING_FIELDS:
+                c.fail(where, f"{count} exceeds the local target's limit of {cap} workers per group ({why})")
+            else:
+                c.warn(where, f"{count} is above the local target's limit of {cap} workers per group ({why}): "
+                       f"clamped to {cap // hosts} (maxReplicas only bounds the autoscaler)")
     if not c.errors and (nodes := cluster_nodes(spec)) > limits.nodes:
         c.fail(f"{path}.workerGroupSpecs", f"{nodes_text(nodes)} exceed {limits.nodes_reason()}")
+
+
+CLAMPED = ("RayCluster", "RayService")  # the kinds whose worker bounds the local target reports (status, metrics)
+
+
+def clamp(manifest: dict[str, Any], cap: int) -> dict[str, Any]:
+    """A RayCluster or RayService manifest as the local target holds it: each worker group's `maxReplicas` at most
+    `cap` workers (`cap // numOfHosts`). Other kinds, and clusters within the cap, are returned as they are; the
+    workers started are the same either way (`replicas` and `minReplicas` are within the cap)."""
+    if manifest.get("kind") not in CLAMPED or not any(
+            _above(group, cap) for _, spec in cluster_specs(manifest) for group in spec.get("workerGroupSpecs") or []):
+        return manifest
+    out = copy.deepcopy(manifest)
+    for _, spec in cluster_specs(out):
+        for group in spec.get("workerGroupSpecs") or []:
+            if _above(group, cap):
+                group["maxReplicas"] = cap // group.get("numOfHosts", 1)
+    return out
+
+
+def _above(group: Mapping[str, Any], cap: int) -> bool:
+    high = group.get("maxReplicas")
+    return isinstance(high, int) and high * group.get("numOfHosts", 1) > cap

@@ -30,6 +30,8 @@ WORKER_PORTS = 64  # ports per node for Ray's worker and driver processes
 PORT_RANGE = (20000, 32000)  # above Ray's defaults (6379, 8265, 10001-19999), below Linux ephemeral
 HTTP_TIMEOUT = 15.0  # the head itself waits up to 10 s for its job agent before answering
 LAUNCHER = str(Path(__file__).with_name("launch.py"))  # `ray start`, kept on loopback (see launch.py)
+PRELOAD_DIR = str(Path(__file__).with_name("preload"))  # on the nodes' PYTHONPATH: only the module below
+PRELOAD_MODULE = "ray_gitops_loopback"  # imported first by every Python worker (see preload/ray_gitops_loopback.py)
 TOKEN_FILE = "auth_token"  # in the cluster's state directory, mode 0600
 # Every node's environment: Ray's token authentication (KubeRay's `authOptions.mode: token`), and
 # Ray's switch that keeps a loopback node IP as given in every process of the node (launch.py).
@@ -144,6 +146,11 @@ def _reserve(count: int) -> int:
     raise LocalRayError(f"no block of {count} free ports found in {PORT_RANGE}")
 
 
+def free_port() -> int:
+    """One port for a process of a cluster that is not a node's own (Serve's HTTP proxy), from the same range."""
+    return _reserve(1)
+
+
 def allocate_ports(is_head: bool) -> dict[str, int]:
     names = _NODE_PORT_FLAGS + (_HEAD_PORT_FLAGS + _HEAD_PORT_ENVS if is_head else ())
     ports = {name: _reserve(1) for name in names}
@@ -165,10 +172,13 @@ def write_token(path: Path) -> str:
 def node_environment(base: Mapping[str, str], token_file: Path | None) -> dict[str, str]:
     """The environment of a node's `ray start` (inherited by every process of the node, job drivers too): only
     what a program needs from the daemon's (KEPT_ENV: paths, locale, time zone, proxies; none of the daemon's
-    settings, credentials or secrets), loopback kept as given, and token authentication with the token in
-    `token_file` (None: a cluster started before ray-gitops used tokens, adopted as it is)."""
+    settings, credentials or secrets), loopback kept as given (and in every Python worker, `preload/`), and
+    token authentication with the token in `token_file` (None: a cluster started before ray-gitops used tokens,
+    adopted as it is)."""
     env = {k: v for k, v in base.items() if k in KEPT_ENV or k.startswith("LC_")}
     env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["RAY_preload_python_modules"] = PRELOAD_MODULE  # every Python worker: its gRPC servers on loopback
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (PRELOAD_DIR, base.get("PYTHONPATH")) if p)
     if token_file is not None:
         env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": os.path.abspath(token_file)})
     return env

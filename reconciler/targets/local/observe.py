@@ -1,12 +1,14 @@
 """Live state on the local target, in KubeRay's status shape, read from Ray itself: the nodes alive
-per group (Ray's state API) and each run's status (the Ray Jobs API). Reads only: what the operator does
-on its own (cron slots, clean-ups after runs) is `control`'s."""
+per group (Ray's state API), each run's status (the Ray Jobs API) and a RayService's applications (Serve's
+REST API). Reads only: what the operator does on its own (cron slots, clean-ups after runs, switching a
+RayService to its new cluster) is `control`'s."""
 from __future__ import annotations
 
 import copy
 
 from ...model import TERMINAL_JOB_STATUSES, LiveObject, ObjectRef, desired_workers
 from ...pipeline.diff import worker_groups
+from . import limits, serve
 from .clusters import HEAD, Clusters
 from .store import Record
 
@@ -25,13 +27,14 @@ def legacy_cluster_name(environment: str, name: str) -> str:
     return f"{environment}-{name}"
 
 
-def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Record) -> LiveObject | None:
-    """A RayCluster as applied, with the replicas that really run (drift shows) and KubeRay's status fields;
-    absent when its Ray cluster is not running."""
+def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Record, cap: int) -> LiveObject | None:
+    """A RayCluster as applied, with the replicas that really run (drift shows), `maxReplicas` clamped to `cap`
+    workers per group (the effective bound) and KubeRay's status fields; absent when its Ray cluster is not
+    running."""
     cluster = clusters.get(cluster_name(environment, ref.name))
     if cluster is None:
         return None
-    manifest = copy.deepcopy(record["manifest"])
+    manifest = copy.deepcopy(limits.clamp(record["manifest"], cap))
     alive = cluster.alive_nodes()
     desired = ready = low = high = 0
     for name, group in worker_groups(manifest).items():
@@ -71,3 +74,39 @@ def rayjob(clusters: Clusters, ref: ObjectRef, record: Record) -> LiveObject | N
         if status is None:
             return None
     return LiveObject(ref, record["manifest"], status)
+
+
+def rayservice(clusters: Clusters, ref: ObjectRef, record: Record, cap: int) -> LiveObject | None:
+    """A RayService as the local target holds it, with KubeRay's status: `activeServiceStatus` and, during an upgrade,
+    `pendingServiceStatus` (each cluster's Serve applications and their deployments), `numServeEndpoints`, the
+    conditions `Ready` and `UpgradeInProgress`, and `serveURL` (its address on 127.0.0.1). Its spec is what runs:
+    the cluster spec and `serveConfigV2` of the cluster that takes the traffic next (the pending one once it runs,
+    else the active one), so a start or a deploy that failed shows as a change still to make. Absent when its
+    active cluster is not running."""
+    active, pending = record.get("active"), record.get("pending")
+    cluster = clusters.get(active["cluster"]) if active else None
+    if cluster is None:
+        return None
+    upcoming = clusters.get(pending["cluster"]) if pending else None
+    goal = pending if upcoming is not None else active
+    manifest = copy.deepcopy(record["manifest"])
+    manifest["spec"]["rayClusterConfig"] = copy.deepcopy(goal["spec"])
+    if goal["config"] or "serveConfigV2" in manifest["spec"]:
+        manifest["spec"]["serveConfigV2"] = goal["config"]
+    current = serve.service_status(cluster)
+    endpoints = current.pop("numServeEndpoints")
+    applications = current["applicationStatuses"].values()
+    starting = not applications or any(a.get("status") in ("NOT_STARTED", "DEPLOYING") for a in applications)
+    ready = ({"type": "Ready", "status": "True", "reason": "NonZeroServeEndpoints"} if endpoints else
+             {"type": "Ready", "status": "False", "reason": "Initializing" if starting else "ZeroServeEndpoints"})
+    status: dict = {"numServeEndpoints": endpoints, "activeServiceStatus": current, "conditions": [
+        ready, {"type": "UpgradeInProgress", "status": str(pending is not None),
+                "reason": "BothActivePendingClustersExist" if pending else "NoPendingCluster"}]}
+    if record.get("port"):
+        status["serveURL"] = f"http://127.0.0.1:{record['port']}"
+    if pending is not None:
+        status["pendingServiceStatus"] = {"rayClusterName": pending["cluster"], "applicationStatuses": {}}
+        if upcoming is not None:
+            status["pendingServiceStatus"] = {k: v for k, v in serve.service_status(upcoming).items()
+                                              if k != "numServeEndpoints"}
+    return LiveObject(ref, limits.clamp(manifest, cap), status)

@@ -1,6 +1,6 @@
 """The local target as the pipeline sees it (the Target protocol): it plays both the API server
-(`store`) and the operator (`apply`, `clusters`, and its own loop: `control`), and reads live state from
-Ray itself (`observe`, which only reads).
+(`store`) and the operator (`apply`, `clusters`, `serve`, `endpoints`, and its own loop: `control`), and reads
+live state from Ray itself (`observe`, which only reads).
 
 It keeps no copy of the ledger (the daemon's SQLite ledger under the state dir is the only one)
 and reports no Events (the log is the record here): those optional capabilities are absent.
@@ -15,8 +15,9 @@ from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, 
                       RenderedEnvironment)
 from ...pipeline.diff import hide_secret_values
 from ...pipeline.target import ApplyContext, Observation, RunReport
-from . import apply, control, cron, observe
+from . import apply, control, cron, limits, observe, serve
 from .clusters import Clusters
+from .endpoints import Endpoints
 from .observe import cluster_name
 from .options import LocalOptions
 from .store import ObjectStore
@@ -30,6 +31,7 @@ class LocalTarget:
     def __init__(self, state_dir: Path) -> None:
         self.store = ObjectStore(state_dir / "local" / "objects")
         self.clusters = Clusters(state_dir / "local" / "clusters")
+        self.endpoints = Endpoints()  # each RayService's address (opened by apply and control only)
         self._persist: dict[str, bool] = {}  # environment -> keep its processes when the daemon stops
         self._lock = threading.Lock()
 
@@ -42,6 +44,7 @@ class LocalTarget:
         options = rendered.spec.target.options
         with self._lock:
             self._persist[environment] = isinstance(options, LocalOptions) and options.persist
+        cap = self.clusters.limits.per_group(rendered.spec)[0]
         live: dict[ObjectRef, LiveObject] = {}
         runs: list[RunReport] = []
         for ref in refs:
@@ -49,12 +52,14 @@ class LocalTarget:
             if record is None:
                 continue
             if ref.kind == "RayCluster":
-                obj = observe.raycluster(self.clusters, environment, ref, record)
+                obj = observe.raycluster(self.clusters, environment, ref, record, cap)
             elif ref.kind == "RayJob":
                 obj = observe.rayjob(self.clusters, ref, record)
             elif ref.kind == "RayCronJob":
                 obj, reports = cron.observe(self.clusters, ref, record)
                 runs += reports
+            elif ref.kind == "RayService":
+                obj = observe.rayservice(self.clusters, ref, record, cap)
             else:
                 obj = LiveObject(ref, record["manifest"])
             if obj is not None:
@@ -68,22 +73,29 @@ class LocalTarget:
 
     def control(self, spec: EnvironmentSpec) -> tuple[RunReport, ...]:
         """The operator's own step for the environment's applied objects (`control`): cron slots, a finished
-        run's status, clean-ups after runs. Only a reconcile calls it, never a preview."""
-        return tuple(control.control(self.clusters, self.store, spec.name))
+        run's status, clean-ups after runs, a RayService's switch to its new cluster. Only a reconcile calls it,
+        never a preview."""
+        return tuple(control.control(self.clusters, self.store, self.endpoints, spec.name))
 
     def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
-        """Stored as applied: the desired manifests themselves (a Secret's values as digests only)."""
-        return {d.ref: hide_secret_values(d.manifest) for d in rendered.objects if d.ref in live}
+        """As the target holds them: the desired manifests themselves (a Secret's values as digests only), with
+        `maxReplicas` clamped to the cap per group (as `observe` reports them)."""
+        cap = self.clusters.limits.per_group(rendered.spec)[0]
+        return {d.ref: limits.clamp(hide_secret_values(d.manifest), cap) for d in rendered.objects if d.ref in live}
 
     def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
         environment, ref = context.environment, item.ref
         if item.action == Action.DELETE:
+            if ref.kind == "RayService":
+                self.endpoints.close((environment, ref.name))
             apply.delete(self.clusters, self.store, environment, ref)
             return Outcome.DELETED
         assert item.desired is not None
         manifest = item.desired.manifest
         if ref.kind == "RayCluster":
             return apply.raycluster(self.clusters, self.store, environment, item, manifest)
+        if ref.kind == "RayService":
+            return apply.rayservice(self.clusters, self.store, self.endpoints, item, manifest, context)
         if ref.kind == "RayJob":
             return apply.rayjob(self.clusters, self.store, item, manifest, context)
         if ref.kind == "RayCronJob":  # its schedule starts now; runs already made are kept
@@ -98,12 +110,16 @@ class LocalTarget:
         ask to `persist`. Without, nothing: the processes belong to the daemon, not to a `plan` or `diff`."""
         if not workloads:
             return
+        self.endpoints.close_all()  # they live in this process, whether its clusters persist or not
         with self._lock:
             stopping = [e for e, persist in self._persist.items() if not persist]
         for env in stopping:
             for kind, record in self.store.ray_records(env):
                 if kind == "RayCluster":
                     self.clusters.stop(cluster_name(env, record["manifest"]["metadata"]["name"]))
+                elif kind == "RayService":
+                    for name in serve.clusters_of(record):
+                        self.clusters.stop(name)
                 elif record.get("ephemeral"):
                     self.clusters.stop(record["cluster"])
                 for info in (record.get("runs") or {}).values():  # a RayCronJob's runs on their own clusters
