@@ -150,7 +150,7 @@ class Ledger:
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the state dir is the daemon's alone (files in it are created 0600)
         with self._tx() as db:
-            db.executescript(_SCHEMA)
+            db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")  # all tables at once: a reader sees none or all
             if "signer" not in {row[1] for row in db.execute("PRAGMA table_info(revisions)")}:  # 0.1 ledgers
                 db.execute("ALTER TABLE revisions ADD COLUMN signer TEXT")
 
@@ -160,10 +160,14 @@ class Ledger:
         db = getattr(self._local, "db", None)
         if db is None:
             if self.readonly:
-                db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30) if self.path.exists() \
-                    else sqlite3.connect(":memory:")
-                if not self.path.exists():
-                    db.executescript(_SCHEMA)  # nothing recorded yet: an empty ledger, in memory
+                db = self._open_readonly()
+                if db is None:  # nothing recorded yet: an empty ledger, in memory (and look again next time)
+                    empty = sqlite3.connect(":memory:")
+                    empty.executescript(_SCHEMA)
+                    with empty:
+                        yield empty
+                    empty.close()
+                    return
             else:
                 db = sqlite3.connect(self.path, timeout=30)
                 db.execute("PRAGMA journal_mode=WAL")
@@ -171,6 +175,17 @@ class Ledger:
             self._local.db = db
         with db:
             yield db
+
+    def _open_readonly(self) -> sqlite3.Connection | None:
+        """The ledger opened read-only, or None while there is none: not created yet, or being created by a
+        daemon starting on the same state dir (its schema is written in one transaction)."""
+        if not self.path.exists():
+            return None
+        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=30)
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='environments'").fetchone():
+            return db
+        db.close()
+        return None
 
     # -- one reconcile: one read, one write ------------------------------------------------------------
     def load(self, environment: str) -> Record:

@@ -256,12 +256,17 @@ def test_a_read_only_ledger_creates_nothing_and_reads_as_empty(tmp_path: Path) -
     assert ledger.states() == [] and ledger.history("a") == [] and ledger.load("a").inventory == frozenset()
     assert not missing.exists()
 
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "ledger.sqlite3").touch()  # a daemon starting: the file is there, its tables not yet
+    starting = Ledger(tmp_path / "state", readonly=True)
+    assert starting.states() == []
     writer = Ledger(tmp_path / "state")  # kept open: a connection closed by the garbage collector checkpoints
     writer.suspend("a", "incident")
     data = ("ledger.sqlite3", "ledger.sqlite3-wal")  # the database; -shm is SQLite's index of readers
     before = {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data}
     looked = Ledger(tmp_path / "state", readonly=True)
     assert looked.load("a").suspended == "incident"
+    assert starting.load("a").suspended == "incident"  # the empty look was not kept
     with pytest.raises(Exception, match="readonly"):
         looked.suspend("b")
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data} == before

@@ -164,9 +164,10 @@ class Loop:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """`ray-gitops status -o json`, by environment."""
-        out = subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(self.state),
-                              "-o", "json"], capture_output=True, text=True, check=True, timeout=60).stdout
-        return {row["environment"]: row for row in json.loads(out)}
+        done = subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(self.state),
+                               "-o", "json"], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"status exited {done.returncode}: {done.stderr}"
+        return {row["environment"]: row for row in json.loads(done.stdout)}
 
     def status_table(self) -> str:
         return subprocess.run([sys.executable, "-m", "reconciler", "status", "--state-dir", str(self.state)],
