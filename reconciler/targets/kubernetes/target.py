@@ -282,6 +282,11 @@ class KubernetesTarget:
         if wait:
             writer.applier.wait_gone(ref, uid, wait)
 
+    def watches(self, spec: EnvironmentSpec) -> bool:
+        """Whether every change someone else makes to the environment's objects and Ray Pods reaches `on_change`
+        (the daemon's; not with Pods we may not list)."""
+        return self.on_change is not None and not self._no_pods
+
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
         """The environment's ledger copy; None when there is none, or when it is unverifiable (forged, or signed
         with another key: reported once, in the log and as a Warning Event, and never obeyed)."""
