@@ -189,7 +189,7 @@ class KubernetesTarget:
         reports = []
         for namespace in {ns for ns, _ in crons}:
             informer = self._informer(observe.CRON_RUNS, namespace)
-            for job in informer.items():
+            for job in informer.items(namespace):
                 status = job["status"]
                 if (job["metadata"]["namespace"], job["cronjob"]) in crons and status["jobId"] and status["jobStatus"]:
                     reports.append(RunReport(status["jobId"], job["cronjob"], status["jobStatus"],
@@ -201,7 +201,7 @@ class KubernetesTarget:
         if namespace in self._no_pods:
             return None
         try:
-            return [p for p in self._informer("Pod", namespace).items() if p["metadata"]["namespace"] == namespace]
+            return self._informer("Pod", namespace).items(namespace)
         except PermanentError as exc:
             log.warning("environment %s: ready workers unknown: %s", environment, exc)
             self._no_pods.add(namespace)
