@@ -38,6 +38,7 @@ def test_render_path_reads_uncommitted_changes_and_writes_nothing(committed: Git
     from_disk = [d["data"]["mode"] for d in yaml.safe_load_all(capsys.readouterr().out)]
     assert main(["render", "--path", str(committed.work_path / "environments" / "e2e"), "--environment", "e2e"]) == 0
     from_directory = [d["data"]["mode"] for d in yaml.safe_load_all(capsys.readouterr().out)]
+    assert not (tmp_path / "cache").exists()  # no fetch, so no Git cache
     assert main(["render", "--repo", committed.url, "--environment", "e2e"]) == 0
     from_branch = [d["data"]["mode"] for d in yaml.safe_load_all(capsys.readouterr().out)]
 
