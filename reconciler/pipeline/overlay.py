@@ -30,7 +30,7 @@ from typing import Any, Iterator, Mapping, TypeGuard
 import jsonpatch
 import jsonpointer
 
-from .budgets import MAX_STRING_BYTES, Budget, Exhausted, measure
+from .budgets import MAX_REPORTED, MAX_STRING_BYTES, Budget, Exhausted, measure
 from .parse import MAX_DEPTH, Quoted, plain
 
 LIST_KEYS = {"workerGroupSpecs": "groupName", "containers": "name", "initContainers": "name", "env": "name",
@@ -180,10 +180,17 @@ def _shown(pointer: str) -> str:
 def substitute(node: Any, variables: Mapping[str, Any] | None, budget: Budget) -> Any:
     """`node` with `${VAR}` replaced in every string value (keys are left alone); in place in maps and lists.
     `variables` None (no `spec.substitute`): nothing is substituted. Raises `Undefined`, naming every field
-    with an undefined variable, before anything is changed."""
+    with an undefined variable (the first `MAX_REPORTED`, then how many more), before anything is changed."""
     if variables is not None:
-        undefined = [OverlayError(path, _undefined(names)) for path, text in _strings(node, "")
-                     if (names := _missing(text, variables))]
+        undefined, more = [], 0
+        for path, text in _strings(node, ""):
+            names = _missing(text, variables)
+            if names and len(undefined) < MAX_REPORTED:
+                undefined.append(OverlayError(path, _undefined(names)))
+            elif names:
+                more += 1
+        if more:
+            undefined.append(OverlayError("", f"{more} more fields name undefined variables"))
         if undefined:
             raise Undefined(undefined)
     return _substitute(node, variables, budget, "")

@@ -172,22 +172,24 @@ def _blamed(errors: list[ValidationError], source: _Source, env_file: str) -> li
     instead of the object's file: `spec.patches[1].patch[0] (data.plain)`."""
     if not source.patches:
         return errors
-    fields = [(i, operation, at) for i, patch in reversed(source.patches)
-              for at, operation in overlay.written(patch.patch, source.doc)]
+    setters: dict[str, tuple[int, int]] = {}  # field -> (patch, operation or -1): the last to set it
+    for i, patch in source.patches:
+        for at, operation in overlay.written(patch.patch, source.doc):
+            setters[at] = (i, -1 if operation is None else operation)
     out = []
     for error in errors:
-        by = next(((i, operation) for i, operation, at in fields if _within(error.path, at)), None)
+        by = max((setters[p] for p in _enclosing(error.path) if p in setters), default=None)
         if by is None:
             out.append(error)
             continue
-        where = f"spec.patches[{by[0]}].patch" + (f"[{by[1]}]" if by[1] is not None else "")
+        where = f"spec.patches[{by[0]}].patch" + (f"[{by[1]}]" if by[1] >= 0 else "")
         out.append(ValidationError(env_file, error.reason, None, error.object, f"{where} ({error.path})"))
     return out
 
 
-def _within(path: str, field: str) -> bool:
-    """`path` is `field` or a field inside it."""
-    return not field or path == field or path.startswith((field + ".", field + "["))
+def _enclosing(path: str) -> list[str]:
+    """`path`, every field it is inside (`a.b[0]` -> `a.b`, `a`) and the whole object ("")."""
+    return [path, *(path[:i] for i, c in enumerate(path) if c in ".["), ""]
 
 
 def _collect(tree: FileTree, directory: str, spec: EnvironmentSpec, sources: dict[ObjectRef, _Source],

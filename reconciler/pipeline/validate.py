@@ -18,7 +18,7 @@ from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED
                      ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
                      TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
-from .budgets import Budget
+from .budgets import MAX_REPORTED, Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
@@ -115,13 +115,19 @@ class Checker:
         return value
 
     def string_map(self, value: Any, path: str, whose: str, secret: bool = False) -> None:
-        """A map[string]string field: every value a string (a number or boolean needs quotes in YAML); a
-        Secret's values are never shown."""
+        """A map[string]string field: every value a string (a number or boolean needs quotes in YAML); the
+        first `MAX_REPORTED` others named, then how many more. A Secret's values are never shown."""
+        bad = 0
         for key, item in self.mapping(value, path).items():
-            if not isinstance(item, str):
+            if isinstance(item, str):
+                continue
+            bad += 1
+            if bad <= MAX_REPORTED:
                 got = type(item).__name__ if secret else short(item)
                 self.fail(f"{path}.{key}", f"must be a string ({whose} type is map[string]string), got {got}; "
                           "quote it")
+        if bad > MAX_REPORTED:
+            self.fail(path, f"{bad - MAX_REPORTED} more values are not strings")
 
     def known_keys(self, value: Mapping[str, Any], path: str, known: set[str]) -> None:
         for key in value:

@@ -153,3 +153,25 @@ def test_configmap_and_secret_values_must_be_strings(remote: GitRemote, tmp_path
         "map[string]string), got int; quote it"]
     assert err.splitlines()[1:] == expected and validated.splitlines()[1:] == expected
     assert "918273" not in err + validated  # a Secret's value is never shown
+
+
+def test_many_bad_fields_of_one_object_are_named_up_to_a_limit_then_counted(
+        remote: GitRemote, capsys: pytest.CaptureFixture[str]) -> None:
+    undefined = ", ".join(f"u{i}: '${{U{i}}}'" for i in range(60))
+    numbers = ", ".join(f"n{i}: {i}" for i in range(55))
+    remote.write("environments/e/environment.yaml", environment(substitute={"N": "1"}))
+    remote.write("environments/e/m.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"
+                 f"data: {{{undefined}}}\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: b}}\n"
+                 f"data: {{{numbers}}}\n")
+    remote.commit("many")
+
+    code, _, err = render(remote, capsys)
+
+    lines = err.splitlines()[1:]
+    assert code == 1 and len(lines) == 102
+    assert lines[49].endswith("ConfigMap/default/a: data.u49: ${U49} is not defined in spec.substitute (write "
+                              "$${U49} for a literal ${U49}, or ${U49:-default} for a default)")
+    assert lines[50] == "  environments/e/m.yaml#0: ConfigMap/default/a: 10 more fields name undefined variables"
+    assert lines[100].endswith("ConfigMap/b: data.n49: must be a string (Kubernetes' type is map[string]string), "
+                               "got 49; quote it")
+    assert lines[101] == "  environments/e/m.yaml#1: ConfigMap/b: data: 5 more values are not strings"
