@@ -1,9 +1,10 @@
 """Commands that look and change nothing: `diff`, `plan` (the pipeline stopped before apply),
 `render` and `validate` (the same loader as the daemon), `status` and `history` (the ledger).
 
-Whatever `--repo` and `--state-dir` they are given, they write to no target, no ledger and no daemon's
-Git cache: they fetch into a cache of their own (`source.user_cache()`, one per repository URL), open the
-ledger read-only, and run no target's own control loop (cron slots, clean-ups)."""
+Whatever `--repo` (or `--path`, a working tree read as it is on disk) and `--state-dir` they are given,
+they write to no target, no ledger and no daemon's Git cache: they fetch into a cache of their own
+(`source.user_cache()`, one per repository URL), open the ledger read-only, and run no target's own control
+loop (cron slots, clean-ups)."""
 from __future__ import annotations
 
 import argparse

@@ -50,6 +50,8 @@ class Quoted(str):
     """A string the YAML wrote quoted (or tagged `!!str`) that looks like a whole `${VAR}`: substitution
     keeps it a string, and makes it a plain `str` (the render's objects hold no `Quoted`)."""
 
+    __slots__ = ()
+
 
 class _Refused(Exception):
     """A value that is not allowed; `path` is the field, `line` where it starts."""

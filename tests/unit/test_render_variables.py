@@ -34,7 +34,13 @@ def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults_fill_undefined_or_empty_variables_and_a_quoted_value_stays_a_string(
         remote: GitRemote, capsys: pytest.CaptureFixture[str]) -> None:
-    remote.write("environments/e/environment.yaml", environment(substitute={"N": 3, "EMPTY": "", "ON": True}))
+    remote.write("environments/e/environment.yaml", environment(substitute={"N": 3, "EMPTY": "", "ON": True}) + """\
+  patches:
+  - target: {kind: ConfigMap, name: settings}
+    patch: {data: {merged: "${N}"}}
+  - target: {kind: ConfigMap, name: settings}
+    patch: [{op: add, path: /data/added, value: '${N}'}]
+""")
     remote.write("environments/e/c.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "${WORKERS:=2}"))
     remote.write("environments/e/m.yaml", """apiVersion: v1
 kind: ConfigMap
@@ -56,7 +62,7 @@ data:
     cluster, settings = docs
     assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2  # a bare default is read as YAML reads it
     assert settings["data"] == {"mode": "slow", "filled": "filled", "n": "3", "enabled": "true", "tagged": "3",
-                                "inline": "w-3-e", "literal": "${N:-x}"}
+                                "inline": "w-3-e", "literal": "${N:-x}", "merged": "3", "added": "3"}
 
 
 def test_a_bare_whole_variable_still_takes_the_variables_type(remote: GitRemote,
