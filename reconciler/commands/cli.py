@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
                         "$XDG_STATE_HOME/ray-gitops)")
         sp.add_argument("--config", type=Path, help="YAML file of settings, e.g. the clusters (flags and env vars win)")
 
+    def working_tree_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--path", type=Path, help="read the environments from this working tree on disk, "
+                        "uncommitted changes included, instead of --repo's branch (like flux build --path)")
+
     run = sub.add_parser("run", help="run the reconciler daemon")
     source_flags(run)
     run.add_argument("--environment", action="append", dest="environments", default=[],
@@ -136,6 +140,7 @@ def parser() -> argparse.ArgumentParser:
              "what apply would do per object, no diff bodies (exit 0 none, 1 changes, 2 error)")):
         preview = sub.add_parser(verb, help=text)
         source_flags(preview)
+        working_tree_flag(preview)
         preview.add_argument("--environment", required=True)
         preview.add_argument("-o", "--output", choices=["text", "json"], default="text")
         preview.set_defaults(func=func)
@@ -143,6 +148,7 @@ def parser() -> argparse.ArgumentParser:
     built = sub.add_parser("render", help="print an environment's final objects as YAML, base, patches and "
                            "variables applied (exit 0 ok, 1 invalid, 2 error)")
     source_flags(built)
+    working_tree_flag(built)
     built.add_argument("--environment", required=True)
     built.set_defaults(func=_command("show", "cmd_render"))
 
