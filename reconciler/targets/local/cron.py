@@ -18,7 +18,7 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timezone, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -163,7 +163,7 @@ def _start(clusters: Clusters, environment: str, ref: ObjectRef, record: Record,
     return True
 
 
-def _zone(spec: dict[str, Any]) -> Any:
+def _zone(spec: dict[str, Any]) -> tzinfo:
     return ZoneInfo(spec["timeZone"]) if spec.get("timeZone") else timezone.utc
 
 
