@@ -135,9 +135,11 @@ def commits_to_revert(repo: git.Repo, environment: str, to: str, all_paths: bool
 def undone_by(repo: git.Repo, commit: git.Commit, environment: str) -> list[git.Commit]:
     """The commits that `commit` rolled back (empty if it is no rollback): the one a `git revert`
     names, or every commit of the environment a `rollback --restore` went back over."""
-    restored = repo.git.log("-1", f"--format=%(trailers:key={RESTORE_TRAILER},valueonly)", commit.hexsha).strip()
-    if restored:
-        shas = repo.git.log("--format=%H", f"{restored}..{commit.hexsha}~1", "--", env_path(environment)).split()
+    trailers = repo.git.log("-1", f"--format=%(trailers:key={RESTORE_TRAILER},valueonly)", commit.hexsha).split()
+    if trailers:
+        if not _known(repo, trailers[0]):
+            return []
+        shas = repo.git.log("--format=%H", f"{trailers[0]}..{commit.hexsha}~1", "--", env_path(environment)).split()
         return [repo.commit(sha) for sha in shas]
     return [repo.commit(sha) for sha in REVERTS.findall(commit.message) if _known(repo, sha)]
 
