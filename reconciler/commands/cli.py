@@ -168,7 +168,13 @@ def parser() -> argparse.ArgumentParser:
                       "commit)")
     back.add_argument("--branch", default="main")
     back.add_argument("--state-dir", type=Path, help="the daemon's state directory (for the last applied revision)")
-    back.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths")
+    how = back.add_mutually_exclusive_group()
+    how.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths "
+                     "(the diff printed is then the whole repository's)")
+    how.add_argument("--restore", action="store_true", help="one commit restoring environments/<name>/ to the "
+                     "revision, instead of one revert per commit")
+    back.add_argument("--reapply", action="store_true", help="allow undoing a rollback (which re-applies what it "
+                      "rolled back); refused by default")
     back.add_argument("--push", action="store_true", help="push the revert commit(s) (default: only commit locally)")
     back.set_defaults(func=_command("rollback", "cmd_rollback"))
 

@@ -401,7 +401,7 @@ class Pipeline:
                  if d.ref.kind == "RayCluster"}
         planned, draining = planner.drain(rendered, live, since, time.time())
         items = planner.plan(planned, live, record.inventory, record.finished, self.options,
-                             target.expected(planned, live))
+                             target.expected(planned, live), kuberay=not isinstance(target, Controls))
         for index, item in enumerate(items):
             if item.ref in draining and item.action == Action.UPDATE:
                 groups = ", ".join(sorted(draining[item.ref]))

@@ -14,8 +14,9 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                     ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
+from ..model import (CONCURRENCY_ANNOTATION, CONCURRENCY_POLICIES, ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL,
+                     MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION,
+                     SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch,
                      TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
 from .budgets import MAX_REPORTED, Budget
@@ -290,6 +291,12 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(SSA_ANNOTATION), f"metadata.annotations.{SSA_ANNOTATION}", {"IfNotPresent"})
     for field_name in _STRING_MAPS.get(kind, ()):
         c.string_map(doc.get(field_name), field_name, "Kubernetes'", secret=kind == "Secret")
+    c.one_of(annotations.get(CONCURRENCY_ANNOTATION), f"metadata.annotations.{CONCURRENCY_ANNOTATION}",
+             set(CONCURRENCY_POLICIES))
+    deadline = annotations.get(STARTING_DEADLINE_ANNOTATION)
+    if deadline is not None and not (isinstance(deadline, str) and deadline.isdigit()):
+        c.fail(f"metadata.annotations.{STARTING_DEADLINE_ANNOTATION}", f"must be a whole number of seconds as a "
+               f"string (e.g. \"600\"), got {short(deadline)}")
     if kind == "RayCluster":
         _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", environment)
     elif kind == "RayJob":
