@@ -34,6 +34,9 @@ class Metrics:
                                       namespace=ns, registry=registry)
         self.reconcile_total = Counter("reconcile_total", "Reconciles by result (success/noop/error)",
                                        ["environment", "result"], namespace=ns, registry=registry)
+        self.reconcile_skipped = Counter("reconcile_skipped_total", "Interval reconciles a quiet environment skipped "
+                                         "(watched, Synced and Healthy: its watch saw nothing move)", ["environment"],
+                                         namespace=ns, registry=registry)
         self.reconcile_duration = Histogram("reconcile_duration_seconds", "Wall time of one reconcile",
                                             ["environment"], namespace=ns, registry=registry, buckets=_SECONDS)
         self.commit_to_applied = Histogram("commit_to_applied_seconds", "Commit time to the end of its apply",

@@ -269,6 +269,9 @@ class Daemon:
             if force:
                 self.schedule.force(names)
             due = self.schedule.due(names, revision.sha) if self.leading() else []
+            skipped, self.schedule.skipped = self.schedule.skipped, []
+        for name in skipped:
+            self.metrics.reconcile_skipped.labels(name).inc()
         for name in due:
             work = self._remove if name in removable else self._reconcile
             future = pool.submit(work, name, revision)
