@@ -1,4 +1,4 @@
-"""Command line: run, diff, plan, render, validate, status, history, rollback, suspend, resume
+"""Command line: run, reconcile, diff, plan, render, validate, status, history, rollback, suspend, resume
 (`ray-gitops --help`).
 
 The outermost layer: parses flags and hands each command to its module (`run` here, the read-only
@@ -20,7 +20,7 @@ from ..errors import ConfigError, InvalidEnvironment, RayGitopsError
 from ..pipeline.source import redact
 from ..service import config
 from ..service.daemon import Daemon
-from . import rollback, show
+from . import reconcile, rollback, show
 
 
 class JsonFormatter(logging.Formatter):
@@ -120,6 +120,15 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
                      "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)
+
+    now = sub.add_parser("reconcile", help="make the running daemon of --state-dir fetch Git and reconcile now, and "
+                         "wait for it (exit 0 done, 1 failed or no daemon, 2 unknown environment)")
+    now.add_argument("--environment", action="append", dest="environments", default=[],
+                     help="environment to reconcile (repeatable; default all the daemon reconciles)")
+    now.add_argument("--state-dir", type=Path, help="the daemon's state directory (its control.sock)")
+    now.add_argument("--timeout", default="5m", help="how long to wait for the reconciles (default 5m)")
+    now.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    now.set_defaults(func=reconcile.cmd_reconcile)
 
     for verb, func, text in (
             ("diff", show.cmd_diff, "show what a reconcile would change (exit 0 none, 1 changes, 2 error)"),

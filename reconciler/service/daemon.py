@@ -38,7 +38,7 @@ from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ROOT, depends_on, list_environments
 from ..pipeline.source import GitSource, Revision
 from ..targets import Registry
-from . import http, webhook
+from . import control, http, webhook
 from .api import Api
 from .commits import Commits
 from .config import Settings
@@ -92,6 +92,8 @@ class Daemon:
         self.commits = Commits(self.worker, self.source.revision)
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
+        self.asks = control.Asks()  # `ray-gitops reconcile` requests (the control socket)
+        self._generation = 0  # fetches done by the main loop; each submitted reconcile carries the one it follows
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping,
@@ -212,7 +214,7 @@ class Daemon:
                     log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
         return [name for name in wanted if name not in gone]
 
-    def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
+    def _finished(self, name: str, revision: Revision, generation: int, future: Future[Result]) -> None:
         with self._lock:
             self._progress = time.monotonic()
             if future.cancelled():
@@ -228,23 +230,27 @@ class Daemon:
                 dependents = [e for e, deps in self._depends_on.items() if name in deps]
                 self.schedule.force(dependents)
                 again = again or bool(dependents)
+        self.asks.finished(name, generation, answer(result), result.result == "error" or result.sync_status in (
+            SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED))
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
 
-    def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False,
+                asks: list[control.Ask] | None = None) -> None:
+        """Start what is due at `revision` (everything when `force`), and the environments `asks` name."""
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
+        asked = self.asks.bind(asks or [], self._generation, revision.sha, names)
         with self._lock:
-            if force:
-                self.schedule.force(names)
+            self.schedule.force(names if force else asked)
             due = self.schedule.due(names, revision.sha) if self.leading() else []
         for name in due:
             work = self._remove if name in removable else self._reconcile
             future = pool.submit(work, name, revision)
             with self._lock:
                 self._started[name] = time.monotonic()
-            future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
+            future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
             self._running[name] = future
 
     def _remove(self, name: str, revision: Revision) -> Result:
@@ -323,6 +329,7 @@ class Daemon:
         a reconcile was still running SHUTDOWN_GRACE seconds after the stop (its thread is left behind: the
         caller should end the process without waiting for it)."""
         page = self._page()
+        sock = self._control()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
                                                                      self.hooks, page, self.settings.allowed_hosts))
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
@@ -336,15 +343,21 @@ class Daemon:
                 self.wake.clear()
                 force = self._force.is_set()
                 self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
+                asks = self.asks.take()  # so is an ask
                 leading = self._lead()
                 if leading:
-                    self._turn(pool, force)
+                    self._turn(pool, force, asks)
+                else:
+                    self.asks.fail(asks, "this replica does not hold the leader Lease: ask the leader's daemon")
                 self._watch_running()
                 with self._lock:
                     pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
                 self.wake.wait(pause)
         finally:
             log.info("stopping: finishing the current steps")
+            self.asks.fail(None, "the daemon is stopping")
+            if sock is not None:
+                sock.stop()
             self.worker.stop()  # before the targets close: a preview in progress ends first
             pool.shutdown(wait=False, cancel_futures=True)
             running = [f for f in self._running.values() if not f.done()]
@@ -360,20 +373,34 @@ class Daemon:
             log.info("stopped")
         return not left
 
-    def _turn(self, pool: ThreadPoolExecutor, force: bool) -> None:
-        """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
-        at once. Nothing here may end the loop: repository content and Git failures are only logged."""
+    def _turn(self, pool: ThreadPoolExecutor, force: bool, asks: list[control.Ask]) -> None:
+        """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again)
+        re-reports every environment at once. Nothing here may end the loop: repository content and Git failures
+        are only logged."""
         failing = self.source.failure is not None
         try:
             revision = self.source.fetch()
+            self._generation += 1
             self.head = revision
             self.commits.add(revision)
             force = force or failing != (self.source.failure is not None)
-            self._submit(pool, revision, force)
+            self._submit(pool, revision, force, asks)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
+            self.asks.fail(asks, str(exc))
         except Exception:  # a bug must not stop the other environments' schedule
             log.exception("scheduling failed; retrying next turn")
+            self.asks.fail(asks, "scheduling failed (see the daemon's log)")
+
+    def _control(self) -> control.ControlServer | None:
+        """The control socket, serving; None (logged) when it cannot be made: the daemon runs without it."""
+        try:
+            sock = control.ControlServer(self.settings.state_dir, self.asks, self.wake.set)
+        except (ConfigError, OSError) as exc:
+            log.error("`ray-gitops reconcile` is unavailable: %s", exc)
+            return None
+        sock.start()
+        return sock
 
     def _watch_running(self) -> None:
         """Progress and stuck reconciles: the loop made progress when a reconcile finished or none was running
@@ -413,6 +440,12 @@ class Daemon:
         now = time.monotonic()
         return now - self._heartbeat < 3 * self.settings.interval + 60 and now - self._progress < max(
             STALL, 3 * self.settings.interval)
+
+
+def answer(result: Result) -> dict[str, object]:
+    """What `ray-gitops reconcile` prints of one environment's reconcile."""
+    return {"environment": result.environment, "result": result.result, "sync_status": result.sync_status.value,
+            "health_status": result.health_status.value, "revision": result.revision, "message": result.message}
 
 
 def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
