@@ -35,7 +35,7 @@ from ..model import Health, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, depends_on, list_environments
+from ..pipeline.render import ROOT, depends_on, list_environments, waves
 from ..pipeline.source import GitSource, Revision
 from ..targets import Registry
 from . import control, http, webhook
@@ -74,6 +74,7 @@ class Daemon:
         self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
+        self._asleep_until = 0.0  # when the main loop wakes by itself (a reconcile due sooner wakes it earlier)
         self._progress = time.monotonic()  # a reconcile finished, or none was running
         self._started: dict[str, float] = {}  # environment -> when its current reconcile was submitted
         self._stuck: set[str] = set()  # environments whose reconcile runs longer than STUCK
@@ -83,6 +84,7 @@ class Daemon:
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
+        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, never changed)
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
         self._touched: set[str] = set()  # environments whose objects someone else changed (checked after DEBOUNCE)
@@ -110,7 +112,7 @@ class Daemon:
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._shown, self.leading))
+                              lambda: self._shown, self.leading, lambda: self.graph))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""
@@ -206,6 +208,7 @@ class Daemon:
         gone = {s.environment for s in self.ledger.states()} - set(found)  # left Git: removed, not reconciled
         if revision.sha != self._listed:
             self._listed = revision.sha
+            self.graph = {name: depends_on(revision.tree, name) for name in wanted if name in found}
             for name in wanted:
                 if name not in found and name not in gone:
                     log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
@@ -223,6 +226,7 @@ class Daemon:
             result = future.result()
             again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
                                            result.retry_after)
+            again = again or self.schedule.next_time(name) < self._asleep_until  # due before the loop would wake
             self._depends_on[name] = result.depends_on
             reached = (result.revision, result.health_status.value)
             if self._reached.get(name) != reached:  # a promotion may go ahead: its dependents look now
@@ -352,6 +356,7 @@ class Daemon:
                 self._watch_running()
                 with self._lock:
                     pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
+                    self._asleep_until = time.monotonic() + pause
                 self.wake.wait(pause)
         finally:
             log.info("stopping: finishing the current steps")
@@ -446,16 +451,3 @@ def answer(result: Result) -> dict[str, object]:
     """What `ray-gitops reconcile` prints of one environment's reconcile."""
     return {"environment": result.environment, "result": result.result, "sync_status": result.sync_status.value,
             "health_status": result.health_status.value, "revision": result.revision, "message": result.message}
-
-
-def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
-    """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
-    is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
-    out, placed = [], set()
-    while len(placed) < len(graph):
-        wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
-                                                                                 for d in deps))
-        wave = wave or sorted(set(graph) - placed)
-        out.append(wave)
-        placed.update(wave)
-    return out

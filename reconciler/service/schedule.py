@@ -55,6 +55,10 @@ class Schedule:
         self._done.add(name)
         return name in self._forced
 
+    def next_time(self, name: str) -> float:
+        """When `name` is due next (by the clock; 0 when it never ran)."""
+        return self._due.get(name, ("", 0.0))[1]
+
     def cancelled(self, name: str) -> None:
         """A queued reconcile that never ran (leadership lost, stopping)."""
         self._running.discard(name)
