@@ -117,6 +117,10 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")
+    run.add_argument("--notify-url", action="append", dest="notify_urls", default=[],
+                     help="POST JSON here when an environment fails, recovers, is promoted, waits, is removed or is "
+                     "unverified (repeatable; Slack's format for hooks.slack.com or a slack+https:// prefix)")
+    run.add_argument("--notify-urls-file", help="file of more notification URLs, one per line (a mounted Secret)")
     run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
                      "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)

@@ -36,9 +36,9 @@ from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ROOT, depends_on, list_environments, waves
-from ..pipeline.source import GitSource, Revision
+from ..pipeline.source import GitSource, Revision, redact
 from ..targets import Registry
-from . import control, http, webhook
+from . import control, http, notify, webhook
 from .api import Api
 from .commits import Commits
 from .config import Settings
@@ -95,6 +95,9 @@ class Daemon:
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
         self.asks = control.Asks()  # `ray-gitops reconcile` requests (the control socket)
+        self.notifier = notify.Notifier(settings.notify_destinations(), self.metrics, redact(settings.repo),
+                                        settings.branch)
+        self._reported: dict[str, tuple[SyncStatus, str] | None] = {}  # environment -> (sync, revision) last notified
         self._generation = 0  # fetches done by the main loop; each submitted reconcile carries the one it follows
 
     def _pipeline(self) -> Pipeline:
@@ -228,6 +231,7 @@ class Daemon:
                                            result.retry_after)
             again = again or self.schedule.next_time(name) < self._asleep_until  # due before the loop would wake
             self._depends_on[name] = result.depends_on
+            self._notify(name, result, revision.sha)
             reached = (result.revision, result.health_status.value)
             if self._reached.get(name) != reached:  # a promotion may go ahead: its dependents look now
                 self._reached[name] = reached
@@ -239,6 +243,19 @@ class Daemon:
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
 
+    def _notify(self, name: str, result: Result, head: str) -> None:
+        """Queue a notification when `name`'s state changed (from what the ledger held before its first reconcile in
+        this process, then from its last result). Under `_lock`, in the environment's thread. A reconcile cut short
+        by a stop reports nothing (its ledger state did not change)."""
+        if self.stopping.is_set():
+            return
+        before = self._reported.get(name)
+        event = notify.transition(before, result.sync_status, result.revision, result.result == "success")
+        self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
+        if event:
+            self.notifier.notify(event, name, result.sync_status, result.health_status.value,
+                                 self._reported[name][1], before[1] if before else "", head, result.message)
+
     def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False,
                 asks: list[control.Ask] | None = None) -> None:
         """Start what is due at `revision` (everything when `force`), and the environments `asks` name."""
@@ -249,6 +266,9 @@ class Daemon:
         with self._lock:
             self.schedule.force(names if force else asked)
             due = self.schedule.due(names, revision.sha) if self.leading() else []
+            for name in set(due) - set(self._reported):  # their state before this process: a restart notifies nothing
+                state = self.ledger.state(name)
+                self._reported[name] = (state.sync_status, state.revision) if state else None
         for name in due:
             work = self._remove if name in removable else self._reconcile
             future = pool.submit(work, name, revision)
@@ -339,6 +359,7 @@ class Daemon:
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if page is not None:
             self.worker.start()
+        self.notifier.start()
         if self.elector is not None:
             self.elector.start()
         try:
@@ -371,6 +392,7 @@ class Daemon:
                 log.error("stopping: %d reconcile(s) still running after %.0f s (%s); leaving them behind", len(left),
                           SHUTDOWN_GRACE, ", ".join(n for n, f in self._running.items() if f in left))
             self.targets.close()
+            self.notifier.stop()  # after the last reconcile: its notification is sent
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
                 self.elector.stop(release=True)
             server.shutdown()
