@@ -15,7 +15,8 @@ Thread ownership: the main loop owns the schedule and is the only caller of `sou
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
 run in those threads and touch the schedule under `_lock`; the targets' watch threads call
 `changed`, which only records the environment under `_lock` and, after DEBOUNCE, forces it in the
-schedule and wakes the loop. The HTTP threads read the metrics
+schedule and wakes the loop. What each environment's last reconcile read (`_inputs`, for `_advance`)
+is written by the finishing threads and read by the loop, under `_lock`. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
 thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`.
@@ -36,7 +37,7 @@ from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ROOT, depends_on, list_environments, waves
-from ..pipeline.source import GitSource, Revision, redact
+from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
 from . import control, http, notify, webhook
 from .api import Api
@@ -71,7 +72,6 @@ class Daemon:
         self.pipeline = self._pipeline()
         self.schedule = Schedule()
         self.hooks = self._hooks()
-        self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
         self._asleep_until = 0.0  # when the main loop wakes by itself (a reconcile due sooner wakes it earlier)
@@ -85,6 +85,7 @@ class Daemon:
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
         self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, never changed)
+        self._inputs: dict[str, Inputs] = {}  # environment -> what its last reconcile read, if it may be advanced
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
         self._touched: set[str] = set()  # environments whose objects someone else changed (checked after DEBOUNCE)
@@ -154,9 +155,8 @@ class Daemon:
         return LeaderElector(options, changed)
 
     def trigger(self) -> None:
-        """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
-        interval. Only wakes the loop: nothing is reconciled in the caller's (HTTP) thread."""
-        self._force.set()
+        """Git changed (a verified webhook): fetch at once; the environments whose inputs changed are reconciled
+        at once (`_advance`). Only wakes the loop: nothing is fetched or reconciled in the caller's (HTTP) thread."""
         self.wake.set()
 
     # -- the last verified head (GitSource's VerifiedHeads) --------------------------------------------
@@ -228,16 +228,15 @@ class Daemon:
                 return
             result = future.result()
             again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
-                                           result.retry_after)
+                                           result.retry_after, result.quiet)
             again = again or self.schedule.next_time(name) < self._asleep_until  # due before the loop would wake
             self._depends_on[name] = result.depends_on
             self._notify(name, result, revision.sha)
-            reached = (result.revision, result.health_status.value)
-            if self._reached.get(name) != reached:  # a promotion may go ahead: its dependents look now
-                self._reached[name] = reached
-                dependents = [e for e, deps in self._depends_on.items() if name in deps]
-                self.schedule.force(dependents)
-                again = again or bool(dependents)
+            if result.result != "error" and result.sync_status == SyncStatus.SYNCED:
+                self._inputs[name] = result.inputs
+            else:  # its next revision reconciles it, whatever changed
+                self._inputs.pop(name, None)
+            again = self._reach(name, (result.revision, result.health_status.value)) or again
         self.asks.finished(name, generation, answer(result), result.result == "error" or result.sync_status in (
             SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED))
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
@@ -256,13 +255,45 @@ class Daemon:
             self.notifier.notify(event, name, result.sync_status, result.health_status.value,
                                  self._reported[name][1], before[1] if before else "", head, result.message)
 
+    def _reach(self, name: str, reached: tuple[str, str]) -> bool:
+        """`name` is at (revision, health): when that is new, a promotion may go ahead and its dependents look now
+        (True: some were forced). Under `_lock`."""
+        if self._reached.get(name) == reached:
+            return False
+        self._reached[name] = reached
+        dependents = [e for e, deps in self._depends_on.items() if name in deps]
+        self.schedule.force(dependents)
+        return bool(dependents)
+
+    def _advance(self, revision: Revision, names: list[str]) -> None:
+        """Changed environments first: of `names`, those last reconciled at another revision, Synced, and reading
+        nothing `revision` changed (`unchanged`) move to it without a reconcile; the others stay due at once. A
+        webhook push that changes one environment among a thousand applies it without waiting for the rest."""
+        with self._lock:
+            candidates = {n: self._inputs[n] for n in names if n in self._inputs and self.schedule.at(n) not in (
+                None, revision.sha) and n not in self._running_names()}
+        same = sorted(n for n, inputs in candidates.items() if unchanged(inputs, revision.tree))
+        if not same:
+            return
+        states = self.pipeline.advance(same, revision)
+        with self._lock:
+            self.schedule.advance(same, revision.sha)
+            for state in states:
+                self._reach(state.environment, (revision.sha, state.health_status.value))
+
+    def _running_names(self) -> set[str]:
+        return {n for n, f in self._running.items() if not f.done()}
+
     def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False,
                 asks: list[control.Ask] | None = None) -> None:
-        """Start what is due at `revision` (everything when `force`), and the environments `asks` name."""
+        """Start what is due at `revision` (everything when `force`), and the environments `asks` name (they are
+        reconciled, not advanced)."""
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
         asked = self.asks.bind(asks or [], self._generation, revision.sha, names)
+        if self.leading():
+            self._advance(revision, [n for n in self._selected if n not in asked])
         with self._lock:
             self.schedule.force(names if force else asked)
             due = self.schedule.due(names, revision.sha) if self.leading() else []
@@ -366,12 +397,10 @@ class Daemon:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
                 self.wake.clear()
-                force = self._force.is_set()
-                self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
-                asks = self.asks.take()  # so is an ask
+                asks = self.asks.take()  # made before this turn's fetch
                 leading = self._lead()
                 if leading:
-                    self._turn(pool, force, asks)
+                    self._turn(pool, asks)
                 else:
                     self.asks.fail(asks, "this replica does not hold the leader Lease: ask the leader's daemon")
                 self._watch_running()
@@ -400,7 +429,7 @@ class Daemon:
             log.info("stopped")
         return not left
 
-    def _turn(self, pool: ThreadPoolExecutor, force: bool, asks: list[control.Ask]) -> None:
+    def _turn(self, pool: ThreadPoolExecutor, asks: list[control.Ask]) -> None:
         """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again)
         re-reports every environment at once. Nothing here may end the loop: repository content and Git failures
         are only logged."""
@@ -410,8 +439,7 @@ class Daemon:
             self._generation += 1
             self.head = revision
             self.commits.add(revision)
-            force = force or failing != (self.source.failure is not None)
-            self._submit(pool, revision, force, asks)
+            self._submit(pool, revision, failing != (self.source.failure is not None), asks)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
             self.asks.fail(asks, str(exc))
