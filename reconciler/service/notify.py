@@ -197,7 +197,7 @@ class _Channel:
         self._filled = now
         if self._tokens < 1:
             self._stopping.wait((1 - self._tokens) / RATE)
-            self._tokens = 1.0
+            self._tokens, self._filled = 1.0, self._clock()
         self._tokens -= 1
 
     def _deliver(self, event: Event) -> None:
