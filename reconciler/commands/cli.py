@@ -127,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
 
     now = sub.add_parser("reconcile", help="make the running daemon of --state-dir fetch Git and reconcile now, and "
                          "wait for it (exit 0 done, 1 failed or no daemon, 2 unknown environment)")
-    now.add_argument("--environment", action="append", dest="environments", default=[],
+    now.add_argument("--environment", action="append", dest="environments", default=[], metavar="NAME",
                      help="environment to reconcile (repeatable; default all the daemon reconciles)")
     now.add_argument("--state-dir", type=Path, help="the daemon's state directory (its control.sock)")
     now.add_argument("--timeout", default="5m", help="how long to wait for the reconciles (default 5m)")

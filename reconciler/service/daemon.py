@@ -1,7 +1,8 @@
 """The daemon: the wiring of the Git source, the pipeline, the targets, the schedule, leader
 election and the HTTP endpoints, and the main loop.
 
-Started by `ray-gitops run`. The main loop fetches Git, asks the schedule which environments are
+Started by `ray-gitops run`. The main loop fetches Git (every `interval`, or at once for a webhook or a
+`ray-gitops reconcile`), asks the schedule which environments are
 due and hands them to a pool of `concurrency` threads; each environment has its own interval and
 error backoff, so a slow or broken one never holds the others. An environment that left Git is
 removed the same way, behind the removal guard; a change someone else made to an object (seen by a
@@ -19,7 +20,12 @@ schedule and wakes the loop. What each environment's last reconcile read (`_inpu
 is written by the finishing threads and read by the loop, under `_lock`. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
-thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`.
+thread; it reads `graph` (the `dependsOn` graph at the head), which the loop replaces whole. The control
+socket's threads (`ray-gitops reconcile`) only add asks and wait: the loop takes them before it fetches
+and binds them to that fetch, the finishing threads answer them (`control.Asks` is thread-safe). The
+finishing threads also queue notifications of state changes (`_reported`, under `_lock`); the
+notifier's own threads send them. A preview and a reconcile of one environment never overlap: both
+hold its `_guard`.
 """
 from __future__ import annotations
 
