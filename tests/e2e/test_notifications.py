@@ -3,65 +3,19 @@ Slack's, retries of a receiver that fails once, a dead receiver given up after b
 kept out of the log. Real Git; ConfigMaps on the local target (no Ray)."""
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 
 from tests.conftest import NEIGHBOURS, GitRemote, free_port, write_neighbours
 from tests.daemon import DaemonProcess
+from tests.receiver import Receiver, receiver  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.e2e]
 ENV = "told"
 SECRET = "s3cr3t-in-the-url"
-
-
-class Receiver:
-    """Records every POST (path, JSON body); answers 500 to the first one on /flaky."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, dict[str, Any]]] = []
-        self.lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with outer.lock:
-                    outer.received.append((self.path, body))
-                    first = sum(1 for p, _ in outer.received if p.startswith("/flaky")) == 1
-                self.send_response(500 if first and self.path.startswith("/flaky") else 200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def events(self, prefix: str, env: str | None = ENV) -> list[dict[str, Any]]:
-        """The bodies POSTed under `prefix` (about `env`; None: any), in order, retries included."""
-        with self.lock:
-            return [b for p, b in self.received if p.startswith(prefix) and env in (None, b.get("environment"))]
-
-    def slack(self) -> list[str]:
-        with self.lock:
-            return [b["text"] for p, b in self.received if p.startswith("/services/")]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    got = Receiver()
-    yield got
-    got.server.shutdown()
-    got.server.server_close()
 
 
 def reconcile(state: Path) -> int:
@@ -90,26 +44,26 @@ def test_state_changes_reach_a_generic_and_a_slack_receiver_with_retries_and_no_
         everyone = receiver.events("/flaky", None)
         assert everyone[0] == everyone[1]  # the first answer, a 500, was retried with the same message
         assert sorted(e["environment"] for e in everyone[1:]) == sorted([ENV, *NEIGHBOURS])
-        promoted = receiver.events("/flaky")[-1]
+        promoted = receiver.events("/flaky", ENV)[-1]
         assert {k: promoted[k] for k in ("event", "environment", "sync_status", "revision", "branch")} == {
             "event": "promoted", "environment": ENV, "sync_status": "Synced", "revision": first, "branch": "main"}
 
         remote.write(f"environments/{ENV}/broken.yaml", "kind: [\n")
         broken = remote.commit("a file that does not parse")
         assert reconcile(state) == 1
-        daemon.wait_for("failed", lambda: [e["event"] for e in receiver.events("/flaky")][-1:] == ["failed"],
+        daemon.wait_for("failed", lambda: [e["event"] for e in receiver.events("/flaky", ENV)][-1:] == ["failed"],
                         timeout=30)
-        failed = receiver.events("/flaky")[-1]
+        failed = receiver.events("/flaky", ENV)[-1]
         assert failed["sync_status"] == "Failed" and failed["revision"] == first  # still on the last applied one
         assert failed["attempted"] == broken and "broken.yaml: invalid YAML" in failed["message"]
 
         remote.remove(f"environments/{ENV}/broken.yaml")
         fixed = remote.commit("fixed")
         assert reconcile(state) == 0
-        daemon.wait_for("recovered", lambda: [e["event"] for e in receiver.events("/flaky")][-1:] == ["recovered"],
+        daemon.wait_for("recovered", lambda: [e["event"] for e in receiver.events("/flaky", ENV)][-1:] == ["recovered"],
                         timeout=30)
-        assert receiver.events("/flaky")[-1]["revision"] == fixed
-        assert [e["event"] for e in receiver.events("/flaky")][-3:] == ["promoted", "failed", "recovered"]
+        assert receiver.events("/flaky", ENV)[-1]["revision"] == fixed
+        assert [e["event"] for e in receiver.events("/flaky", ENV)][-3:] == ["promoted", "failed", "recovered"]
         assert any(f"*{ENV}* failed at {first[:12]} (head {broken[:12]} not applied)" in text
                    for text in receiver.slack()), receiver.slack()
         assert any(f"*{ENV}* recovered at {fixed[:12]}" in text for text in receiver.slack())

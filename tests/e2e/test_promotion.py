@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
+from tests.receiver import Receiver, receiver  # noqa: F401 (a fixture)
 from tests.unit.test_promotion import environment, settings
 
 pytestmark = [pytest.mark.e2e]
@@ -57,7 +58,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the_gauge_drops_to_0(
-        remote: GitRemote, tmp_path: Path) -> None:
+        remote: GitRemote, tmp_path: Path, receiver: Receiver) -> None:
+    """... and the chain's notifications say who waits and who was promoted."""
     remote.write("bases/app/settings.yaml", settings("1"))
     for env, deps in zip(CHAIN, ((), ("dev",), ("staging",))):
         remote.write(f"environments/{env}/environment.yaml", environment(env, *deps).replace(
@@ -65,7 +67,9 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
     write_neighbours(remote, interval="1h")
     first = remote.commit("version 1")
     state = tmp_path / "state"
-    daemon = DaemonProcess(remote.url, state, tmp_path / "daemon.log", ["--interval", "1h"])
+    daemon = DaemonProcess(remote.url, state, tmp_path / "daemon.log", [
+        "--interval", "1h", "--notify-url", f"http://127.0.0.1:{receiver.port}/hook"])
+    events = lambda env: [(e["event"], e["revision"], e["attempted"]) for e in receiver.events("/hook", env)]  # noqa: E731
     waiting = lambda env, dep: daemon.metric("ray_gitops_promotion_waiting", environment=env,  # noqa: E731
                                              dependency=dep)
     try:
@@ -89,6 +93,9 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
         assert steps["prod"]["waiting_for"]["environments"] == ["staging"]
         assert steps["prod"]["depends_on"] == ["staging"]
         assert (waiting("staging", "dev"), waiting("prod", "staging")) == (1, 1)
+        daemon.wait_for("the waiting notifications", lambda: events("prod")[-1:] == [("waiting", first, second)],
+                        timeout=10)
+        assert events("staging")[-1] == ("waiting", first, second)
 
         assert cli("resume", "--environment", "dev", "--state-dir", str(state)).returncode == 0
         assert cli("reconcile", "--environment", "dev", "--state-dir", str(state)).returncode == 0
@@ -99,5 +106,7 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
         steps = {step["environment"]: step for step in api(daemon)["promotions"][0]}
         assert {env: (steps[env]["revision"], steps[env]["waiting_for"]) for env in CHAIN} == dict.fromkeys(
             CHAIN, (second, None))
+        daemon.wait_for("prod promoted", lambda: events("prod")[-1:] == [("promoted", second, second)], timeout=10)
+        assert [e for e, _, _ in events("staging")] == ["waiting", "promoted"] * 2  # version 1 climbed the same way
     finally:
         daemon.stop()
