@@ -69,7 +69,8 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
     state = tmp_path / "state"
     daemon = DaemonProcess(remote.url, state, tmp_path / "daemon.log", [
         "--interval", "1h", "--notify-url", f"http://127.0.0.1:{receiver.port}/hook"])
-    events = lambda env: [(e["event"], e["revision"], e["attempted"]) for e in receiver.events("/hook", env)]  # noqa: E731
+    events = lambda env: [(e["event"], e["revision"], e["attempted"])  # noqa: E731
+                          for e in receiver.events("/hook", env)]
     waiting = lambda env, dep: daemon.metric("ray_gitops_promotion_waiting", environment=env,  # noqa: E731
                                              dependency=dep)
     try:
