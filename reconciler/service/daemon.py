@@ -390,9 +390,9 @@ class Daemon:
         a reconcile was still running SHUTDOWN_GRACE seconds after the stop (its thread is left behind: the
         caller should end the process without waiting for it)."""
         page = self._page()
-        sock = self._control()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
                                                                      self.hooks, page, self.settings.allowed_hosts))
+        sock = self._control()  # after the port: a daemon that cannot bind it leaves no socket behind
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if page is not None:
             self.worker.start()
