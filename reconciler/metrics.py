@@ -87,6 +87,9 @@ class Metrics:
         self.webhook_requests = Counter("webhook_requests_total", "POST /hooks/git requests by provider and result "
                                         "(accepted/ping/unauthorized/too_large/bad_request)", ["provider", "result"],
                                         namespace=ns, registry=registry)
+        self.notifications = Counter("notifications_total", "Notifications of environment state changes by result "
+                                     "(sent/failed after retries/dropped: queue full)", ["result"], namespace=ns,
+                                     registry=registry)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 

@@ -1,4 +1,4 @@
-"""Command line: run, diff, plan, render, validate, status, history, rollback, suspend, resume
+"""Command line: run, reconcile, diff, plan, render, validate, status, history, rollback, suspend, resume
 (`ray-gitops --help`).
 
 The outermost layer: parses flags and hands each command to its module (`run` here, the read-only
@@ -129,9 +129,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")
+    run.add_argument("--notify-url", action="append", dest="notify_urls", default=[],
+                     help="POST JSON here when an environment fails, recovers, is promoted, waits, is removed or is "
+                     "unverified (repeatable; Slack's format for hooks.slack.com or a slack+https:// prefix)")
+    run.add_argument("--notify-urls-file", help="file of more notification URLs, one per line (a mounted Secret)")
     run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
                      "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)
+
+    now = sub.add_parser("reconcile", help="make the running daemon of --state-dir fetch Git and reconcile now, and "
+                         "wait for it (exit 0 done, 1 failed or no daemon, 2 unknown environment)")
+    now.add_argument("--environment", action="append", dest="environments", default=[], metavar="NAME",
+                     help="environment to reconcile (repeatable; default all the daemon reconciles)")
+    now.add_argument("--state-dir", type=Path, help="the daemon's state directory (its control.sock)")
+    now.add_argument("--timeout", default="5m", help="how long to wait for the reconciles (default 5m)")
+    now.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    now.set_defaults(func=_command("reconcile", "cmd_reconcile"))
 
     for verb, func, text in (
             ("diff", _command("show", "cmd_diff"),

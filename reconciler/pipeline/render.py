@@ -130,6 +130,19 @@ def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None =
         if isinstance(entries, list) and not errors else ()
 
 
+def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
+    is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
+    out, placed = [], set()
+    while len(placed) < len(graph):
+        wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
+                                                                                 for d in deps))
+        wave = wave or sorted(set(graph) - placed)
+        out.append(wave)
+        placed.update(wave)
+    return out
+
+
 def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str,
                        budget: budgets.Budget) -> list[ValidationError]:
     """Every environment in `spec.dependsOn` exists, and following them never leads back here."""

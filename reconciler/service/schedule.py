@@ -70,6 +70,10 @@ class Schedule:
             self._quiet.pop(name, None)
         return name in self._forced
 
+    def next_time(self, name: str) -> float:
+        """When `name` is due next (by the clock; 0 when it never ran)."""
+        return self._due.get(name, ("", 0.0))[1]
+
     def advance(self, names: Iterable[str], revision: str) -> None:
         """`names` are on `revision` without a reconcile (nothing they read changed): their next one stays due
         when it was."""
