@@ -39,6 +39,7 @@ from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunRepor
 log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
+FIRST_WRITES = {Action.CREATE, Action.SUBMIT}  # no Event: a new object is its own record (1 ms of server CPU each)
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
 SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
@@ -457,7 +458,7 @@ class Pipeline:
                 self._corrected(name, item, drifted[item.ref], context, events)
             else:
                 log.info("environment %s: %s %s (%s)", name, item.ref, outcome.value, item.reason)
-                if events is not None:
+                if events is not None and item.action not in FIRST_WRITES:
                     events.report_event(item, outcome, f"{outcome.value}: {item.reason}", context)
             self.metrics.apply_total.labels(name, item.ref.kind, item.action.value).inc()
             outcomes.append((item, outcome))

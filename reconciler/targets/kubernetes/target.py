@@ -74,6 +74,7 @@ class KubernetesTarget:
         self._ledgers: dict[tuple[str, str], ConfigMapLedger] = {}
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
         self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
+        self._pruned: dict[ObjectRef, str] = {}  # object -> uid of what we deleted, until its Event is written
         self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one environment)
         self._lock = threading.Lock()
 
@@ -261,7 +262,11 @@ class KubernetesTarget:
                              message, spec.name, reason)
 
     def _uid(self, ref: ObjectRef) -> str:
-        return str(((self._cached(ref) or {}).get("metadata") or {}).get("uid", ""))
+        """The uid of `ref` for its Event: live, else of the copy we deleted."""
+        uid = str(((self._cached(ref) or {}).get("metadata") or {}).get("uid", ""))
+        with self._lock:
+            gone = self._pruned.pop(ref, "")
+        return uid or gone
 
     def _delete(self, writer: Writer, ref: ObjectRef, wait: float, live: Manifest | None = None) -> None:
         """Delete; with `wait` > 0, wait up to that many seconds until it is gone (finalizers)."""
@@ -276,6 +281,8 @@ class KubernetesTarget:
             or (answer.get("details") or {}).get("uid")
         if not uid:
             return
+        with self._lock:
+            self._pruned[ref] = uid  # its Event, written after it is gone, still names it
         informer = self._known(ref)
         if informer is not None:
             informer.expect_gone(ref.namespace, ref.name, uid)

@@ -213,19 +213,25 @@ def test_diff_command_exits_1_before_apply_and_0_after(harness: Harness, tmp_pat
     assert main(args) == 0
 
 
-def test_changes_leave_events_with_the_revision_and_a_steady_state_leaves_none(harness: Harness, kube_control_plane) -> None:
+def test_changes_leave_events_with_the_revision_creations_and_a_steady_state_leave_none(
+        harness: Harness, kube_control_plane) -> None:
     harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
-    sha = harness.remote.commit("one cluster")
+    harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
+    harness.remote.commit("two clusters")
+    harness.reconcile()
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a", labels=", labels: {tier: gold}"))
+    harness.remote.remove(f"environments/{ENV}/b.yaml")
+    sha = harness.remote.commit("a labelled, b removed")
     harness.reconcile()
     harness.reconcile()
     harness.targets.close()  # writes the Events still queued
     core = client.CoreV1Api(kube_control_plane.api_client())
 
-    events = core.list_namespaced_event(harness.namespace).items
+    events = sorted(core.list_namespaced_event(harness.namespace).items, key=lambda e: e.involved_object.name)
 
     assert [(e.reason, e.involved_object.kind, e.involved_object.name, e.type) for e in events] == [
-        ("Created", "RayCluster", "a", "Normal")]
-    assert sha[:12] in events[0].message and events[0].involved_object.uid
+        ("Updated", "RayCluster", "a", "Normal"), ("Pruned", "RayCluster", "b", "Normal")]
+    assert all(sha[:12] in e.message and e.involved_object.uid for e in events)
 
 
 def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledger(
