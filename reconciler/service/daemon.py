@@ -9,7 +9,9 @@ watch) checks its environment at once. On stop it lets each running
 reconcile finish the object it is applying, then closes the targets (the local target stops the
 Ray processes it started). With leader election, only the Lease holder fetches and reconciles; a
 follower serves /metrics, /healthz and a 200 /readyz (it stands by: a rolling update can proceed),
-and a leader that loses the Lease schedules nothing new while its running reconciles finish.
+and a leader that loses the Lease schedules nothing new while its running reconciles finish. With
+`shards`, every replica reconciles the environments of the shards it holds (`shards.py`), asking
+`owns()` as a leader asks `leading()`; a shard lost or handed over schedules nothing new.
 
 Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
@@ -46,6 +48,7 @@ from .leader import LeaderElectionOptions, LeaderElector, lease_client
 from .page import StatusPage
 from .plans import Plans
 from .schedule import Schedule
+from .shards import Shards, shard_of
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,8 @@ class Daemon:
         self.commits = Commits(self.worker, self.source.revision)
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
+        self.shards = self._shards() if settings.shards and not settings.once else None
+        self._gained: set[int] = set()  # shards newly held, their environments' ledger copies not yet re-read
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping,
@@ -108,7 +113,7 @@ class Daemon:
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._shown, self.leading))
+                              lambda: self._shown, self.leading, self.shards))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""
@@ -145,6 +150,29 @@ class Daemon:
             gauge.set(float(leading))
             self.wake.set()
         return LeaderElector(options, changed)
+
+    def _shards(self) -> Shards:
+        s = self.settings
+        options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
+                                        lease_client(s.kubeconfig, s.kube_context),
+                                        lease_duration=s.leader_election_lease_duration,
+                                        renew_deadline=s.leader_election_renew_deadline,
+                                        retry_period=s.leader_election_retry_period)
+
+        def changed(gained: set[int]) -> None:
+            with self._lock:
+                self._gained |= gained
+            self.wake.set()
+        return Shards(s.shards, options, self.running, changed, self.metrics)
+
+    def running(self) -> set[str]:
+        """The environments with a reconcile queued or running (thread-safe)."""
+        with self._lock:
+            return {name for name, future in self._running.items() if not future.done()}
+
+    def owns(self, name: str) -> bool:
+        """This replica may reconcile `name` now (always, without `shards`)."""
+        return self.shards is None or self.shards.owns(name)
 
     def trigger(self) -> None:
         """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
@@ -194,7 +222,32 @@ class Daemon:
             for future in self._running.values():
                 future.cancel()
         self._led = leading
+        if self.shards is not None:
+            self._share(self.shards)
         return leading
+
+    def _share(self, shards: Shards) -> None:
+        """This turn's shards: reconciles queued for environments no longer owned are cancelled (running ones
+        finish); the environments of newly held shards run at once, adopting again the ledger copy their target
+        keeps (the replica that held them before wrote it)."""
+        with self._lock:
+            gained, self._gained = self._gained, set()
+            running = dict(self._running)
+        for name, future in running.items():
+            if not self.owns(name):
+                future.cancel()
+        later, taken = set(), []  # later: a shard held again while a reconcile of the last term still runs
+        for name in self._selected:
+            shard = shard_of(name, shards.count)
+            if shard in gained and name in running and not running[name].done():
+                later.add(shard)
+            elif shard in gained:
+                self.pipeline.forget(name)
+                taken.append(name)
+        with self._lock:
+            self._gained |= later
+            self.schedule.force(taken)  # checked at once by their new owner
+        self.metrics.environments_owned.labels(shards.identity).set(sum(map(self.owns, self._selected)))
 
     # -- scheduling ----------------------------------------------------------------------------------
     def environments(self, revision: Revision) -> list[str]:
@@ -235,17 +288,16 @@ class Daemon:
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
-        with self._lock:
+        with self._lock:  # owned and registered at once: `Shards` hands a shard over only when `running()` is clear
             if force:
                 self.schedule.force(names)
-            due = self.schedule.due(names, revision.sha) if self.leading() else []
-        for name in due:
-            work = self._remove if name in removable else self._reconcile
-            future = pool.submit(work, name, revision)
-            with self._lock:
-                self._started[name] = time.monotonic()
+            due = self.schedule.due([n for n in names if self.owns(n)], revision.sha) if self.leading() else []
+            futures = {name: pool.submit(self._remove if name in removable else self._reconcile, name, revision)
+                       for name in due}
+            self._running.update(futures)
+            self._started.update(dict.fromkeys(futures, time.monotonic()))
+        for name, future in futures.items():
             future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
-            self._running[name] = future
 
     def _remove(self, name: str, revision: Revision) -> Result:
         with self._guard(name):
@@ -330,6 +382,8 @@ class Daemon:
             self.worker.start()
         if self.elector is not None:
             self.elector.start()
+        if self.shards is not None:
+            self.shards.start()
         try:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
@@ -355,6 +409,8 @@ class Daemon:
             self.targets.close()
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
                 self.elector.stop(release=True)
+            if self.shards is not None:  # likewise: the next holders of our shards never overlap us
+                self.shards.stop()
             server.shutdown()
             server.server_close()
             log.info("stopped")
@@ -402,11 +458,15 @@ class Daemon:
 
     # -- health ----------------------------------------------------------------------------------------
     def ready(self) -> bool:
-        """After the first reconcile of every environment; a follower is ready as it is (standing by)."""
+        """After the first reconcile of every environment (with `shards`: of those it owns); a follower, or a
+        replica that owns none, is ready as it is (standing by)."""
         if not self.leading():
             return True
+        owned = [name for name in self._selected if self.owns(name)]
+        if self.shards is not None and not owned:
+            return True
         with self._lock:
-            return self.schedule.reconciled(self._selected)
+            return self.schedule.reconciled(owned)
 
     def healthy(self) -> bool:
         """The main loop turns, and reconciles make progress (one finishes, or none is running)."""
