@@ -22,6 +22,7 @@ from typing import Callable
 import kube_controlplane
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.pipeline.ledger import Ledger
 from reconciler.service.shards import shard_of
@@ -51,8 +52,14 @@ class Replica(DaemonProcess):
         self.identity = f"{socket.gethostname()}_{self.proc.pid}"
 
     def owned(self) -> set[int]:
-        return {n for n in range(SHARDS) if self.metric("ray_gitops_shard_owned", identity=self.identity,
-                                                           shard=str(n)) == 1}
+        """The shards its metrics say it holds (one scrape)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return set()
+        return {int(s.labels["shard"]) for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name == "ray_gitops_shard_owned" and s.labels["identity"] == self.identity and s.value == 1}
 
     def api(self, path: str) -> tuple[int, dict]:
         try:
