@@ -88,6 +88,7 @@ class Shards:
         self._holders: dict[int, str] = {}  # shard -> holder as last listed
         self._members = 1
         self._owned: set[int] = set()  # as at the end of the last round
+        self._rounds = 0
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -154,7 +155,8 @@ class Shards:
 
     def step(self) -> None:
         """One round: renew the member Lease, list the set, renew held shards, hand over those above the fair
-        share once idle, take free or expired ones below it. Never raises for API errors."""
+        share once idle, take free or expired ones below it (from the second round on: replicas started
+        together count each other before they take any). Never raises for API errors."""
         self.member.try_acquire_or_renew()
         listed = self._list()
         now = self.options.clock()
@@ -177,7 +179,8 @@ class Shards:
                 if self.electors[shard].release():
                     held.discard(shard)
                     log.info("shards: handed shard %d over (%d replicas, fair share %d)", shard, members, fair)
-        if listed and len(held) < fair:
+        self._rounds += 1
+        if listed and len(held) < fair and self._rounds > 1:
             free = [n for n in range(self.count) if n not in held and self._takeable(n, now)]
             for shard in sorted(free, key=lambda n: -preference(self.identity, n))[:fair - len(held)]:
                 if self.electors[shard].try_acquire_or_renew():

@@ -141,6 +141,15 @@ def test_three_replicas_split_the_shards_and_every_environment_has_one_owner() -
     assert all(lease["metadata"]["labels"][SET_LABEL] == "ray-gitops" for lease in replicas.store.leases.values())
 
 
+def test_replicas_started_together_split_the_shards_without_handing_any_over() -> None:
+    replicas = Replicas()
+    for identity in ("a", "b", "c"):
+        replicas.add(identity)
+    replicas.rounds(10)
+    for identity, shards in replicas.all.items():
+        assert sum(e.transitions for e in shards.electors) == len(replicas.owned()[identity]) == 4, identity
+
+
 def test_a_new_replica_takes_its_share_without_a_restart_of_the_others() -> None:
     replicas = Replicas()
     for identity in ("a", "b"):
