@@ -1,7 +1,8 @@
 """Three `ray-gitops run --shards` replicas and 300 environments on the real API server: every environment
 is applied by exactly one replica (their ledgers' history shows one writer per revision), the status API
 names the owner, and after a `kill -9` of one replica a commit touching every environment is applied to
-the dead replica's environments by the others within 20 s.
+the dead replica's environments by the others within 20 s. Then a new replica joins and takes its share
+from the two others, which go on without a restart.
 
 Each environment holds one ConfigMap in the test's namespace (no operator needed). Every daemon is stopped
 by its PID, pass or fail.
@@ -170,3 +171,16 @@ def test_three_replicas_apply_each_environment_once_and_take_over_a_killed_ones_
     assert writers == Counter(ENVIRONMENTS), f"not one writer per environment: {writers.most_common(3)}"
     assert not c.writes(second)
     assert len(a.owned()) + len(b.owned()) == SHARDS and a.owned().isdisjoint(b.owned())
+
+    d = replicas("d")
+    joined = wait("d takes its share", lambda: len(d.owned()) == 3 and sorted(
+        [*a.owned(), *b.owned(), *d.owned()]) == list(range(SHARDS)), [a, b, d], timeout=60)
+    third = write_revision(remote, kube_namespace, "three")
+    wait("every environment at the third revision", lambda: values(core, kube_namespace) == dict.fromkeys(
+        ENVIRONMENTS, "three"), [a, b, d], timeout=120)
+    wait("every write in a ledger", lambda: sum(len(r.writes(third)) for r in (a, b, d)) >= N, [a, b, d], timeout=60)
+    writers = Counter(env for r in (a, b, d) for env in r.writes(third))
+    assert writers == Counter(ENVIRONMENTS), f"not one writer per environment: {writers.most_common(3)}"
+    assert d.writes(third) == {e for e in ENVIRONMENTS if shard_of(e, SHARDS) in d.owned()}
+    assert a.proc.poll() is None and b.proc.poll() is None
+    print(f"a fourth replica held its 3 shards {joined:.1f}s after it started")
