@@ -20,7 +20,10 @@ run in those threads and touch the schedule under `_lock`; the targets' watch th
 schedule and wakes the loop. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
-thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`.
+thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`. The
+`shards` thread calls `running()`, which reads `_running` under `_lock` (where `_submit` checks `owns`
+and registers its reconciles), and reports newly held shards, which are recorded under `_lock` for the
+loop to act on.
 """
 from __future__ import annotations
 
@@ -236,7 +239,8 @@ class Daemon:
         for name, future in running.items():
             if not self.owns(name):
                 future.cancel()
-        later, taken = set(), []  # later: a shard held again while a reconcile of the last term still runs
+        later: set[int] = set()  # a shard held again while a reconcile of its last term still runs: next turn
+        taken: list[str] = []
         for name in self._selected:
             shard = shard_of(name, shards.count)
             if shard in gained and name in running and not running[name].done():

@@ -201,7 +201,7 @@ class Shards:
         self._seen = {name: self._seen.get(name) or Observed() for name in leases}
         for name, lease in leases.items():
             self._seen[name].see(Record.of(lease), now)
-        holders = {}
+        holders: dict[int, str] = {}
         for shard, elector in enumerate(self.electors):
             lease = leases.get(self.shard_name(shard))
             if lease is not None:
