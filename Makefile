@@ -39,7 +39,7 @@ image:
 bench: install
 	$(BIN)/python bench/render_plan.py
 
-# N = 30, 100, 300 environments on the test control plane against kubectl apply --server-side (minutes).
+# N = 30, 300, 1000 environments on the test control plane against kubectl apply --server-side (about 30 min).
 bench-kube: install controlplane
 	$(BIN)/python bench/kube_scale.py
 

@@ -1,22 +1,29 @@
 """Many environments on the test control plane, measured side by side with `kubectl apply --server-side`.
 
-For each N (default 30, 100, 300) it makes a Git repository of N environments, each in its own
+For each N (default 30, 300, 1000) it makes a Git repository of N environments, each in its own
 namespace holding 1 RayCluster (2 worker groups, autoscaling on) and 2 RayJobs (one with
-`clusterSelector`, one with `rayClusterSpec`), and prints:
-- the initial sync by `ray-gitops run --once` (with the default client-side rate limit, and without one:
-  `--kube-api-qps 0`) against `kubectl apply --server-side -R -f` of the same rendered objects (each
-  into other, equally empty namespaces), and their ratios;
-- on a fresh control plane holding only that one sync's objects (a daemon caches every object labelled as
-  ray-gitops' on its clusters, so the other ways' objects would count too): the peak RSS of `run --once`,
-  then a daemon that adopts that state (fresh state dir): its peak RSS, requests per no-op cycle by verb,
-  list+watch streams and threads.
+`clusterSelector`, one with `rayClusterSpec`), and prints one table row:
+- first syncs, `--repeat` times each way on one control plane, each into fresh namespaces, rotating which
+  goes first: `kubectl apply --server-side -R -f` of the same rendered objects (kubectl of the API server's
+  release), `ray-gitops run --once`, and a daemon's first cycle (start to /readyz 200); medians, their
+  ratios, and the CPU seconds the API server and etcd spent on each;
+- on a fresh control plane holding only one sync's objects (a daemon caches every object labelled as
+  ray-gitops' on its clusters): the peak RSS of `run --once`; a daemon started there with a fresh state dir
+  (a new Pod): seconds to ready and the writes it sent; then over 60 s idle (`--interval 10s`): its CPU,
+  requests, threads and RSS; then 5 pushes changing one environment each, announced by a webhook (seconds
+  from the POST to that environment reconciled at the revision), and 5 found by polling (from the commit,
+  at a random phase of the interval);
+- and the start-up time of the CLI (`ray-gitops --help`, median of 5).
 Run: `make bench-kube` (builds the control plane once, like the tests). No test asserts timings.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import hmac
 import os
 import platform
+import random
 import re
 import statistics
 import subprocess
@@ -33,6 +40,7 @@ sys.path.insert(0, str(ROOT / "tests" / "controlplane"))
 sys.path.insert(0, str(ROOT))
 import kube_controlplane  # noqa: E402
 
+from reconciler.pipeline.ledger import Ledger  # noqa: E402
 from reconciler.pipeline.render import render  # noqa: E402
 from reconciler.pipeline.source import DirectoryTree  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
@@ -104,9 +112,15 @@ def write_repo(root: Path, n: int, prefix: str) -> None:
             f"{{namespace: {prefix}{i:03d}}}\n")
         (env / "ray.yaml").write_text(CLUSTER)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
+    commit(root, "bench")
+
+
+def commit(root: Path, message: str) -> str:
     subprocess.run(["git", "add", "-A"], cwd=root, check=True)
     subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@example.invalid", "commit", "-qm",
-                    "bench"], cwd=root, check=True)
+                    message], cwd=root, check=True)
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, check=True, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def rendered_files(repo: Path, into: Path, n: int, prefix: str) -> None:
@@ -128,84 +142,104 @@ def namespaces(kubectl: list[str], prefix: str, n: int, directory: Path) -> None
     subprocess.run([*kubectl, "apply", "--server-side", "-f", str(path)], check=True, capture_output=True)
 
 
-def timed_process(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, float, int]:
-    """(seconds, peak RSS MiB, exit code) of one command."""
+def server_cpu(plane: kube_controlplane.ControlPlane) -> float:
+    """CPU seconds etcd and kube-apiserver have used so far."""
+    return sum(cpu_seconds(p.popen.pid) for p in plane._processes if p.popen.poll() is None)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_process(cmd: list[str]) -> tuple[float, float]:
+    """(seconds, peak RSS MiB) of one command that must succeed."""
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+    if os.waitstatus_to_exitcode(status) != 0:
         tail = proc.stderr.read().decode(errors="replace")[-2000:] if proc.stderr else ""
-        raise SystemExit(f"{cmd[:4]} failed ({proc.returncode}):\n{tail}")
-    return time.monotonic() - started, usage.ru_maxrss / 1024, proc.returncode
+        raise SystemExit(f"{cmd[:4]} failed:\n{tail}")
+    return time.monotonic() - started, usage.ru_maxrss / 1024
 
 
-def metrics(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+def requests(port: int) -> dict[str, float]:
+    """ray_gitops_kube_requests_total by verb."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as resp:
         text = resp.read().decode()
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        match = re.match(r'(ray_gitops_kube_requests_total\{verb="(\w[\w-]*)"\}|ray_gitops_reconcile_total\{.*'
-                         r'result="(\w+)"\}) ([0-9.e+]+)', line)
-        if match:
-            key = match.group(2) or f"reconcile_{match.group(3)}"
-            out[key] = out.get(key, 0) + float(match.group(4))
+    for match in re.finditer(r'^ray_gitops_kube_requests_total\{verb="([\w-]+)"\} ([0-9.e+]+)$', text, re.M):
+        out[match.group(1)] = float(match.group(2))
     return out
 
 
-def proc_status(pid: int) -> dict[str, str]:
-    return dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+WRITES = ("apply", "create", "update", "patch", "delete")
 
 
-def daemon_adopting(repo: Path, state: Path, n: int, cycles_wait: float) -> dict[str, float]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "reconciler", "run", "--repo", str(repo), "--state-dir", str(state),
-           "--interval", "10s", "--metrics-address", f"127.0.0.1:{port}", "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 600
+class Daemon:
+    """`ray-gitops run` on `repo` with a webhook secret, `--interval 10s`."""
+
+    SECRET = "bench-secret"
+
+    def __init__(self, repo: Path, state: Path) -> None:
+        self.port, self.state = free_port(), state
+        (state.parent / "secret").write_text(self.SECRET)
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "run", "--repo", str(repo), "--state-dir", str(state), "--interval",
+             "10s", "--metrics-address", f"127.0.0.1:{self.port}", "--log-level", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "RAY_GITOPS_WEBHOOK_SECRET_FILE": str(state.parent / "secret")})
+
+    def ready_after(self) -> float:
+        """Seconds from the start to /readyz 200 (every environment reconciled once)."""
+        deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as resp:
                     if resp.status == 200:
-                        break
+                        return time.monotonic() - self.started
             except OSError:
-                time.sleep(0.5)
-        else:
-            raise SystemExit("the daemon never became ready")
-        time.sleep(12)  # the first cycle after adoption dry-runs each live object once
-        before = metrics(port)
-        time.sleep(cycles_wait)
-        after = metrics(port)
-        status = proc_status(proc.pid)
-        cycles = (after.get("reconcile_noop", 0) - before.get("reconcile_noop", 0)) / n
-        delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)
-                 if not k.startswith("reconcile_")}
-        return {"cycles": cycles, **{f"req_{k}": v / max(cycles, 1e-9) for k, v in delta.items()},
-                "watches": after.get("watch", 0), "lists": after.get("list", 0),
-                "threads": int(status["Threads"]), "rss": int(status["VmHWM"].split()[0]) / 1024}
-    finally:
-        proc.terminate()
-        proc.wait(60)
+                pass
+            if self.proc.poll() is not None:
+                raise SystemExit("the daemon exited")
+            time.sleep(0.1)
+        raise SystemExit("the daemon never became ready")
+
+    def hook(self) -> None:
+        body = b'{"ref": "refs/heads/main"}'
+        signature = "sha256=" + hmac.new(self.SECRET.encode(), body, hashlib.sha256).hexdigest()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}/hooks/git", body, method="POST", headers={
+            "X-Hub-Signature-256": signature, "X-GitHub-Event": "push", "Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            assert resp.status == 202
+
+    def wait_applied(self, environment: str, sha: str) -> None:
+        ledger = Ledger(self.state, readonly=True)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            history = ledger.history(environment, 1)
+            if history and history[0][0] == sha and history[0][3] == "success":
+                return
+            time.sleep(0.02)
+        raise SystemExit(f"{environment} never applied {sha[:12]}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
 
 
-WAYS = ("kubectl", "once", "unlimited")  # kubectl; run --once as configured by default; and with --kube-api-qps 0
+WAYS = ("kubectl", "once", "daemon")
 
 
-def once_command(repo: Path, state: Path, *flags: str) -> list[str]:
-    return [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir", str(state),
-            "--log-level", "warning", *flags]
-
-
-def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
-                  repeat: int) -> dict[str, list[float]]:
-    """`repeat` initial syncs of N environments each way (WAYS), each into fresh namespaces, rotating which goes
-    first: seconds per way."""
+def first_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
+                repeat: int) -> dict[str, list[tuple[float, float]]]:
+    """`repeat` first syncs of N environments each way, each into fresh namespaces, rotating which goes first:
+    (seconds, API server + etcd CPU seconds) per way."""
     k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
-    seconds: dict[str, list[float]] = {way: [] for way in WAYS}
+    out: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
     for r in range(repeat):
-        runs = {}
-        for way in WAYS:
+        for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
             prefix, root = f"{way[0]}{r}-", work / f"{way}{r}"
             repo = root / "repo"
             repo.mkdir(parents=True)
@@ -214,33 +248,84 @@ def initial_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], wor
             if way == "kubectl":
                 (root / "files").mkdir()
                 rendered_files(repo, root / "files", n, prefix)
-                runs[way] = [*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f", str(root / "files")]
+            cpu = server_cpu(plane)
+            if way == "kubectl":
+                seconds = timed_process([*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f",
+                                         str(root / "files")])[0]
+            elif way == "once":
+                seconds = timed_process(once_command(repo, root / "state"))[0]
             else:
-                runs[way] = once_command(repo, root / "state", *(["--kube-api-qps", "0"] if way == "unlimited" else []))
-        for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
-            seconds[way].append(timed_process(runs[way])[0])
-    return seconds
+                daemon = Daemon(repo, root / "state")
+                try:
+                    seconds = daemon.ready_after()
+                finally:
+                    daemon.stop()
+            out[way].append((seconds, server_cpu(plane) - cpu))
+    return out
 
 
-def alone(assets: Path, kubectl: list[str], work: Path, n: int) -> tuple[float, dict[str, float]]:
-    """On a control plane of its own: the peak RSS of `run --once`, then the daemon adopting what it made."""
+def once_command(repo: Path, state: Path) -> list[str]:
+    return [sys.executable, "-m", "reconciler", "run", "--once", "--repo", str(repo), "--state-dir", str(state),
+            "--log-level", "warning"]
+
+
+def alone(assets: Path, kubectl: list[str], work: Path, n: int, pushes: int) -> dict[str, float]:
+    """On a control plane of its own: `run --once`'s peak RSS; a new daemon on the synced cluster; idle; pushes."""
     plane = kube_controlplane.ControlPlane.start(assets)
     use_cluster(plane)
+    rng = random.Random(n)
     try:
         repo = work / "alone" / "repo"
         repo.mkdir(parents=True)
         write_repo(repo, n, "a-")
         namespaces([*kubectl, "--kubeconfig", str(plane.kubeconfig)], "a-", n, work)
-        _, rss, _ = timed_process(once_command(repo, work / "alone" / "state"))
-        return rss, daemon_adopting(repo, work / "daemon", n, cycles_wait=25)
+        _, once_rss = timed_process(once_command(repo, work / "alone" / "state"))
+        daemon = Daemon(repo, work / "daemon" / "state")
+        try:
+            out = {"once_rss": once_rss, "restart_ready": daemon.ready_after()}
+            time.sleep(1)
+            before, cpu = requests(daemon.port), cpu_seconds(daemon.proc.pid)
+            out["restart_writes"] = sum(before.get(verb, 0) for verb in WRITES)
+            time.sleep(60)
+            after = requests(daemon.port)
+            out["idle_cpu"] = (cpu_seconds(daemon.proc.pid) - cpu) / 60 * 100
+            out["idle_requests"] = sum(after.values()) - sum(before.values())
+            status = dict(line.split(":", 1) for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines())
+            out["threads"], out["daemon_rss"] = int(status["Threads"]), int(status["VmHWM"].split()[0]) / 1024
+            webhook, polling = [], []
+            for i in range(2 * pushes):
+                env = f"e{rng.randrange(n):03d}"
+                path = repo / "environments" / env / "ray.yaml"
+                path.write_text(path.read_text().replace("metadata: {name: train}", f"metadata: {{name: train, "
+                                                         f"labels: {{push: p{i}}}}}", 1))
+                if i >= pushes:
+                    time.sleep(rng.uniform(0, 10))  # a random phase of the poll interval
+                sha = commit(repo, f"push {i}")
+                started = time.monotonic()
+                if i < pushes:
+                    daemon.hook()
+                daemon.wait_applied(env, sha)
+                (webhook if i < pushes else polling).append(time.monotonic() - started)
+                path.write_text(path.read_text().replace(f", labels: {{push: p{i}}}", ""))
+                daemon.wait_applied(env, commit(repo, f"undo push {i}"))
+            out.update(webhook=statistics.median(webhook), webhook_max=max(webhook),
+                       polling=statistics.median(polling), polling_max=max(polling))
+            return out
+        finally:
+            daemon.stop()
     finally:
         plane.cleanup()
 
 
+def help_seconds() -> float:
+    return statistics.median(timed_process([sys.executable, "-m", "reconciler", "--help"])[0] for _ in range(5))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="30,100,300")
-    parser.add_argument("--repeat", type=int, default=3, help="initial syncs each way per N (medians printed)")
+    parser.add_argument("--sizes", default="30,300,1000")
+    parser.add_argument("--repeat", type=int, default=3, help="first syncs each way per N (medians printed)")
+    parser.add_argument("--pushes", type=int, default=5, help="webhook and polling pushes per N (medians printed)")
     args = parser.parse_args()
     assets = kube_controlplane.ensure_assets()
     kubectl = [str(assets / "kubectl")]
@@ -251,28 +336,30 @@ def main() -> None:
             plane = kube_controlplane.ControlPlane.start(assets)
             use_cluster(plane)
             try:
-                seconds = initial_syncs(plane, kubectl, work, n, args.repeat)
+                syncs = first_syncs(plane, kubectl, work, n, args.repeat)
             finally:
                 plane.cleanup()
-            once_rss, daemon = alone(assets, kubectl, work, n)
-        medians = {way: statistics.median(values) for way, values in seconds.items()}
-        rows.append((n, medians, once_rss, daemon))
-        print(f"N={n}: " + "; ".join(f"{way} {', '.join(f'{x:.1f}' for x in values)} s"
-                                     for way, values in seconds.items()), file=sys.stderr)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-          f"3 objects per environment, each environment in its own namespace; initial syncs: medians of "
-          f"{args.repeat} each way, rotating which goes first")
-    print("| N | kubectl apply --server-side | run --once (qps 50, burst 300) | ratio | run --once --kube-api-qps 0 | "
-          "ratio | RSS run --once | RSS daemon | writes/no-op cycle | dry-runs/no-op cycle | reads/no-op cycle | "
-          "list+watch streams | daemon threads |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for n, m, once_rss, d in rows:
-        writes = sum(v for k, v in d.items() if k in ("req_apply", "req_create", "req_update", "req_delete"))
-        reads = sum(v for k, v in d.items() if k in ("req_get", "req_list"))
-        print(f"| {n} | {m['kubectl']:.1f} s | {m['once']:.1f} s | {m['once'] / m['kubectl']:.2f} | "
-              f"{m['unlimited']:.1f} s | {m['unlimited'] / m['kubectl']:.2f} | {once_rss:.0f} MiB | "
-              f"{d['rss']:.0f} MiB | {writes:.0f} | {d.get('req_dryrun-apply', 0):.0f} | {reads:.0f} | "
-              f"{d['lists']:.0f}+{d['watches']:.0f} | {d['threads']} |")
+            medians = {way: (statistics.median(s for s, _ in v), statistics.median(c for _, c in v))
+                       for way, v in syncs.items()}
+            rows.append((n, medians, alone(assets, kubectl, work, n, args.pushes)))
+        print(f"N={n}: " + "; ".join(f"{way} " + ", ".join(f"{s:.1f} s/{c:.1f} s CPU" for s, c in v)
+                                     for way, v in syncs.items()), file=sys.stderr)
+        print(f"N={n}: {rows[-1][2]}", file=sys.stderr)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python "
+          f"{platform.python_version()}; 3 objects per environment, each in its own namespace; first syncs: "
+          f"medians of {args.repeat} each way; `ray-gitops --help`: {help_seconds():.2f} s")
+    print("| N | kubectl apply --server-side | run --once | daemon's first cycle | server CPU kubectl / once / "
+          "daemon | RSS once / daemon | new daemon on the synced cluster: ready, writes | idle 60 s: CPU, requests, "
+          "threads | webhook push applied (median, max) | polling, 10 s (median, max) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for n, m, a in rows:
+        k, o, d = m["kubectl"], m["once"], m["daemon"]
+        print(f"| {n} | {k[0]:.1f} s | {o[0]:.1f} s ({o[0] / k[0]:.2f}×) | {d[0]:.1f} s ({d[0] / k[0]:.2f}×) | "
+              f"{k[1]:.1f} / {o[1]:.1f} ({o[1] / k[1]:.2f}×) / {d[1]:.1f} s ({d[1] / k[1]:.2f}×) | "
+              f"{a['once_rss']:.0f} / {a['daemon_rss']:.0f} MiB | {a['restart_ready']:.1f} s "
+              f"({a['restart_ready'] / k[0]:.2f}×), {a['restart_writes']:.0f} | {a['idle_cpu']:.1f} %, "
+              f"{a['idle_requests']:.0f}, {a['threads']:.0f} | {a['webhook']:.2f} s, {a['webhook_max']:.2f} s | "
+              f"{a['polling']:.2f} s, {a['polling_max']:.2f} s |")
 
 
 if __name__ == "__main__":

@@ -104,6 +104,24 @@ class ApiError(RayGitopsError):
         return out
 
 
+RETRIES = 3  # more attempts of a request the server asked to retry later
+RETRY_AFTER_MAX = 5.0  # seconds: the longest Retry-After honoured as such
+
+
+def retry_after(status: int, header: str | None) -> float | None:
+    """Seconds to wait before sending a request again, or None when the answer is final: 429 (1 s unless the
+    server says), or a 5xx whose Retry-After says when."""
+    try:
+        asked = float(header) if header else None
+    except ValueError:
+        asked = None
+    if status == 429:
+        return min(RETRY_AFTER_MAX, max(0.0, asked if asked is not None else 1.0))
+    if status >= 500 and asked is not None:
+        return min(RETRY_AFTER_MAX, max(0.0, asked))
+    return None
+
+
 POOL_SIZE = 32  # kept-alive connections per API server: the watches plus the environment threads
 
 
@@ -123,6 +141,7 @@ def connect(kubeconfig: str = "", context: str = "", in_cluster: bool = False) -
             f" context {context}" if context else "")
         raise PermanentError(f"{where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     configuration.connection_pool_maxsize = POOL_SIZE
+    configuration.retries = urllib3.Retry(3, respect_retry_after_header=False)  # Retry-After: `Kube.request`'s
     if configuration.refresh_api_key_hook is not None:
         configuration.refresh_api_key_hook = ThrottledRefresh(configuration.refresh_api_key_hook)
     return client.ApiClient(configuration)
@@ -198,23 +217,31 @@ class Kube:
     def request(self, verb: str, method: str, path: str, query: list[tuple[str, Any]] | None = None,
                 body: Any = None, content_type: str = JSON, timeout: Any = 60.0,
                 stream: bool = False) -> Any:
-        """Send one request; the decoded JSON answer (or, with `stream`, the open urllib3 response)."""
-        self.limiter.wait()
-        self.count(verb)
+        """Send one request; the decoded JSON answer (or, with `stream`, the open urllib3 response). An answer
+        that says when to come back (429 from API Priority and Fairness, a 5xx with Retry-After) is retried as
+        client-go does: up to RETRIES times, after what it asks (at most RETRY_AFTER_MAX seconds)."""
         headers = {"Accept": JSON, **({"Content-Type": content_type} if body is not None else {}),
                    **({"Impersonate-User": self.impersonate} if self.impersonate else {})}
         method, url, headers, body, post = self.api_client.param_serialize(
             method, path, query_params=query or [], header_params=headers, body=body, auth_settings=["BearerToken"])
-        try:
-            response = self.api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
-            if stream and 200 <= response.status <= 299:
-                return response.response
-            data = response.read()
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise ApiError(0, "Unavailable", f"{method} {path}: {exc}") from exc
-        if not 200 <= response.status <= 299:
-            raise ApiError.of(response.status, data)
-        return json.loads(data) if data else {}
+        attempt = 0
+        while True:
+            self.limiter.wait()
+            self.count(verb)
+            try:
+                response = self.api_client.call_api(method, url, headers, body, post, _request_timeout=timeout)
+                if stream and 200 <= response.status <= 299:
+                    return response.response
+                data = response.read()
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ApiError(0, "Unavailable", f"{method} {path}: {exc}") from exc
+            if 200 <= response.status <= 299:
+                return json.loads(data) if data else {}
+            wait = retry_after(response.status, response.getheader("Retry-After"))
+            if wait is None or attempt == RETRIES:
+                raise ApiError.of(response.status, data)
+            attempt += 1
+            time.sleep(wait)
 
     def get(self, path: str, timeout: float = 60.0) -> dict[str, Any] | None:
         """The object, or None when it does not exist (404)."""

@@ -8,6 +8,7 @@ the command's documented exit code, never as a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -16,11 +17,9 @@ import sys
 import traceback
 from pathlib import Path
 
+from typing import Callable
+
 from ..errors import ConfigError, InvalidEnvironment, RayGitopsError
-from ..pipeline.source import redact
-from ..service import config
-from ..service.daemon import Daemon
-from . import rollback, show
 
 
 class JsonFormatter(logging.Formatter):
@@ -41,7 +40,16 @@ def _logging(fmt: str, level: str) -> None:
     logging.getLogger("urllib3").setLevel(max(logging.ERROR, logging.getLogger().level))
 
 
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """Command `name` of `module`, imported when it runs: `--help` and a bad flag load no Git, Kubernetes or
+    pipeline code."""
+    return lambda args: getattr(importlib.import_module(f"{__package__}.{module}"), name)(args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from ..pipeline.source import redact
+    from ..service import config
+    from ..service.daemon import Daemon
     settings = config.load(vars(args), config_file=args.config)
     if not settings.repo:
         print("ray-gitops run: --repo (or RAY_GITOPS_REPO) is required", file=sys.stderr)
@@ -89,7 +97,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", help="host:port for /metrics /healthz /readyz (default 127.0.0.1:9464)")
     run.add_argument("--once", action="store_true", default=None, help="reconcile once and exit (0 = all succeeded)")
     run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
-    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 50)")
+    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 0: no client-side limit)")
     run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
     run.add_argument("--verify-commits", choices=["head", "strict"], help="apply only revisions whose head (head) "
                      "or every new commit (strict) carries a valid signature by a key in --trusted-keys")
@@ -124,9 +132,10 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     for verb, func, text in (
-            ("diff", show.cmd_diff, "show what a reconcile would change (exit 0 none, 1 changes, 2 error)"),
-            ("plan", show.cmd_plan, "what apply would do per object, no diff bodies (exit 0 none, 1 changes, "
-                                    "2 error)")):
+            ("diff", _command("show", "cmd_diff"),
+             "show what a reconcile would change (exit 0 none, 1 changes, 2 error)"),
+            ("plan", _command("show", "cmd_plan"),
+             "what apply would do per object, no diff bodies (exit 0 none, 1 changes, 2 error)")):
         preview = sub.add_parser(verb, help=text)
         source_flags(preview)
         preview.add_argument("--environment", required=True)
@@ -137,14 +146,14 @@ def parser() -> argparse.ArgumentParser:
                            "variables applied (exit 0 ok, 1 invalid, 2 error)")
     source_flags(built)
     built.add_argument("--environment", required=True)
-    built.set_defaults(func=show.cmd_render)
+    built.set_defaults(func=_command("show", "cmd_render"))
 
     history = sub.add_parser("history", help="revisions applied to an environment, newest first (from the ledger)")
     history.add_argument("--environment", required=True)
     history.add_argument("--state-dir", type=Path)
     history.add_argument("--limit", type=int, default=50, help="newest N (default 50)")
     history.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    history.set_defaults(func=show.cmd_history)
+    history.set_defaults(func=_command("show", "cmd_history"))
 
     back = sub.add_parser("rollback", help="git revert the commits that changed an environment, in a local clone "
                           "(exit 0 done, 2 refused or conflict)")
@@ -157,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
     back.add_argument("--state-dir", type=Path, help="the daemon's state directory (for the last applied revision)")
     back.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths")
     back.add_argument("--push", action="store_true", help="push the revert commit(s) (default: only commit locally)")
-    back.set_defaults(func=rollback.cmd_rollback)
+    back.set_defaults(func=_command("rollback", "cmd_rollback"))
 
     for verb, text in (("suspend", "stop applying to an environment (ledger flag; the daemon sees it at its "
                                    "next reconcile)"), ("resume", "undo `suspend`")):
@@ -166,16 +175,16 @@ def parser() -> argparse.ArgumentParser:
         hold.add_argument("--state-dir", type=Path, required=True, help="the daemon's state directory")
         if verb == "suspend":
             hold.add_argument("--reason", help="shown in status (e.g. an incident number)")
-        hold.set_defaults(func=rollback.cmd_suspend)
+        hold.set_defaults(func=_command("rollback", "cmd_suspend"))
 
     val = sub.add_parser("validate", help="check a repository or environment directory (exit 0 ok, 1 invalid)")
     val.add_argument("path")
-    val.set_defaults(func=show.cmd_validate)
+    val.set_defaults(func=_command("show", "cmd_validate"))
 
     status = sub.add_parser("status", help="table of environments: revision, sync, health")
     status.add_argument("--state-dir", type=Path)
     status.add_argument("-o", "--output", choices=["table", "json"], default="table")
-    status.set_defaults(func=show.cmd_status)
+    status.set_defaults(func=_command("show", "cmd_status"))
     return p
 
 

@@ -223,6 +223,20 @@ class Ledger:
                             state.health_status.value, state.message[:2000], state.updated_at,
                             json.dumps(state.detail, sort_keys=True)))
 
+    def advance(self, environments: list[str], applied: Applied) -> list[EnvironmentState]:
+        """`environments` are on `applied.revision` as they are (nothing they read changed there): their status
+        moves to it and each gets a history row, all in one transaction. Their states after, as `states`."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany("UPDATE environments SET revision=?, updated_at=? WHERE env=?",
+                           [(applied.revision, now, env) for env in environments])
+            db.executemany("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, signer) "
+                           "VALUES (?,?,?,?,?,?,?)", [(env, applied.revision, applied.commit_time, now, applied.result,
+                                                       applied.summary, applied.signer) for env in environments])
+            rows = db.execute(f"SELECT * FROM environments WHERE env IN ({','.join('?' * len(environments))})",
+                              environments).fetchall()
+        return [_state(row) for row in rows]
+
     # -- what the CLI reads and sets -------------------------------------------------------------------
     def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str, str]]:
         """(revision, commit_time, applied_at, result, summary, signer), newest first."""

@@ -34,8 +34,8 @@ from . import health, planner
 from .diff import changed_by, cluster_spec, worker_groups
 from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
 from .render import render
-from .source import GitSource, Revision
-from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets
+from .source import FileTree, GitSource, Inputs, Reads, Revision
+from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets, Watches
 
 log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
@@ -45,6 +45,9 @@ SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's applicati
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
 # Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
 WAIT_RECHECK = 10.0
+
+
+ADVANCED = "no changes: nothing it reads changed at this revision"  # the history summary of `advance`
 
 
 @dataclass
@@ -61,6 +64,8 @@ class Result:
     interval: float = 60.0
     revision: str = ""  # the revision the environment is on after this reconcile
     depends_on: tuple[str, ...] = ()
+    inputs: Inputs = frozenset()  # what it read of the revision (`source.Reads`)
+    quiet: bool = False  # Synced, Healthy, nothing running, and watched: nothing to do until something moves
 
 
 @dataclass(frozen=True)
@@ -110,8 +115,9 @@ class Pipeline:
 
     # -- reconcile ------------------------------------------------------------------------------------
     def reconcile(self, name: str, revision: Revision) -> Result:
-        started = time.monotonic()
-        result = self._guarded(name, revision, lambda: self._reconcile(name, revision))
+        started, reads = time.monotonic(), Reads(revision.tree)
+        result = replace(self._guarded(name, revision, lambda: self._reconcile(name, revision, reads)),
+                         inputs=reads.inputs())
         self.metrics.reconcile_total.labels(name, result.result).inc()
         self.metrics.reconcile_duration.labels(name).observe(time.monotonic() - started)
         return result
@@ -179,6 +185,18 @@ class Pipeline:
             f"; {len(kept)} kept: {why}" if kept else "")
         return self._removed(name, revision, target.kind, loaded, record, outcomes, note, tuple(ended))
 
+    def advance(self, names: list[str], revision: Revision) -> list[EnvironmentState]:
+        """Nothing `names` read changed at `revision` (`source.unchanged`): they are on it as they are, with no
+        render and no request (status, history and `environment_info` say so). Their states now."""
+        applied = Applied(revision.sha, revision.commit_time, "success", ADVANCED, revision.signer)
+        states = self.ledger.advance(names, applied)
+        for state in states:
+            self.metrics.environment_status(state.environment, state.target, revision.short, state.sync_status,
+                                            state.health_status)
+        log.info("revision %s: %d environment(s) read nothing it changed: on it without a reconcile", revision.short,
+                 len(names))
+        return states
+
     def report_stuck(self, name: str, since: float) -> None:
         """`name`'s reconcile has been running since `since` (Unix time) and does not end: say so in its status
         (its last applied revision stays as reported)."""
@@ -217,13 +235,14 @@ class Pipeline:
         log.info("environment %s: %s", name, message)
         return Result(name, "success", SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes, revision=revision.sha)
 
-    def _reconcile(self, name: str, revision: Revision) -> Result:
+    def _reconcile(self, name: str, revision: Revision, tree: FileTree) -> Result:
+        """Reconcile `name` at `revision`, reading its files from `tree` (the revision's, as it notes reads)."""
         loaded = self.ledger.load(name)  # read every time: `ray-gitops suspend/resume` need no restart
         if loaded.suspended is not None:
             previous = self.ledger.state(name)
             reason = "suspended by `ray-gitops suspend`" + (f": {loaded.suspended}" if loaded.suspended else "")
             return self._suspended(name, revision, previous.target if previous else "unknown", reason)
-        rendered = render(revision.tree, name, revision.sha, self.targets)
+        rendered = render(tree, name, revision.sha, self.targets)
         target = self.targets.get(rendered.spec)
         if rendered.spec.suspend:
             return self._suspended(name, revision, target.kind, "suspended in Git", rendered.spec.interval)
@@ -283,8 +302,11 @@ class Pipeline:
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
+        quiet = (sync == SyncStatus.SYNCED and env_health == Health.HEALTHY and not record.pending
+                 and isinstance(target, Watches) and target.watches(rendered.spec)
+                 and not any(d.ref.kind == "RayCronJob" for d in rendered.objects))  # its slots come from the clock
         return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
-                      depends_on=depends_on)
+                      depends_on=depends_on, quiet=quiet)
 
     # -- stages ---------------------------------------------------------------------------------------
     def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> str:

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Callable, Iterator, Mapping, Protocol
+from typing import Callable, Iterable, Iterator, Mapping, Protocol
 from urllib.parse import unquote
 
 import git
@@ -121,6 +121,61 @@ class Snapshot:
     @property
     def size(self) -> int:
         return sum(len(b) for b in self.contents.values())
+
+
+Inputs = frozenset[tuple[str, str, str]]  # (what was asked: files|read|exists|problems, of what path, its answer)
+
+
+class Reads:
+    """A FileTree that notes what is asked of it: what one environment's reconcile read of a revision. Those
+    `inputs()` replayed on a later revision tell whether anything the environment reads changed there
+    (`unchanged`), whatever it names (its directory, a base, a patch file). Owned by one environment thread."""
+
+    def __init__(self, tree: FileTree) -> None:
+        self.tree = tree
+        self._seen: dict[tuple[str, str], str] = {}
+
+    def files(self, under: str) -> Iterator[str]:
+        found = list(self.tree.files(under))
+        self._seen["files", under] = _digest(found)
+        yield from found
+
+    def read(self, path: str) -> bytes:
+        self._seen["read", path] = _answer("read", self.tree, path)
+        return self.tree.read(path)
+
+    def exists(self, path: str) -> bool:
+        self._seen["exists", path] = _answer("exists", self.tree, path)
+        return self.tree.exists(path)
+
+    def problems(self, under: str) -> Iterator[tuple[str, str]]:
+        found = list(self.tree.problems(under))
+        self._seen["problems", under] = _digest(f"{p}\0{r}" for p, r in found)
+        yield from found
+
+    def inputs(self) -> Inputs:
+        return frozenset((ask, path, answer) for (ask, path), answer in self._seen.items())
+
+
+def _answer(ask: str, tree: FileTree, path: str) -> str:
+    """A digest of what `tree` answers to `ask` about `path`."""
+    if ask == "read":
+        try:
+            return hashlib.blake2b(tree.read(path), digest_size=16).hexdigest()
+        except FileNotFoundError:
+            return "-"
+    if ask == "exists":
+        return str(tree.exists(path))
+    return _digest(tree.files(path) if ask == "files" else (f"{p}\0{r}" for p, r in tree.problems(path)))
+
+
+def _digest(lines: Iterable[str]) -> str:
+    return hashlib.blake2b("\n".join(lines).encode(), digest_size=16).hexdigest()
+
+
+def unchanged(inputs: Inputs, tree: FileTree) -> bool:
+    """Whether `tree` answers as the one `inputs` were read from (see `Reads`)."""
+    return all(_answer(ask, tree, path) == answer for ask, path, answer in inputs)
 
 
 class DirectoryTree:

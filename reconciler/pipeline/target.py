@@ -94,6 +94,15 @@ class Controls(Protocol):
 
 
 @runtime_checkable
+class Watches(Protocol):
+    """A target that tells the daemon (its `changed` callback) of every change someone else makes to an
+    environment's objects and Ray Pods (Kubernetes: its watches). An environment it watches that is Synced and
+    Healthy with nothing running needs no reconcile until Git or the watch says something moved."""
+
+    def watches(self, spec: EnvironmentSpec) -> bool: ...
+
+
+@runtime_checkable
 class ReportsEvents(Protocol):
     """A target that tells its users what was done to an object, or what keeps an environment from Git
     (Kubernetes: an Event; a Warning on the environment's ledger ConfigMap); never raises."""

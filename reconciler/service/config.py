@@ -75,7 +75,7 @@ class Settings:
     webhook_secret_file: str = ""  # a mounted Secret's file; wins over webhook_secret
     webhook_max_body: int = 1024 * 1024  # bytes; larger webhook bodies get 413 unread
     concurrency: int = 4  # environments reconciled at the same time (as Flux's --concurrent)
-    kube_api_qps: float = 50.0  # client-side rate limit per API server (Flux: 50 and a burst of 300)
+    kube_api_qps: float = 0.0  # client-side rate limit per API server; 0: none (see README, Request pacing)
     kube_api_burst: int = 300
     default_service_account: str = ""  # Kubernetes writes of environments without serviceAccountName impersonate it
     verify_commits: str = ""  # "" (off), head or strict: which commits must carry a trusted signature

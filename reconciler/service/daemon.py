@@ -17,7 +17,8 @@ Thread ownership: the main loop owns the schedule and is the only caller of `sou
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
 run in those threads and touch the schedule under `_lock`; the targets' watch threads call
 `changed`, which only records the environment under `_lock` and, after DEBOUNCE, forces it in the
-schedule and wakes the loop. The HTTP threads read the metrics
+schedule and wakes the loop. What each environment's last reconcile read (`_inputs`, for `_advance`)
+is written by the finishing threads and read by the loop, under `_lock`. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
 thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`. The
@@ -41,7 +42,7 @@ from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ROOT, depends_on, list_environments
-from ..pipeline.source import GitSource, Revision
+from ..pipeline.source import GitSource, Inputs, Revision, unchanged
 from ..targets import Registry
 from . import http, webhook
 from .api import Api
@@ -77,7 +78,6 @@ class Daemon:
         self.pipeline = self._pipeline()
         self.schedule = Schedule()
         self.hooks = self._hooks()
-        self._force = threading.Event()  # a webhook asked: fetch now, reconcile every environment
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
         self._progress = time.monotonic()  # a reconcile finished, or none was running
@@ -89,6 +89,7 @@ class Daemon:
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
+        self._inputs: dict[str, Inputs] = {}  # environment -> what its last reconcile read, if it may be advanced
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
         self._touched: set[str] = set()  # environments whose objects someone else changed (checked after DEBOUNCE)
@@ -171,16 +172,15 @@ class Daemon:
     def running(self) -> set[str]:
         """The environments with a reconcile queued or running (thread-safe)."""
         with self._lock:
-            return {name for name, future in self._running.items() if not future.done()}
+            return self._running_names()
 
     def owns(self, name: str) -> bool:
         """This replica may reconcile `name` now (always, without `shards`)."""
         return self.shards is None or self.shards.owns(name)
 
     def trigger(self) -> None:
-        """Git changed (a verified webhook): fetch at once and reconcile every environment, whatever its
-        interval. Only wakes the loop: nothing is reconciled in the caller's (HTTP) thread."""
-        self._force.set()
+        """Git changed (a verified webhook): fetch at once; the environments whose inputs changed are reconciled
+        at once (`_advance`). Only wakes the loop: nothing is fetched or reconciled in the caller's (HTTP) thread."""
         self.wake.set()
 
     # -- the last verified head (GitSource's VerifiedHeads) --------------------------------------------
@@ -250,6 +250,8 @@ class Daemon:
                 taken.append(name)
         with self._lock:
             self._gained |= later
+            for name in taken:  # what it read when this replica last reconciled it says nothing now
+                self._inputs.pop(name, None)
             self.schedule.force(taken)  # checked at once by their new owner
         self.metrics.environments_owned.labels(shards.identity).set(sum(map(self.owns, self._selected)))
 
@@ -277,21 +279,51 @@ class Daemon:
                 return
             result = future.result()
             again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
-                                           result.retry_after)
+                                           result.retry_after, result.quiet)
             self._depends_on[name] = result.depends_on
-            reached = (result.revision, result.health_status.value)
-            if self._reached.get(name) != reached:  # a promotion may go ahead: its dependents look now
-                self._reached[name] = reached
-                dependents = [e for e, deps in self._depends_on.items() if name in deps]
-                self.schedule.force(dependents)
-                again = again or bool(dependents)
+            if result.result != "error" and result.sync_status == SyncStatus.SYNCED:
+                self._inputs[name] = result.inputs
+            else:  # its next revision reconciles it, whatever changed
+                self._inputs.pop(name, None)
+            again = self._reach(name, (result.revision, result.health_status.value)) or again
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
+
+    def _reach(self, name: str, reached: tuple[str, str]) -> bool:
+        """`name` is at (revision, health): when that is new, a promotion may go ahead and its dependents look now
+        (True: some were forced). Under `_lock`."""
+        if self._reached.get(name) == reached:
+            return False
+        self._reached[name] = reached
+        dependents = [e for e, deps in self._depends_on.items() if name in deps]
+        self.schedule.force(dependents)
+        return bool(dependents)
+
+    def _advance(self, revision: Revision, names: list[str]) -> None:
+        """Changed environments first: of `names`, those last reconciled at another revision, Synced, and reading
+        nothing `revision` changed (`unchanged`) move to it without a reconcile; the others stay due at once. A
+        webhook push that changes one environment among a thousand applies it without waiting for the rest."""
+        with self._lock:
+            candidates = {n: self._inputs[n] for n in names if n in self._inputs and self.schedule.at(n) not in (
+                None, revision.sha) and n not in self._running_names()}
+        same = sorted(n for n, inputs in candidates.items() if unchanged(inputs, revision.tree))
+        if not same:
+            return
+        states = self.pipeline.advance(same, revision)
+        with self._lock:
+            self.schedule.advance(same, revision.sha)
+            for state in states:
+                self._reach(state.environment, (revision.sha, state.health_status.value))
+
+    def _running_names(self) -> set[str]:
+        return {n for n, f in self._running.items() if not f.done()}
 
     def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
+        if self.leading():
+            self._advance(revision, [n for n in self._selected if self.owns(n)])
         with self._lock:  # owned and registered at once: `Shards` hands a shard over only when `running()` is clear
             if force:
                 self.schedule.force(names)
@@ -392,11 +424,9 @@ class Daemon:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
                 self.wake.clear()
-                force = self._force.is_set()
-                self._force.clear()  # a webhook from now on is after this fetch: it wakes the next turn
                 leading = self._lead()
                 if leading:
-                    self._turn(pool, force)
+                    self._turn(pool)
                 self._watch_running()
                 with self._lock:
                     pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
@@ -420,7 +450,7 @@ class Daemon:
             log.info("stopped")
         return not left
 
-    def _turn(self, pool: ThreadPoolExecutor, force: bool) -> None:
+    def _turn(self, pool: ThreadPoolExecutor) -> None:
         """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
         at once. Nothing here may end the loop: repository content and Git failures are only logged."""
         failing = self.source.failure is not None
@@ -428,8 +458,7 @@ class Daemon:
             revision = self.source.fetch()
             self.head = revision
             self.commits.add(revision)
-            force = force or failing != (self.source.failure is not None)
-            self._submit(pool, revision, force)
+            self._submit(pool, revision, force=failing != (self.source.failure is not None))
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
         except Exception:  # a bug must not stop the other environments' schedule

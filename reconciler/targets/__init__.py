@@ -34,7 +34,7 @@ class Runtime:
 
     state_dir: Path
     metrics: Metrics
-    kube_api_qps: float = 50.0
+    kube_api_qps: float = 0.0
     kube_api_burst: int = 300
     default_service_account: str = ""  # Kubernetes: impersonated by environments that name none
     changed: Callable[[str], None] | None = None  # told the environment of an object someone else changed

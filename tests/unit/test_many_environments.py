@@ -199,3 +199,53 @@ def test_rate_limiter_allows_a_burst_then_paces_requests_at_qps() -> None:
     assert waits == pytest.approx([0, 0, 0, 0.1, 0.2])
     assert later == pytest.approx([0, 0, 0, 0.1])
     assert RateLimiter(qps=0, burst=1).wait() == 0.0
+
+
+def test_an_answer_that_says_when_to_come_back_is_retried_after_it_and_others_are_not(tmp_path: Path) -> None:
+    import http.server
+    import threading
+    import time as clock
+    import yaml
+    from reconciler.kubeapi import RETRIES, ApiError, Kube, connect
+    answers: list[tuple[int, dict[str, str]]] = []
+    seen: list[float] = []
+
+    class Server(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            seen.append(clock.monotonic())
+            status, headers = answers.pop(0) if answers else (200, {})
+            body = b'{"kind": "ConfigMap"}' if status == 200 else b'{"reason": "TooManyRequests", "message": "slow"}'
+            self.send_response(status)
+            for key, value in {**headers, "Content-Type": "application/json",
+                               "Content-Length": str(len(body))}.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        (tmp_path / "kubeconfig").write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "here",
+            "clusters": [{"name": "here", "cluster": {"server": f"http://127.0.0.1:{server.server_port}"}}],
+            "users": [{"name": "me", "user": {"token": "t"}}],
+            "contexts": [{"name": "here", "context": {"cluster": "here", "user": "me"}}]}))
+        kube = Kube(connect(str(tmp_path / "kubeconfig")), lambda verb: None)
+        answers[:] = [(429, {"Retry-After": "1"}), (503, {"Retry-After": "0"})]
+        assert kube.request("get", "GET", "/api/v1/x") == {"kind": "ConfigMap"}
+        assert len(seen) == 3 and seen[1] - seen[0] >= 1
+        seen.clear()
+        answers[:] = [(503, {})]  # no Retry-After: final
+        with pytest.raises(ApiError, match="503"):
+            kube.request("get", "GET", "/api/v1/x")
+        assert len(seen) == 1
+        seen.clear()
+        answers[:] = [(429, {"Retry-After": "0"})] * (RETRIES + 1)
+        with pytest.raises(ApiError, match="429 TooManyRequests"):
+            kube.request("get", "GET", "/api/v1/x")
+        assert len(seen) == RETRIES + 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,4 +1,4 @@
-"""The daemon's schedule on its own, with a fake clock: due times, backoff, webhook wake-ups."""
+"""The daemon's schedule on its own, with a fake clock: due times, backoff, forced runs, quiet environments."""
 from __future__ import annotations
 
 import pytest
@@ -64,7 +64,7 @@ def test_an_error_may_say_when_to_retry(clock: Clock) -> None:
     assert schedule.sleep(poll_interval=30) == 2.5
 
 
-def test_a_webhook_runs_everything_now_and_a_running_one_again_right_after(clock: Clock) -> None:
+def test_forced_ones_run_now_and_a_running_one_again_right_after(clock: Clock) -> None:
     schedule = Schedule(clock)
     schedule.due(["a", "b"], "r1")
     schedule.finished("a", "r1", failed=False, interval=3600)
@@ -94,3 +94,43 @@ def test_ready_once_every_selected_environment_ran(clock: Clock) -> None:
     assert not schedule.reconciled(["a", "b"])
     schedule.finished("b", "r1", failed=False, interval=10)
     assert schedule.reconciled(["a", "b"])
+
+
+def test_an_advanced_environment_keeps_its_due_time_at_the_new_revision(clock: Clock) -> None:
+    schedule = Schedule(clock)
+    assert schedule.due(["a", "b"], "r1") == ["a", "b"]
+    for name in ("a", "b"):
+        schedule.finished(name, "r1", failed=False, interval=60)
+    schedule.advance(["a"], "r2")  # nothing a reads changed at r2
+    assert schedule.at("a") == "r2" and schedule.at("b") == "r1" and schedule.at("c") is None
+    assert schedule.due(["a", "b"], "r2") == ["b"]
+    schedule.finished("b", "r2", failed=False, interval=60)
+    clock.now += 60
+    assert schedule.due(["a", "b"], "r2") == ["a", "b"]  # its own interval still runs it
+
+
+def test_a_quiet_environment_skips_its_intervals_until_the_resync_unless_forced(clock: Clock) -> None:
+    from reconciler.service.schedule import RESYNC
+    schedule = Schedule(clock)
+    assert schedule.due(["quiet", "loud"], "r1") == ["quiet", "loud"]
+    schedule.finished("quiet", "r1", failed=False, interval=10, quiet=True)
+    schedule.finished("loud", "r1", failed=False, interval=10)
+    ran = []
+    for _ in range(int(RESYNC // 10) - 1):
+        clock.now += 10
+        started = schedule.due(["quiet", "loud"], "r1")
+        ran += started
+        for name in started:
+            schedule.finished(name, "r1", failed=False, interval=10, quiet=name == "quiet")
+    assert "quiet" not in ran and ran.count("loud") == int(RESYNC // 10) - 1
+    assert schedule.sleep(60) == pytest.approx(10)  # skipped intervals re-arm: no busy loop
+
+    schedule.force(["quiet"])  # a watch saw someone else change it
+    assert schedule.due(["quiet", "loud"], "r1") == ["quiet"]
+    schedule.finished("quiet", "r1", failed=False, interval=10, quiet=True)
+    clock.now += RESYNC
+    assert "quiet" in schedule.due(["quiet", "loud"], "r1")  # the resync: a lost watch event is caught
+    schedule.finished("quiet", "r1", failed=True, interval=10, quiet=True)  # a failure is never quiet
+    clock.now += 10
+    assert schedule.due(["quiet"], "r1") == ["quiet"]
+    assert schedule.due(["other"], "r2") == ["other"]  # a new revision: never skipped

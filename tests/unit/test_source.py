@@ -104,3 +104,32 @@ def test_a_snapshot_lists_exactly_the_files_under_a_directory(under: str) -> Non
 
     assert list(snapshot.files(under)) == sorted(
         p for p in paths if not prefix or p == prefix or p.startswith(prefix + "/"))
+
+
+def test_what_a_render_reads_tells_which_later_revisions_change_it() -> None:
+    from reconciler.pipeline.render import render
+    from reconciler.pipeline.source import Reads, unchanged
+    from reconciler.targets import Registry, Runtime
+    env = ("apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\nmetadata: {name: NAME}\nspec:\n"
+           "  target: {local: {}}\n  base: bases/app\n").replace
+    files = {"environments/a/environment.yaml": env("NAME", "a").encode(),
+             "environments/b/environment.yaml": env("NAME", "b").replace("  base: bases/app\n", "").encode(),
+             "bases/app/cm.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: app}\ndata: {v: '1'}\n"}
+    targets = Registry(Runtime(Path("."), Metrics(CollectorRegistry())))
+
+    def inputs(tree: Snapshot, name: str) -> frozenset:
+        reads = Reads(tree)
+        render(reads, name, "r1", targets)
+        return reads.inputs()
+    first = Snapshot(dict(files))
+    a, b = inputs(first, "a"), inputs(first, "b")
+    elsewhere = Snapshot({**files, "NOTES.md": b"x", "environments/c/environment.yaml": env("NAME", "c").encode()})
+    assert unchanged(a, elsewhere) and unchanged(b, elsewhere)
+    base_edited = Snapshot({**files, "bases/app/cm.yaml": files["bases/app/cm.yaml"].replace(b"'1'", b"'2'")})
+    assert not unchanged(a, base_edited) and unchanged(b, base_edited)
+    base_grew = Snapshot({**files, "bases/app/more.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m}\n"})
+    assert not unchanged(a, base_grew) and unchanged(b, base_grew)
+    own_file = Snapshot({**files, "environments/b/cm.yaml": b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n"})
+    assert unchanged(a, own_file) and not unchanged(b, own_file)
+    gone = Snapshot({k: v for k, v in files.items() if k != "environments/b/environment.yaml"})
+    assert not unchanged(b, gone)

@@ -189,7 +189,7 @@ class KubernetesTarget:
         reports = []
         for namespace in {ns for ns, _ in crons}:
             informer = self._informer(observe.CRON_RUNS, namespace)
-            for job in informer.items():
+            for job in informer.items(namespace):
                 status = job["status"]
                 if (job["metadata"]["namespace"], job["cronjob"]) in crons and status["jobId"] and status["jobStatus"]:
                     reports.append(RunReport(status["jobId"], job["cronjob"], status["jobStatus"],
@@ -201,7 +201,7 @@ class KubernetesTarget:
         if namespace in self._no_pods:
             return None
         try:
-            return [p for p in self._informer("Pod", namespace).items() if p["metadata"]["namespace"] == namespace]
+            return self._informer("Pod", namespace).items(namespace)
         except PermanentError as exc:
             log.warning("environment %s: ready workers unknown: %s", environment, exc)
             self._no_pods.add(namespace)
@@ -281,6 +281,11 @@ class KubernetesTarget:
             informer.expect_gone(ref.namespace, ref.name, uid)
         if wait:
             writer.applier.wait_gone(ref, uid, wait)
+
+    def watches(self, spec: EnvironmentSpec) -> bool:
+        """Whether every change someone else makes to the environment's objects and Ray Pods reaches `on_change`
+        (the daemon's; not with Pods we may not list)."""
+        return self.on_change is not None and not self._no_pods
 
     def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
         """The environment's ledger copy; None when there is none, or when it is unverifiable (forged, or signed

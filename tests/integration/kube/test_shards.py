@@ -18,7 +18,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import kube_controlplane
 import pytest
@@ -62,7 +62,7 @@ class Replica(DaemonProcess):
         return {int(s.labels["shard"]) for family in text_string_to_metric_families(text) for s in family.samples
                 if s.name == "ray_gitops_shard_owned" and s.labels["identity"] == self.identity and s.value == 1}
 
-    def api(self, path: str) -> tuple[int, dict]:
+    def api(self, path: str) -> tuple[int, dict[str, Any]]:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/{path}", timeout=10) as resp:
                 return resp.status, json.load(resp)
@@ -73,7 +73,7 @@ class Replica(DaemonProcess):
         """The environments whose ledger history says this replica changed their objects at `revision`."""
         ledger = Ledger(self.state, readonly=True)
         return {env for env in ENVIRONMENTS for row in ledger.history(env, 10)
-                if row[0] == revision and row[3] == "success" and row[4] != "no changes"}
+                if row[0] == revision and row[3] == "success" and (" created" in row[4] or " configured" in row[4])}
 
 
 def write_revision(remote: GitRemote, namespace: str, value: str) -> str:
