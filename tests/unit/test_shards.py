@@ -1,19 +1,28 @@
 """Shard assignment with fakes: a stable hash, every shard held by exactly one replica at its fair share,
 rebalancing when a replica joins, dies or stops, and no hand-over while a reconcile of the shard runs.
 Replicas are driven round by round (`Shards.step`) on an in-memory Lease store and a fake clock; the
-real API server runs the same code in tests/integration/kube/test_shards.py."""
+real API server runs the same code in tests/integration/kube/test_shards.py. Last, the daemon with a
+fixed set of shards on the local target: it reconciles and advances only what it owns."""
 from __future__ import annotations
 
 import copy
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from reconciler.errors import ConfigError
 from reconciler.kubeapi import ApiError
+from reconciler.pipeline.reconcile import ADVANCED
+from reconciler.service.config import Settings
+from reconciler.service.daemon import Daemon
 from reconciler.service.leader import LeaderElectionOptions
 from reconciler.service.shards import SET_LABEL, Shards, fair_share, shard_of
+from tests.conftest import GitRemote
+from tests.unit.test_reconcile import env_yaml
 
 COUNT = 12
 LEASE = 3.0
@@ -227,3 +236,64 @@ def test_no_shards_is_a_configuration_error() -> None:
     options = LeaderElectionOptions("x", "y", FakeLeases(), identity="a")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least 1 shard"):
         Shards(0, options, lambda: ())
+
+
+class Owned:
+    """The part of `Shards` the daemon asks, owning a fixed set of shards."""
+
+    def __init__(self, count: int, shards: set[int]) -> None:
+        self.count, self.shards, self.identity = count, shards, "test"
+
+    def owns(self, environment: str) -> bool:
+        return shard_of(environment, self.count) in self.shards
+
+
+def test_the_daemon_reconciles_and_advances_only_the_environments_of_its_shards(
+        remote: GitRemote, tmp_path: Path) -> None:
+    names = [f"team-{i:02d}" for i in range(12)]
+    for env in names:
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", "apiVersion: v1\nkind: ConfigMap\n"
+                     f"metadata: {{name: settings}}\ndata: {{owner: {env}}}\n")
+    remote.commit("twelve environments")
+    daemon = Daemon(Settings(repo=remote.url, state_dir=tmp_path / "state"), CollectorRegistry())
+    owned = Owned(3, {0})
+    daemon.shards = owned  # type: ignore[assignment]
+    zero, one = ({e for e in names if shard_of(e, 3) == n} for n in (0, 1))
+    assert zero and one
+
+    def turn(gained: set[int] = set()) -> None:
+        with daemon._lock:
+            daemon._gained |= gained
+        with ThreadPoolExecutor(4) as pool:
+            daemon._lead()
+            daemon._submit(pool, daemon.source.fetch())
+        assert all(f.done() and f.exception() is None for f in daemon._running.values())
+
+    def applied() -> set[str]:
+        return {p.name for p in (tmp_path / "state" / "local" / "objects").iterdir()}
+
+    def newest(env: str) -> tuple[str, str]:
+        """(revision, summary) of its newest history row."""
+        revision, _, _, _, summary, _ = daemon.ledger.history(env, 1)[0]
+        return revision, summary
+    try:
+        turn()
+        assert applied() == zero and {s.environment for s in daemon.ledger.states()} == zero
+
+        owned.shards = {1}  # shard 0 handed over, shard 1 taken
+        turn(gained={1})
+        assert applied() == zero | one
+        assert daemon.metrics.environments_owned.labels("test")._value.get() == len(one)
+
+        remote.write("NOTES.md", "nothing any environment reads\n")
+        notes = remote.commit("notes")
+        turn()  # the owned ones move to it without a reconcile, the others are no longer this replica's
+        assert {newest(e) for e in one} == {(notes, ADVANCED)}
+        assert {newest(e)[0] for e in zero} != {notes}
+
+        owned.shards = {0, 1}
+        turn(gained={0})  # shard 0 back: reconciled at once, never advanced on what it read before
+        assert all(newest(e)[0] == notes and newest(e)[1] != ADVANCED for e in zero)
+    finally:
+        daemon.targets.close()
