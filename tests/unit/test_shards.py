@@ -80,6 +80,20 @@ class FakeLeases:
                 if "-shard-" in name}
 
 
+class Cut:
+    """A replica's way to the Leases, which fails while `cut` (a network partition)."""
+
+    def __init__(self, store: FakeLeases) -> None:
+        self.store, self.cut = store, False
+
+    def __getattr__(self, verb: str) -> Any:
+        if self.cut:
+            def fail(*args: Any, **kwargs: Any) -> Any:
+                raise ApiError(0, "Unavailable", "cut by the test")
+            return fail
+        return getattr(self.store, verb)
+
+
 class Replicas:
     """Replicas on one fake store and clock; `running[identity]` is what that replica is reconciling."""
 
@@ -88,9 +102,11 @@ class Replicas:
         self.all: dict[str, Shards] = {}
         self.running: dict[str, set[str]] = {}
         self.gained: dict[str, list[set[int]]] = {}
+        self.links: dict[str, Cut] = {}
 
     def add(self, identity: str) -> Shards:
-        options = LeaderElectionOptions("ray-gitops", "ray-gitops", self.store,  # type: ignore[arg-type]
+        self.links[identity] = Cut(self.store)
+        options = LeaderElectionOptions("ray-gitops", "ray-gitops", self.links[identity],  # type: ignore[arg-type]
                                         identity=identity, lease_duration=LEASE, renew_deadline=2.0,
                                         retry_period=0.5, clock=self.clock)
         self.running[identity], self.gained[identity] = set(), []
@@ -190,6 +206,27 @@ def test_a_dead_replicas_shards_are_taken_over_after_the_lease_duration_not_befo
     survivors = replicas.owned(["a", "b"])
     assert_partition(survivors, most=6)
     assert replicas.clock.now - killed <= LEASE + 2 * 0.5
+
+
+def test_a_replica_cut_off_stops_reconciling_before_another_may_take_its_shards() -> None:
+    replicas = Replicas()
+    for identity in ("a", "b"):
+        replicas.add(identity)
+    replicas.rounds(10)
+    a, b = replicas.all["a"], replicas.all["b"]
+    theirs = {e for e in ENVIRONMENTS if a.owns(e)}
+    replicas.links["a"].cut = True
+    cut = replicas.clock.now
+    stopped = taken = None
+    while taken is None and replicas.clock.now - cut < 3 * LEASE:
+        replicas.rounds(1)
+        assert not any(a.owns(e) and b.owns(e) for e in ENVIRONMENTS), "two owners"
+        if stopped is None and not any(a.owns(e) for e in theirs):
+            stopped = replicas.clock.now - cut
+        if taken is None and all(b.owns(e) for e in theirs):
+            taken = replicas.clock.now - cut
+    assert stopped is not None and taken is not None
+    assert stopped <= 2.0 + 0.5 < LEASE <= taken <= LEASE + 2 * 0.5, (stopped, taken)
 
 
 def test_a_stopped_replica_releases_its_shards_so_they_are_taken_at_once() -> None:
