@@ -97,8 +97,13 @@ spec:
 
 
 def use_cluster(plane: kube_controlplane.ControlPlane) -> None:
-    """Make `plane` the cluster `default` of every ray-gitops command this benchmark runs."""
-    os.environ.update(RAY_GITOPS_KUBECONFIG=str(plane.kubeconfig), RAY_GITOPS_KUBE_CONTEXT=plane.context)
+    """Make `plane` the cluster `default` of every ray-gitops command this benchmark runs, all of one
+    installation (one installation key, as a Deployment's Pods share a mounted Secret)."""
+    key = plane.workdir / "installation-key"
+    key.write_text(os.urandom(32).hex())
+    key.chmod(0o600)
+    os.environ.update(RAY_GITOPS_KUBECONFIG=str(plane.kubeconfig), RAY_GITOPS_KUBE_CONTEXT=plane.context,
+                      RAY_GITOPS_INSTALLATION_KEY_FILE=str(key))
 
 
 def write_repo(root: Path, n: int, prefix: str) -> None:
@@ -183,6 +188,7 @@ class Daemon:
 
     def __init__(self, repo: Path, state: Path) -> None:
         self.port, self.state = free_port(), state
+        state.parent.mkdir(parents=True, exist_ok=True)
         (state.parent / "secret").write_text(self.SECRET)
         self.started = time.monotonic()
         self.proc = subprocess.Popen(

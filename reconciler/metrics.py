@@ -34,6 +34,9 @@ class Metrics:
                                       namespace=ns, registry=registry)
         self.reconcile_total = Counter("reconcile_total", "Reconciles by result (success/noop/error)",
                                        ["environment", "result"], namespace=ns, registry=registry)
+        self.reconcile_skipped = Counter("reconcile_skipped_total", "Interval reconciles a quiet environment skipped "
+                                         "(watched, Synced and Healthy: its watch saw nothing move)", ["environment"],
+                                         namespace=ns, registry=registry)
         self.reconcile_duration = Histogram("reconcile_duration_seconds", "Wall time of one reconcile",
                                             ["environment"], namespace=ns, registry=registry, buckets=_SECONDS)
         self.commit_to_applied = Histogram("commit_to_applied_seconds", "Commit time to the end of its apply",
@@ -90,6 +93,9 @@ class Metrics:
         self.webhook_requests = Counter("webhook_requests_total", "POST /hooks/git requests by provider and result "
                                         "(accepted/ping/unauthorized/too_large/bad_request)", ["provider", "result"],
                                         namespace=ns, registry=registry)
+        self.notifications = Counter("notifications_total", "Notifications of environment state changes by result "
+                                     "(sent/failed after retries/dropped: queue full)", ["result"], namespace=ns,
+                                     registry=registry)
         self._lock = threading.Lock()
         self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 

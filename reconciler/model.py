@@ -23,6 +23,10 @@ ON_CHANGE_ANNOTATION = "gitops.ray.io/on-change"
 ON_TEMPLATE_CHANGE_ANNOTATION = "gitops.ray.io/on-template-change"
 RECONCILE_ANNOTATION = "gitops.ray.io/reconcile"  # `disabled` (in Git or by hand on the live object): left alone
 SSA_ANNOTATION = "gitops.ray.io/ssa"  # `IfNotPresent`: created when absent, never updated or healed afterwards
+# a RayCronJob's Kubernetes CronJob settings that KubeRay's RayCronJob lacks (honoured by the local target only):
+STARTING_DEADLINE_ANNOTATION = "gitops.ray.io/starting-deadline-seconds"  # a slot later than that is missed
+CONCURRENCY_ANNOTATION = "gitops.ray.io/concurrency-policy"  # Allow (default), Forbid or Replace
+CONCURRENCY_POLICIES = ("Allow", "Forbid", "Replace")
 
 Manifest = dict[str, Any]
 
@@ -153,7 +157,8 @@ class Health(enum.StrEnum):
 
 
 JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")  # a RayJob's status.jobStatus
-# a run's final status -> its result (MISSED: a RayCronJob slot not run, more than its deadline late)
+# a run's final status -> its result (MISSED: a RayCronJob slot not run: a newer one was due, or it was past
+# its starting deadline)
 TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped", "MISSED": "missed"}
 
 

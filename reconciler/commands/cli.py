@@ -1,4 +1,4 @@
-"""Command line: run, diff, plan, render, validate, status, history, rollback, suspend, resume
+"""Command line: run, reconcile, diff, plan, render, validate, status, history, rollback, suspend, resume
 (`ray-gitops --help`).
 
 The outermost layer: parses flags and hands each command to its module (`run` here, the read-only
@@ -89,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
                         "$XDG_STATE_HOME/ray-gitops)")
         sp.add_argument("--config", type=Path, help="YAML file of settings, e.g. the clusters (flags and env vars win)")
 
+    def working_tree_flag(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--path", type=Path, help="read the environments from this working tree on disk, "
+                        "uncommitted changes included, instead of --repo's branch (like flux build --path)")
+
     run = sub.add_parser("run", help="run the reconciler daemon")
     source_flags(run)
     run.add_argument("--environment", action="append", dest="environments", default=[],
@@ -127,9 +131,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
                      help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
                      "(default true; --ui=false turns both off)")
+    run.add_argument("--notify-url", action="append", dest="notify_urls", default=[],
+                     help="POST JSON here when an environment fails, recovers, is promoted, waits, is removed or is "
+                     "unverified (repeatable; Slack's format for hooks.slack.com or a slack+https:// prefix)")
+    run.add_argument("--notify-urls-file", help="file of more notification URLs, one per line (a mounted Secret)")
     run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
                      "127.0.0.1, localhost and the bound address (names behind a proxy)")
     run.set_defaults(func=cmd_run)
+
+    now = sub.add_parser("reconcile", help="make the running daemon of --state-dir fetch Git and reconcile now, and "
+                         "wait for it (exit 0 done, 1 failed or no daemon, 2 unknown environment)")
+    now.add_argument("--environment", action="append", dest="environments", default=[], metavar="NAME",
+                     help="environment to reconcile (repeatable; default all the daemon reconciles)")
+    now.add_argument("--state-dir", type=Path, help="the daemon's state directory (its control.sock)")
+    now.add_argument("--timeout", default="5m", help="how long to wait for the reconciles (default 5m)")
+    now.add_argument("-o", "--output", choices=["text", "json"], default="text")
+    now.set_defaults(func=_command("reconcile", "cmd_reconcile"))
 
     for verb, func, text in (
             ("diff", _command("show", "cmd_diff"),
@@ -138,6 +155,7 @@ def parser() -> argparse.ArgumentParser:
              "what apply would do per object, no diff bodies (exit 0 none, 1 changes, 2 error)")):
         preview = sub.add_parser(verb, help=text)
         source_flags(preview)
+        working_tree_flag(preview)
         preview.add_argument("--environment", required=True)
         preview.add_argument("-o", "--output", choices=["text", "json"], default="text")
         preview.set_defaults(func=func)
@@ -145,6 +163,7 @@ def parser() -> argparse.ArgumentParser:
     built = sub.add_parser("render", help="print an environment's final objects as YAML, base, patches and "
                            "variables applied (exit 0 ok, 1 invalid, 2 error)")
     source_flags(built)
+    working_tree_flag(built)
     built.add_argument("--environment", required=True)
     built.set_defaults(func=_command("show", "cmd_render"))
 
@@ -164,7 +183,13 @@ def parser() -> argparse.ArgumentParser:
                       "commit)")
     back.add_argument("--branch", default="main")
     back.add_argument("--state-dir", type=Path, help="the daemon's state directory (for the last applied revision)")
-    back.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths")
+    how = back.add_mutually_exclusive_group()
+    how.add_argument("--all-paths", action="store_true", help="also revert commits that changed other paths "
+                     "(the diff printed is then the whole repository's)")
+    how.add_argument("--restore", action="store_true", help="one commit restoring environments/<name>/ to the "
+                     "revision, instead of one revert per commit")
+    back.add_argument("--reapply", action="store_true", help="allow undoing a rollback (which re-applies what it "
+                      "rolled back); refused by default")
     back.add_argument("--push", action="store_true", help="push the revert commit(s) (default: only commit locally)")
     back.set_defaults(func=_command("rollback", "cmd_rollback"))
 

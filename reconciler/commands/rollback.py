@@ -1,23 +1,30 @@
 """Intervening without editing YAML: `rollback` (a `git revert` of the commits that changed one
-environment, in a local work tree) and `suspend`/`resume` (a ledger flag).
+environment, or one commit restoring its directory, in a local work tree) and `suspend`/`resume`
+(a ledger flag).
 
-Rollback: The reverts are made in a temporary detached worktree and the branch
-is fast-forwarded to them only if every one applied, so a conflict leaves the branch untouched.
-Never resets, amends or force-pushes: rollback is new commits, pushed only when asked.
+Rollback: the commits are made in a temporary detached worktree and the branch is fast-forwarded
+to them only if every one applied, so a conflict leaves the branch untouched. Never resets, amends
+or force-pushes: rollback is new commits, pushed only when asked. Undoing a rollback (which would
+re-apply what it rolled back) is refused unless asked for.
 """
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import git
 
 from ..errors import RayGitopsError
 from ..pipeline.ledger import Ledger
 from ..pipeline.render import ROOT
+
+RESTORE_TRAILER = "Ray-Gitops-Restore"  # on a `--restore` commit: the full sha its directory was restored to
+REVERTS = re.compile(r"^This reverts commit ([0-9a-f]{40})\.?$", re.MULTILINE)  # what `git revert` writes
 
 
 class RollbackError(RayGitopsError):
@@ -29,9 +36,27 @@ class RollbackError(RayGitopsError):
 
 
 @dataclass(frozen=True)
-class Rollback:
-    """What was done: the commits reverted (newest first, (sha, subject)), old and new head, the diff."""
+class RollbackOptions:
+    """How to roll back. `to`: the revision to go back to (default: see `default_target`);
+    `restore`: one commit restoring the directory instead of one revert per commit; `all_paths`:
+    also revert what those commits changed elsewhere; `reapply`: allow undoing a rollback."""
 
+    to: str | None = None
+    branch: str = "main"
+    last_applied: str | None = None
+    all_paths: bool = False
+    restore: bool = False
+    reapply: bool = False
+    push: bool = False
+    remote: str = "origin"
+
+
+@dataclass(frozen=True)
+class Rollback:
+    """What was done: the revision rolled back to, the commits undone (newest first, (sha, subject)),
+    old and new head, the diff."""
+
+    base: str
     reverted: list[tuple[str, str]] = field(default_factory=list)
     old_head: str = ""
     new_head: str = ""
@@ -76,9 +101,11 @@ def env_path(environment: str) -> str:
     return f"{ROOT}/{environment}/"
 
 
-def commits_to_revert(repo: git.Repo, environment: str, to: str, all_paths: bool) -> list[git.Commit]:
-    """Commits after `to` that changed the environment, newest first; refuses merges, and commits that
-    also changed other paths unless `all_paths` (their revert would roll those back too)."""
+def commits_to_revert(repo: git.Repo, environment: str, to: str, all_paths: bool,
+                      allow_merges: bool = False) -> list[git.Commit]:
+    """Commits after `to` that changed the environment, newest first; refuses merges unless
+    `allow_merges`, and commits that also changed other paths unless `all_paths` (their revert would
+    roll those back too)."""
     try:
         base = repo.commit(to).hexsha
     except (git.BadName, ValueError):
@@ -88,7 +115,7 @@ def commits_to_revert(repo: git.Repo, environment: str, to: str, all_paths: bool
     shas = repo.git.log("--format=%H", f"{base}..HEAD", "--", env_path(environment)).split()
     commits = [repo.commit(sha) for sha in shas]
     merges = [c.hexsha[:12] for c in commits if len(c.parents) > 1]
-    if merges:
+    if merges and not allow_merges:
         raise RollbackError(f"merge commit(s) {', '.join(merges)} changed {env_path(environment)}: revert them by "
                             f"hand (git revert -m 1 <commit>) or choose an earlier --to")
     if not all_paths:
@@ -100,69 +127,139 @@ def commits_to_revert(repo: git.Repo, environment: str, to: str, all_paths: bool
                 shared.append(f"{commit.hexsha[:12]} ({', '.join(others[:5])}{', ...' if len(others) > 5 else ''})")
         if shared:
             raise RollbackError(f"commit(s) also changed paths outside {env_path(environment)}: {'; '.join(shared)}; "
-                                f"reverting them would roll those back too (pass --all-paths to accept, or revert "
-                                f"by hand)")
+                                f"reverting them would roll those back too (pass --all-paths to accept, --restore "
+                                f"to restore only the environment's directory, or revert by hand)")
     return commits
 
 
-def rollback(path: Path, environment: str, to: str | None = None, branch: str = "main",
-             last_applied: str | None = None, all_paths: bool = False, push: bool = False,
-             remote: str = "origin") -> Rollback:
-    """Revert, newest first, every commit since `to` that changed `environments/<environment>/`."""
-    repo = open_work_tree(path, branch)
-    to = to or default_target(repo, environment, last_applied)
-    commits = commits_to_revert(repo, environment, to, all_paths)
+def undone_by(repo: git.Repo, commit: git.Commit, environment: str) -> list[git.Commit]:
+    """The commits that `commit` rolled back (empty if it is no rollback): the one a `git revert`
+    names, or every commit of the environment a `rollback --restore` went back over."""
+    trailers = repo.git.log("-1", f"--format=%(trailers:key={RESTORE_TRAILER},valueonly)", commit.hexsha).split()
+    if trailers:
+        if not _known(repo, trailers[0]):
+            return []
+        shas = repo.git.log("--format=%H", f"{trailers[0]}..{commit.hexsha}~1", "--", env_path(environment)).split()
+        return [repo.commit(sha) for sha in shas]
+    return [repo.commit(sha) for sha in REVERTS.findall(commit.message) if _known(repo, sha)]
+
+
+def refuse_reapplying(repo: git.Repo, environment: str, base: str, commits: list[git.Commit]) -> None:
+    """RollbackError if undoing `commits` (those after `base`) would re-apply a change a rollback among
+    them took back: one made at or before `base`, so not undone again by this rollback."""
+    for commit in commits:
+        again = [c for c in undone_by(repo, commit, environment) if _is_ancestor(repo, c.hexsha, base)]
+        if again:
+            named = ", ".join(f"{c.hexsha[:12]} ({c.summary})" for c in again[:5])
+            raise RollbackError(f"this would undo {commit.hexsha[:12]} ({commit.summary}), which is itself a rollback: "
+                                f"undoing it re-applies {named}; pass --reapply if that is what you want, or "
+                                f"--to an earlier revision to roll back further")
+
+
+def rollback(path: Path, environment: str, options: RollbackOptions = RollbackOptions()) -> Rollback:
+    """Undo every commit since `options.to` that changed `environments/<environment>/`: a revert of
+    each, newest first, or with `restore` one commit restoring the directory."""
+    repo = open_work_tree(path, options.branch)
+    to = options.to or default_target(repo, environment, options.last_applied)
+    commits = commits_to_revert(repo, environment, to, options.all_paths or options.restore,
+                                allow_merges=options.restore)
+    base = repo.commit(to).hexsha
+    if not options.reapply:
+        refuse_reapplying(repo, environment, base, commits)
     old = repo.head.commit.hexsha
     if not commits:
-        return Rollback([], old, old)
-    new = _revert_aside(repo, commits)
+        return Rollback(base, [], old, old)
+    new = _commit_aside(repo, lambda aside: _restore(aside, environment, base, commits) if options.restore
+                        else _revert(aside, commits))
+    if new == old:
+        return Rollback(base, [], old, old)
     repo.git.merge("--ff-only", new)
-    diff = repo.git.diff(old, new, "--", env_path(environment))
-    if push:
+    diff = repo.git.diff(old, new) if options.all_paths else repo.git.diff(old, new, "--", env_path(environment))
+    if options.push:
         try:
-            repo.git.push(remote, f"HEAD:refs/heads/{branch}")
+            repo.git.push(options.remote, f"HEAD:refs/heads/{options.branch}")
         except git.GitCommandError as exc:
-            raise RollbackError(f"the revert commit(s) are on local {branch} but the push was refused: "
+            raise RollbackError(f"the rollback commit(s) are on local {options.branch} but the push was refused: "
                                 f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc}; "
                                 f"git pull --rebase, check, then git push") from None
-    return Rollback([(c.hexsha, c.summary) for c in commits], old, new, diff, push)
+    return Rollback(base, [(c.hexsha, c.summary) for c in commits], old, new, diff, options.push)
 
 
-def _revert_aside(repo: git.Repo, commits: list[git.Commit]) -> str:
-    """Make the revert commits in a temporary detached worktree; the new head, or RollbackError with the
-    conflicting files (the revert is aborted and nothing of the user's branch has changed)."""
+def _known(repo: git.Repo, sha: str) -> bool:
+    try:
+        repo.commit(sha)
+    except (git.BadName, ValueError):
+        return False
+    return True
+
+
+def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
+    try:
+        repo.git.merge_base("--is-ancestor", ancestor, descendant)
+    except git.GitCommandError:
+        return False
+    return True
+
+
+def _commit_aside(repo: git.Repo, make: Callable[[git.Repo], None]) -> str:
+    """Run `make` in a temporary detached worktree at HEAD; its new head. The worktree is removed
+    whatever happens, so an error leaves nothing of the user's branch changed."""
     scratch = Path(tempfile.mkdtemp(prefix="ray-gitops-rollback-"))
     tree = scratch / "tree"
     repo.git.worktree("add", "--detach", str(tree), "HEAD")
     try:
         aside = git.Repo(tree)
-        for commit in commits:
-            try:
-                aside.git.revert("--no-edit", commit.hexsha)
-            except git.GitCommandError:
-                conflicts = tuple(aside.git.diff("--name-only", "--diff-filter=U").split())
-                aside.git.revert("--abort")
-                raise RollbackError(f"reverting {commit.hexsha[:12]} ({commit.summary}) conflicts with later "
-                                    f"changes in {', '.join(conflicts) or 'the work tree'}; nothing was changed "
-                                    f"(revert by hand, or choose a later --to)", conflicts) from None
+        make(aside)
         return aside.head.commit.hexsha
     finally:
         repo.git.worktree("remove", "--force", str(tree))
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _revert(aside: git.Repo, commits: list[git.Commit]) -> None:
+    """`git revert` each commit, newest first; RollbackError with the conflicting files (the revert is
+    aborted)."""
+    for commit in commits:
+        try:
+            aside.git.revert("--no-edit", commit.hexsha)
+        except git.GitCommandError:
+            conflicts = tuple(aside.git.diff("--name-only", "--diff-filter=U").split())
+            aside.git.revert("--abort")
+            raise RollbackError(f"reverting {commit.hexsha[:12]} ({commit.summary}) conflicts with later "
+                                f"changes in {', '.join(conflicts) or 'the work tree'}; nothing was changed "
+                                f"(revert by hand, or choose a later --to, or --restore)", conflicts) from None
+
+
+def _restore(aside: git.Repo, environment: str, base: str, commits: list[git.Commit]) -> None:
+    """One commit making `environments/<environment>/` what it was at `base` (no commit if it already is)."""
+    path = env_path(environment)
+    aside.git.rm("-r", "-q", "--ignore-unmatch", "--", path)
+    if aside.git.ls_tree("--name-only", base, "--", path).strip():
+        aside.git.checkout(base, "--", path)
+    if not aside.git.diff("--cached", "--name-only", "HEAD").strip():
+        return
+    listed = "\n".join(f"  {c.hexsha[:12]} {c.summary}" for c in commits)
+    subject = aside.commit(base).summary
+    aside.git.commit("-q", "-m", f"Restore {path} to {base[:12]} ({subject})",
+                     "-m", f"Undoes, in one commit:\n{listed}", "--trailer", f"{RESTORE_TRAILER}: {base}")
+
+
 def cmd_rollback(args: argparse.Namespace) -> int:
     last = Ledger(args.state_dir, readonly=True).load(args.environment).last_applied if args.state_dir else None
-    done = rollback(Path(args.repo), args.environment, args.to, args.branch, last, args.all_paths, args.push)
+    options = RollbackOptions(args.to, args.branch, last, args.all_paths, args.restore, args.reapply, args.push)
+    done = rollback(Path(args.repo), args.environment, options)
+    path = env_path(args.environment)
     if not done.reverted:
-        print(f"nothing to roll back: no commit changed environments/{args.environment}/ since the chosen revision")
+        print(f"nothing to roll back: {path} is as it was at {done.base[:12]}")
         return 0
+    if args.restore:
+        print(f"restored {path} to {done.base[:12]} in one commit, undoing:")
     for sha, subject in done.reverted:
-        print(f"reverted {sha[:12]} {subject}")
-    print(done.diff.rstrip("\n") or f"(no net change under environments/{args.environment}/)")
+        print(f"  {sha[:12]} {subject}" if args.restore else f"reverted {sha[:12]} {subject}")
+    print(done.diff.rstrip("\n") or f"(no net change under {'the repository' if args.all_paths else path})")
     where = f"pushed to origin/{args.branch}" if done.pushed else f"not pushed (git push origin {args.branch} or --push)"
-    print(f"{len(done.reverted)} revert commit(s) {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; "
-          f"{where}")
+    made = "1 restore commit" if args.restore else f"{len(done.reverted)} revert commit(s)"
+    print(f"{made} {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; {where}")
     return 0
 
 

@@ -1,9 +1,10 @@
 """Commands that look and change nothing: `diff`, `plan` (the pipeline stopped before apply),
 `render` and `validate` (the same loader as the daemon), `status` and `history` (the ledger).
 
-Whatever `--repo` and `--state-dir` they are given, they write to no target, no ledger and no daemon's
-Git cache: they fetch into a cache of their own (`source.user_cache()`, one per repository URL), open the
-ledger read-only, and run no target's own control loop (cron slots, clean-ups)."""
+Whatever `--repo` (or `--path`, a working tree read as it is on disk) and `--state-dir` they are given,
+they write to no target, no ledger and no daemon's Git cache: they fetch into a cache of their own
+(`source.user_cache()`, one per repository URL), open the ledger read-only, and run no target's own control
+loop (cron slots, clean-ups)."""
 from __future__ import annotations
 
 import argparse
@@ -15,37 +16,64 @@ from pathlib import Path
 import yaml
 from prometheus_client import CollectorRegistry
 
-from ..errors import InvalidEnvironment
+from ..errors import ConfigError, InvalidEnvironment
 from ..metrics import Metrics
 from ..model import Action
 from ..pipeline.diff import hide_secret_values
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Preview
-from ..pipeline.render import ROOT, list_environments, render
-from ..pipeline.source import DirectoryTree, GitSource, user_cache
+from ..pipeline.render import ENVIRONMENT_FILE, ROOT, list_environments, render
+from ..pipeline.source import DirectoryTree, GitSource, Revision, redact, user_cache
 from ..service import config
 from ..targets import Registry, Runtime
 
 
 def preview(args: argparse.Namespace) -> Preview:
-    """What a reconcile of `--environment` would do now, from a fetch of `--repo`."""
+    """What a reconcile of `--environment` would do now, from a fetch of `--repo` (or the working tree `--path`)."""
     settings = config.load(vars(args), config_file=args.config)
     config.key_digests(settings)  # Secret digests as the daemon's, if it made its key
+    revision = _revision(args, settings)
     metrics = Metrics(CollectorRegistry())
     targets = Registry(settings.runtime(metrics))
-    source = GitSource(settings.repo, settings.branch, user_cache())
-    try:
+    source = GitSource(str(_root(args.path)) if args.path else settings.repo, settings.branch, user_cache())
+    try:  # the source is never fetched again: it stands for the repository of `revision`
         return Pipeline(source, Ledger(settings.state_dir, readonly=True), metrics, targets).preview(
-            args.environment, source.fetch())
+            args.environment, revision)
     finally:
         targets.close(workloads=False)  # the daemon's Ray processes are not the CLI's to stop
 
 
+def _revision(args: argparse.Namespace, settings: config.Settings) -> Revision:
+    """The branch head of `--repo`, or with `--path` the working tree on disk (uncommitted changes and all, no
+    revision), after checking that `--environment` is one of its environments (else a usage error, exit 2)."""
+    if args.path and args.repo:
+        raise ConfigError("--path and --repo: give one (--path reads a working tree on disk, --repo a branch)")
+    if args.path and not args.path.is_dir():
+        raise ConfigError(f"--path {args.path}: not a directory")
+    revision = (Revision("", time.time(), DirectoryTree(_root(args.path))) if args.path
+                else GitSource(settings.repo, settings.branch, user_cache()).fetch())
+    names = list_environments(revision.tree)
+    if args.environment not in names:
+        where = f"the working tree {args.path}" if args.path else f"{redact(settings.repo)} at {revision.short}"
+        raise ConfigError(f"--environment {args.environment}: no such environment in {where} (environments: "
+                          f"{', '.join(names) or 'none'})")
+    return revision
+
+
+def _root(path: Path) -> Path:
+    """The root of a working tree given as itself, as its `environments/` or as one environment's directory."""
+    path = path.resolve()
+    if (path / ENVIRONMENT_FILE).exists():
+        return path.parent.parent
+    return path.parent if path.name == ROOT and not (path / ROOT).is_dir() else path
+
+
 def cmd_render(args: argparse.Namespace) -> int:
-    """The environment's final objects at the branch head, as YAML (like `flux build` or `kustomize build`):
-    base, patches and variables applied, ownership labels added, Secret values as digests."""
+    """The environment's final objects at the branch head (or in the working tree `--path`), as YAML (like
+    `flux build` or `kustomize build`): base, patches and variables applied, ownership labels added, Secret
+    values as digests."""
     settings = config.load(vars(args), config_file=args.config)
-    revision = GitSource(settings.repo, settings.branch, user_cache()).fetch()
+    revision = _revision(args, settings)
     targets = Registry(settings.runtime(Metrics(CollectorRegistry())))  # parses options; builds no target
     try:
         rendered = render(revision.tree, args.environment, revision.sha, targets)
@@ -80,17 +108,14 @@ def _print_plan(found: Preview, bodies: bool, output: str) -> int:
             print(f"         warning: {warning}")
         if bodies and item.diff:
             print(item.diff.rstrip("\n"))
-    print(f"{len(found.changes)} change(s) for environment {found.environment} at {found.revision.short}")
+    print(f"{len(found.changes)} change(s) for environment {found.environment} at "
+          f"{found.revision.short or 'the working tree'}")
     return 1 if found.changes else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    path = Path(args.path).resolve()
-    if (path / "environment.yaml").exists():
-        root, names = path.parent.parent, [path.name]
-    else:
-        root = path.parent if path.name == ROOT and not (path / ROOT).is_dir() else path  # `validate environments/`
-        names = list_environments(DirectoryTree(root))
+    path, root = Path(args.path).resolve(), _root(Path(args.path))
+    names = [path.name] if (path / ENVIRONMENT_FILE).exists() else list_environments(DirectoryTree(root))
     if not names:
         print(f"{path}: no environments found (expected {ROOT}/<env>/environment.yaml)", file=sys.stderr)
         return 1

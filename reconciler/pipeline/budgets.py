@@ -15,6 +15,7 @@ MAX_DOCUMENTS = 1_000  # YAML documents in one environment's object files (so at
 MAX_BYTES = 8 * 1024 * 1024  # what one environment's objects come to, counted as `size` counts
 MAX_STRING_BYTES = 1024 * 1024  # one string value after substitution
 MAX_CPU_SECONDS = 10.0  # CPU time of the rendering thread for one environment
+MAX_REPORTED = 50  # fields of one object named for one kind of error (undefined variable, non-string value)
 VALUE_BYTES = 8  # what every key and value counts on top of its text (a map of empty maps is not free)
 _CLOCK_EVERY = 4096  # spends between two looks at the CPU clock
 

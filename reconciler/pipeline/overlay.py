@@ -9,11 +9,14 @@ before adding it.
 - `json_patch`: an RFC 6902 JSON patch of at most `MAX_OPERATIONS` operations, applied one operation at a
   time by the `jsonpatch` package (so no operation copies the whole object, and what `add`, `replace` and
   `copy` bring is counted before it is made).
-- `substitute`: `${VAR}` in string values from the environment's `spec.substitute`; a value that is
-  exactly `${VAR}` takes the variable's type (so `replicas: ${REPLICAS}` stays a number);
+- `substitute`: `${VAR}` in string values from the environment's `spec.substitute`, and Flux's (envsubst's)
+  `${VAR:-default}` and `${VAR:=default}` (the default when VAR is undefined or empty); a value written
+  bare as exactly one of these takes the variable's type, or the default's as YAML reads it (so
+  `replicas: ${REPLICAS:=2}` stays a number), one written quoted stays a string (`parse.Quoted`);
   `$${VAR}` is a literal `${VAR}` (shell variables in entrypoints survive); an undefined variable is
-  an error (Flux silently makes it empty, a known trap). A string comes to at most `MAX_STRING_BYTES`,
-  measured before it is built.
+  an error, every one of an object reported (Flux silently makes it empty, a known trap). A string comes
+  to at most `MAX_STRING_BYTES`, measured before it is built.
+- `written`: the fields of an object a patch set, so an error found later in one is named on the patch.
 Errors are `OverlayError(path, reason, operation)`: the path in the object (`spec.workerGroupSpecs[cpu].replicas`),
 or for a JSON patch the operation's index, name and pointer. No message ever holds a value from the object
 or the patch (a Secret's value would land in logs, the ledger and the status page).
@@ -22,20 +25,20 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Mapping, TypeGuard
+from typing import Any, Iterator, Mapping, TypeGuard
 
 import jsonpatch
 import jsonpointer
 
-from .budgets import MAX_STRING_BYTES, Budget, Exhausted, measure
-from .parse import MAX_DEPTH
+from .budgets import MAX_REPORTED, MAX_STRING_BYTES, Budget, Exhausted, measure
+from .parse import MAX_DEPTH, Quoted, plain
 
 LIST_KEYS = {"workerGroupSpecs": "groupName", "containers": "name", "initContainers": "name", "env": "name",
              "volumes": "name", "volumeMounts": "name", "ports": "name", "imagePullSecrets": "name"}
 DELETE = "$patch"
 MAX_OPERATIONS = 100  # per JSON patch
 _OPERATIONS = ("add", "copy", "move", "remove", "replace", "test")
-_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::[-=]([^}]*))?\}")  # $${..} literal, :-/:= default
 _MISSING = object()
 
 
@@ -43,6 +46,22 @@ class OverlayError(Exception):
     def __init__(self, path: str, reason: str, operation: int | None = None) -> None:
         super().__init__(reason)
         self.path, self.reason, self.operation = path, reason, operation
+
+    @property
+    def errors(self) -> list[OverlayError]:
+        return [self]
+
+
+class Undefined(OverlayError):
+    """Every field of an object that names an undefined variable, one `OverlayError` each."""
+
+    def __init__(self, errors: list[OverlayError]) -> None:
+        super().__init__(errors[0].path, errors[0].reason)
+        self._errors = errors
+
+    @property
+    def errors(self) -> list[OverlayError]:
+        return self._errors
 
 
 def _at(path: str, key: str) -> str:
@@ -158,26 +177,69 @@ def _shown(pointer: str) -> str:
     return pointer if len(pointer) <= 100 else pointer[:100] + "..."
 
 
-def substitute(node: Any, variables: Mapping[str, Any], budget: Budget, path: str = "") -> Any:
-    """`node` with `${VAR}` replaced in every string value (keys are left alone); in place in maps and lists."""
+def substitute(node: Any, variables: Mapping[str, Any] | None, budget: Budget) -> Any:
+    """`node` with `${VAR}` replaced in every string value (keys are left alone); in place in maps and lists.
+    `variables` None (no `spec.substitute`): nothing is substituted. Raises `Undefined`, naming every field
+    with an undefined variable (the first `MAX_REPORTED`, then how many more), before anything is changed."""
+    if variables is not None:
+        undefined, more = [], 0
+        for path, text in _strings(node, ""):
+            names = _missing(text, variables)
+            if names and len(undefined) < MAX_REPORTED:
+                undefined.append(OverlayError(path, _undefined(names)))
+            elif names:
+                more += 1
+        if more:
+            undefined.append(OverlayError("", f"{more} more fields name undefined variables"))
+        if undefined:
+            raise Undefined(undefined)
+    return _substitute(node, variables, budget, "")
+
+
+def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
+    """(path, text) of every string value of `node` that may name a variable."""
     if isinstance(node, dict):
         for key, value in node.items():
-            node[key] = substitute(value, variables, budget, _at(path, key))
+            yield from _strings(value, _at(path, key))
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            yield from _strings(item, f"{path}[{i}]")
+    elif isinstance(node, str) and "${" in node:
+        yield path, node
+
+
+def _missing(text: str, variables: Mapping[str, Any]) -> list[str]:
+    """The undefined variables `text` names without a default, each once."""
+    names = [m.group(2) for m in _VARIABLE.finditer(text) if not m.group(1) and m.group(3) is None
+             and m.group(2) not in variables]
+    return list(dict.fromkeys(names))
+
+
+def _undefined(names: list[str]) -> str:
+    shown = ", ".join(f"${{{n}}}" for n in names)
+    return (f"{shown} {'is' if len(names) == 1 else 'are'} not defined in spec.substitute (write $${{{names[0]}}} for "
+            f"a literal ${{{names[0]}}}, or ${{{names[0]}:-default}} for a default)")
+
+
+def _substitute(node: Any, variables: Mapping[str, Any] | None, budget: Budget, path: str) -> Any:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            node[key] = _substitute(value, variables, budget, _at(path, key))
         return node
     if isinstance(node, list):
         for i, item in enumerate(node):
-            node[i] = substitute(item, variables, budget, f"{path}[{i}]")
+            node[i] = _substitute(item, variables, budget, f"{path}[{i}]")
         return node
-    if not isinstance(node, str) or "${" not in node:
-        return node
+    if not isinstance(node, str) or variables is None or "${" not in node:
+        return str(node) if isinstance(node, Quoted) else node
     whole = _VARIABLE.fullmatch(node)
-    if whole and not whole.group(1):
-        value = _value(whole.group(2), variables, path)
+    if whole and not whole.group(1) and not isinstance(node, Quoted):
+        value = _value(whole, variables, typed=True)
         _grow(budget, len(node), len(value) if isinstance(value, str) else 0, path)
-        return value
-    length = len(node) + sum(len(_text(m, variables, path)) - len(m.group(0)) for m in _VARIABLE.finditer(node))
+        return str(value) if isinstance(value, str) else value
+    length = len(node) + sum(len(_text(m, variables)) - len(m.group(0)) for m in _VARIABLE.finditer(node))
     _grow(budget, len(node), length, path)
-    return _VARIABLE.sub(lambda m: _text(m, variables, path), node)
+    return _VARIABLE.sub(lambda m: _text(m, variables), node)
 
 
 def _grow(budget: Budget, before: int, after: int, path: str) -> None:
@@ -191,16 +253,59 @@ def _grow(budget: Budget, before: int, after: int, path: str) -> None:
         raise OverlayError(path, exc.reason) from None
 
 
-def _text(match: re.Match[str], variables: Mapping[str, Any], path: str) -> str:
+def _text(match: re.Match[str], variables: Mapping[str, Any]) -> str:
     """What one `${VAR}` (or `$${VAR}`) inside a longer string becomes."""
     if match.group(1):  # $${VAR}: the literal ${VAR}
-        return "${" + match.group(2) + "}"
-    value = _value(match.group(2), variables, path)
+        return match.group(0)[1:]
+    value = _value(match, variables, typed=False)
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _value(name: str, variables: Mapping[str, Any], path: str) -> Any:
-    if name not in variables:
-        raise OverlayError(path, f"${{{name}}} is not defined in spec.substitute (write $${{{name}}} for a literal "
-                           f"${{{name}}})")
-    return variables[name]
+def _value(match: re.Match[str], variables: Mapping[str, Any], typed: bool) -> Any:
+    """The variable's value; its default (typed: as YAML reads it written bare) when it is undefined or empty.
+    `substitute` has made sure that a variable without a default is defined."""
+    value, default = variables.get(match.group(2)), match.group(3)
+    if default is not None and (value is None or value == ""):
+        return plain(default) if typed else default
+    return value
+
+
+def written(patch: dict[str, Any] | list[Any], doc: Any) -> Iterator[tuple[str, int | None]]:
+    """The fields of `doc` that `patch` (applied to it before) set, in the notation of validation errors
+    (`spec.workerGroupSpecs[0].replicas`), each with the index of the JSON patch operation that set it."""
+    if isinstance(patch, dict):
+        yield from ((field, None) for field in _merged(patch, doc, ""))
+        return
+    for i, operation in enumerate(patch):
+        if isinstance(operation, dict) and operation.get("op") in ("add", "replace", "copy", "move") \
+                and _pointer(operation.get("path")):
+            yield _field(operation["path"], doc), i
+
+
+def _merged(patch: dict[str, Any], node: Any, path: str) -> Iterator[str]:
+    for key, value in patch.items():
+        field, child = _at(path, key), node.get(key) if isinstance(node, dict) else None
+        if isinstance(value, dict) and isinstance(child, dict):
+            yield from _merged(value, child, field)
+        elif key in LIST_KEYS and isinstance(value, list) and isinstance(child, list):
+            name_key = LIST_KEYS[key]
+            at = {item[name_key]: i for i, item in enumerate(child)
+                  if isinstance(item, dict) and isinstance(item.get(name_key), str)}
+            for change in value:
+                name = change.get(name_key) if isinstance(change, dict) else None
+                if isinstance(name, str) and name in at:
+                    yield from _merged(change, child[at[name]], f"{field}[{at[name]}]")
+        else:
+            yield field
+
+
+def _field(pointer: str, doc: Any) -> str:
+    """A JSON pointer into `doc` as a field path (`/spec/workerGroupSpecs/0` -> `spec.workerGroupSpecs[0]`)."""
+    node, field = doc, ""
+    for part in jsonpointer.JsonPointer(pointer).parts:
+        if isinstance(node, list):
+            index = len(node) - 1 if part == "-" else int(part) if part.isdigit() else -1
+            field, node = f"{field}[{index}]", node[index] if 0 <= index < len(node) else None
+        else:
+            field, node = _at(field, part), node.get(part) if isinstance(node, dict) else None
+    return field

@@ -10,7 +10,9 @@ Used by `render` for every file and by `validate` for a RayJob's `runtimeEnvYAML
   expands to at most `MAX_VALUES` values, so an alias bomb is refused before anything copies it;
 - nesting deeper than `MAX_DEPTH` is refused, and so is an alias inside its own anchor;
 - a file holds at most `MAX_DOCUMENTS` documents, an empty one counted too;
-- with a render `Budget`, every key and value is spent from it as it is built.
+- with a render `Budget`, every key and value is spent from it as it is built;
+- a string written quoted (or tagged `!!str`) that looks like a whole `${VAR}` comes out as `Quoted`,
+  so substitution keeps it a string (as Flux's, which substitutes the text before YAML reads it).
 libyaml (PyYAML's C parser) turns the text into events, one at a time; the Python values are built here
 from those events, with the path of each field at hand for errors, so counting stops a file at the limit
 before the rest of it is even parsed (building PyYAML's node graph first would hold a whole document).
@@ -41,6 +43,14 @@ _SCALARS = {_STR, "tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.
 _TAG_NAMES = {"tag:yaml.org,2002:binary": "!!binary", "tag:yaml.org,2002:set": "!!set",
               "tag:yaml.org,2002:omap": "!!omap", "tag:yaml.org,2002:pairs": "!!pairs"}
 _NOT_JSON = "is not allowed: only strings, numbers, booleans, null, lists and maps"
+_TYPED = {"tag:yaml.org,2002:int", "tag:yaml.org,2002:float", "tag:yaml.org,2002:bool"}
+
+
+class Quoted(str):
+    """A string the YAML wrote quoted (or tagged `!!str`) that looks like a whole `${VAR}`: substitution
+    keeps it a string, and makes it a plain `str` (the render's objects hold no `Quoted`)."""
+
+    __slots__ = ()
 
 
 class _Refused(Exception):
@@ -145,9 +155,10 @@ class _Builder:
         if tag not in _SCALARS:
             raise _Refused(path, f"{_TAG_NAMES.get(tag, tag)} {_NOT_JSON}", event.start_mark)
         if tag in (_STR, _TIMESTAMP):  # an unquoted date: the text, as Kubernetes reads it
-            return event.value
+            written = not event.implicit[0] and event.value.startswith("${") and event.value.endswith("}")
+            return Quoted(event.value) if written else event.value
         try:
-            value = self.loader.yaml_constructors[tag](self.loader, ScalarNode(tag, event.value))
+            value = _construct(self.loader, tag, event.value)
         except ValueError:  # Python reads at most 4300 digits
             raise _Refused(path, f"a number of {len(event.value)} characters is too long", event.start_mark) from None
         if isinstance(value, float) and not math.isfinite(value):
@@ -180,6 +191,24 @@ class _Builder:
         end = self.loader.get_event()
         self._count(0, keys, path, end.start_mark)
         return {**merged, **out}
+
+
+def _construct(loader: Any, tag: str, text: str) -> Any:
+    return loader.yaml_constructors[tag](loader, ScalarNode(tag, text))
+
+
+def plain(text: str) -> Any:
+    """What `text` reads as written unquoted in YAML, if that is a finite number or a boolean; else the text
+    itself (so a default in a bare `${N:=3}` is the number 3, as it is with Flux)."""
+    loader = _Loader("")
+    try:
+        tag = loader.resolve(ScalarNode, text, (True, False))
+        value = _construct(loader, tag, text) if tag in _TYPED else text
+    except ValueError:  # a number of more than 4300 digits
+        return text
+    finally:
+        loader.dispose()
+    return text if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def documents(data: bytes | str, file: str, budget: Budget | None = None,

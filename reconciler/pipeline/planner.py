@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
-from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, Action,
-                    DesiredObject, Flag, LiveObject, Manifest, ObjectRef, PlanItem, RenderedEnvironment,
-                    job_submission_id)
+from ..model import (CONCURRENCY_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+                    ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION,
+                    SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
+                    ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
 from . import diff
 
 KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3, "RayCronJob": 3}
@@ -26,6 +26,9 @@ FEATURE_GATES = (("RayCronJob", "", None, "RayCronJob"),
                   "RayServiceIncrementalUpgrade"))
 # Fields newer than the KubeRay version the tests pin (1.6): an older CRD drops them silently.
 NEWER_FIELDS = (("RayCronJob", "/spec/timeZone", "KubeRay 1.7"),)
+# Annotations only the local target (its own cron controller) honours: KubeRay's RayCronJob has no such fields.
+LOCAL_ONLY = (("RayCronJob", STARTING_DEADLINE_ANNOTATION, "startingDeadlineSeconds"),
+              ("RayCronJob", CONCURRENCY_ANNOTATION, "concurrencyPolicy"))
 _IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
                        r"|spec\.serveConfigV2"
                        r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.(suspend|enableInTreeAutoscaling|autoscalerOptions(\..*)?)"
@@ -43,9 +46,10 @@ class PlanOptions:
 
 def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: frozenset[ObjectRef],
          finished_runs: dict[str, str], options: PlanOptions = PlanOptions(),
-         expected: dict[ObjectRef, Manifest] | None = None) -> list[PlanItem]:
+         expected: dict[ObjectRef, Manifest] | None = None, kuberay: bool = True) -> list[PlanItem]:
     """Ordered actions that make the target match Git. `finished_runs`: submission id -> result;
-    `expected`: desired objects as the target would store them (default: as rendered)."""
+    `expected`: desired objects as the target would store them (default: as rendered); `kuberay`: the KubeRay
+    operator runs them (its feature gates and version matter), not the target itself."""
     items: list[PlanItem] = []
     for desired in sorted(rendered.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
         current = live.get(desired.ref)
@@ -55,7 +59,7 @@ def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inven
         elif desired.ref.kind == "RayJob":
             item = _job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore)
         else:
-            item = _object(desired, wanted, current, rendered.spec.ignore)
+            item = _object(desired, wanted, current, rendered.spec.ignore, kuberay)
         items.append(replace(item, warnings=desired.warnings + item.warnings) if desired.warnings else item)
     items += _prune(rendered, live, inventory, options)
     return items
@@ -93,7 +97,8 @@ def _value(manifest: Manifest, pointer: str) -> Any:
 
 
 def gate_warnings(manifest: Manifest) -> tuple[str, ...]:
-    """Warnings for what the operator ignores unless a feature gate is on, or unless it is new enough."""
+    """Warnings for what the KubeRay operator ignores unless a feature gate is on, unless it is new enough, or at
+    all."""
     kind, out = manifest.get("kind"), []
     for gate_kind, pointer, value, gate in FEATURE_GATES:
         found = _value(manifest, pointer) if pointer else kind
@@ -104,11 +109,16 @@ def gate_warnings(manifest: Manifest) -> tuple[str, ...]:
     for field_kind, pointer, version in NEWER_FIELDS:
         if kind == field_kind and _value(manifest, pointer) is not None:
             out.append(f"{pointer.strip('/').replace('/', '.')} needs {version}; an older CRD drops it")
+    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
+    for annotation_kind, annotation, field in LOCAL_ONLY:
+        if kind == annotation_kind and annotation in annotations:
+            out.append(f"{annotation} is honoured on the local target only: KubeRay's {kind} has no {field}")
     return tuple(out)
 
 
-def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...]) -> PlanItem:
-    gates = gate_warnings(desired.manifest)
+def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...],
+            kuberay: bool) -> PlanItem:
+    gates = gate_warnings(desired.manifest) if kuberay else ()
     if current is None:
         return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
                         diff.lazy(None, desired.manifest, str(desired.ref)), gates)

@@ -251,9 +251,11 @@ class Pipeline:
         if outside:
             raise PermanentError(f"depends on {', '.join(outside)}, which this daemon does not reconcile (not selected "
                                  "with --environment): select it too, or remove the dependency")
-        waiting = self._gate(rendered, revision, loaded)
+        held_by = self._gate(rendered, revision, loaded)
+        waiting = f"Waiting: {' and '.join(held_by)} not yet Healthy at {revision.short}" if held_by else ""
+        gate = {"waitingFor": {"environments": list(held_by), "revision": revision.sha}} if held_by else {}
         if waiting and loaded.last_applied is None:  # nothing applied yet: nothing to keep in sync meanwhile
-            return self._waiting(name, revision, target.kind, waiting, depends_on)
+            return self._waiting(name, target.kind, waiting, depends_on, gate)
         if waiting and loaded.last_applied:  # stay on the last applied revision (drift is still corrected)
             revision = self.source.revision(loaded.last_applied)
             rendered = render(revision.tree, name, revision.sha, self.targets)
@@ -285,6 +287,7 @@ class Pipeline:
         env_health, detail = self._report_health(rendered, live, record, outcomes, draining)
         if revision.signer:
             detail["signer"] = revision.signer
+        detail.update(gate)
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
             applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer)
@@ -309,10 +312,11 @@ class Pipeline:
                       depends_on=depends_on, quiet=quiet)
 
     # -- stages ---------------------------------------------------------------------------------------
-    def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> str:
-        """Why the environment may not apply `revision` yet ("" when it may): a revision that changes what
-        it renders waits until each dependency has applied it (or a later one) and is Healthy."""
-        name, waiting = rendered.spec.name, {}
+    def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> tuple[str, ...]:
+        """The dependencies the environment waits for before it may apply `revision` (none: it may): a revision
+        that changes what it renders waits until each dependency has applied it (or a later one) and is Healthy.
+        `promotion_waiting` is 1 for each of those and 0 for its other dependencies."""
+        name, waiting = rendered.spec.name, {(d,): 0.0 for d in rendered.spec.depends_on}
         if rendered.spec.depends_on and loaded.last_applied != revision.sha and not (
                 loaded.last_applied and self._renders_alike(rendered, loaded.last_applied)):
             for dependency in rendered.spec.depends_on:
@@ -321,10 +325,7 @@ class Pipeline:
                         or not self.source.contains(applied, revision.sha)):
                     waiting[(dependency,)] = 1.0
         self.metrics.replace(self.metrics.promotion_waiting, name, waiting)
-        if not waiting:
-            return ""
-        names = " and ".join(d for (d,) in waiting)
-        return f"Waiting: {names} not yet Healthy at {revision.short}"
+        return tuple(d for (d,), value in waiting.items() if value)
 
     def _warn_unverified(self, rendered: RenderedEnvironment, target: Target) -> None:
         """Tell the target's users, once per head, that the branch head is not applied (unverified)."""
@@ -407,7 +408,7 @@ class Pipeline:
                  if d.ref.kind == "RayCluster"}
         planned, draining = planner.drain(rendered, live, since, time.time())
         items = planner.plan(planned, live, record.inventory, record.finished, self.options,
-                             target.expected(planned, live))
+                             target.expected(planned, live), kuberay=not isinstance(target, Controls))
         for index, item in enumerate(items):
             if item.ref in draining and item.action == Action.UPDATE:
                 groups = ", ".join(sorted(draining[item.ref]))
@@ -550,11 +551,10 @@ class Pipeline:
         self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
         return Result(name, "error", SyncStatus.FAILED, env_health, message, retry_after=retry_after)
 
-    def _waiting(self, name: str, revision: Revision, target: str, reason: str,
-                 depends_on: tuple[str, ...]) -> Result:
-        """Report `Waiting` and touch nothing (a first revision held by a promotion gate)."""
+    def _waiting(self, name: str, target: str, reason: str, depends_on: tuple[str, ...], detail: dict) -> Result:
+        """Report `Waiting` and touch nothing (a first revision held by a promotion gate; `detail`: what for)."""
         self.ledger.commit(name, state=EnvironmentState(name, target, "", SyncStatus.WAITING, Health.UNKNOWN, reason,
-                                                        time.time(), {}))
+                                                        time.time(), detail))
         self.metrics.environment_status(name, target, "", SyncStatus.WAITING, Health.UNKNOWN)
         return Result(name, "noop", SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
                       depends_on=depends_on)

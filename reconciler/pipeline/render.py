@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InvalidEnvironment, ValidationError
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
-                     EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
+                     EnvironmentSpec, ObjectRef, Patch, RenderedEnvironment, TargetSpec)
 from . import budgets, overlay, parse, validate
 from .source import FileTree
 
@@ -83,7 +83,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
     failed: set[ObjectRef] = set()
     if not budget.exhausted:
         errors += _patch(spec, sources, env_file, budget, failed)
-    variables = dict(spec.substitute)
+    variables = dict(spec.substitute) or None
     objects: dict[ObjectRef, DesiredObject] = {}
     for ref, source in sources.items():
         if budget.exhausted:
@@ -92,9 +92,10 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
             continue
         try:
             budget.check_time()
-            doc = overlay.substitute(source.doc, variables, budget) if variables else source.doc
+            doc = overlay.substitute(source.doc, variables, budget)
         except overlay.OverlayError as exc:
-            errors.append(ValidationError(source.file, exc.reason, source.document, str(ref), exc.path))
+            errors += _blamed([ValidationError(source.file, e.reason, source.document, str(ref), e.path)
+                               for e in exc.errors], source, env_file)
             continue
         except budgets.Exhausted as exc:
             errors.append(ValidationError(source.file, exc.reason, source.document, str(ref)))
@@ -102,7 +103,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
         doc_errors, warnings = validate.ray_object(doc, source.file, source.document, spec, supported, target_check,
                                                    budget)
         if doc_errors:
-            errors += doc_errors
+            errors += _blamed(doc_errors, source, env_file)
             continue
         final = ObjectRef.of(doc, spec.target.namespace)  # substitution may have set the kind, name or namespace
         if final in objects:
@@ -127,6 +128,19 @@ def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None =
     entries = spec.get("dependsOn") if isinstance(spec, dict) else None
     return tuple(e["environment"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("environment"), str)) \
         if isinstance(entries, list) and not errors else ()
+
+
+def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
+    """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
+    is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
+    out, placed = [], set()
+    while len(placed) < len(graph):
+        wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
+                                                                                 for d in deps))
+        wave = wave or sorted(set(graph) - placed)
+        out.append(wave)
+        placed.update(wave)
+    return out
 
 
 def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str,
@@ -157,11 +171,38 @@ def _dependency_errors(tree: FileTree, spec: EnvironmentSpec, env_file: str,
 
 @dataclass
 class _Source:
-    """An object document and where it came from (a base file or the environment's own)."""
+    """An object document, where it came from (a base file or the environment's own) and the patches applied
+    to it (index in `spec.patches`, patch)."""
 
     doc: dict[str, Any]
     file: str
     document: int
+    patches: list[tuple[int, Patch]] = field(default_factory=list)
+
+
+def _blamed(errors: list[ValidationError], source: _Source, env_file: str) -> list[ValidationError]:
+    """`errors` of an object, each in a field a patch set named on that patch (the last one to set it)
+    instead of the object's file: `spec.patches[1].patch[0] (data.plain)`."""
+    if not source.patches:
+        return errors
+    setters: dict[str, tuple[int, int]] = {}  # field -> (patch, operation or -1): the last to set it
+    for i, patch in source.patches:
+        for at, operation in overlay.written(patch.patch, source.doc):
+            setters[at] = (i, -1 if operation is None else operation)
+    out = []
+    for error in errors:
+        by = max((setters[p] for p in _enclosing(error.path) if p in setters), default=None)
+        if by is None:
+            out.append(error)
+            continue
+        where = f"spec.patches[{by[0]}].patch" + (f"[{by[1]}]" if by[1] >= 0 else "")
+        out.append(ValidationError(env_file, error.reason, None, error.object, f"{where} ({error.path})"))
+    return out
+
+
+def _enclosing(path: str) -> list[str]:
+    """`path`, every field it is inside (`a.b[0]` -> `a.b`, `a`) and the whole object ("")."""
+    return [path, *(path[:i] for i, c in enumerate(path) if c in ".["), ""]
 
 
 def _collect(tree: FileTree, directory: str, spec: EnvironmentSpec, sources: dict[ObjectRef, _Source],
@@ -239,6 +280,7 @@ def _patch(spec: EnvironmentSpec, sources: dict[ObjectRef, _Source], env_file: s
             else:
                 if ObjectRef.of(doc, spec.target.namespace) == ref:
                     source.doc = doc
+                    source.patches.append((i, patch))
                     continue
                 error = ValidationError(env_file, "a patch may not change an object's kind, name or namespace", None,
                                         str(ref), f"{where}.patch")

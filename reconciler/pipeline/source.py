@@ -239,7 +239,7 @@ class Revision:
 
     sha: str
     commit_time: float
-    tree: Snapshot
+    tree: FileTree  # a `Snapshot`; a `DirectoryTree` for the working tree of `render --path`
     subject: str = ""
     author: str = ""
     signer: str = ""  # fingerprint of the key that signed it, when signatures are verified

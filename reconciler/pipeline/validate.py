@@ -14,15 +14,17 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                     ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, EnvironmentSpec, Patch,
+from ..model import (CONCURRENCY_ANNOTATION, CONCURRENCY_POLICIES, ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL,
+                     MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION,
+                     SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch,
                      TargetOptions, TargetSpec, parse_duration, parse_quantity)
 from . import parse
-from .budgets import Budget
+from .budgets import MAX_REPORTED, Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
 KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
          ("ray.io/v1", "RayCronJob"), ("v1", "ConfigMap"), ("v1", "Secret")}
+_STRING_MAPS = {"ConfigMap": ("data", "binaryData"), "Secret": ("data", "stringData")}  # map[string]string
 DELETION_POLICIES = {"DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -112,6 +114,21 @@ class Checker:
             self.fail(path, f"must be a string, got {short(value)}")
             return None
         return value
+
+    def string_map(self, value: Any, path: str, whose: str, secret: bool = False) -> None:
+        """A map[string]string field: every value a string (a number or boolean needs quotes in YAML); the
+        first `MAX_REPORTED` others named, then how many more. A Secret's values are never shown."""
+        bad = 0
+        for key, item in self.mapping(value, path).items():
+            if isinstance(item, str):
+                continue
+            bad += 1
+            if bad <= MAX_REPORTED:
+                got = type(item).__name__ if secret else short(item)
+                self.fail(f"{path}.{key}", f"must be a string ({whose} type is map[string]string), got {got}; "
+                          "quote it")
+        if bad > MAX_REPORTED:
+            self.fail(path, f"{bad - MAX_REPORTED} more values are not strings")
 
     def known_keys(self, value: Mapping[str, Any], path: str, known: set[str]) -> None:
         for key in value:
@@ -272,6 +289,14 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(RECONCILE_ANNOTATION), f"metadata.annotations.{RECONCILE_ANNOTATION}",
              {"disabled", "enabled"})
     c.one_of(annotations.get(SSA_ANNOTATION), f"metadata.annotations.{SSA_ANNOTATION}", {"IfNotPresent"})
+    for field_name in _STRING_MAPS.get(kind, ()):
+        c.string_map(doc.get(field_name), field_name, "Kubernetes'", secret=kind == "Secret")
+    c.one_of(annotations.get(CONCURRENCY_ANNOTATION), f"metadata.annotations.{CONCURRENCY_ANNOTATION}",
+             set(CONCURRENCY_POLICIES))
+    deadline = annotations.get(STARTING_DEADLINE_ANNOTATION)
+    if deadline is not None and not (isinstance(deadline, str) and deadline.isdigit()):
+        c.fail(f"metadata.annotations.{STARTING_DEADLINE_ANNOTATION}", f"must be a whole number of seconds as a "
+               f"string (e.g. \"600\"), got {short(deadline)}")
     if kind == "RayCluster":
         _cluster_spec(c, c.mapping(doc.get("spec"), "spec", required=True), "spec", environment)
     elif kind == "RayJob":
@@ -360,10 +385,7 @@ def _cluster_spec(c: Checker, spec: dict[str, Any], path: str, environment: Envi
 
 
 def _group(c: Checker, group: dict[str, Any], path: str) -> None:
-    for key, value in c.mapping(group.get("rayStartParams"), f"{path}.rayStartParams").items():
-        if not isinstance(value, str):
-            c.fail(f"{path}.rayStartParams.{key}", f"must be a string (KubeRay's type is map[string]string), "
-                   f"got {short(value)}; quote it")
+    c.string_map(group.get("rayStartParams"), f"{path}.rayStartParams", "KubeRay's")
     template = c.mapping(group.get("template"), f"{path}.template", required=True)
     pod = c.mapping(template.get("spec"), f"{path}.template.spec", required=bool(template))
     containers = c.sequence(pod.get("containers"), f"{path}.template.spec.containers")

@@ -6,7 +6,8 @@ Configured by the daemon, never by the repository (whoever can push could change
 of OpenPGP public keys (`*.asc`) and an SSH `allowed_signers` file. The real tools decide:
 `git verify-commit`, with a keyring of exactly the trusted OpenPGP keys (its own GNUPGHOME under the
 state dir, rebuilt when the key files change) and `gpg.ssh.allowedSignersFile` for SSH signatures.
-Used by `GitSource.fetch`, under its lock.
+Importing and verifying public keys needs no gpg-agent, so that GNUPGHOME says `no-autostart`: no
+agent outlives the daemon. Used by `GitSource.fetch`, under its lock.
 """
 from __future__ import annotations
 
@@ -44,16 +45,21 @@ class Verifier:
         self._imported = ""  # digest of the key files the keyring was built from
 
     def _keyring(self) -> Path:
-        """The GNUPGHOME holding exactly the trusted OpenPGP keys (rebuilt when the files change)."""
+        """The GNUPGHOME holding exactly the trusted OpenPGP keys (rebuilt when the files change), whose
+        gpg never starts an agent (one left by an earlier version is stopped before its home goes)."""
         files = sorted(self.keys.glob("*.asc"))
         digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
         gnupg = self.home / "gnupg"
         if digest != self._imported:
+            env = {"GNUPGHOME": str(gnupg), "PATH": "/usr/bin:/bin"}
+            if gnupg.is_dir():
+                subprocess.run(["gpgconf", "--kill", "all"], capture_output=True, env=env, timeout=60)
             shutil.rmtree(gnupg, ignore_errors=True)
             gnupg.mkdir(parents=True, mode=0o700)
+            (gnupg / "gpg.conf").write_text("no-autostart\n")  # also for the gpg that git verify-commit runs
             for path in files:
                 done = subprocess.run(["gpg", "--batch", "--quiet", "--import", str(path)], capture_output=True,
-                                      env={"GNUPGHOME": str(gnupg), "PATH": "/usr/bin:/bin"}, timeout=60)
+                                      env=env, timeout=60)
                 if done.returncode != 0:
                     raise ConfigError(f"trusted_keys {path}: gpg cannot import it: "
                                       f"{done.stderr.decode(errors='replace').strip()[-200:]}")
@@ -75,13 +81,34 @@ class Verifier:
         git_ = ["git", "-C", str(repo.git_dir), *config]
         environ = {**{k: v for k, v in os.environ.items() if not k.startswith("GIT_")}, **env}
         for sha in commits:
-            if subprocess.run([*git_, "verify-commit", sha], capture_output=True, env=environ, timeout=60).returncode:
-                code = subprocess.run([*git_, "log", "-1", "--format=%G?", sha], capture_output=True, text=True,
-                                      env=environ, timeout=60).stdout.strip()
-                return Verdict(failure=f"{sha[:12]}: {REASONS.get(code, 'signature does not verify')}")
+            checked = subprocess.run([*git_, "verify-commit", "--raw", sha], capture_output=True, text=True,
+                                     env=environ, timeout=60)
+            if checked.returncode:
+                code, key, key_id = subprocess.run([*git_, "log", "-1", "--format=%G?%n%GF%n%GK", sha],
+                                                   capture_output=True, text=True, env=environ,
+                                                   timeout=60).stdout.split("\n")[:3]
+                return Verdict(failure=f"{sha[:12]}: {refusal(code, key or issuer(checked.stderr) or key_id)}")
         signer = subprocess.run([*git_, "log", "-1", "--format=%GF", head], capture_output=True, text=True,
                                 env=environ, timeout=60).stdout.strip()
         return Verdict(signer=signer)
+
+
+def refusal(code: str, key: str) -> str:
+    """Why a commit's signature is refused, naming the key that signed: from git's %G? (`code`)."""
+    if code == "N":
+        return "not signed"
+    why = REASONS.get(code, "whose signature does not verify")
+    return f"signed by key {key or '(unknown)'}, {why}"
+
+
+def issuer(status: str) -> str:
+    """The signing key's fingerprint from gpg's status lines when the key is not in the keyring
+    (`ERRSIG <keyid> <algo> <hash> <class> <time> <rc> <fingerprint>`), else ""."""
+    for line in status.splitlines():
+        fields = line.split()
+        if fields[:2] == ["[GNUPG:]", "ERRSIG"] and len(fields) > 8:
+            return fields[8]
+    return ""
 
 
 def descends(repo: git.Repo, older: str, newer: str) -> bool:
@@ -93,7 +120,8 @@ def descends(repo: git.Repo, older: str, newer: str) -> bool:
     return True
 
 
-# git's %G? of a commit that `git verify-commit` refused
-REASONS = {"N": "not signed", "B": "bad signature", "E": "signed by a key that is not trusted",
-           "U": "signed by a key that is not trusted", "X": "signature expired", "Y": "signed by an expired key",
-           "R": "signed by a revoked key"}
+# git's %G? of a commit that `git verify-commit` refused ("U" from SSH: a key not in allowed_signers)
+REASONS = {"B": "but the signature is bad (the commit is not what was signed)",
+           "E": "which is not a trusted key (not among trusted_keys)",
+           "U": "which is not a trusted key (not in trusted_keys' allowed_signers)",
+           "X": "but the signature has expired", "Y": "which has expired", "R": "which is revoked"}

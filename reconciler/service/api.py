@@ -1,5 +1,5 @@
 """The status page's read-only JSON API under /api/v1/: the data of `status -o json`, `history -o json`
-and `diff -o json`, per environment, with the commit behind each revision.
+and `diff -o json`, per environment, with the commit behind each revision, and the promotion chains.
 
 Answered in HTTP threads: it reads the ledger (SQLite, bounded queries) and what the daemon, `plans`
 and `commits` keep in memory. It never fetches Git and never talks to a target: plans and unknown
@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 from ..model import Action, Outcome, SyncStatus
 from ..pipeline.ledger import EnvironmentState, Ledger
+from ..pipeline.render import waves
 from ..pipeline.source import GitSource, Revision, redact
 from ..pipeline.validate import dns_label
 from .commits import Commits, describe
@@ -32,11 +33,12 @@ class Api:
 
     def __init__(self, ledger: Ledger, source: GitSource, plans: Plans, commits: Commits,
                  head: Callable[[], Revision | None], selected: Callable[[], list[str]],
-                 leading: Callable[[], bool], shards: Shards | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 leading: Callable[[], bool], graph: Callable[[], Mapping[str, tuple[str, ...]]],
+                 shards: Shards | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`graph`: each environment's `dependsOn` at the head; `shards`: with sharding, who reconciles what."""
         self._ledger, self._source, self._plans, self._commits = ledger, source, plans, commits
         self._head, self._selected, self._leading, self._clock = head, selected, leading, clock
-        self._shards = shards  # with sharding: who reconciles which environment
+        self._graph, self._shards = graph, shards
 
     def answer(self, path: str, query: Mapping[str, list[str]]) -> Answer:
         """The document at `path` (below PREFIX), or an {"error": ...} with 404 or 400."""
@@ -68,15 +70,44 @@ class Api:
     # -- documents -------------------------------------------------------------------------------------
     def environments(self) -> dict[str, Any]:
         """Every environment of this daemon (`status -o json` rows, each with `commit` and `reason`), the Git
-        source (branch, head, a failing fetch, an unverified head), and whether this replica leads (a
-        standby reconciles nothing: its ledger is not the leader's). With sharding, `shards` says which replica
-        holds each shard, and each row its `owner` (a row another replica owns now is this replica's last word
-        on it: read the owner's page)."""
+        source (branch, head, a failing fetch, an unverified head), whether this replica leads (a
+        standby reconciles nothing: its ledger is not the leader's), and the promotion chains. With sharding,
+        `shards` says which replica holds each shard, and each row its `owner` (a row another replica owns now
+        is this replica's last word on it: read the owner's page)."""
         selected = set(self._selected())
         states = [s for s in self._ledger.states() if not selected or s.environment in selected]
         return {"time": self._clock(), "leading": self._leading(), "source": self._source_info(),
                 "shards": self._shards.summary() if self._shards is not None else None,
-                "environments": [self._summary(s) for s in states]}
+                "environments": [self._summary(s) for s in states], "promotions": self.promotions(states)}
+
+    def promotions(self, states: list[EnvironmentState]) -> list[list[dict[str, Any]]]:
+        """Each promotion chain (environments linked by `dependsOn` at the head), its steps in order (each after
+        the ones it depends on): the revision applied there and, while it waits, what for."""
+        graph, found = self._graph(), {s.environment: s for s in states}
+        linked = {n for n, deps in graph.items() if deps} | {d for deps in graph.values() for d in deps}
+        chains, placed = [], set()
+        for start in sorted(linked):
+            if start in placed:
+                continue
+            chain, todo = set(), [start]
+            while todo:  # everything linked to `start`, either way
+                name = todo.pop()
+                if name not in chain:
+                    chain.add(name)
+                    todo += [*graph.get(name, ()), *(n for n, deps in graph.items() if name in deps)]
+            placed |= chain
+            order = waves({n: graph.get(n, ()) for n in chain})
+            chains.append([self._step(n, graph.get(n, ()), found.get(n)) for wave in order for n in wave])
+        return chains
+
+    def _step(self, name: str, depends_on: tuple[str, ...], state: EnvironmentState | None) -> dict[str, Any]:
+        held = (state.detail.get("waitingFor") if state and state.sync_status == SyncStatus.WAITING else None) or {}
+        waiting = {"environments": held["environments"], "revision": held["revision"],
+                   "commit": self._commits.get(held["revision"])} if held else None
+        return {"environment": name, "depends_on": list(depends_on), "revision": state.revision if state else "",
+                "commit": self._commits.get(state.revision) if state else None,
+                "sync_status": state.sync_status.value if state else "",
+                "health_status": state.health_status.value if state else "", "waiting_for": waiting}
 
     def environment(self, state: EnvironmentState) -> dict[str, Any]:
         """One environment's row and its objects: kind, health, last outcome and the pending action."""

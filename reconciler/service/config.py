@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+import re
 import secrets
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from ..pipeline.diff import use_digest_key
 from ..pipeline.validate import dns_label
 from ..pipeline.verify import Verifier
 from ..targets import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, Runtime
+from .notify import Destination, destination
 
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
@@ -86,6 +88,22 @@ class Settings:
     installation_key_file: str = ""  # the secret keying digests and ledger copies (default <state-dir>/installation-key)
     removal_max_fraction: float = 0.5  # environments that may leave Git in one revision and be removed (1: no guard)
     dependency_timeout: float = 600.0  # run --once: how long a dependsOn link may take to be Healthy at the revision
+    notify_urls: tuple[str, ...] = field(default=(), repr=False)  # POSTed on environment state changes (notify.py)
+    notify_urls_file: str = ""  # a mounted Secret's file of more such URLs, one per line
+
+    def notify_destinations(self) -> list[Destination]:
+        """`notify_urls` and those of `notify_urls_file` (blank lines and # comments skipped)."""
+        urls = list(self.notify_urls)
+        if self.notify_urls_file:
+            try:
+                lines = Path(self.notify_urls_file).read_text().splitlines()
+            except OSError as exc:
+                raise ConfigError(f"notify_urls_file {self.notify_urls_file}: {exc.strerror}") from None
+            urls += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        try:
+            return [destination(url) for url in urls]
+        except ValueError as exc:
+            raise ConfigError(f"notify_urls: {exc}") from None
 
     def __post_init__(self) -> None:
         if self.shards and self.leader_election:
@@ -196,6 +214,11 @@ def _value(name: str, value: Any) -> Any:
             if not host or any(c.isspace() or c in "/@?#" for c in host):
                 raise ValueError(f"{host!r} is not a host name (names, without scheme or path, comma-separated)")
         return hosts
+    if name == "notify_urls":
+        urls = tuple(u for u in re.split(r"[\s,]+", value) if u) if isinstance(value, str) else tuple(map(str, value))
+        for url in urls:
+            destination(url)  # a ValueError names only scheme and host
+        return urls
     if name == "environments":
         names = tuple(value.split(",")) if isinstance(value, str) else tuple(value)
         for environment in names:

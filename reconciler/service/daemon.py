@@ -1,7 +1,8 @@
 """The daemon: the wiring of the Git source, the pipeline, the targets, the schedule, leader
 election and the HTTP endpoints, and the main loop.
 
-Started by `ray-gitops run`. The main loop fetches Git, asks the schedule which environments are
+Started by `ray-gitops run`. The main loop fetches Git (every `interval`, or at once for a webhook or a
+`ray-gitops reconcile`), asks the schedule which environments are
 due and hands them to a pool of `concurrency` threads; each environment has its own interval and
 error backoff, so a slow or broken one never holds the others. An environment that left Git is
 removed the same way, behind the removal guard; a change someone else made to an object (seen by a
@@ -21,10 +22,14 @@ schedule and wakes the loop. What each environment's last reconcile read (`_inpu
 is written by the finishing threads and read by the loop, under `_lock`. The HTTP threads read the metrics
 registry and call `healthy`/`ready`/`trigger`, which are thread-safe, and the status page's API,
 which reads the ledger and hands slow work (plan previews, commit lookups) to the page's worker
-thread. A preview and a reconcile of one environment never overlap: both hold its `_guard`. The
-`shards` thread calls `running()`, which reads `_running` under `_lock` (where `_submit` checks `owns`
-and registers its reconciles), and reports newly held shards, which are recorded under `_lock` for the
-loop to act on.
+thread; it reads `graph` (the `dependsOn` graph at the head), which the loop replaces whole. The control
+socket's threads (`ray-gitops reconcile`) only add asks and wait: the loop takes them before it fetches
+and binds them to that fetch, the finishing threads answer them (`control.Asks` is thread-safe). The
+finishing threads also queue notifications of state changes (`_reported`, under `_lock`); the
+notifier's own threads send them. A preview and a reconcile of one environment never overlap: both
+hold its `_guard`. The `shards` thread calls `running()`, which reads `_running` under `_lock` (where
+`_submit` checks `owns` and registers its reconciles), and reports newly held shards, which are recorded
+under `_lock` for the loop to act on.
 """
 from __future__ import annotations
 
@@ -41,10 +46,10 @@ from ..model import Health, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, depends_on, list_environments
-from ..pipeline.source import GitSource, Inputs, Revision, unchanged
+from ..pipeline.render import ROOT, depends_on, list_environments, waves
+from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
-from . import http, webhook
+from . import control, http, notify, webhook
 from .api import Api
 from .commits import Commits
 from .config import Settings
@@ -80,6 +85,7 @@ class Daemon:
         self.hooks = self._hooks()
         self._lock = threading.Lock()  # around the schedule: the loop and the finishing threads use it
         self._heartbeat = time.monotonic()
+        self._asleep_until = 0.0  # when the main loop wakes by itself (a reconcile due sooner wakes it earlier)
         self._progress = time.monotonic()  # a reconcile finished, or none was running
         self._started: dict[str, float] = {}  # environment -> when its current reconcile was submitted
         self._stuck: set[str] = set()  # environments whose reconcile runs longer than STUCK
@@ -89,6 +95,7 @@ class Daemon:
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
+        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, never changed)
         self._inputs: dict[str, Inputs] = {}  # environment -> what its last reconcile read, if it may be advanced
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
@@ -101,6 +108,11 @@ class Daemon:
         self._led = False  # leading at the last turn of the loop
         self.shards = self._shards() if settings.shards and not settings.once else None
         self._gained: set[int] = set()  # shards newly held, their environments' ledger copies not yet re-read
+        self.asks = control.Asks()  # `ray-gitops reconcile` requests (the control socket)
+        self.notifier = notify.Notifier(settings.notify_destinations(), self.metrics, redact(settings.repo),
+                                        settings.branch)
+        self._reported: dict[str, tuple[SyncStatus, str] | None] = {}  # environment -> (sync, revision) last notified
+        self._generation = 0  # fetches done by the main loop; each submitted reconcile carries the one it follows
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping,
@@ -117,7 +129,8 @@ class Daemon:
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._shown, self.leading, self.shards))
+                              lambda: self._shown, self.leading, lambda: self.graph,
+                              self.shards))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""
@@ -263,6 +276,7 @@ class Daemon:
         gone = {s.environment for s in self.ledger.states()} - set(found)  # left Git: removed, not reconciled
         if revision.sha != self._listed:
             self._listed = revision.sha
+            self.graph = {name: depends_on(revision.tree, name) for name in wanted if name in found}
             for name in wanted:
                 if name not in found and name not in gone:
                     log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
@@ -271,7 +285,7 @@ class Daemon:
                     log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
         return [name for name in wanted if name not in gone]
 
-    def _finished(self, name: str, revision: Revision, future: Future[Result]) -> None:
+    def _finished(self, name: str, revision: Revision, generation: int, future: Future[Result]) -> None:
         with self._lock:
             self._progress = time.monotonic()
             if future.cancelled():
@@ -280,14 +294,31 @@ class Daemon:
             result = future.result()
             again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
                                            result.retry_after, result.quiet)
+            again = again or self.schedule.next_time(name) < self._asleep_until  # due before the loop would wake
             self._depends_on[name] = result.depends_on
+            self._notify(name, result, revision.sha)
             if result.result != "error" and result.sync_status == SyncStatus.SYNCED:
                 self._inputs[name] = result.inputs
             else:  # its next revision reconciles it, whatever changed
                 self._inputs.pop(name, None)
             again = self._reach(name, (result.revision, result.health_status.value)) or again
+        self.asks.finished(name, generation, answer(result), result.result == "error" or result.sync_status in (
+            SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED))
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
+
+    def _notify(self, name: str, result: Result, head: str) -> None:
+        """Queue a notification when `name`'s state changed (from what the ledger held before its first reconcile in
+        this process, then from its last result). Under `_lock`, in the environment's thread. A reconcile cut short
+        by a stop reports nothing (its ledger state did not change)."""
+        if self.stopping.is_set():
+            return
+        before = self._reported.get(name)
+        event = notify.transition(before, result.sync_status, result.revision, result.result == "success")
+        self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
+        if event:
+            self.notifier.notify(event, name, result.sync_status, result.health_status.value,
+                                 self._reported[name][1], before[1] if before else "", head, result.message)
 
     def _reach(self, name: str, reached: tuple[str, str]) -> bool:
         """`name` is at (revision, health): when that is new, a promotion may go ahead and its dependents look now
@@ -318,22 +349,32 @@ class Daemon:
     def _running_names(self) -> set[str]:
         return {n for n, f in self._running.items() if not f.done()}
 
-    def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False) -> None:
+    def _submit(self, pool: ThreadPoolExecutor, revision: Revision, force: bool = False,
+                asks: list[control.Ask] | None = None) -> None:
+        """Start what is due at `revision` (everything when `force`), and the environments `asks` name (they are
+        reconciled, not advanced)."""
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
+        owned = [n for n in names if self.owns(n)]  # all of them without `shards`
+        asked = self.asks.bind(asks or [], self._generation, revision.sha, owned)
         if self.leading():
-            self._advance(revision, [n for n in self._selected if self.owns(n)])
+            self._advance(revision, [n for n in self._selected if n not in asked and self.owns(n)])
         with self._lock:  # owned and registered at once: `Shards` hands a shard over only when `running()` is clear
-            if force:
-                self.schedule.force(names)
+            self.schedule.force(owned if force else asked)
             due = self.schedule.due([n for n in names if self.owns(n)], revision.sha) if self.leading() else []
+            skipped, self.schedule.skipped = self.schedule.skipped, []
+            for name in set(due) - set(self._reported):  # their state before this process: a restart notifies nothing
+                state = self.ledger.state(name)
+                self._reported[name] = (state.sync_status, state.revision) if state else None
             futures = {name: pool.submit(self._remove if name in removable else self._reconcile, name, revision)
                        for name in due}
             self._running.update(futures)
             self._started.update(dict.fromkeys(futures, time.monotonic()))
+        for name in skipped:
+            self.metrics.reconcile_skipped.labels(name).inc()
         for name, future in futures.items():
-            future.add_done_callback(lambda f, n=name, r=revision: self._finished(n, r, f))
+            future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
 
     def _remove(self, name: str, revision: Revision) -> Result:
         with self._guard(name):
@@ -413,9 +454,11 @@ class Daemon:
         page = self._page()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
                                                                      self.hooks, page, self.settings.allowed_hosts))
+        sock = self._control()  # after the port: a daemon that cannot bind it leaves no socket behind
         pool = ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env")
         if page is not None:
             self.worker.start()
+        self.notifier.start()
         if self.elector is not None:
             self.elector.start()
         if self.shards is not None:
@@ -424,15 +467,22 @@ class Daemon:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
                 self.wake.clear()
+                asks = self.asks.take()  # made before this turn's fetch
                 leading = self._lead()
                 if leading:
-                    self._turn(pool)
+                    self._turn(pool, asks)
+                else:
+                    self.asks.fail(asks, "this replica does not hold the leader Lease: ask the leader's daemon")
                 self._watch_running()
                 with self._lock:
                     pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
+                    self._asleep_until = time.monotonic() + pause
                 self.wake.wait(pause)
         finally:
             log.info("stopping: finishing the current steps")
+            self.asks.fail(None, "the daemon is stopping")
+            if sock is not None:
+                sock.stop()
             self.worker.stop()  # before the targets close: a preview in progress ends first
             pool.shutdown(wait=False, cancel_futures=True)
             running = [f for f in self._running.values() if not f.done()]
@@ -441,6 +491,7 @@ class Daemon:
                 log.error("stopping: %d reconcile(s) still running after %.0f s (%s); leaving them behind", len(left),
                           SHUTDOWN_GRACE, ", ".join(n for n, f in self._running.items() if f in left))
             self.targets.close()
+            self.notifier.stop()  # after the last reconcile: its notification is sent
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
                 self.elector.stop(release=True)
             if self.shards is not None:  # likewise: the next holders of our shards never overlap us
@@ -450,19 +501,33 @@ class Daemon:
             log.info("stopped")
         return not left
 
-    def _turn(self, pool: ThreadPoolExecutor) -> None:
-        """Fetch and schedule. A change in fetching (failing, or working again) re-reports every environment
-        at once. Nothing here may end the loop: repository content and Git failures are only logged."""
+    def _turn(self, pool: ThreadPoolExecutor, asks: list[control.Ask]) -> None:
+        """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again)
+        re-reports every environment at once. Nothing here may end the loop: repository content and Git failures
+        are only logged."""
         failing = self.source.failure is not None
         try:
             revision = self.source.fetch()
+            self._generation += 1
             self.head = revision
             self.commits.add(revision)
-            self._submit(pool, revision, force=failing != (self.source.failure is not None))
+            self._submit(pool, revision, failing != (self.source.failure is not None), asks)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
+            self.asks.fail(asks, str(exc))
         except Exception:  # a bug must not stop the other environments' schedule
             log.exception("scheduling failed; retrying next turn")
+            self.asks.fail(asks, "scheduling failed (see the daemon's log)")
+
+    def _control(self) -> control.ControlServer | None:
+        """The control socket, serving; None (logged) when it cannot be made: the daemon runs without it."""
+        try:
+            sock = control.ControlServer(self.settings.state_dir, self.asks, self.wake.set)
+        except (ConfigError, OSError) as exc:
+            log.error("`ray-gitops reconcile` is unavailable: %s", exc)
+            return None
+        sock.start()
+        return sock
 
     def _watch_running(self) -> None:
         """Progress and stuck reconciles: the loop made progress when a reconcile finished or none was running
@@ -508,14 +573,7 @@ class Daemon:
             STALL, 3 * self.settings.interval)
 
 
-def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
-    """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
-    is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
-    out, placed = [], set()
-    while len(placed) < len(graph):
-        wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
-                                                                                 for d in deps))
-        wave = wave or sorted(set(graph) - placed)
-        out.append(wave)
-        placed.update(wave)
-    return out
+def answer(result: Result) -> dict[str, object]:
+    """What `ray-gitops reconcile` prints of one environment's reconcile."""
+    return {"environment": result.environment, "result": result.result, "sync_status": result.sync_status.value,
+            "health_status": result.health_status.value, "revision": result.revision, "message": result.message}

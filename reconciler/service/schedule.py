@@ -31,6 +31,7 @@ class Schedule:
     _forced: set[str] = field(default_factory=set)
     _done: set[str] = field(default_factory=set)  # reconciled at least once
     _quiet: dict[str, tuple[float, float]] = field(default_factory=dict)  # env -> (last reconcile ended, interval)
+    skipped: list[str] = field(default_factory=list)  # quiet environments whose interval `due` skipped (to count)
 
     def force(self, names: Iterable[str]) -> None:
         """Run these at once whatever their interval (after the current run, for a running one)."""
@@ -48,6 +49,7 @@ class Schedule:
                     continue
                 if name in self._quiet and now - self._quiet[name][0] < RESYNC:  # nothing moved: nothing to do
                     self._due[name] = (revision, now + self._quiet[name][1])
+                    self.skipped.append(name)
                     continue
             self._forced.discard(name)
             self._running.add(name)
@@ -67,6 +69,10 @@ class Schedule:
         else:
             self._quiet.pop(name, None)
         return name in self._forced
+
+    def next_time(self, name: str) -> float:
+        """When `name` is due next (by the clock; 0 when it never ran)."""
+        return self._due.get(name, ("", 0.0))[1]
 
     def advance(self, names: Iterable[str], revision: str) -> None:
         """`names` are on `revision` without a reconcile (nothing they read changed): their next one stays due

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
+from tests.unit.test_signatures import Signers, agents
 
 pytestmark = pytest.mark.e2e
 TEAMS = ("team-1", "team-2", "team-3", "team-4", "team-5", "team-6")
@@ -113,8 +114,14 @@ def test_a_plan_of_another_repository_on_the_daemons_state_dir_changes_nothing_i
 @pytest.mark.skipif(not all(shutil.which(t) for t in ("gpg", "ssh-keygen")), reason="needs gpg, ssh-keygen")
 def test_a_daemon_restarted_on_an_unverified_head_keeps_applying_the_last_verified_revision(
         remote: GitRemote, tmp_path: Path) -> None:
-    from tests.unit.test_signatures import Signers
     signers = Signers(remote, tmp_path)
+    try:
+        restarted_on_an_unverified_head(remote, signers, tmp_path)
+    finally:
+        signers.close()
+
+
+def restarted_on_an_unverified_head(remote: GitRemote, signers: Signers, tmp_path: Path) -> None:
     write_neighbours(remote, ("a",), interval="1s")
     good = signers.commit("a, signed by alice", by="alice")
     state, log = tmp_path / "state", tmp_path / "daemon.log"
@@ -135,7 +142,8 @@ def test_a_daemon_restarted_on_an_unverified_head_keeps_applying_the_last_verifi
         ready = time.monotonic() - started
         row = status(state)["a"]
         assert (row["revision"], row["sync_status"]) == (good, "Unverified")
-        assert row["message"] == f"Unverified: {bad[:12]}: signed by a key that is not trusted"
+        assert row["message"] == (f"Unverified: {bad[:12]}: signed by key {signers.eve}, which is not a trusted key "
+                                  "(not in trusted_keys' allowed_signers)")
         assert daemon.metric("ray_gitops_environment_info", environment="a", target="local", revision=good[:12],
                              sync_status="Unverified", health_status="Healthy") == 1
         (settings,) = [r for name, r in records(state, "a").items() if name.startswith("ConfigMap")]
@@ -147,6 +155,7 @@ def test_a_daemon_restarted_on_an_unverified_head_keeps_applying_the_last_verifi
     finally:
         daemon.stop()
     assert daemon.proc.returncode == 0
+    assert agents(state / "gnupg") == []
 
 
 def test_run_once_follows_a_depends_on_chain_and_refuses_a_dependency_not_selected(

@@ -9,12 +9,16 @@ from typing import Any
 
 import pytest
 
-from reconciler.model import Action, DesiredObject, EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec
+from reconciler.commands.cli import main
+from reconciler.model import (CONCURRENCY_ANNOTATION, STARTING_DEADLINE_ANNOTATION, Action, DesiredObject,
+                              EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
 from reconciler.pipeline import planner
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.local import cron
 from reconciler.targets.local.clusters import Clusters
 from reconciler.targets.local.store import ObjectStore
+from tests.conftest import GitRemote
+from tests.unit.test_reconcile import env_yaml
 from tests.unit.test_render import REMOVE, dump, edited, errors_of, fixture, write_environment
 
 JOB = fixture("rayjob.yaml")
@@ -57,6 +61,12 @@ def cron_doc(**spec: Any) -> dict[str, Any]:
                  "RayCluster/demo: spec.authOptions.mode: ", "must be one of disabled, token", id="auth-mode"),
     pytest.param(edited("rayservice.yaml", {"spec.upgradeStrategy": {"type": "BlueGreen"}}),
                  "RayService/serve: spec.upgradeStrategy.type: ", "must be one of NewCluster", id="service-upgrade"),
+    pytest.param({**CRON, "metadata": {"name": "hourly", "annotations": {CONCURRENCY_ANNOTATION: "Skip"}}},
+                 f"RayCronJob/hourly: metadata.annotations.{CONCURRENCY_ANNOTATION}: ",
+                 "must be one of Allow, Forbid, Replace", id="cron-concurrency-policy"),
+    pytest.param({**CRON, "metadata": {"name": "hourly", "annotations": {STARTING_DEADLINE_ANNOTATION: "10m"}}},
+                 f"RayCronJob/hourly: metadata.annotations.{STARTING_DEADLINE_ANNOTATION}: ",
+                 "must be a whole number of seconds", id="cron-starting-deadline"),
 ])
 def test_new_fields_are_checked_as_their_crds_say(tmp_path: Path, doc: dict, where: str, reason: str) -> None:
     errors = errors_of(write_environment(tmp_path, {"x.yaml": dump(doc)}))
@@ -93,6 +103,25 @@ def test_what_needs_an_operator_feature_gate_says_so_in_the_plan() -> None:
         "spec.upgradeStrategy.type: NewClusterWithIncrementalUpgrade needs the KubeRay operator's feature gate "
         "RayServiceIncrementalUpgrade (alpha, off by default: --feature-gates=RayServiceIncrementalUpgrade=true)",)
     assert _item(fixture("rayservice.yaml")).warnings == ()
+    annotated = {**cron_doc(), "metadata": {"name": "hourly", "annotations": {CONCURRENCY_ANNOTATION: "Forbid"}}}
+    assert _item(annotated).warnings[1:] == (f"{CONCURRENCY_ANNOTATION} is honoured on the local target only: "
+                                             "KubeRay's RayCronJob has no concurrencyPolicy",)
+
+
+def test_the_local_target_plans_a_cron_job_without_kuberays_warnings(
+        remote: GitRemote, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The local target is its own cron controller: no operator feature gate, and its annotations apply."""
+    remote.write("environments/a/environment.yaml", env_yaml("a"))
+    doc = cron_doc(timeZone="Europe/Paris", jobTemplate={"entrypoint": "python x.py",
+                                                         "clusterSelector": {"ray.io/cluster": "demo"}})
+    doc["metadata"]["annotations"] = {CONCURRENCY_ANNOTATION: "Forbid", STARTING_DEADLINE_ANNOTATION: "600"}
+    remote.write("environments/a/cron.yaml", dump(doc))
+    remote.commit("a cron job")
+
+    assert main(["plan", "--repo", remote.url, "--environment", "a", "--state-dir", str(tmp_path / "state")]) == 1
+    out = capsys.readouterr().out
+    assert "RayCronJob/default/hourly" in out and "create" in out
+    assert "warning" not in out and "feature gate" not in out
 
 
 def _at(text: str) -> float:
@@ -106,31 +135,6 @@ def test_due_slots_follow_the_schedule_and_its_time_zone() -> None:
     paris = {"schedule": "0 2 * * *", "timeZone": "Europe/Paris"}  # 02:00 in Paris is 01:00 UTC in December
     assert cron.due_slots(paris, _at("2026-12-03T00:00:00"), _at("2026-12-04T00:00:00")) == [
         _at("2026-12-03T01:00:00")]
-
-
-def test_late_slots_are_missed_not_run_and_a_suspended_one_runs_and_misses_nothing(tmp_path: Path) -> None:
-    """No Ray here: the selected cluster is not running, so a due slot is only retried, never recorded."""
-    store, clusters = ObjectStore(tmp_path / "objects"), Clusters(tmp_path / "clusters")
-    ref = ObjectRef("ray.io", "RayCronJob", "default", "hourly")
-    template = {"entrypoint": "python x.py", "clusterSelector": {"ray.io/cluster": "demo"}}
-    record = {"manifest": cron_doc(jobTemplate=template), "last_slot": _at("2026-12-03T08:30:00"), "runs": {}}
-    store.save("a", ref, record)
-
-    reports = cron.control(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:02:00"))
-    assert [(r.submission_id, r.status) for r in reports] == [
-        (f"a-hourly-{int(_at('2026-12-03T09:00:00'))}", "MISSED"), (f"a-hourly-{int(_at('2026-12-03T10:00:00'))}",
-                                                                    "MISSED")]
-    assert store.load("a", ref)["last_slot"] == record["last_slot"]  # 11:00 is due, not submitted: tried again
-
-    reports = cron.control(clusters, store, "a", ref, store.load("a", ref), now=_at("2026-12-03T11:30:00"))
-    assert [r.submission_id for r in reports] == [f"a-hourly-{int(_at(t))}" for t in (
-        "2026-12-03T09:00:00", "2026-12-03T10:00:00", "2026-12-03T11:00:00")]  # 30 minutes late: missed too
-    assert store.load("a", ref)["last_slot"] == _at("2026-12-03T11:00:00")
-
-    suspended = {**store.load("a", ref), "manifest": cron_doc(jobTemplate=template, suspend=True)}
-    store.save("a", ref, suspended)
-    reports = cron.control(clusters, store, "a", ref, suspended, now=_at("2026-12-03T15:01:00"))
-    assert reports == [] and store.load("a", ref)["last_slot"] == _at("2026-12-03T15:00:00")
 
 
 @pytest.mark.parametrize("spec, status, expected", [

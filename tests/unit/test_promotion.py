@@ -67,7 +67,7 @@ def test_a_base_change_rolls_dev_then_staging_then_prod_each_after_the_previous_
     assert reconciler.reconcile("prod", revision).sync_status == "Synced"
 
     assert [version(state, e) for e in ("dev", "staging", "prod")] == ["2", "2", "2"]
-    assert waiting("ray_gitops_promotion_waiting", {"environment": "prod", "dependency": "staging"}) is None
+    assert waiting("ray_gitops_promotion_waiting", {"environment": "prod", "dependency": "staging"}) == 0
     history = {env: [row[0] for row in reconciler.ledger.history(env)] for env in ("dev", "staging", "prod")}
     assert history == {env: [second, first] for env in ("dev", "staging", "prod")}
 

@@ -91,6 +91,8 @@ def test_rollback_refuses_a_commit_shared_with_another_environment_unless_all_pa
 
     assert run(remote, "--to", history["a3"], "--all-paths") == 0
     assert (remote.work_path / "environments/b/values.yaml").read_text() == "v2\n"
+    out = capsys.readouterr().out  # the whole diff, not only the environment's own
+    assert "environments/a/values.yaml" in out and "+++ b/environments/b/values.yaml" in out and "-v4\n+v2" in out
 
 
 def test_rollback_aborts_cleanly_on_conflict(remote: GitRemote, history: dict[str, str],
@@ -107,3 +109,56 @@ def test_rollback_aborts_cleanly_on_conflict(remote: GitRemote, history: dict[st
     assert remote.repo.head.commit.hexsha == later and not remote.repo.is_dirty(untracked_files=True)
     assert not (remote.work_path / ".git" / "REVERT_HEAD").exists()
     assert len(remote.repo.git.worktree("list").splitlines()) == 1  # the scratch worktree is gone
+
+
+def test_rollback_again_after_its_revert_was_applied_is_refused_unless_reapply(
+        remote: GitRemote, history: dict[str, str], tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(remote, "--push") == 0
+    revert = remote.repo.head.commit.hexsha
+    Ledger(tmp_path).commit("a", applied=Applied(revert, 0.0, "success", "applied"))  # the daemon applied it
+    capsys.readouterr()
+
+    assert run(remote, "--state-dir", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert (f'would undo {revert[:12]} (Revert "a: v3"), which is itself a rollback: undoing it re-applies '
+            f'{history["a3"][:12]} (a: v3); pass --reapply') in err
+    assert remote.repo.head.commit.hexsha == revert
+
+    assert run(remote, "--state-dir", str(tmp_path), "--reapply") == 0
+    assert (remote.work_path / "environments/a/values.yaml").read_text() == "v3\n"
+
+
+def test_rollback_past_a_rollback_and_what_it_undid_is_not_refused(remote: GitRemote, history: dict[str, str],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    remote.revert(history["a3"])  # a hand-made `git revert` counts as a rollback too
+
+    assert run(remote, "--to", history["a3"]) == 2  # undoing the revert alone would bring a3 back
+    assert "which is itself a rollback" in capsys.readouterr().err
+    assert run(remote, "--to", history["start"]) == 0  # a3 is undone again too: nothing comes back
+    assert (remote.work_path / "environments/a/values.yaml").read_text() == "v1\n"
+
+
+def test_rollback_restore_makes_one_commit_restoring_the_directory(remote: GitRemote, history: dict[str, str],
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/a/extra.yaml", "added\n")
+    remote.write("environments/b/values.yaml", "v4\n")
+    remote.commit("a and b: extra")  # touches b too: --restore leaves b alone instead of refusing
+    before = remote.repo.head.commit.hexsha
+
+    assert run(remote, "--to", history["start"], "--restore") == 0
+    out = capsys.readouterr().out
+    head = remote.repo.head.commit
+    assert head.parents[0].hexsha == before  # exactly one new commit
+    assert head.summary == f"Restore environments/a/ to {history['start'][:12]} (start)"
+    assert remote.repo.git.ls_tree("-r", "--name-only", "HEAD", "environments/a").split() == \
+        ["environments/a/values.yaml"]
+    assert (remote.work_path / "environments/a/values.yaml").read_text() == "v1\n"
+    assert (remote.work_path / "environments/b/values.yaml").read_text() == "v4\n"
+    assert f"restored environments/a/ to {history['start'][:12]} in one commit" in out
+    assert f"  {history['a2'][:12]} a: v2" in out and "1 restore commit" in out
+
+    assert run(remote) == 2  # the newest commit of a is the restore: undoing it is refused
+    assert f"would undo {head.hexsha[:12]} (Restore environments/a/" in capsys.readouterr().err
+    assert run(remote, "--to", history["start"], "--restore") == 0
+    assert "nothing to roll back: environments/a/ is as it was at" in capsys.readouterr().out
+    assert remote.repo.head.commit == head

@@ -123,6 +123,7 @@ def test_a_quiet_environment_skips_its_intervals_until_the_resync_unless_forced(
         for name in started:
             schedule.finished(name, "r1", failed=False, interval=10, quiet=name == "quiet")
     assert "quiet" not in ran and ran.count("loud") == int(RESYNC // 10) - 1
+    assert schedule.skipped == ["quiet"] * (int(RESYNC // 10) - 1)  # what the daemon counts
     assert schedule.sleep(60) == pytest.approx(10)  # skipped intervals re-arm: no busy loop
 
     schedule.force(["quiet"])  # a watch saw someone else change it

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,40 +23,86 @@ from tests.unit.test_reconcile import env_yaml
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("gpg", "ssh-keygen")), reason="needs gpg, ssh-keygen")
 
 
+def agents(home: Path) -> list[str]:
+    """The command lines of running GnuPG daemons (gpg-agent, dirmngr, keyboxd) of GNUPGHOME `home`."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().decode(errors="replace").split("\0")
+        except OSError:  # the process ended meanwhile
+            continue
+        if Path(args[0]).name in ("gpg-agent", "dirmngr", "keyboxd") and str(home) in args:
+            found.append(" ".join(args))
+    return found
+
+
 class Signers:
-    """Alice (OpenPGP) and Bob (SSH) are trusted; Eve (SSH) is not. Commits are made and pushed in `remote`."""
+    """Alice (OpenPGP) and Bob (SSH) are trusted; Eve (SSH) and Mallory (OpenPGP) are not; Olive's OpenPGP
+    key is trusted but expired. Commits are made and pushed in `remote`."""
 
     def __init__(self, remote: GitRemote, root: Path) -> None:
         self.remote, self.keys, self.gnupg = remote, root / "trusted", root / "gnupg"
         self.keys.mkdir()
         self.gnupg.mkdir(mode=0o700)
-        self._gpg("--quick-gen-key", "Alice <alice@example.org>", "ed25519", "sign", "never")
-        self.alice = self._gpg("--list-keys", "--with-colons").split("fpr:::::::::")[1].split(":")[0]
+        self.alice = self._key("Alice <alice@example.org>", "never")
         (self.keys / "alice.asc").write_text(self._gpg("--armor", "--export", "alice@example.org"))
+        self.mallory = self._key("Mallory <mallory@example.org>", "never")
+        self.olive = self._key("Olive <olive@example.org>", "1d", "--faked-system-time", "20200101T000000")
+        (self.keys / "olive.asc").write_text(self._gpg("--armor", "--export", "olive@example.org"))
+        self.in_2020 = root / "gpg-in-2020"  # signs as on 2020-01-01, while Olive's key was valid
+        self.in_2020.write_text(f"#!/bin/sh\nexec {shutil.which('gpg')} --faked-system-time 20200101T010000 \"$@\"\n")
+        self.in_2020.chmod(0o700)
         for name in ("bob", "eve"):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(root / name)],
                            check=True)
         self.bob_key = root / "bob.pub"
         self.eve_key = root / "eve.pub"
         (self.keys / "allowed_signers").write_text(f"bob@example.org {self.bob_key.read_text()}")
-        self.bob = subprocess.run(["ssh-keygen", "-lf", str(self.bob_key)], capture_output=True, text=True,
-                                  check=True).stdout.split()[1]
+        self.bob, self.eve = (subprocess.run(["ssh-keygen", "-lf", str(key)], capture_output=True, text=True,
+                                             check=True).stdout.split()[1] for key in (self.bob_key, self.eve_key))
 
     def _gpg(self, *args: str) -> str:
         return subprocess.run(["gpg", "--batch", "--passphrase", "", *args], capture_output=True, text=True,
                               check=True, env={**os.environ, "GNUPGHOME": str(self.gnupg)}).stdout
 
-    def commit(self, message: str, by: str = "") -> str:
-        """Commit everything in the work tree, signed by alice, bob or eve ("" = unsigned), and push."""
+    def _key(self, uid: str, expires: str, *options: str) -> str:
+        """A new signing key; its fingerprint."""
+        self._gpg(*options, "--quick-gen-key", uid, "ed25519", "sign", expires)
+        return self._gpg("--with-colons", "--list-keys", uid).split("fpr:::::::::")[1].split(":")[0]
+
+    def commit(self, message: str, by: str = "", push: bool = True) -> str:
+        """Commit everything in the work tree, signed by alice, bob, eve, mallory or olive ("" = unsigned),
+        and push (unless not `push`)."""
         config = {"alice": ["-c", "user.signingkey=alice@example.org"],
+                  "mallory": ["-c", "user.signingkey=mallory@example.org"],
+                  "olive": ["-c", "user.signingkey=olive@example.org", "-c", f"gpg.program={self.in_2020}"],
                   "bob": ["-c", "gpg.format=ssh", "-c", f"user.signingkey={self.bob_key}"],
                   "eve": ["-c", "gpg.format=ssh", "-c", f"user.signingkey={self.eve_key}"]}.get(by, [])
         work = ["git", "-C", str(self.remote.work_path)]
         subprocess.run([*work, "add", "-A"], check=True)
-        subprocess.run([*work, *config, "commit", "-q", *(["-S"] if by else []), "-m", message], check=True,
+        subprocess.run([*work, *config, "commit", "-q", "--allow-empty", *(["-S"] if by else []), "-m", message],
+                       check=True,
                        env={**os.environ, "GNUPGHOME": str(self.gnupg)})
-        subprocess.run([*work, "push", "-q", "origin", "main"], check=True)
+        if push:
+            subprocess.run([*work, "push", "-q", "origin", "main"], check=True)
         return subprocess.run([*work, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+
+    def tamper(self, message: str) -> str:
+        """A commit signed by alice, then copied (signature included) with another message; the copy is
+        pushed."""
+        work = ["git", "-C", str(self.remote.work_path)]
+        sha = self.commit("signed by alice", by="alice", push=False)
+        body = subprocess.run([*work, "cat-file", "commit", sha], capture_output=True, text=True, check=True).stdout
+        forged = body[:body.rindex("\n\n") + 2] + message + "\n"
+        new = subprocess.run([*work, "hash-object", "-t", "commit", "-w", "--stdin"], input=forged,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run([*work, "reset", "-q", "--hard", new], check=True)
+        subprocess.run([*work, "push", "-q", "origin", "main"], check=True)
+        return new
+
+    def close(self) -> None:
+        """Stop the agent that signing started."""
+        subprocess.run(["gpgconf", "--kill", "all"], env={**os.environ, "GNUPGHOME": str(self.gnupg)}, check=True)
 
 
 def settings(value: str) -> str:
@@ -63,8 +110,14 @@ def settings(value: str) -> str:
 
 
 @pytest.fixture
-def stage(remote: GitRemote, tmp_path: Path):
-    signers = Signers(remote, tmp_path)
+def signers(remote: GitRemote, tmp_path: Path):
+    made = Signers(remote, tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def stage(remote: GitRemote, tmp_path: Path, signers: Signers):
 
     def make(mode: str):
         state = tmp_path / f"state-{mode}"
@@ -73,7 +126,7 @@ def stage(remote: GitRemote, tmp_path: Path):
                            Verifier(mode, signers.keys, state))
         return source, pipeline(source, state, LocalTarget(state), metrics), state
     remote.write("environments/a/environment.yaml", env_yaml("a"))
-    return remote, signers, make
+    yield remote, signers, make
 
 
 def applied_value(state: Path) -> str:
@@ -91,7 +144,8 @@ def test_head_mode_applies_trusted_heads_and_keeps_the_last_good_one_otherwise(s
     assert reconciler.ledger.history("a")[0][5] == signers.alice
     assert reconciler.ledger.state("a").detail["signer"] == signers.alice
 
-    for by, why in (("", "not signed"), ("eve", "signed by a key that is not trusted")):
+    for by, why in (("", "not signed"), ("eve", f"signed by key {signers.eve}, which is not a trusted key (not in "
+                                                "trusted_keys' allowed_signers)")):
         remote.write("environments/a/settings.yaml", settings(f"by-{by or 'nobody'}"))
         bad = signers.commit("a change", by=by)
         result = reconciler.reconcile("a", source.fetch())
@@ -125,6 +179,15 @@ def test_strict_mode_refuses_a_signed_head_over_an_unsigned_commit(stage) -> Non
     assert (result.sync_status, result.message) == ("Unverified", f"Unverified: {middle[:12]}: not signed")
     assert applied_value(state) == "one"
 
+    # the README's recovery: re-sign the commits after the last verified head, then force-push
+    work = ["git", "-C", str(remote.work_path)]
+    subprocess.run([*work, "-c", "user.signingkey=alice@example.org", "rebase", "-q", "--force-rebase",
+                    "--gpg-sign", result.revision], check=True, env={**os.environ, "GNUPGHOME": str(signers.gnupg)})
+    subprocess.run([*work, "push", "-q", "--force-with-lease", "origin", "main"], check=True)
+    result = reconciler.reconcile("a", strict.fetch())
+    assert (result.sync_status, result.revision) == ("Synced", remote.repo.head.commit.hexsha)
+    assert applied_value(state) == "three"
+
 
 def test_an_unverified_head_is_reported_to_the_target_once(stage, tmp_path: Path) -> None:
     remote, signers, make = stage
@@ -142,3 +205,44 @@ def test_an_unverified_head_is_reported_to_the_target_once(stage, tmp_path: Path
 
     assert target.warnings == [("a", "Unverified", f"revision {bad[:12]}: not signed; the last verified revision "
                                                   "stays applied")]
+
+
+def test_a_refusal_names_the_signing_key_and_why_it_is_not_trusted(stage) -> None:
+    remote, signers, make = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    signers.commit("one", by="alice")
+    source, reconciler, state = make("head")
+    reconciler.reconcile("a", source.fetch())
+    cases = [
+        (lambda: signers.commit("by mallory", by="mallory"),
+         f"signed by key {signers.mallory}, which is not a trusted key (not among trusted_keys)"),
+        (lambda: signers.commit("by olive, in 2020", by="olive"), f"signed by key {signers.olive}, which has expired"),
+        (lambda: signers.tamper("message changed after signing"),
+         f"signed by key {signers.alice[-16:]}, but the signature is bad (the commit is not what was signed)"),
+    ]
+    for make_head, why in cases:
+        bad = make_head()
+        result = reconciler.reconcile("a", source.fetch())
+        assert (result.sync_status, result.message) == ("Unverified", f"Unverified: {bad[:12]}: {why}")
+        assert applied_value(state) == "one"
+
+
+def test_no_gpg_agent_outlives_the_daemon(stage, tmp_path: Path) -> None:
+    remote, signers, _ = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    signers.commit("one", by="alice")
+    state = tmp_path / "daemon-state"
+    (state / "gnupg").mkdir(parents=True, mode=0o700)  # an agent an earlier version left running in the keyring
+    subprocess.run(["gpgconf", "--launch", "gpg-agent"], env={**os.environ, "GNUPGHOME": str(state / "gnupg")},
+                   check=True)
+    assert len(agents(state / "gnupg")) == 1
+    cmd = [sys.executable, "-m", "reconciler", "run", "--once", "--repo", remote.url, "--environment", "a",
+           "--state-dir", str(state), "--verify-commits", "head", "--trusted-keys", str(signers.keys)]
+
+    for value in ("one", "two"):  # the second start rebuilds the keyring of a state dir in use before
+        remote.write("environments/a/settings.yaml", settings(value))
+        signers.commit(value, by="alice")
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert applied_value(state) == value
+        assert agents(state / "gnupg") == []

@@ -164,6 +164,26 @@
     empty.textContent = total ? "No environment matches the filter." : "No environment has been reconciled yet.";
   }
 
+  function chainStep(step) {
+    const link = el("a", { class: "step-name", href: `/environments/${encodeURIComponent(step.environment)}`,
+      text: step.environment });
+    const wait = step.waiting_for;
+    return el("li", { "data-environment": step.environment },
+      link, step.sync_status ? badge(step.sync_status, SYNC) : sub("not reconciled yet"), " ",
+      step.health_status ? badge(step.health_status, HEALTH) : null,
+      el("span", { class: "sub" }, "at ", el("code", { class: "sha", title: step.revision || "",
+        text: short(step.revision) || "none" }), step.commit ? ` ${step.commit.subject}` : ""),
+      wait ? el("span", { class: "sub waiting", text: `waits for ${wait.environments.join(" and ")} to be ` +
+        `Healthy at ${short(wait.revision)}${wait.commit ? ` (${wait.commit.subject})` : ""}` }) :
+        step.depends_on.length ? sub(`after ${step.depends_on.join(", ")}`) : sub("first"));
+  }
+
+  function drawPromotions(chains) {
+    $("promotions").hidden = !chains.length;
+    $("chains").replaceChildren(...chains.map((steps) => el("ol", { class: "chain",
+      "aria-label": `Promotion chain ${steps.map((s) => s.environment).join(", then ")}` }, steps.map(chainStep))));
+  }
+
   async function refreshOverview() {
     const doc = await getJSON("/environments");
     drawSource(doc.source, doc.leading);
@@ -171,6 +191,7 @@
       $("environments").tBodies[0].replaceChildren(...doc.environments.map(environmentRow));
       applyFilter();
     }
+    if (changed("promotions", doc.promotions)) drawPromotions(doc.promotions);
   }
 
   // -- one environment --------------------------------------------------------------------------------

@@ -156,10 +156,15 @@ class Loop:
         self.daemon.wait_for(what, check, timeout=timeout, poll=poll)
         return time.monotonic() - started
 
+    def checks(self, environment: str = ENV) -> float:
+        """No-op reconciles of `environment`, and the interval reconciles it skipped as quiet."""
+        skipped = self.metric("ray_gitops_reconcile_skipped_total", environment=environment) or 0.0
+        return self.reconciles(environment) + skipped
+
     def cycles(self, count: int, environment: str = ENV) -> None:
-        """Wait until the daemon has finished `count` more no-op reconciles of `environment`."""
-        target = self.reconciles(environment) + count
-        self.wait(f"{count} no-op reconciles of {environment}", lambda: self.reconciles(environment) >= target,
+        """Wait until `count` more intervals of `environment` passed: no-op reconciles, or skipped as quiet."""
+        target = self.checks(environment) + count
+        self.wait(f"{count} no-op cycles of {environment}", lambda: self.checks(environment) >= target,
                   timeout=30 + 5 * count)
 
     def status(self) -> dict[str, dict[str, Any]]:

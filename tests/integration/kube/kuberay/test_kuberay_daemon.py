@@ -325,7 +325,7 @@ def test_the_operators_writes_are_never_drift_and_a_steady_state_writes_nothing_
     assert loop.stop() == 0
     loop.start()  # a restart (or a new leader): empty caches, the same objects
     loop.wait("the restarted daemon's first reconciles", lambda: all(
-        loop.reconciles(name) >= 2 for name in (ENV, *NEIGHBOURS)), timeout=60)
+        loop.checks(name) >= 2 for name in (ENV, *NEIGHBOURS)), timeout=60)
     first = loop.writes()
     assert {verb: first[verb] for verb in ("apply", "create", "update", "delete")} == dict.fromkeys(
         ("apply", "create", "update", "delete"), 0.0), "nothing written after a restart"
