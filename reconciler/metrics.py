@@ -84,6 +84,12 @@ class Metrics:
                                        "owns a field", ["environment", "kind"], namespace=ns, registry=registry)
         self.leader = Gauge("leader", "1 while this replica holds the leader election Lease", ["identity"],
                             namespace=ns, registry=registry)
+        self.shard_owned = Gauge("shard_owned", "1 while this replica holds the shard's Lease and reconciles its "
+                                 "environments (with `shards`)", ["identity", "shard"], namespace=ns, registry=registry)
+        self.shard_members = Gauge("shard_members", "Replicas sharing the environments, as counted from their member "
+                                   "Leases (with `shards`)", namespace=ns, registry=registry)
+        self.environments_owned = Gauge("environments_owned", "Environments in the shards this replica holds (with "
+                                        "`shards`)", ["identity"], namespace=ns, registry=registry)
         self.webhook_requests = Counter("webhook_requests_total", "POST /hooks/git requests by provider and result "
                                         "(accepted/ping/unauthorized/too_large/bad_request)", ["provider", "result"],
                                         namespace=ns, registry=registry)

@@ -114,6 +114,8 @@ def parser() -> argparse.ArgumentParser:
                      help="reconcile only while holding a coordination.k8s.io Lease (for more than one replica)")
     run.add_argument("--leader-election-namespace", help="namespace of the Lease (default: the pod's, else default)")
     run.add_argument("--leader-election-id", help="name of the Lease (default ray-gitops)")
+    run.add_argument("--shards", help="split the environments among this many shard Leases, each replica reconciling "
+                     "its share (default 0: off; not with --leader-election)")
     for timing in ("lease-duration", "renew-deadline", "retry-period"):  # for tests; settings keys too
         run.add_argument(f"--leader-election-{timing}", help=argparse.SUPPRESS)
     run.add_argument("--kubeconfig", help="kubeconfig of the Lease and of the cluster `default` (default: in-cluster, "

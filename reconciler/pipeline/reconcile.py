@@ -11,8 +11,9 @@ environment applies and prunes nothing and keeps its last applied state.
 Thread ownership: called from several environment threads at once, never twice at the same time
 for one environment (the daemon's schedule guarantees it). It reads only the revision's immutable
 snapshot; the per-environment entries of `_adopted` and `_said` are touched only by the thread
-reconciling that environment; `_foreign` (what each environment found owned by another) is shared
-and read under `_lock`; the ledger, metrics and targets are thread-safe.
+reconciling that environment (and by `forget`, from the daemon's loop while none runs); `_foreign`
+(what each environment found owned by another) is shared and read under `_lock`; the ledger, metrics
+and targets are thread-safe.
 """
 from __future__ import annotations
 
@@ -342,6 +343,11 @@ class Pipeline:
         except RayGitopsError:
             return False
         return _objects(before) == _objects(rendered)
+
+    def forget(self, name: str) -> None:
+        """Take the target's ledger copy again at `name`'s next reconcile: another daemon replica held it
+        meanwhile and may have written it (the daemon's loop calls it when its replica gains the shard)."""
+        self._adopted.pop(name, None)
 
     def _adopt(self, rendered: RenderedEnvironment, target: Target, record: Record) -> Record:
         """Once per process: take the ledger copy the target keeps (a new leader, an empty state dir)."""

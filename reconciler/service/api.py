@@ -17,6 +17,7 @@ from ..pipeline.source import GitSource, Revision, redact
 from ..pipeline.validate import dns_label
 from .commits import Commits, describe
 from .plans import Plans
+from .shards import Shards
 
 PREFIX = "/api/v1/"
 LIMITS = {"history": 50, "runs": 50}  # default rows; `?limit=` up to MAX_LIMIT
@@ -33,11 +34,11 @@ class Api:
     def __init__(self, ledger: Ledger, source: GitSource, plans: Plans, commits: Commits,
                  head: Callable[[], Revision | None], selected: Callable[[], list[str]],
                  leading: Callable[[], bool], graph: Callable[[], Mapping[str, tuple[str, ...]]],
-                 clock: Callable[[], float] = time.time) -> None:
-        """`graph`: each environment's `dependsOn` at the head."""
+                 shards: Shards | None = None, clock: Callable[[], float] = time.time) -> None:
+        """`graph`: each environment's `dependsOn` at the head; `shards`: with sharding, who reconciles what."""
         self._ledger, self._source, self._plans, self._commits = ledger, source, plans, commits
         self._head, self._selected, self._leading, self._clock = head, selected, leading, clock
-        self._graph = graph
+        self._graph, self._shards = graph, shards
 
     def answer(self, path: str, query: Mapping[str, list[str]]) -> Answer:
         """The document at `path` (below PREFIX), or an {"error": ...} with 404 or 400."""
@@ -48,8 +49,10 @@ class Api:
             return 404, {"error": f"no such API path: {path[:200]}"}
         name, view = parts[1], parts[2] if len(parts) == 3 else ""
         state = self._state(name)
-        if state is None:
-            return 404, {"error": f"no environment {name[:80]!r} has been reconciled by this daemon"}
+        owner = self._shards.owner(name) if self._shards is not None and dns_label(name) else None
+        if state is None or (owner is not None and not owner.here):
+            elsewhere = f" (shard {owner.shard}: replica {owner.replica or 'none yet'})" if owner else ""
+            return 404, {"error": f"no environment {name[:80]!r} is reconciled by this daemon{elsewhere}"}
         if view == "":
             return 200, self.environment(state)
         if view == "plan":
@@ -68,10 +71,13 @@ class Api:
     def environments(self) -> dict[str, Any]:
         """Every environment of this daemon (`status -o json` rows, each with `commit` and `reason`), the Git
         source (branch, head, a failing fetch, an unverified head), whether this replica leads (a
-        standby reconciles nothing: its ledger is not the leader's), and the promotion chains."""
+        standby reconciles nothing: its ledger is not the leader's), and the promotion chains. With sharding,
+        `shards` says which replica holds each shard, and each row its `owner` (a row another replica owns now
+        is this replica's last word on it: read the owner's page)."""
         selected = set(self._selected())
         states = [s for s in self._ledger.states() if not selected or s.environment in selected]
         return {"time": self._clock(), "leading": self._leading(), "source": self._source_info(),
+                "shards": self._shards.summary() if self._shards is not None else None,
                 "environments": [self._summary(s) for s in states], "promotions": self.promotions(states)}
 
     def promotions(self, states: list[EnvironmentState]) -> list[list[dict[str, Any]]]:
@@ -159,7 +165,15 @@ class Api:
         return {"environment": state.environment, "target": state.target, "revision": state.revision,
                 "sync_status": state.sync_status.value, "health_status": state.health_status.value,
                 "message": state.message, "updated_at": state.updated_at, "detail": state.detail,
-                "commit": self._commits.get(state.revision), "reason": reason(state)}
+                "commit": self._commits.get(state.revision), "reason": reason(state),
+                "owner": self._owner(state.environment)}
+
+    def _owner(self, name: str) -> dict[str, Any] | None:
+        """With sharding: the environment's shard, the replica holding it, and whether that is this one."""
+        if self._shards is None:
+            return None
+        owner = self._shards.owner(name)
+        return {"shard": owner.shard, "replica": owner.replica, "here": owner.here}
 
     def _objects(self, state: EnvironmentState) -> list[dict[str, Any]]:
         """Applied objects (the inventory), those the last reconcile rendered and those the plan knows, with

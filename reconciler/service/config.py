@@ -69,6 +69,8 @@ class Settings:
     leader_election_lease_duration: float = 15.0
     leader_election_renew_deadline: float = 10.0
     leader_election_retry_period: float = 2.0
+    shards: int = 0  # > 0: replicas split the environments among this many shard Leases (the leader_election_* Lease
+    # namespace, id as the Leases' name prefix, and timing); 0: off
     kubeconfig: str = ""  # where the Lease lives: default in-cluster, else $KUBECONFIG / ~/.kube/config
     kube_context: str = ""
     webhook_secret: str = field(default="", repr=False)  # POST /hooks/git; empty (and no file): disabled
@@ -102,6 +104,11 @@ class Settings:
             return [destination(url) for url in urls]
         except ValueError as exc:
             raise ConfigError(f"notify_urls: {exc}") from None
+
+    def __post_init__(self) -> None:
+        if self.shards and self.leader_election:
+            raise ConfigError("shards and leader_election exclude each other: with shards every replica reconciles "
+                              "its share, without them only the leader reconciles")
 
     def verifier(self) -> Verifier | None:
         """Checks of commit signatures, when `verify_commits` asks for them."""
@@ -218,6 +225,11 @@ def _value(name: str, value: Any) -> Any:
             if not dns_label(environment):
                 raise ValueError(f"{environment!r} is not an environment name (a DNS-1123 label: a-z, 0-9, '-')")
         return names
+    if name == "shards":
+        number = int(value)
+        if number < 0:
+            raise ValueError(f"shards must be a whole number >= 0 (0: off), got {value!r}")
+        return number
     if name in ("webhook_max_body", "concurrency", "kube_api_burst"):
         number = int(value)
         if number < 1:

@@ -10,7 +10,9 @@ watch) checks its environment at once. On stop it lets each running
 reconcile finish the object it is applying, then closes the targets (the local target stops the
 Ray processes it started). With leader election, only the Lease holder fetches and reconciles; a
 follower serves /metrics, /healthz and a 200 /readyz (it stands by: a rolling update can proceed),
-and a leader that loses the Lease schedules nothing new while its running reconciles finish.
+and a leader that loses the Lease schedules nothing new while its running reconciles finish. With
+`shards`, every replica reconciles the environments of the shards it holds (`shards.py`), asking
+`owns()` as a leader asks `leading()`; a shard lost or handed over schedules nothing new.
 
 Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
@@ -25,7 +27,9 @@ socket's threads (`ray-gitops reconcile`) only add asks and wait: the loop takes
 and binds them to that fetch, the finishing threads answer them (`control.Asks` is thread-safe). The
 finishing threads also queue notifications of state changes (`_reported`, under `_lock`); the
 notifier's own threads send them. A preview and a reconcile of one environment never overlap: both
-hold its `_guard`.
+hold its `_guard`. The `shards` thread calls `running()`, which reads `_running` under `_lock` (where
+`_submit` checks `owns` and registers its reconciles), and reports newly held shards, which are recorded
+under `_lock` for the loop to act on.
 """
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ from .leader import LeaderElectionOptions, LeaderElector, lease_client
 from .page import StatusPage
 from .plans import Plans
 from .schedule import Schedule
+from .shards import Shards, shard_of
 from .worker import Worker
 
 log = logging.getLogger(__name__)
@@ -101,6 +106,8 @@ class Daemon:
         self.commits = Commits(self.worker, self.source.revision)
         self.elector = self._elector() if settings.leader_election and not settings.once else None
         self._led = False  # leading at the last turn of the loop
+        self.shards = self._shards() if settings.shards and not settings.once else None
+        self._gained: set[int] = set()  # shards newly held, their environments' ledger copies not yet re-read
         self.asks = control.Asks()  # `ray-gitops reconcile` requests (the control socket)
         self.notifier = notify.Notifier(settings.notify_destinations(), self.metrics, redact(settings.repo),
                                         settings.branch)
@@ -122,7 +129,8 @@ class Daemon:
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
-                              lambda: self._shown, self.leading, lambda: self.graph))
+                              lambda: self._shown, self.leading, lambda: self.graph,
+                              self.shards))
 
     def _guard(self, name: str) -> threading.Lock:
         """The lock held while `name` reconciles or is previewed for the status page."""
@@ -159,6 +167,29 @@ class Daemon:
             gauge.set(float(leading))
             self.wake.set()
         return LeaderElector(options, changed)
+
+    def _shards(self) -> Shards:
+        s = self.settings
+        options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
+                                        lease_client(s.kubeconfig, s.kube_context),
+                                        lease_duration=s.leader_election_lease_duration,
+                                        renew_deadline=s.leader_election_renew_deadline,
+                                        retry_period=s.leader_election_retry_period)
+
+        def changed(gained: set[int]) -> None:
+            with self._lock:
+                self._gained |= gained
+            self.wake.set()
+        return Shards(s.shards, options, self.running, changed, self.metrics)
+
+    def running(self) -> set[str]:
+        """The environments with a reconcile queued or running (thread-safe)."""
+        with self._lock:
+            return self._running_names()
+
+    def owns(self, name: str) -> bool:
+        """This replica may reconcile `name` now (always, without `shards`)."""
+        return self.shards is None or self.shards.owns(name)
 
     def trigger(self) -> None:
         """Git changed (a verified webhook): fetch at once; the environments whose inputs changed are reconciled
@@ -207,7 +238,35 @@ class Daemon:
             for future in self._running.values():
                 future.cancel()
         self._led = leading
+        if self.shards is not None:
+            self._share(self.shards)
         return leading
+
+    def _share(self, shards: Shards) -> None:
+        """This turn's shards: reconciles queued for environments no longer owned are cancelled (running ones
+        finish); the environments of newly held shards run at once, adopting again the ledger copy their target
+        keeps (the replica that held them before wrote it)."""
+        with self._lock:
+            gained, self._gained = self._gained, set()
+            running = dict(self._running)
+        for name, future in running.items():
+            if not self.owns(name):
+                future.cancel()
+        later: set[int] = set()  # a shard held again while a reconcile of its last term still runs: next turn
+        taken: list[str] = []
+        for name in self._selected:
+            shard = shard_of(name, shards.count)
+            if shard in gained and name in running and not running[name].done():
+                later.add(shard)
+            elif shard in gained:
+                self.pipeline.forget(name)
+                taken.append(name)
+        with self._lock:
+            self._gained |= later
+            for name in taken:  # what it read when this replica last reconciled it says nothing now
+                self._inputs.pop(name, None)
+            self.schedule.force(taken)  # checked at once by their new owner
+        self.metrics.environments_owned.labels(shards.identity).set(sum(map(self.owns, self._selected)))
 
     # -- scheduling ----------------------------------------------------------------------------------
     def environments(self, revision: Revision) -> list[str]:
@@ -297,25 +356,25 @@ class Daemon:
         self._selected = self.environments(revision)
         removable = self._removals(revision, self._selected)
         names = self._selected + removable
-        asked = self.asks.bind(asks or [], self._generation, revision.sha, names)
+        owned = [n for n in names if self.owns(n)]  # all of them without `shards`
+        asked = self.asks.bind(asks or [], self._generation, revision.sha, owned)
         if self.leading():
-            self._advance(revision, [n for n in self._selected if n not in asked])
-        with self._lock:
-            self.schedule.force(names if force else asked)
-            due = self.schedule.due(names, revision.sha) if self.leading() else []
+            self._advance(revision, [n for n in self._selected if n not in asked and self.owns(n)])
+        with self._lock:  # owned and registered at once: `Shards` hands a shard over only when `running()` is clear
+            self.schedule.force(owned if force else asked)
+            due = self.schedule.due([n for n in names if self.owns(n)], revision.sha) if self.leading() else []
             skipped, self.schedule.skipped = self.schedule.skipped, []
             for name in set(due) - set(self._reported):  # their state before this process: a restart notifies nothing
                 state = self.ledger.state(name)
                 self._reported[name] = (state.sync_status, state.revision) if state else None
+            futures = {name: pool.submit(self._remove if name in removable else self._reconcile, name, revision)
+                       for name in due}
+            self._running.update(futures)
+            self._started.update(dict.fromkeys(futures, time.monotonic()))
         for name in skipped:
             self.metrics.reconcile_skipped.labels(name).inc()
-        for name in due:
-            work = self._remove if name in removable else self._reconcile
-            future = pool.submit(work, name, revision)
-            with self._lock:
-                self._started[name] = time.monotonic()
+        for name, future in futures.items():
             future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
-            self._running[name] = future
 
     def _remove(self, name: str, revision: Revision) -> Result:
         with self._guard(name):
@@ -402,6 +461,8 @@ class Daemon:
         self.notifier.start()
         if self.elector is not None:
             self.elector.start()
+        if self.shards is not None:
+            self.shards.start()
         try:
             while not self.stopping.is_set():
                 self._heartbeat = time.monotonic()
@@ -433,6 +494,8 @@ class Daemon:
             self.notifier.stop()  # after the last reconcile: its notification is sent
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
                 self.elector.stop(release=True)
+            if self.shards is not None:  # likewise: the next holders of our shards never overlap us
+                self.shards.stop()
             server.shutdown()
             server.server_close()
             log.info("stopped")
@@ -493,11 +556,15 @@ class Daemon:
 
     # -- health ----------------------------------------------------------------------------------------
     def ready(self) -> bool:
-        """After the first reconcile of every environment; a follower is ready as it is (standing by)."""
+        """After the first reconcile of every environment (with `shards`: of those it owns); a follower, or a
+        replica that owns none, is ready as it is (standing by)."""
         if not self.leading():
             return True
+        owned = [name for name in self._selected if self.owns(name)]
+        if self.shards is not None and not owned:
+            return True
         with self._lock:
-            return self.schedule.reconciled(self._selected)
+            return self.schedule.reconciled(owned)
 
     def healthy(self) -> bool:
         """The main loop turns, and reconciles make progress (one finishes, or none is running)."""

@@ -27,7 +27,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
 from ..kubeapi import ApiError, Kube, connect
@@ -60,6 +60,7 @@ class LeaderElectionOptions:
     renew_deadline: float = 10.0  # how long the leader keeps trying to renew before it steps down
     retry_period: float = 2.0     # renewal / acquisition attempt interval
     clock: Callable[[], float] = time.monotonic
+    labels: Mapping[str, str] = field(default_factory=dict)  # on the Lease, so a set of Leases can be listed
 
     def __post_init__(self) -> None:
         if not self.lease_duration > self.renew_deadline > self.retry_period * (1 + JITTER) > 0:
@@ -90,6 +91,24 @@ class Record:
                 "acquireTime": self.acquire_time, "renewTime": self.renew_time, "leaseTransitions": self.transitions}
 
 
+@dataclass
+class Observed:
+    """A Lease's record as last seen, and when (on our monotonic clock) we saw it change: client-go's rule
+    for judging another holder's Lease expired without comparing clocks."""
+
+    record: Record | None = None
+    since: float = -math.inf
+
+    def see(self, record: Record, now: float) -> None:
+        if record != self.record:
+            self.record, self.since = record, now
+
+    def expired(self, now: float, default_duration: float) -> bool:
+        """Unchanged for its leaseDurationSeconds (`default_duration` when it names none)."""
+        duration = (self.record.duration if self.record else 0) or default_duration
+        return now - self.since >= duration
+
+
 class LeaderElector:
     """Holds or waits for one Lease in a background thread (`start()` ... `stop()`).
 
@@ -106,8 +125,7 @@ class LeaderElector:
         self.transitions = 0
         self._lock = threading.Lock()
         self._renewed_at = -math.inf   # monotonic start of our last successful write
-        self._observed: Record | None = None
-        self._observed_at = -math.inf  # monotonic time the observed record last changed
+        self._seen = Observed()        # the Lease's record as last read or written
         self._version = ""             # resourceVersion of the Lease as last read or written
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -159,10 +177,11 @@ class LeaderElector:
                 self._renewed_at = started
             self._set_leading(True)
         elif self.leading.is_set():
-            held_by_other = self._observed is not None and self._observed.holder not in ("", self.options.identity)
+            observed = self._seen.record
+            held_by_other = observed is not None and observed.holder not in ("", self.options.identity)
             if held_by_other or self.options.clock() - self._renewed_at >= self.options.renew_deadline:
                 log.error("leader election: lost Lease %s/%s (%s)", self.options.namespace, self.options.name,
-                          f"now held by {self._observed.holder}" if held_by_other and self._observed else
+                          f"now held by {observed.holder}" if held_by_other and observed else
                           f"not renewed for {self.options.renew_deadline:g}s")
                 self._set_leading(False)
         return won
@@ -176,9 +195,8 @@ class LeaderElector:
             return True
         old = Record.of(lease)
         seen = opts.clock()  # after the read: a change is never dated earlier than it happened
-        self._observe(old, seen)
-        expired = seen - self._observed_at >= (old.duration or opts.lease_duration)
-        if old.holder and old.holder != opts.identity and not expired:
+        self._seen.see(old, seen)
+        if old.holder and old.holder != opts.identity and not self._seen.expired(seen, opts.lease_duration):
             return False  # held by another replica
         self._update(self._record(old))
         return True
@@ -190,9 +208,10 @@ class LeaderElector:
                       old.acquire_time if mine and old.acquire_time else stamp, stamp,
                       old.transitions if mine else old.transitions + 1)
 
-    def _observe(self, record: Record, now: float) -> None:
-        if record != self._observed:
-            self._observed, self._observed_at = record, now
+    def observe(self, lease: dict[str, Any]) -> None:
+        """Note the Lease as read by someone else (a list of many Leases), so its expiry is judged from the
+        first time it was seen unchanged, not from our own next read. Only from the thread that drives us."""
+        self._seen.see(Record.of(lease), self.options.clock())
 
     def release(self) -> bool:
         """Hand the Lease back (empty holder, 1s duration); False if it is not ours or the write failed."""
@@ -239,19 +258,21 @@ class LeaderElector:
         try:
             lease = self._get()
             if lease is not None:
-                self._observe(Record.of(lease), self.options.clock())
+                self._seen.see(Record.of(lease), self.options.clock())
         except (ApiError, ValueError, KeyError):
             pass
 
     def _create(self, record: Record) -> None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": self.options.name, "namespace": self.options.namespace}, "spec": record.spec()}
+                "metadata": {"name": self.options.name, "namespace": self.options.namespace,
+                             "labels": dict(self.options.labels)}, "spec": record.spec()}
         self._write("create", "POST", self._path, body, record)
 
     def _update(self, record: Record) -> None:
         body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                 "metadata": {"name": self.options.name, "namespace": self.options.namespace,
-                             "resourceVersion": self._version}, "spec": record.spec()}
+                             "labels": dict(self.options.labels), "resourceVersion": self._version},
+                "spec": record.spec()}
         self._write("update", "PUT", f"{self._path}/{self.options.name}", body, record)
 
     def _write(self, verb: str, method: str, path: str, body: dict[str, Any], record: Record) -> None:
@@ -262,7 +283,7 @@ class LeaderElector:
                 raise _Conflict() from exc
             raise
         self._version = written["metadata"]["resourceVersion"]
-        self._observe(record, self.options.clock())
+        self._seen.see(record, self.options.clock())
 
     def _request(self, verb: str, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         result: dict[str, Any] = self.options.kube.request(verb, method, path, body=body,

@@ -39,3 +39,13 @@ def test_leader_election_settings_come_from_flags_and_environment(tmp_path: Path
             settings.leader_election_retry_period) == (3.0, 10.0, 0.5)
     assert (settings.kubeconfig, settings.kube_context) == ("/kube/config", "")
     assert load({}, {}).leader_election is False
+
+
+def test_shards_come_from_flags_and_environment_and_exclude_leader_election() -> None:
+    assert load({"shards": "12"}, {"RAY_GITOPS_SHARDS": "3"}).shards == 12
+    assert load({}, {"RAY_GITOPS_SHARDS": "3"}).shards == 3
+    assert load({}, {}).shards == 0
+    with pytest.raises(ConfigError, match="setting shards: .*>= 0"):
+        load({"shards": "-1"}, {})
+    with pytest.raises(ConfigError, match="shards and leader_election exclude each other"):
+        load({"shards": "4", "leader_election": True}, {})

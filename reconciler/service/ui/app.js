@@ -131,13 +131,19 @@
     $("banners").replaceChildren(...banners);
   }
 
+  // With sharding: the replica that holds the environment's shard (another one's page is current for it).
+  function owned(owner) {
+    const who = owner.here ? "this replica" : owner.replica || "no replica yet";
+    return `${who} (shard ${owner.shard})`;
+  }
+
   function environmentRow(env) {
     const link = el("a", { href: `/environments/${encodeURIComponent(env.environment)}`, text: env.environment });
     const words = [env.environment, env.target, env.revision, env.sync_status, env.health_status, env.reason,
       env.commit ? `${env.commit.subject} ${env.commit.author}` : ""].join(" ").toLowerCase();
     return el("tr", { "data-environment": env.environment, "data-search": words },
       el("th", { scope: "row" }, link),
-      el("td", { class: "target", text: env.target }),
+      el("td", { class: "target" }, env.target, env.owner && !env.owner.here ? sub(owned(env.owner)) : null),
       el("td", { class: "revision" }, commit(env.revision, env.commit)),
       el("td", { class: "sync" }, badge(env.sync_status, SYNC),
         env.reason ? el("span", { class: "reason", text: env.reason }) : null),
@@ -199,6 +205,7 @@
       ["Message", el("span", { class: "message", text: env.message || "" })],
     ];
     if (env.detail && env.detail.signer) rows.push(["Signed by", el("code", { text: env.detail.signer })]);
+    if (env.owner) rows.push(["Reconciled by", owned(env.owner)]);
     $("env-summary").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", { text: k }), el("dd", {}, v)]));
   }
 

@@ -79,6 +79,7 @@ MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.cor
 # tenant namespaces). The environment's service account may act in its own namespace only.
 README = REPO / "README.md"
 IMPERSONATION_COMPONENT = MANIFESTS / "components" / "impersonation"
+SHARDED_COMPONENT = MANIFESTS / "components" / "sharded"
 TENANT_BASE = MANIFESTS / "tenant"
 TENANT_SA_NAME = "ray-gitops-tenant"
 TENANTS = ("team-a", "team-b")  # onboarded with manifests/tenant/
@@ -392,11 +393,13 @@ def api(kube_control_plane: kube_controlplane.ControlPlane) -> Iterator[client.A
 
 @pytest.fixture(scope="module")
 def overlays(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """The README's overlays: the impersonation variant over manifests/, and manifests/tenant/ per tenant."""
+    """The README's overlays: the impersonation and sharded variants over manifests/, and manifests/tenant/ per
+    tenant."""
     root = tmp_path_factory.mktemp("overlays")
     out = {"direct": MANIFESTS}
     for name, kustomization in [
             ("impersonation", {"resources": [MANIFESTS], "components": [IMPERSONATION_COMPONENT]}),
+            ("sharded", {"resources": [MANIFESTS], "components": [SHARDED_COMPONENT]}),
             *[(tenant, {"namespace": tenant, "resources": [TENANT_BASE]}) for tenant in TENANTS]]:
         (root / name).mkdir()
         relative = {k: [os.path.relpath(p, root / name) for p in v] if isinstance(v, list) else v
@@ -802,12 +805,13 @@ def test_the_readme_permissions_table_is_every_rule_of_each_variant_and_whom_it_
         rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
     rows = readme_table("Deploying to a cluster", "variant")
     renders = {"direct": rendered_overlays["direct"],
-               "impersonation": rendered_overlays["impersonation"] + rendered_overlays[TENANTS[0]]}
+               "impersonation": rendered_overlays["impersonation"] + rendered_overlays[TENANTS[0]],
+               "sharded": rendered_overlays["sharded"]}
     for variant, objects in renders.items():
         table: dict[tuple[str, str], set[Rule]] = {}
         grantee: dict[tuple[str, str], str] = {}
-        for row in rows:
-            if row["variant"] in ("both", variant):
+        for row in rows:  # the sharded variant is the direct one with sharding on
+            if row["variant"] in ("both", variant, *(("direct",) if variant == "sharded" else ())):
                 kind, name = re.fullmatch(r"(Role|ClusterRole) `([^`]+)`", row["object"]).groups()
                 table.setdefault((kind, name), set()).update(readme_rules(row["resources"], row["verbs"]))
                 assert grantee.setdefault((kind, name), row["granted to, where"]) == row["granted to, where"]
@@ -879,6 +883,21 @@ def test_the_deployment_args_and_environment_parse_into_leader_elected_settings_
     deployment = one(rendered, "Deployment")
     assert deployment["spec"]["replicas"] == 1 and "--leader-election" in c["args"]
     assert not any("$(" in value for value in env.values()), "the kubelet would expand $(...) in an env value"
+
+
+def test_the_sharded_variant_runs_three_replicas_that_split_the_environments_among_12_shards(
+        rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
+    objects = rendered_overlays["sharded"]
+    c = container(objects)
+    env = container_env(objects)
+    settings = config.load(vars(cli.parser().parse_args(c["args"])),
+                           environ={k: v for k, v in env.items() if k.startswith("RAY_GITOPS_")})
+    assert (settings.shards, settings.leader_election) == (12, False)
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3
+    assert container(rendered_overlays["direct"])["args"] == ["run", "--leader-election", "--log-format", "json"]
+    direct, sharded = ({kind_name(o): o for o in rendered_overlays[v]} for v in ("direct", "sharded"))
+    assert set(sharded) - set(direct) == {("Role", "ray-gitops-shards"), ("RoleBinding", "ray-gitops-shards")}
+    assert [k for k in direct if direct[k] != sharded.get(k)] == [("Deployment", "ray-gitops")]
 
 
 def test_the_git_credential_helper_answers_with_the_mounted_username_and_password(
