@@ -17,6 +17,7 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
 ENVIRONMENT_LABEL = "gitops.ray.io/environment"
 REVISION_ANNOTATION = "gitops.ray.io/revision"
+APPLIED_ANNOTATION = "gitops.ray.io/applied"  # Kubernetes: the fingerprint of the apply body that stored the object
 LEDGER_PREFIX = "ray-gitops-ledger-"  # ConfigMap ray-gitops-ledger-<env>: an environment's ledger on Kubernetes
 PRUNE_ANNOTATION = "gitops.ray.io/prune"
 ON_CHANGE_ANNOTATION = "gitops.ray.io/on-change"

@@ -20,11 +20,11 @@ from typing import Any, Callable, Iterable
 import yaml
 from deepdiff import DeepDiff
 
-from ..model import MANAGED_BY_VALUE, REVISION_ANNOTATION, Manifest
+from ..model import APPLIED_ANNOTATION, MANAGED_BY_VALUE, REVISION_ANNOTATION, Manifest
 
 NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
                   "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
-IGNORED_ANNOTATIONS = (REVISION_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
+IGNORED_ANNOTATIONS = (REVISION_ANNOTATION, APPLIED_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
 CLUSTER_SPEC_PATHS = {"RayCluster": "/spec", "RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig",
                       "RayCronJob": "/spec/jobTemplate/rayClusterSpec"}
 AUTOSCALER_FIELDS = ("replicas", "scaleStrategy")

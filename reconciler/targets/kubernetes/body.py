@@ -6,6 +6,12 @@ spec (only `suspend` and metadata come from Git); and with `enableInTreeAutoscal
 object's worker groups carry the live `replicas`/`scaleStrategy` (never Git's), guarded by the
 live resourceVersion. Pure functions: no API access.
 
+Every body carries its own fingerprint (`gitops.ray.io/applied`: a hash of the body without it, the revision
+annotation and the precondition). A live object that carries the fingerprint of the body we would send now, and
+that no one but us has written since (every managedFields entry ours, or the status subresource's), is what
+that apply would store: `dryrun` then needs no request (a daemon restarted on 1,000 synced environments sends
+no dry-run for them).
+
 Why a RayJob of the same run keeps its live spec: the run id is the hash of Git's spec, so equal
 ids mean Git has not changed it, and KubeRay ignores RayJob spec edits anyway. KubeRay (1.6.2)
 adds its finalizer with an update that writes the whole spec back: it takes over the atomic
@@ -22,9 +28,11 @@ autoscaler's JSON patch makes it the owner of the whole list (checked on kube-ap
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from typing import Any
 
-from ...model import DesiredObject, Manifest, job_submission_id
+from ...model import APPLIED_ANNOTATION, REVISION_ANNOTATION, DesiredObject, Manifest, job_submission_id
 from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
 
 FORCE_ANNOTATION = "gitops.ray.io/force"
@@ -59,7 +67,30 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None,
                 else:
                     group.pop(name, None)
         body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+    meta = body.setdefault("metadata", {})
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: fingerprint(body)}
     return body
+
+
+def body_hash(body: Manifest) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def fingerprint(body: Manifest) -> str:
+    """The hash of `body` without its fingerprint, its revision annotation and its resourceVersion precondition."""
+    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "resourceVersion"}
+    meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
+                           if k not in (APPLIED_ANNOTATION, REVISION_ANNOTATION)}
+    return body_hash({**body, "metadata": meta})[:32]
+
+
+def as_applied(live: Manifest, body: Manifest, manager: str) -> bool:
+    """Whether `live` is what applying `body` again would store (see the module's docstring)."""
+    meta = live.get("metadata") or {}
+    if (meta.get("annotations") or {}).get(APPLIED_ANNOTATION) != fingerprint(body):
+        return False
+    return all(entry.get("manager") == manager or entry.get("subresource") == "status"
+               for entry in meta.get("managedFields") or [{}])
 
 
 def keep_live(body: Any, live: Any, pointer: str) -> None:

@@ -33,14 +33,8 @@ class Harness:
     name `a` and a ConfigMap; every reconcile runs the three at once, as the daemon does."""
 
     def __init__(self, remote: GitRemote, state: Path, plane, namespace: str) -> None:
-        self.remote, self.namespace = remote, namespace
-        self.metrics = Metrics(CollectorRegistry())
-        self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
-        self.ledger = Ledger(state)
-        self.targets = Registry(Runtime(state, self.metrics, clusters={
-            "default": Cluster("default", str(plane.kubeconfig), plane.context)},
-            ledger_key=derived(INSTALLATION_KEY, "ledger-copies")))
-        self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
+        self.remote, self.namespace, self.state, self.plane = remote, namespace, state, plane
+        self.start()
         self.core = client.CoreV1Api(plane.api_client())
         self.api = client.CustomObjectsApi(plane.api_client())
         self.neighbours = {env: f"{namespace}-{env}" for env in NEIGHBOURS}
@@ -59,6 +53,16 @@ spec:
             remote.write(f"environments/{env}/a.yaml", cluster("a"))
             remote.write(f"environments/{env}/settings.yaml",
                          f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: settings}}\ndata: {{owner: {env}}}\n")
+
+    def start(self) -> None:
+        """A new process's pipeline and targets: empty caches, the same state dir."""
+        self.metrics = Metrics(CollectorRegistry())
+        self.source = GitSource(self.remote.url, "main", self.state / "git", self.metrics.git_request)
+        self.ledger = Ledger(self.state)
+        self.targets = Registry(Runtime(self.state, self.metrics, clusters={
+            "default": Cluster("default", str(self.plane.kubeconfig), self.plane.context)},
+            ledger_key=derived(INSTALLATION_KEY, "ledger-copies")))
+        self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
 
     def reconcile(self) -> Result:
         """Reconcile the three environments concurrently; check the neighbours; `k`'s result."""
@@ -289,3 +293,21 @@ def test_an_environment_writes_with_its_service_account_rights_only(harness: Har
     assert set(harness.objects("rayclusters")) == {"a"}
     configmaps = {c.metadata.name for c in harness.core.list_namespaced_config_map(ns).items}
     assert "settings" not in configmaps and f"ray-gitops-ledger-{ENV}" in configmaps
+
+
+def test_a_restart_sends_no_dry_run_for_what_it_applied_unless_someone_else_wrote_it_since(harness: Harness) -> None:
+    harness.remote.write(f"environments/{ENV}/a.yaml", cluster("a"))
+    harness.remote.write(f"environments/{ENV}/b.yaml", cluster("b"))
+    harness.remote.commit("two clusters")
+    harness.reconcile()
+    harness.api.patch_namespaced_custom_object(  # someone else's label (not drift: Git does not set it)
+        "ray.io", "v1", harness.namespace, "rayclusters", "b", {"metadata": {"labels": {"team": "ml"}}},
+        field_manager="kubectl-label")
+    harness.targets.close()
+
+    harness.start()
+    assert harness.reconcile().result == "noop"
+    dry_runs = harness.metrics.registry.get_sample_value("ray_gitops_kube_requests_total", {"verb": "dryrun-apply"})
+    assert dry_runs == 1, "only b, which kubectl-label wrote after us (the neighbours' objects need none)"
+    assert harness.writes() == 1  # that dry-run: nothing written
+    assert harness.objects("rayclusters")["b"]["metadata"]["labels"]["team"] == "ml"
