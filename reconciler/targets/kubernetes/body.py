@@ -6,11 +6,12 @@ spec (only `suspend` and metadata come from Git); and with `enableInTreeAutoscal
 object's worker groups carry the live `replicas`/`scaleStrategy` (never Git's), guarded by the
 live resourceVersion. Pure functions: no API access.
 
-Every body carries its own fingerprint (`gitops.ray.io/applied`: a hash of the body without it, the revision
-annotation and the precondition). A live object that carries the fingerprint of the body we would send now, and
-that no one but us has written since (every managedFields entry ours, or the status subresource's), is what
-that apply would store: `dryrun` then needs no request (a daemon restarted on 1,000 synced environments sends
-no dry-run for them).
+Every body carries the fingerprint of what Git asked for (`gitops.ray.io/applied`: a hash of the desired
+object without its revision annotation, the environment's `ignore` pointers and a RayJob's run id). A live
+object that carries the fingerprint of the body we would send now, and that no one but us has written since
+(every managedFields entry ours, or the status subresource's), is what that apply would store: its live-derived
+parts (a run's spec, the autoscaler's fields, ignored fields) are ours too. `dryrun` then needs no request (a
+daemon restarted on 1,000 synced environments sends no dry-run for them).
 
 Why a RayJob of the same run keeps its live spec: the run id is the hash of Git's spec, so equal
 ids mean Git has not changed it, and KubeRay ignores RayJob spec edits anyway. KubeRay (1.6.2)
@@ -43,11 +44,12 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None,
     """The apply body of `desired`, given the live object (None: it is being created) and the environment's
     `ignore` pointers (an existing object keeps its live values there: ignored is never compared nor reverted)."""
     body = copy.deepcopy(desired.manifest)
+    run = job_submission_id(environment, desired.ref.name, desired.manifest) if desired.ref.kind == "RayJob" else ""
+    mark = fingerprint(desired.manifest, ignore, run)
     if live is not None:
         for pointer in ignore:
             keep_live(body, live, pointer)
-    if desired.ref.kind == "RayJob":
-        run = job_submission_id(environment, desired.ref.name, desired.manifest)
+    if run:
         body.setdefault("spec", {})["jobId"] = run
         if same_run(live, run):
             assert live is not None
@@ -68,7 +70,7 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None,
                     group.pop(name, None)
         body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
     meta = body.setdefault("metadata", {})
-    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: fingerprint(body)}
+    meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED_ANNOTATION: mark}
     return body
 
 
@@ -76,18 +78,18 @@ def body_hash(body: Manifest) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def fingerprint(body: Manifest) -> str:
-    """The hash of `body` without its fingerprint, its revision annotation and its resourceVersion precondition."""
-    meta = {k: v for k, v in (body.get("metadata") or {}).items() if k != "resourceVersion"}
+def fingerprint(manifest: Manifest, ignore: tuple[str, ...], run: str) -> str:
+    """What Git asked for: `manifest` without the revision annotation (or a fingerprint), `ignore`, the run id."""
+    meta = dict(manifest.get("metadata") or {})
     meta["annotations"] = {k: v for k, v in (meta.get("annotations") or {}).items()
                            if k not in (APPLIED_ANNOTATION, REVISION_ANNOTATION)}
-    return body_hash({**body, "metadata": meta})[:32]
+    return body_hash({"manifest": {**manifest, "metadata": meta}, "ignore": list(ignore), "run": run})[:32]
 
 
 def as_applied(live: Manifest, body: Manifest, manager: str) -> bool:
     """Whether `live` is what applying `body` again would store (see the module's docstring)."""
     meta = live.get("metadata") or {}
-    if (meta.get("annotations") or {}).get(APPLIED_ANNOTATION) != fingerprint(body):
+    if (meta.get("annotations") or {}).get(APPLIED_ANNOTATION) != body["metadata"]["annotations"][APPLIED_ANNOTATION]:
         return False
     return all(entry.get("manager") == manager or entry.get("subresource") == "status"
                for entry in meta.get("managedFields") or [{}])
