@@ -37,6 +37,7 @@ import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry
 
@@ -436,8 +437,9 @@ class Daemon:
         results: dict[str, Result] = {}
         deadline = time.monotonic() + self.settings.dependency_timeout
 
-        def run(names: list[str]) -> None:
-            results.update(zip(names, pool.map(lambda n: self.pipeline.reconcile(n, revision), names)))
+        def run(names: list[str]) -> None:  # each result without its objects: a thousand would be kept till the end
+            results.update(zip(names, pool.map(lambda n: replace(self.pipeline.reconcile(n, revision), outcomes=[],
+                                                                 inputs=frozenset()), names)))
         for wave in waves(graph):
             run(wave)
             waiting = [n for n in wave if results[n].sync_status == SyncStatus.WAITING]
