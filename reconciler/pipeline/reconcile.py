@@ -40,6 +40,7 @@ from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunRepor
 log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
+UNQUIET = ("RayCronJob", "RayService")  # slots come from the clock; Serve's health only from the status
 FIRST_WRITES = {Action.CREATE, Action.SUBMIT}  # no Event: a new object is its own record (1 ms of server CPU each)
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
 SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
@@ -308,7 +309,7 @@ class Pipeline:
             interval = min(interval, WAIT_RECHECK)
         quiet = (sync == SyncStatus.SYNCED and env_health == Health.HEALTHY and not record.pending
                  and isinstance(target, Watches) and target.watches(rendered.spec)
-                 and not any(d.ref.kind == "RayCronJob" for d in rendered.objects))  # its slots come from the clock
+                 and not any(d.ref.kind in UNQUIET for d in rendered.objects))
         return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
                       depends_on=depends_on, quiet=quiet)
 
