@@ -296,7 +296,8 @@ def alone(assets: Path, kubectl: list[str], work: Path, n: int, pushes: int) -> 
             after = requests(daemon.port)
             out["idle_cpu"] = (cpu_seconds(daemon.proc.pid) - cpu) / 60 * 100
             out["idle_requests"] = sum(after.values()) - sum(before.values())
-            status = dict(line.split(":", 1) for line in Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines())
+            status = dict(line.split(":", 1) for line in
+                          Path(f"/proc/{daemon.proc.pid}/status").read_text().splitlines())
             out["threads"], out["daemon_rss"] = int(status["Threads"]), int(status["VmHWM"].split()[0]) / 1024
             webhook, polling = [], []
             for i in range(2 * pushes):
@@ -347,7 +348,8 @@ def levers(assets: Path, kubectl: list[str], work: Path, n: int = 300) -> list[t
             ("Event (create)", lambda i: kube.request("create", "POST", f"/api/v1/namespaces/l-{i:03d}/events", body=
                                                        event_body(ObjectRef("ray.io", "RayCluster", f"l-{i:03d}",
                                                                             "train"), Outcome.CREATED, "created", "e"))),
-            ("ledger ConfigMap (create)", lambda i: kube.request("create", "POST", cms.collection(f"l-{i:03d}"), body={
+            ("ledger ConfigMap (create)", lambda i: kube.request("create", "POST", cms.collection(f"l-{i:03d}"),
+                                                                 body={
                 "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ray-gitops-ledger-e"},
                 "data": {"inventory": "[" + ", ".join(['["ray.io", "RayJob", "ns", "name"]'] * 3) + "]",
                          "runs": "{}", "signature": "hmac-sha256:" + "0" * 64}})),

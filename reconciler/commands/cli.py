@@ -101,7 +101,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--metrics-address", help="host:port for /metrics /healthz /readyz (default 127.0.0.1:9464)")
     run.add_argument("--once", action="store_true", default=None, help="reconcile once and exit (0 = all succeeded)")
     run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
-    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average (default 0: no client-side limit)")
+    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average "
+                     "(default 0: no client-side limit)")
     run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
     run.add_argument("--verify-commits", choices=["head", "strict"], help="apply only revisions whose head (head) "
                      "or every new commit (strict) carries a valid signature by a key in --trusted-keys")

@@ -4,8 +4,9 @@ A reconcile reads its environment's `Record` once (`load`), works on it as plain
 and writes what changed back in one transaction (`commit`), with the revision it applied and the
 status `ray-gitops status` prints. SQLite in WAL mode with synchronous=NORMAL: a `kill -9` at any
 point leaves the last committed state (a power loss may roll back the last transactions, never corrupt;
-FULL's fsync per commit measured 0.6 ms here: 1.2 s of a first sync of 1,000 environments, 2 commits each). Thread-safe: each thread has its own connection (SQLite
-connections are not shared between threads); one environment is reconciled by one thread at a time.
+FULL's fsync per commit measured 0.6 ms here: 1.2 s of a first sync of 1,000 environments, 2 commits each).
+Thread-safe: each thread has its own connection (SQLite connections are not shared between threads); one
+environment is reconciled by one thread at a time.
 """
 from __future__ import annotations
 
