@@ -66,6 +66,7 @@ class Result:
     interval: float = 60.0
     revision: str = ""  # the revision the environment is on after this reconcile
     depends_on: tuple[str, ...] = ()
+    claimed: tuple[str, ...] = ()  # environments whose objects it newly found (or no longer finds) in Git beside its own
     inputs: Inputs = frozenset()  # what it read of the revision (`source.Reads`)
     quiet: bool = False  # Synced, Healthy, nothing running, and watched: nothing to do until something moves
 
@@ -267,7 +268,7 @@ class Pipeline:
         items, draining = self._plan(rendered, target, live, record)
         self._tell(name, items)
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
-        shared = self._shared(name, items, live)
+        shared, claimed = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
         errors: list[str] = []
         persisted = loaded
@@ -311,7 +312,7 @@ class Pipeline:
                  and isinstance(target, Watches) and target.watches(rendered.spec)
                  and not any(d.ref.kind in UNQUIET for d in rendered.objects))
         return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
-                      depends_on=depends_on, quiet=quiet)
+                      depends_on=depends_on, quiet=quiet, claimed=claimed)
 
     # -- stages ---------------------------------------------------------------------------------------
     def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> tuple[str, ...]:
@@ -530,16 +531,20 @@ class Pipeline:
             return SyncStatus.OUT_OF_SYNC, "; ".join([i.reason for i in refused] + shared), summary
         return SyncStatus.SYNCED, summary, summary
 
-    def _shared(self, name: str, items: list[PlanItem], live: dict[ObjectRef, LiveObject]) -> list[str]:
-        """Record the objects `name` found owned by another environment; the reports of the other environments that
-        found one of `name`'s (one object, one environment: both say so)."""
+    def _shared(self, name: str, items: list[PlanItem],
+                live: dict[ObjectRef, LiveObject]) -> tuple[list[str], tuple[str, ...]]:
+        """Record the objects `name` found owned by another environment. The reports of the other environments that
+        found one of `name`'s (one object, one environment: both say so), and the owners whose report this changed
+        (they should look again)."""
         found = {i.ref: planner.owner(live[i.ref]) for i in items if Flag.OWNED_ELSEWHERE in i.flags}
         mine = {i.ref for i in items if i.desired is not None}
         with self._lock:
-            self._foreign[name] = found
-            return sorted(f"{ref} is also in environment {other} (one object, one environment: {other} does not apply "
-                          f"it)" for other, refs in self._foreign.items() if other != name
-                          for ref, owner in refs.items() if owner == name and ref in mine)
+            before, self._foreign[name] = self._foreign.get(name, {}), found
+            reports = sorted(f"{ref} is also in environment {other} (one object, one environment: {other} does not "
+                             f"apply it)" for other, refs in self._foreign.items() if other != name
+                             for ref, owner in refs.items() if owner == name and ref in mine)
+        claimed = {owner for ref, owner in {**before, **found}.items() if before.get(ref) != found.get(ref)}
+        return reports, tuple(sorted(claimed - {name, ""}))
 
     # -- reports --------------------------------------------------------------------------------------
     def _failed(self, name: str, revision: Revision, message: str, retry_after: float | None = None) -> Result:

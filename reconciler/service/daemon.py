@@ -303,6 +303,9 @@ class Daemon:
             else:  # its next revision reconciles it, whatever changed
                 self._inputs.pop(name, None)
             again = self._reach(name, (result.revision, result.health_status.value)) or again
+            if result.claimed:  # their "also in environment ..." report changed: they look now
+                self.schedule.force(result.claimed)
+                again = True
         self.asks.finished(name, generation, answer(result), result.result == "error" or result.sync_status in (
             SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED))
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
