@@ -366,6 +366,40 @@ def levers(assets: Path, kubectl: list[str], work: Path, n: int = 300) -> list[t
         plane.cleanup()
 
 
+def settled_idle(assets: Path, kubectl: list[str], work: Path, n: int) -> dict[str, float]:
+    """A daemon's idle costs once every environment is Synced and Healthy (each holds one ConfigMap: healthy at
+    once, where a RayCluster without KubeRay never is), over 60 s at `--interval 10s`."""
+    plane = kube_controlplane.ControlPlane.start(assets)
+    use_cluster(plane)
+    try:
+        repo = work / "settled" / "repo"
+        for i in range(n):
+            env = repo / "environments" / f"e{i:03d}"
+            env.mkdir(parents=True)
+            (env / "environment.yaml").write_text(
+                "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
+                f"metadata: {{name: e{i:03d}}}\nspec:\n  interval: 10s\n  target:\n    kubernetes: "
+                f"{{namespace: s-{i:03d}}}\n")
+            (env / "settings.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
+                                               f"data: {{owner: e{i:03d}}}\n")
+        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
+        commit(repo, "settled")
+        namespaces([*kubectl, "--kubeconfig", str(plane.kubeconfig)], "s-", n, work)
+        daemon = Daemon(repo, work / "settled" / "state")
+        try:
+            daemon.ready_after()
+            time.sleep(12)  # one interval: the first reconciles ended quiet
+            before, cpu = requests(daemon.port), cpu_seconds(daemon.proc.pid)
+            time.sleep(60)
+            after = requests(daemon.port)
+            return {"cpu": (cpu_seconds(daemon.proc.pid) - cpu) / 60 * 100,
+                    "requests": sum(after.values()) - sum(before.values())}
+        finally:
+            daemon.stop()
+    finally:
+        plane.cleanup()
+
+
 def help_seconds() -> float:
     return statistics.median(timed_process([sys.executable, "-m", "reconciler", "--help"])[0] for _ in range(5))
 
@@ -376,9 +410,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="first syncs each way per N (medians printed)")
     parser.add_argument("--pushes", type=int, default=5, help="webhook and polling pushes per N (medians printed)")
     parser.add_argument("--levers", action="store_true", help="only what each kind of request costs the server")
+    parser.add_argument("--settled", action="store_true", help="only a daemon's idle costs, every environment Healthy")
     args = parser.parse_args()
     assets = kube_controlplane.ensure_assets()
     kubectl = [str(assets / "kubectl")]
+    if args.settled:
+        with tempfile.TemporaryDirectory() as tmp:
+            print("| N | daemon CPU, settled environments, idle 60 s | requests |\n|---|---|---|")
+            for n in (int(x) for x in args.sizes.split(",")):
+                idle = settled_idle(assets, kubectl, Path(tmp) / str(n), n)
+                print(f"| {n} | {idle['cpu']:.1f} % | {idle['requests']:.0f} |")
+        return
     if args.levers:
         with tempfile.TemporaryDirectory() as tmp:
             print("| request (300 of each, 4 threads) | seconds | API server + etcd CPU per request |\n|---|---|---|")

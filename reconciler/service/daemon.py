@@ -236,7 +236,9 @@ class Daemon:
         if leading and not self._led and self.elector is not None:
             self.pipeline = self._pipeline()
         if not leading:
-            for future in self._running.values():
+            with self._lock:
+                running = list(self._running.values())
+            for future in running:
                 future.cancel()
         self._led = leading
         if self.shards is not None:
@@ -289,6 +291,8 @@ class Daemon:
     def _finished(self, name: str, revision: Revision, generation: int, future: Future[Result]) -> None:
         with self._lock:
             self._progress = time.monotonic()
+            if self._running.get(name) is future:  # done: its result (the objects applied) is not kept
+                del self._running[name]
             if future.cancelled():
                 self.schedule.cancelled(name)
                 return
@@ -334,21 +338,29 @@ class Daemon:
         self.schedule.force(dependents)
         return bool(dependents)
 
-    def _advance(self, revision: Revision, names: list[str]) -> None:
+    def _advance(self, revision: Revision, names: list[str]) -> list[str]:
         """Changed environments first: of `names`, those last reconciled at another revision, Synced, and reading
-        nothing `revision` changed (`unchanged`) move to it without a reconcile; the others stay due at once. A
-        webhook push that changes one environment among a thousand applies it without waiting for the rest."""
+        nothing `revision` changed (`unchanged`) move to it in the schedule without a reconcile; the others stay due
+        at once. Returns the moved ones: `_advanced` records them after the changed ones started, so a webhook push
+        that changes one environment among a thousand applies it without waiting for the rest."""
         with self._lock:
+            running = self._running_names()
             candidates = {n: self._inputs[n] for n in names if n in self._inputs and self.schedule.at(n) not in (
-                None, revision.sha) and n not in self._running_names()}
+                None, revision.sha) and n not in running}
         same = sorted(n for n, inputs in candidates.items() if unchanged(inputs, revision.tree))
+        with self._lock:
+            self.schedule.advance(same, revision.sha)
+        return same
+
+    def _advanced(self, revision: Revision, same: list[str]) -> None:
+        """Record what `_advance` moved (status, history, metrics); their dependents look now."""
         if not same:
             return
         states = self.pipeline.advance(same, revision)
         with self._lock:
-            self.schedule.advance(same, revision.sha)
-            for state in states:
-                self._reach(state.environment, (revision.sha, state.health_status.value))
+            moved = [self._reach(state.environment, (revision.sha, state.health_status.value)) for state in states]
+        if any(moved):
+            self.wake.set()
 
     def _running_names(self) -> set[str]:
         return {n for n, f in self._running.items() if not f.done()}
@@ -362,8 +374,8 @@ class Daemon:
         names = self._selected + removable
         owned = [n for n in names if self.owns(n)]  # all of them without `shards`
         asked = self.asks.bind(asks or [], self._generation, revision.sha, owned)
-        if self.leading():
-            self._advance(revision, [n for n in self._selected if n not in asked and self.owns(n)])
+        same = self._advance(revision, [n for n in self._selected if n not in asked and self.owns(n)]) \
+            if self.leading() else []
         with self._lock:  # owned and registered at once: `Shards` hands a shard over only when `running()` is clear
             self.schedule.force(owned if force else asked)
             due = self.schedule.due([n for n in names if self.owns(n)], revision.sha) if self.leading() else []
@@ -379,6 +391,7 @@ class Daemon:
             self.metrics.reconcile_skipped.labels(name).inc()
         for name, future in futures.items():
             future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
+        self._advanced(revision, same)
 
     def _remove(self, name: str, revision: Revision) -> Result:
         with self._guard(name):
@@ -490,11 +503,12 @@ class Daemon:
                 sock.stop()
             self.worker.stop()  # before the targets close: a preview in progress ends first
             pool.shutdown(wait=False, cancel_futures=True)
-            running = [f for f in self._running.values() if not f.done()]
-            _, left = wait(running, timeout=SHUTDOWN_GRACE)
+            with self._lock:
+                running = {n: f for n, f in self._running.items() if not f.done()}
+            _, left = wait(running.values(), timeout=SHUTDOWN_GRACE)
             if left:
                 log.error("stopping: %d reconcile(s) still running after %.0f s (%s); leaving them behind", len(left),
-                          SHUTDOWN_GRACE, ", ".join(n for n, f in self._running.items() if f in left))
+                          SHUTDOWN_GRACE, ", ".join(n for n, f in running.items() if f in left))
             self.targets.close()
             self.notifier.stop()  # after the last reconcile: its notification is sent
             if self.elector is not None:  # after the last reconcile: the next leader never overlaps it
