@@ -90,8 +90,10 @@ class Schedule:
         self._running.discard(name)
 
     def sleep(self, poll_interval: float) -> float:
-        """Seconds until the next turn: the Git poll interval, or less when an environment is due sooner."""
-        soonest = min((t for _, t in self._due.values()), default=float("inf")) - self.clock()
+        """Seconds until the next turn: the Git poll interval, or less when an environment that is not quiet is due
+        sooner (quiet ones wait for a turn: a thousand of them never wake the loop one by one)."""
+        soonest = min((t for n, (_, t) in self._due.items() if n not in self._quiet), default=float("inf")) \
+            - self.clock()
         return max(0.2, min(poll_interval, soonest))
 
     def reconciled(self, names: Iterable[str]) -> bool:

@@ -125,6 +125,8 @@ def test_a_quiet_environment_skips_its_intervals_until_the_resync_unless_forced(
     assert "quiet" not in ran and ran.count("loud") == int(RESYNC // 10) - 1
     assert schedule.skipped == ["quiet"] * (int(RESYNC // 10) - 1)  # what the daemon counts
     assert schedule.sleep(60) == pytest.approx(10)  # skipped intervals re-arm: no busy loop
+    schedule.finished("loud", "r1", failed=False, interval=10, quiet=True)
+    assert schedule.sleep(60) == 60  # only quiet ones: they wait for the next poll turn
 
     schedule.force(["quiet"])  # a watch saw someone else change it
     assert schedule.due(["quiet", "loud"], "r1") == ["quiet"]
