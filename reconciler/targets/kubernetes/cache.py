@@ -45,6 +45,13 @@ def _essence(obj: dict[str, Any] | None) -> Any:
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
 
 
+def _written_by(obj: dict[str, Any] | None, manager: str) -> bool:
+    """Whether every write `obj` records (its managedFields, but the status subresource's) is `manager`'s."""
+    entries = ((obj or {}).get("metadata") or {}).get("managedFields") or []
+    return bool(manager and entries) and all(e.get("manager") == manager or e.get("subresource") == "status"
+                                             for e in entries)
+
+
 def _compact(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -65,10 +72,11 @@ class Informer:
 
     def __init__(self, kube: Kube, path: str, selector: str = "", transform: Transform | None = None,
                  watch_seconds: int = 300, backoff: tuple[float, float] = (0.5, 30.0),
-                 on_change: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_change: Callable[[dict[str, Any]], None] | None = None, manager: str = "") -> None:
         self.kube, self.path, self.selector = kube, path, selector
         self.transform = transform or (lambda obj: obj)
         self.on_change = on_change  # called (in the watch thread) with an object someone else changed
+        self.manager = manager  # our field manager: an object only it (and status writers) wrote is no one else's
         self._ours: collections.deque[str] = collections.deque(maxlen=4096)  # versions and uids of our own writes
         self.watch_seconds, self.backoff = watch_seconds, backoff
         self._items: dict[tuple[str, str], bytes] = {}  # compact JSON (`_compact`)
@@ -249,6 +257,7 @@ class Informer:
                 self._items.pop(_key(obj), None)
             self._version = version or self._version
             self._cond.notify_all()
-        ours = version in self._ours or (kind == "DELETED" and meta.get("uid") in self._ours)
+        ours = version in self._ours or (kind == "DELETED" and meta.get("uid") in self._ours) or (
+            kind != "DELETED" and _written_by(new, self.manager))  # our write, seen before we noted its version
         if self.on_change is not None and kind != "BOOKMARK" and not ours and _essence(old) != _essence(new):
             self.on_change(new or old or {})

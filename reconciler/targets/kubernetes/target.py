@@ -118,7 +118,8 @@ class KubernetesTarget:
     def _start_informer(self, kind: str, namespace: str) -> Informer:
         resource_, selector, transform = observe.cache_of(kind)
         listener = self._changed if self.on_change is not None and kind != observe.CRON_RUNS else None
-        return Informer(self.kube, resource_.collection(namespace), selector, transform, on_change=listener).start()
+        return Informer(self.kube, resource_.collection(namespace), selector, transform, on_change=listener,
+                        manager=self.field_manager).start()
 
     def _changed(self, obj: Manifest) -> None:
         """A watch saw someone else change `obj`: tell `on_change` its environment (a Ray Pod's: its RayCluster's).
