@@ -106,8 +106,12 @@ def use_cluster(plane: kube_controlplane.ControlPlane) -> None:
                       RAY_GITOPS_INSTALLATION_KEY_FILE=str(key))
 
 
-def write_repo(root: Path, n: int, prefix: str) -> None:
-    """N environments on the daemon's cluster `default` (`use_cluster` points it at the control plane)."""
+SETTLED = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {owner: ray-gitops}\n"
+
+
+def write_repo(root: Path, n: int, prefix: str, objects: str = CLUSTER) -> None:
+    """N environments holding `objects`, on the daemon's cluster `default` (`use_cluster` points it at the control
+    plane)."""
     for i in range(n):
         env = root / "environments" / f"e{i:03d}"
         env.mkdir(parents=True)
@@ -115,7 +119,7 @@ def write_repo(root: Path, n: int, prefix: str) -> None:
             "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
             f"metadata: {{name: e{i:03d}}}\nspec:\n  interval: 10s\n  target:\n    kubernetes: "
             f"{{namespace: {prefix}{i:03d}}}\n")
-        (env / "ray.yaml").write_text(CLUSTER)
+        (env / "ray.yaml").write_text(objects)
     subprocess.run(["git", "init", "-q", "-b", "main"], cwd=root, check=True)
     commit(root, "bench")
 
@@ -373,17 +377,8 @@ def settled_idle(assets: Path, kubectl: list[str], work: Path, n: int) -> dict[s
     use_cluster(plane)
     try:
         repo = work / "settled" / "repo"
-        for i in range(n):
-            env = repo / "environments" / f"e{i:03d}"
-            env.mkdir(parents=True)
-            (env / "environment.yaml").write_text(
-                "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
-                f"metadata: {{name: e{i:03d}}}\nspec:\n  interval: 10s\n  target:\n    kubernetes: "
-                f"{{namespace: s-{i:03d}}}\n")
-            (env / "settings.yaml").write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
-                                               f"data: {{owner: e{i:03d}}}\n")
-        subprocess.run(["git", "init", "-q", "-b", "main"], cwd=repo, check=True)
-        commit(repo, "settled")
+        repo.mkdir(parents=True)
+        write_repo(repo, n, "s-", SETTLED)
         namespaces([*kubectl, "--kubeconfig", str(plane.kubeconfig)], "s-", n, work)
         daemon = Daemon(repo, work / "settled" / "state")
         try:
