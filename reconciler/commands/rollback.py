@@ -22,6 +22,7 @@ import git
 from ..errors import RayGitopsError
 from ..pipeline.ledger import Ledger
 from ..pipeline.render import ROOT
+from ..pipeline.verify import descends
 
 RESTORE_TRAILER = "Ray-Gitops-Restore"  # on a `--restore` commit: the full sha its directory was restored to
 REVERTS = re.compile(r"^This reverts commit ([0-9a-f]{40})\.?$", re.MULTILINE)  # what `git revert` writes
@@ -148,7 +149,7 @@ def refuse_reapplying(repo: git.Repo, environment: str, base: str, commits: list
     """RollbackError if undoing `commits` (those after `base`) would re-apply a change a rollback among
     them took back: one made at or before `base`, so not undone again by this rollback."""
     for commit in commits:
-        again = [c for c in undone_by(repo, commit, environment) if _is_ancestor(repo, c.hexsha, base)]
+        again = [c for c in undone_by(repo, commit, environment) if descends(repo, c.hexsha, base)]
         if again:
             named = ", ".join(f"{c.hexsha[:12]} ({c.summary})" for c in again[:5])
             raise RollbackError(f"this would undo {commit.hexsha[:12]} ({commit.summary}), which is itself a rollback: "
@@ -189,14 +190,6 @@ def _known(repo: git.Repo, sha: str) -> bool:
     try:
         repo.commit(sha)
     except (git.BadName, ValueError):
-        return False
-    return True
-
-
-def _is_ancestor(repo: git.Repo, ancestor: str, descendant: str) -> bool:
-    try:
-        repo.git.merge_base("--is-ancestor", ancestor, descendant)
-    except git.GitCommandError:
         return False
     return True
 

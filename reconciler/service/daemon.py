@@ -154,13 +154,17 @@ class Daemon:
             raise ConfigError(f"webhook_secret_file {s.webhook_secret_file}: {exc.strerror}") from None
         return webhook.Receiver(secret, s.webhook_max_body, self.metrics, self.trigger) if secret else None
 
-    def _elector(self) -> LeaderElector:
+    def _lease_options(self) -> LeaderElectionOptions:
+        """The Lease settings leader election and sharding share."""
         s = self.settings
-        options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
-                                        lease_client(s.kubeconfig, s.kube_context),
-                                        lease_duration=s.leader_election_lease_duration,
-                                        renew_deadline=s.leader_election_renew_deadline,
-                                        retry_period=s.leader_election_retry_period)
+        return LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
+                                     lease_client(s.kubeconfig, s.kube_context),
+                                     lease_duration=s.leader_election_lease_duration,
+                                     renew_deadline=s.leader_election_renew_deadline,
+                                     retry_period=s.leader_election_retry_period)
+
+    def _elector(self) -> LeaderElector:
+        options = self._lease_options()
         gauge = self.metrics.leader.labels(options.identity)
         gauge.set(0)
 
@@ -170,18 +174,13 @@ class Daemon:
         return LeaderElector(options, changed)
 
     def _shards(self) -> Shards:
-        s = self.settings
-        options = LeaderElectionOptions(s.leader_election_id, s.leader_election_namespace,
-                                        lease_client(s.kubeconfig, s.kube_context),
-                                        lease_duration=s.leader_election_lease_duration,
-                                        renew_deadline=s.leader_election_renew_deadline,
-                                        retry_period=s.leader_election_retry_period)
+        options = self._lease_options()
 
         def changed(gained: set[int]) -> None:
             with self._lock:
                 self._gained |= gained
             self.wake.set()
-        return Shards(s.shards, options, self.running, changed, self.metrics)
+        return Shards(self.settings.shards, options, self.running, changed, self.metrics)
 
     def running(self) -> set[str]:
         """The environments with a reconcile queued or running (thread-safe)."""
