@@ -108,6 +108,7 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
         assert {env: (steps[env]["revision"], steps[env]["waiting_for"]) for env in CHAIN} == dict.fromkeys(
             CHAIN, (second, None))
         daemon.wait_for("prod promoted", lambda: events("prod")[-1:] == [("promoted", second, second)], timeout=10)
-        assert [e for e, _, _ in events("staging")] == ["waiting", "promoted"] * 2  # version 1 climbed the same way
+        climbs = [e for e, _, _ in events("staging")]  # version 1 waited too, unless dev was Healthy before it looked
+        assert climbs[-2:] == ["waiting", "promoted"] and climbs[:-2] in (["waiting", "promoted"], ["promoted"]), climbs
     finally:
         daemon.stop()
