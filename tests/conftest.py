@@ -49,6 +49,13 @@ def remote(tmp_path: Path) -> GitRemote:
     return GitRemote(tmp_path)
 
 
+def state_files(state: Path) -> dict[Path, bytes]:
+    """A state dir's files and contents, less SQLite's reader files: -shm (its index of readers, which a reader
+    touches) and an empty -wal (the log a read-only look opens once the daemon has closed the ledger)."""
+    return {p: data for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")
+            for data in [p.read_bytes()] if data or not p.name.endswith("-wal")}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -67,6 +67,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 1
         finally:
             daemon.targets.close()
+            daemon.ledger.close()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: daemon.stop())
     host, port = settings.host_port

@@ -516,6 +516,7 @@ class Daemon:
                 self.shards.stop()
             server.shutdown()
             server.server_close()
+            self.ledger.close()
             log.info("stopped")
         return not left
 

@@ -17,7 +17,7 @@ from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.target import Observation
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon, waves
-from tests.conftest import GitRemote
+from tests.conftest import GitRemote, state_files
 from tests.memory import MemoryTarget, pipeline
 
 TESTDATA = Path(__file__).parent.parent / "testdata"
@@ -359,13 +359,13 @@ def test_a_look_at_another_repository_leaves_the_daemons_git_cache_alone(remote:
     state = tmp_path / "state"
     made = Daemon(Settings(repo=remote.url, state_dir=state), CollectorRegistry())
     made.source.fetch()
-    files = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    files = state_files(state)
 
     for command in (["plan"], ["diff"], ["render"]):
         assert main([*command, "--repo", other.url, "--environment", "a", "--state-dir", str(state)]) in (0, 1)
     assert main(["status", "--state-dir", str(state)]) == 0
 
-    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    after = state_files(state)
     assert after == files
     assert [url.read_text().count(other.url) for url in (state / "git").glob("*/config")] == [0]
 
@@ -418,7 +418,7 @@ def test_a_preview_and_every_api_route_write_nothing_and_run_no_cron_slot(
     cron = state / "local" / "objects" / "a" / "RayCronJob.default.nightly.json"
     record = json.loads(cron.read_text())
     cron.write_text(json.dumps({**record, "last_slot": time.time() - 130}))  # a slot is due now
-    files = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    files = state_files(state)
 
     for command in (["plan"], ["diff"], ["render"], ["diff", "-o", "json"]):
         assert main([*command, "--repo", remote.url, "--environment", "a", "--state-dir", str(state)]) in (0, 1)
@@ -439,7 +439,7 @@ def test_a_preview_and_every_api_route_write_nothing_and_run_no_cron_slot(
     finally:
         made.worker.stop()
 
-    after = {p: p.read_bytes() for p in state.rglob("*") if p.is_file() and not p.name.endswith("-shm")}
+    after = state_files(state)
     assert after == files
     assert "scheduled run" not in capsys.readouterr().err  # the commands log to stderr
     made.pipeline.reconcile("a", made.head)
