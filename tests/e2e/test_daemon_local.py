@@ -54,7 +54,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         scale = remote.commit("two workers")
         daemon.wait_for("2 ready workers", lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 2)
         ray = LocalRayCluster.adopt(f"{ENV}_demo", state_dir / "local" / "clusters")
-        assert ray is not None and ray.alive_nodes() == {"head": 1, "cpu": 2}
+        assert ray is not None and ray.dashboard.alive_nodes() == {"head": 1, "cpu": 2}
 
         remote.write(f"environments/{ENV}/rayjob.yaml", (TESTDATA / "rayjob.yaml").read_text())
         remote.commit("add a job")
@@ -65,7 +65,7 @@ def test_commit_scale_job_revert_and_restart_converge_without_duplicates(remote:
         remote.revert(scale)
         daemon.wait_for("1 ready worker after revert",
                         lambda: daemon.metric("ray_gitops_raycluster_workers", **ready) == 1)
-        assert ray.alive_nodes() == {"head": 1, "cpu": 1}
+        assert ray.dashboard.alive_nodes() == {"head": 1, "cpu": 1}
 
         gcs, workers = ray.gcs_address, ray.worker_pids()
         daemon.stop(signal.SIGKILL)

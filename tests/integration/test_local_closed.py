@@ -76,15 +76,15 @@ def cluster(state_dir: Path) -> Iterator[LocalRayCluster]:
                 os.environ[key] = value
     try:
         cluster.add_worker(NodeSpec("cpu", num_cpus=1))
-        assert cluster.submit_job("driver", DRIVER)
+        assert cluster.dashboard.submit_job("driver", DRIVER)
 
         def logs() -> str:
             resp = requests.get(f"{cluster.dashboard_url}/api/jobs/driver/logs", headers=cluster.auth_headers,
                                 timeout=10)
             return resp.json()["logs"] if resp.ok else ""
-        eventually(lambda: "task says 42" in logs() or cluster.job_info("driver")["status"] == "FAILED",
+        eventually(lambda: "task says 42" in logs() or cluster.dashboard.job_info("driver")["status"] == "FAILED",
                    "the job's task")
-        assert "task says 42 daemon settings seen: []" in logs(), (cluster.job_info("driver"), logs())
+        assert "task says 42 daemon settings seen: []" in logs(), (cluster.dashboard.job_info("driver"), logs())
         yield cluster
     finally:
         cluster.stop()

@@ -49,12 +49,12 @@ def eventually(check: Callable[[], object], what: str, timeout: float = 60) -> o
 
 
 def running_job(cluster: LocalRayCluster, submission_id: str) -> None:
-    eventually(lambda: cluster.job_info(submission_id)["status"] == "RUNNING", f"job {submission_id} to run")
+    eventually(lambda: cluster.dashboard.job_info(submission_id)["status"] == "RUNNING", f"job {submission_id} to run")
 
 
 def finished_job(cluster: LocalRayCluster, submission_id: str) -> dict:
     def terminal() -> dict | None:
-        info = cluster.job_info(submission_id)
+        info = cluster.dashboard.job_info(submission_id)
         return info if info and info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
     return eventually(terminal, f"job {submission_id} to finish", timeout=120)
 
@@ -126,19 +126,19 @@ def beta(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 def test_a_head_and_two_small_workers_are_alive_in_ray(alpha: LocalRayCluster) -> None:
-    assert alpha.alive_nodes() == {"head": 1, "small": 2}
+    assert alpha.dashboard.alive_nodes() == {"head": 1, "small": 2}
     pids = alpha.worker_pids()
     assert list(pids) == ["small"] and len(pids["small"]) == 2
     for pid in pids["small"]:
         os.kill(pid, 0)
-    resources = alpha.node_resources()
+    resources = alpha.dashboard.node_resources()
     assert resources["head"]["CPU"] == 1
     assert resources["small"]["CPU"] == 2 and resources["small"]["small-slot"] == 2
 
 
 def test_a_job_succeeds_and_resubmitting_its_id_creates_no_second_job(alpha: LocalRayCluster) -> None:
-    assert alpha.submit_job("print-resources", PRINT_RESOURCES, metadata={"owner": "test"}) is True
-    assert alpha.submit_job("print-resources", "python -c 'print(1)'") is False
+    assert alpha.dashboard.submit_job("print-resources", PRINT_RESOURCES, metadata={"owner": "test"}) is True
+    assert alpha.dashboard.submit_job("print-resources", "python -c 'print(1)'") is False
     info = finished_job(alpha, "print-resources")
     assert info["status"] == "SUCCEEDED", info["message"]
     assert info["entrypoint"] == PRINT_RESOURCES and info["end_time"] >= info["start_time"] > 1e12
@@ -147,8 +147,8 @@ def test_a_job_succeeds_and_resubmitting_its_id_creates_no_second_job(alpha: Loc
     assert "'CPU': 3.0" in logs  # the head's and both workers' CPUs, seen from the job's driver
     jobs = requests.get(f"{alpha.dashboard_url}/api/jobs/", headers=alpha.auth_headers, timeout=10).json()
     assert [j["submission_id"] for j in jobs if j["type"] == "SUBMISSION"] == ["print-resources"]
-    assert alpha.stop_job("print-resources") is False
-    assert alpha.job_info("no-such-job") is None
+    assert alpha.dashboard.stop_job("print-resources") is False
+    assert alpha.dashboard.job_info("no-such-job") is None
 
 
 def test_a_fresh_object_adopts_the_running_cluster_and_sees_the_same_nodes(
@@ -157,20 +157,20 @@ def test_a_fresh_object_adopts_the_running_cluster_and_sees_the_same_nodes(
     assert adopted is not None
     assert (adopted.dashboard_url, adopted.gcs_address) == (alpha.dashboard_url, alpha.gcs_address)
     assert adopted.worker_pids() == alpha.worker_pids()
-    assert adopted.alive_nodes() == {"head": 1, "small": 2}
+    assert adopted.dashboard.alive_nodes() == {"head": 1, "small": 2}
 
 
 def test_a_cluster_survives_a_kill_9_of_the_daemon_that_started_it_and_is_adopted(
         beta: LocalRayCluster | None) -> None:
     assert beta is not None
-    assert beta.alive_nodes() == {"head": 1, "big": 1}
+    assert beta.dashboard.alive_nodes() == {"head": 1, "big": 1}
     assert len(beta.worker_pids()["big"]) == 1
-    assert beta.node_resources()["big"]["CPU"] == 2
+    assert beta.dashboard.node_resources()["big"]["CPU"] == 2
 
 
 def test_two_clusters_at_once_each_run_a_job(alpha: LocalRayCluster, beta: LocalRayCluster | None) -> None:
     assert beta is not None and beta.dashboard_url != alpha.dashboard_url
-    assert alpha.submit_job("on-alpha", PRINT_RESOURCES) and beta.submit_job("on-beta", PRINT_RESOURCES)
+    assert alpha.dashboard.submit_job("on-alpha", PRINT_RESOURCES) and beta.dashboard.submit_job("on-beta", PRINT_RESOURCES)
     for cluster, job in ((alpha, "on-alpha"), (beta, "on-beta")):
         info = finished_job(cluster, job)
         assert info["status"] == "SUCCEEDED", f"{job}: {info['message']}"
@@ -178,7 +178,7 @@ def test_two_clusters_at_once_each_run_a_job(alpha: LocalRayCluster, beta: Local
 
 def test_stop_leaves_no_process_of_the_cluster_behind(beta: LocalRayCluster | None, state_dir: Path) -> None:
     assert beta is not None
-    assert beta.submit_job("still-running", SLEEPER.format(tag="beta-still-running"))
+    assert beta.dashboard.submit_job("still-running", SLEEPER.format(tag="beta-still-running"))
     running_job(beta, "still-running")
     pids, temp_dir = tracked_pids(state_dir, "beta")
     # The job's driver (Ray gives it a session of its own); Ray reports RUNNING just before it starts it.
@@ -191,9 +191,9 @@ def test_stop_leaves_no_process_of_the_cluster_behind(beta: LocalRayCluster | No
 
 
 def test_stopping_a_running_job_stops_it(alpha: LocalRayCluster) -> None:
-    assert alpha.submit_job("sleeper", SLEEPER.format(tag="alpha-sleeper"))
+    assert alpha.dashboard.submit_job("sleeper", SLEEPER.format(tag="alpha-sleeper"))
     running_job(alpha, "sleeper")
-    assert alpha.stop_job("sleeper") is True
+    assert alpha.dashboard.stop_job("sleeper") is True
     assert finished_job(alpha, "sleeper")["status"] == "STOPPED"
     eventually(lambda: not leftovers(set(), "alpha-sleeper"), "the job's driver to exit")
 
@@ -201,7 +201,7 @@ def test_stopping_a_running_job_stops_it(alpha: LocalRayCluster) -> None:
 def test_removing_a_worker_leaves_one_small_node(alpha: LocalRayCluster) -> None:
     before = alpha.worker_pids()["small"]
     assert alpha.remove_worker("small") is True
-    eventually(lambda: alpha.alive_nodes() == {"head": 1, "small": 1}, "Ray to see one small node")
+    eventually(lambda: alpha.dashboard.alive_nodes() == {"head": 1, "small": 1}, "Ray to see one small node")
     assert alpha.worker_pids() == {"small": before[:1]}
     assert leftovers({before[1]}, "/no/such/temp/dir") == []
     assert alpha.remove_worker("no-such-group") is False

@@ -122,7 +122,7 @@ def test_a_dead_worker_is_drift_and_is_replaced_and_a_renamed_group_drains_first
     harness.until("the worker to be replaced", lambda r: any(o == Outcome.CONFIGURED for _, o in r.outcomes))
 
     replaced = harness.cluster(f"{ENV}_demo")
-    assert replaced is not None and replaced.alive_nodes() == {"head": 1, "cpu": 1}
+    assert replaced is not None and replaced.dashboard.alive_nodes() == {"head": 1, "cpu": 1}
     assert replaced.worker_pids()["cpu"] != [old]
     assert harness.metrics.registry.get_sample_value(
         "ray_gitops_apply_total", {"environment": ENV, "kind": "RayCluster", "action": "update"}) >= 1
@@ -136,7 +136,7 @@ def test_a_dead_worker_is_drift_and_is_replaced_and_a_renamed_group_drains_first
     done = harness.until("the group cpu out of the spec", lambda r: r.health_status == "Healthy")
     assert done.sync_status == "Synced"
     renamed = harness.cluster(f"{ENV}_demo")
-    assert renamed is not None and renamed.alive_nodes() == {"head": 1, "small": 1}
+    assert renamed is not None and renamed.dashboard.alive_nodes() == {"head": 1, "small": 1}
     record = harness.state / "local" / "objects" / ENV / "RayCluster.default.demo.json"
     assert [g["groupName"] for g in json.loads(record.read_text())["manifest"]["spec"]["workerGroupSpecs"]] == ["small"]
 
@@ -241,7 +241,7 @@ def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harn
     assert result.result != "error", result.message
     assert harness.cluster(f"{ENV}_demo") is None
     second = harness.cluster(f"{ENV}_second")
-    assert second is not None and second.alive_nodes() == {"head": 1, "cpu": 1}
+    assert second is not None and second.dashboard.alive_nodes() == {"head": 1, "cpu": 1}
 
 
 def test_a_max_replicas_above_the_cap_runs_held_at_the_cap_and_is_no_drift(harness: Harness) -> None:

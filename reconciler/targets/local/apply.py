@@ -154,7 +154,7 @@ def submit(clusters: Clusters, ref: ObjectRef, environment: str, spec: dict[str,
         runtime_env["working_dir"] = str(materialize(working_dir))
     resources = spec.get("entrypointResources")
     try:
-        cluster.submit_job(run, spec["entrypoint"], runtime_env=runtime_env or None,
+        cluster.dashboard.submit_job(run, spec["entrypoint"], runtime_env=runtime_env or None,
                            metadata={"ray-gitops/environment": environment, "ray-gitops/revision": revision,
                                      **(spec.get("metadata") or {})},
                            entrypoint_num_cpus=spec.get("entrypointNumCpus"),
@@ -177,14 +177,14 @@ def delete(clusters: Clusters, store: ObjectStore, environment: str, ref: Object
     elif ref.kind == "RayJob" and record:
         cluster = clusters.get(record["cluster"])
         if cluster is not None and (record.get("status") or {}).get("jobStatus") not in TERMINAL_JOB_STATUSES:
-            cluster.stop_job(record["submission_id"])
+            cluster.dashboard.stop_job(record["submission_id"])
         if record.get("ephemeral"):
             clusters.stop(record["cluster"])
     elif ref.kind == "RayCronJob" and record:  # its runs go with it, as KubeRay's are garbage collected
         for run, info in (record.get("runs") or {}).items():
             cluster = clusters.get(info["cluster"])
             if cluster is not None and (info.get("status") or {}).get("jobStatus") not in TERMINAL_JOB_STATUSES:
-                cluster.stop_job(run)
+                cluster.dashboard.stop_job(run)
             if info.get("ephemeral"):
                 clusters.stop(info["cluster"])
     store.forget(environment, ref)

@@ -143,7 +143,7 @@ class Clusters:
                 cluster.remove_worker(name)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            alive = cluster.alive_nodes()
+            alive = cluster.dashboard.alive_nodes()
             if all(alive.get(n, 0) == desired_workers(g) for n, g in groups.items()):
                 return
             time.sleep(0.5)

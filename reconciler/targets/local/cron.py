@@ -149,7 +149,7 @@ def _start(clusters: Clusters, environment: str, ref: ObjectRef, record: Record,
     if active and policy.concurrency == "Replace":
         for old in active:
             cluster = clusters.get(record["runs"][old]["cluster"])
-            if cluster is not None and cluster.stop_job(old):
+            if cluster is not None and cluster.dashboard.stop_job(old):
                 log.info("environment %s: %s: run %s stopped: slot %s replaces it (%s: Replace)", environment, ref,
                          old, _when(slot), CONCURRENCY_ANNOTATION)
     try:

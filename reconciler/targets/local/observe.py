@@ -35,7 +35,7 @@ def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Rec
     if cluster is None:
         return None
     manifest = copy.deepcopy(limits.clamp(record["manifest"], cap))
-    alive = cluster.alive_nodes()
+    alive = cluster.dashboard.alive_nodes()
     desired = ready = low = high = 0
     for name, group in worker_groups(manifest).items():
         want, have = desired_workers(group), alive.get(name, 0)
@@ -54,7 +54,7 @@ def raycluster(clusters: Clusters, environment: str, ref: ObjectRef, record: Rec
 def job_status(clusters: Clusters, run: str, cluster_name: str) -> dict | None:
     """A run's status as KubeRay writes it on a RayJob, from the Jobs API of its cluster (None: unknown there)."""
     cluster = clusters.get(cluster_name)
-    info = cluster.job_info(run) if cluster else None
+    info = cluster.dashboard.job_info(run) if cluster else None
     if info is None:
         return None
     job = str(info.get("status"))

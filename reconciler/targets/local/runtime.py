@@ -1,6 +1,6 @@
 """One real local Ray cluster: starts, tracks, scales and stops its nodes, one `ray start --block`
-process (own session, own ports, cluster-private temp dir) per node, and talks to its Jobs and state
-APIs. Used by `clusters.Clusters`. It must never run `ray stop` nor signal a process it did not
+process (own session, own ports, cluster-private temp dir) per node; its head's HTTP APIs are reached through
+`dashboard.Dashboard`. Used by `clusters.Clusters`. It must never run `ray stop` nor signal a process it did not
 start, so a user's own Ray and other local clusters on the same host keep running.
 """
 
@@ -16,14 +16,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-import requests
-
-from .nodes import (GROUP_LABEL, HTTP_TIMEOUT, MARKER_ENV, NODE_LABEL, TOKEN_FILE, LocalRayError, Node, NodeSpec,
+from .dashboard import Dashboard
+from .nodes import (MARKER_ENV, NODE_LABEL, TOKEN_FILE, LocalRayError, Node, NodeSpec,
                     allocate_ports, command_line, node_environment, start_ticks, sweep, write_token)
 
 
@@ -59,6 +58,11 @@ class LocalRayCluster:
         return self._dir / TOKEN_FILE if self._auth_token else None
 
     @property
+    def dashboard(self) -> Dashboard:
+        """The client of the head's dashboard: Jobs, state and Serve APIs."""
+        return Dashboard(self.name, self.dashboard_url, self.auth_headers)
+
+    @property
     def gcs_address(self) -> str:
         return f"127.0.0.1:{self._head_node().ports['port']}"
 
@@ -81,7 +85,7 @@ class LocalRayCluster:
             # other users out of it.
             os.mkdir(temp_dir, 0o700)
             node = self._launch(head, is_head=True)
-            self._wait(node, timeout, self._jobs_api_ready, "the Jobs API to accept submissions")
+            self._wait(node, timeout, self.dashboard.jobs_api_ready, "the Jobs API to accept submissions")
         except BaseException:
             self.stop()
             raise
@@ -117,7 +121,7 @@ class LocalRayCluster:
         node = self._launch(spec, is_head=False)
         try:
             self._wait(node, timeout, lambda: any(n["labels"].get(NODE_LABEL) == node.token
-                                                  for n in self._ray_nodes(quiet=True)),
+                                                  for n in self.dashboard.nodes(quiet=True)),
                        "Ray to report it ALIVE")
         except BaseException:
             self._forget(node)
@@ -146,55 +150,6 @@ class LocalRayCluster:
                 pids[w.group].append(w.pid)
         self._terminate(dead, time.monotonic())
         return dict(pids)
-
-    def alive_nodes(self) -> dict[str, int]:
-        """group -> number of ALIVE nodes as reported by Ray (the head counts as group "head")."""
-        return dict(Counter(n["labels"].get(GROUP_LABEL, "") for n in self._ray_nodes()))
-
-    def node_resources(self) -> dict[str, dict[str, float]]:
-        """group -> summed resources_total (CPU, GPU, memory, object_store_memory, custom) of ALIVE nodes."""
-        totals: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-        for node in self._ray_nodes():
-            for resource, amount in node["resources_total"].items():
-                if not resource.startswith("node:"):
-                    totals[node["labels"].get(GROUP_LABEL, "")][resource] += amount
-        return {group: dict(resources) for group, resources in totals.items()}
-
-    def submit_job(self, submission_id: str, entrypoint: str, *, runtime_env: dict | None = None,
-                   metadata: dict | None = None, entrypoint_num_cpus: float | None = None,
-                   entrypoint_num_gpus: float | None = None,
-                   entrypoint_resources: dict[str, float] | None = None) -> bool:
-        """Submit unless a job with this id exists; True only if newly submitted. Goes through Ray's SDK,
-        which uploads a local `working_dir`/`py_modules` as a package first (the REST API cannot)."""
-        from ray.job_submission import JobSubmissionClient  # heavy import, only when submitting
-
-        if self.job_info(submission_id) is not None:
-            return False
-        try:
-            JobSubmissionClient(self.dashboard_url, headers=self.auth_headers).submit_job(
-                entrypoint=entrypoint, submission_id=submission_id, runtime_env=runtime_env,
-                metadata={str(k): str(v) for k, v in (metadata or {}).items()} or None,
-                entrypoint_num_cpus=entrypoint_num_cpus, entrypoint_num_gpus=entrypoint_num_gpus,
-                entrypoint_resources=entrypoint_resources)
-        except (RuntimeError, ConnectionError, OSError) as exc:
-            if "Please use a different submission_id" in str(exc):
-                return False
-            raise LocalRayError(f"cluster {self.name}: submitting job {submission_id!r} failed: {exc}") from exc
-        return True
-
-    def job_info(self, submission_id: str) -> dict | None:
-        """Ray's JobDetails (status, start_time/end_time in Unix ms, message, error_type...); None on 404."""
-        resp = requests.get(f"{self.dashboard_url}/api/jobs/{submission_id}", timeout=HTTP_TIMEOUT,
-                            headers=self.auth_headers)
-        return None if resp.status_code == 404 else self._check(resp, f"reading job {submission_id!r}").json()
-
-    def stop_job(self, submission_id: str) -> bool:
-        """Ask Ray to stop the job; True if it was still running."""
-        resp = requests.post(f"{self.dashboard_url}/api/jobs/{submission_id}/stop", timeout=HTTP_TIMEOUT,
-                             headers=self.auth_headers)
-        if resp.status_code == 404:
-            return False
-        return self._check(resp, f"stopping job {submission_id!r}").json()["stopped"]
 
     def stop(self, timeout: float = 30) -> None:
         """Stop every node we started (workers first, head last); delete the record, the token and the temp dir."""
@@ -284,32 +239,3 @@ class LocalRayCluster:
             message += f". Last lines of {node.log}:\n" + "\n".join(tail)
         return LocalRayError(f"local Ray cluster {self.name!r}, node {node.group}/{node.token} "
                              f"(pid {node.pid}): {message}")
-
-    def _jobs_api_ready(self) -> bool:
-        # An invalid label selector passes the head, reaches the head node's job agent and is refused
-        # there before any job is created: proof that submissions work, leaving no job behind.
-        try:
-            resp = requests.post(f"{self.dashboard_url}/api/jobs/", timeout=HTTP_TIMEOUT, headers=self.auth_headers,
-                                 json={"entrypoint": "true", "submission_id": "ray-gitops-readiness-probe",
-                                       "entrypoint_label_selector": {"-": ""}})
-        except requests.RequestException:
-            return False
-        return "Invalid label key" in resp.text
-
-    def _ray_nodes(self, quiet: bool = False) -> list[dict]:
-        """ALIVE nodes from the dashboard's state API; [] on errors if quiet."""
-        try:
-            resp = requests.get(f"{self.dashboard_url}/api/v0/nodes", timeout=HTTP_TIMEOUT, headers=self.auth_headers,
-                                params={"detail": "1", "limit": "10000"})
-            nodes = self._check(resp, "listing nodes").json()["data"]["result"]["result"]
-        except (requests.RequestException, LocalRayError):
-            if quiet:
-                return []
-            raise
-        return [n for n in nodes if n["state"] == "ALIVE"]
-
-    def _check(self, resp: requests.Response, what: str) -> requests.Response:
-        if not resp.ok:
-            raise LocalRayError(f"local Ray cluster {self.name!r}: {what} failed: "
-                                f"HTTP {resp.status_code}: {resp.text[-800:]}")
-        return resp

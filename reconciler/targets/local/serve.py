@@ -14,17 +14,8 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import requests
-
-from ...errors import PermanentError
 from ...pipeline import parse
-from .nodes import HTTP_TIMEOUT, LocalRayError
 from .runtime import LocalRayCluster
-
-DEPLOY_TIMEOUT = 120.0  # the first PUT starts Serve's controller and proxy
-APPLICATIONS = "/api/serve/applications/"
-FAILED = ("DEPLOY_FAILED", "UNHEALTHY")
-
 
 def cluster_name(environment: str, name: str, spec: dict[str, Any], revision: str) -> str:
     """A new local cluster of a RayService (as KubeRay's `<name>-raycluster-<suffix>`): one name per
@@ -53,32 +44,14 @@ def config(ref: str, text: str, port: int, materialize: Callable[[str], Path]) -
 def deploy(cluster: LocalRayCluster, ref: str, body: dict[str, Any]) -> None:
     """Deploy the whole multi-application config on the cluster (declarative: applications not in it are
     removed; Serve starts with the first one)."""
-    try:
-        resp = requests.put(f"{cluster.dashboard_url}{APPLICATIONS}", json=body, headers=cluster.auth_headers,
-                            timeout=DEPLOY_TIMEOUT)
-    except requests.RequestException as exc:
-        raise LocalRayError(f"{ref}: deploying serveConfigV2 on Ray cluster {cluster.name} failed: {exc}") from exc
-    if resp.status_code == 400:  # Serve's own validation of the config
-        raise PermanentError(f"{ref}: Serve refused serveConfigV2 on Ray cluster {cluster.name}: "
-                             + " ".join(resp.text.split())[-600:])
-    if not resp.ok:
-        raise LocalRayError(f"{ref}: deploying serveConfigV2 on Ray cluster {cluster.name} failed: HTTP "
-                            f"{resp.status_code}: " + " ".join(resp.text.split())[-300:])
+    cluster.dashboard.deploy_serve(ref, body)
 
 
 def service_status(cluster: LocalRayCluster) -> dict[str, Any]:
     """KubeRay's `activeServiceStatus`/`pendingServiceStatus` of a cluster, from Serve (reads only):
     `{rayClusterName, applicationStatuses: {app: {status, message, serveDeploymentStatuses: {name: {status,
     message}}}}}`, and `numServeEndpoints` (Serve's healthy HTTP proxies: 1 once Serve runs)."""
-    try:
-        resp = requests.get(f"{cluster.dashboard_url}{APPLICATIONS}", headers=cluster.auth_headers,
-                            timeout=HTTP_TIMEOUT)
-    except requests.RequestException as exc:
-        raise LocalRayError(f"Ray cluster {cluster.name}: reading Serve's applications failed: {exc}") from exc
-    if not resp.ok:
-        raise LocalRayError(f"Ray cluster {cluster.name}: reading Serve's applications failed: HTTP "
-                            f"{resp.status_code}")
-    details = resp.json()
+    details = cluster.dashboard.serve_details()
     applications = {name: {**_status(app), "serveDeploymentStatuses": {
         deployment: _status(entry) for deployment, entry in (app.get("deployments") or {}).items()}}
                     for name, app in (details.get("applications") or {}).items()}
