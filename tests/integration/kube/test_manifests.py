@@ -2,7 +2,7 @@
 
 `kubectl kustomize manifests/` renders them with the kubectl that tests/controlplane/build.sh built
 (kustomize is part of kubectl). Then, on the test control plane:
-- `kubectl apply -k manifests/` (the README's command) creates every object, with no Pod Security
+- `kubectl apply -k manifests/` (the command of docs/operations.md) creates every object, with no Pod Security
   warning, and a server-side dry-run apply of every rendered object passes the API server's
   validation (OpenAPI schemas, CRD schemas, admission).
 - The pod template is admitted in a namespace that enforces the "restricted" Pod Security Standard,
@@ -11,8 +11,9 @@
   over it with `kubectl apply -k` as an operator switches) and for the tenants' service accounts
   (manifests/tenant/ in two onboarded namespaces): what each identity may do, asked of the API server's
   RBAC authorizer (SubjectAccessReview per resource, verb and name; SelfSubjectRulesReview while
-  impersonating it), is exactly README "The Kubernetes target"'s table, and README "Permissions" lists
-  exactly the rendered roles and their bindings. Then real requests with the ServiceAccount's own token:
+  impersonating it), is exactly the table of "The Kubernetes target" (docs/targets.md), and "Permissions"
+  (docs/operations.md) lists exactly the rendered roles and their bindings. Then real requests with the
+  ServiceAccount's own token:
   the daemon's KubernetesTarget sends every request kind it has with the direct variant's rights alone,
   and with the impersonation variant (its default_service_account setting) in an onboarded namespace,
   while in another one its writes are refused; raw requests show the daemon writes only while
@@ -72,12 +73,13 @@ KUBECTL_TIMEOUT_S = 60
 PROMETHEUS_OPERATOR_VERSION = kube_controlplane.read_versions()["PROMETHEUS_OPERATOR_VERSION"]
 MONITORING_CRDS = ("monitoring.coreos.com_servicemonitors.yaml", "monitoring.coreos.com_prometheusrules.yaml")
 
-# RBAC. The README's tables are the specification: "The Kubernetes target" says what each identity may do
-# (compared with the API server's answers), "Permissions" lists every rule of each variant (compared with
-# the rendered manifests). Only how the daemon's grants are scoped is spelled out here, as the README's text
-# says it: every namespace, except the Lease (the daemon's own namespace) and impersonation (onboarded
-# tenant namespaces). The environment's service account may act in its own namespace only.
-README = REPO / "README.md"
+# RBAC. The docs' tables are the specification: "The Kubernetes target" (docs/targets.md) says what each
+# identity may do (compared with the API server's answers), "Permissions" (docs/operations.md) lists every
+# rule of each variant (compared with the rendered manifests). Only how the daemon's grants are scoped is
+# spelled out here, as the docs' text says it: every namespace, except the Lease (the daemon's own
+# namespace) and impersonation (onboarded tenant namespaces). The environment's service account may act
+# in its own namespace only.
+DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 IMPERSONATION_COMPONENT = MANIFESTS / "components" / "impersonation"
 SHARDED_COMPONENT = MANIFESTS / "components" / "sharded"
 TENANT_BASE = MANIFESTS / "tenant"
@@ -194,9 +196,11 @@ def assert_uses_defined_metrics(where: str, expr: str) -> set[str]:
 
 
 def readme_table(heading: str, first_header: str) -> list[dict[str, str]]:
-    """The rows (header -> cell) of the Markdown table in README section `heading` whose first column
-    is `first_header`."""
-    section = README.read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    """The rows (header -> cell) of the Markdown table in section `heading` (README.md or docs/*.md, the
+    one file that has it) whose first column is `first_header`."""
+    holders = [doc for doc in DOCS if f"\n## {heading}\n" in doc.read_text()]
+    assert len(holders) == 1, f"section {heading!r} in {[doc.name for doc in holders]}: expected one file"
+    section = holders[0].read_text().split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
     lines = section.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_header} |"))
 
@@ -226,7 +230,7 @@ def readme_rules(resources: str, verbs: str) -> set[Rule]:
 
 
 def identity_rules(column: str) -> set[tuple[str, Rule]]:
-    """(scope, rule) of one identity in README "The Kubernetes target" (scopes: see DAEMON_SCOPE)."""
+    """(scope, rule) of one identity in "The Kubernetes target" (scopes: see DAEMON_SCOPE)."""
     out = set()
     for row in readme_table("The Kubernetes target", "resources"):
         for rule in readme_rules(row["resources"], row[column]):
@@ -529,7 +533,7 @@ def test_the_impersonation_overlay_and_a_tenant_overlay_render_what_the_readme_d
     assert one(tenant, "RoleBinding", TENANT_SA_NAME)["subjects"] == [
         {"kind": "ServiceAccount", "name": TENANT_SA_NAME, "namespace": TENANTS[0]}]
 
-    # README "Impersonation": the component in the overlay that also sets the repository
+    # docs/operations.md "Impersonation": the component in the overlay that also sets the repository
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": [os.path.relpath(MANIFESTS, tmp_path)],
@@ -800,7 +804,7 @@ def test_the_kubernetes_target_writes_as_the_tenant_and_reads_as_itself_with_the
             kit.close()
 
 
-# -- RBAC: the README's "Permissions" table is what the manifests hold ---------------------------------------
+# -- RBAC: the docs' "Permissions" table is what the manifests hold -----------------------------------------
 def test_the_readme_permissions_table_is_every_rule_of_each_variant_and_whom_it_is_granted_to(
         rendered_overlays: dict[str, list[dict[str, Any]]]) -> None:
     rows = readme_table("Deploying to a cluster", "variant")
