@@ -1,6 +1,8 @@
 """Daemon settings: command-line flags > `RAY_GITOPS_*` environment variables > config file > defaults.
 
-Read once by the CLI; every other module receives a `Settings`. Never logs secrets.
+Each setting is declared in `settings`; this module loads their values (`load`) and builds what they configure
+(targets' runtime, signature checks, notification destinations, the installation key). Read once by the CLI;
+every other module receives a `Settings`. Never logs secrets.
 """
 from __future__ import annotations
 

@@ -15,8 +15,8 @@ WITHOUT_FLAG = {"webhook_secret", "clusters", "installation_key_file", "verify_a
 
 
 def run_parser() -> argparse.ArgumentParser:
-    actions = parser()._subparsers._group_actions[0]  # type: ignore[union-attr]
-    return actions.choices["run"]  # type: ignore[no-any-return]
+    commands = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices["run"]
 
 
 def test_docs_settings_md_is_what_the_declarations_make() -> None:
