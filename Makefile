@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BRANCH ?= $(shell git rev-parse --abbrev-ref HEAD 2>/dev/null || echo main)
 
-.PHONY: install demo test controlplane image bench bench-kube clean
+.PHONY: install demo test controlplane image bench bench-kube docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,10 @@ bench: install
 # N = 30, 300, 1000 environments on the test control plane against kubectl apply --server-side (about 30 min).
 bench-kube: install controlplane
 	$(BIN)/python bench/kube_scale.py
+
+# docs/settings.md is made from reconciler/service/settings.py (a unit test fails when it is stale).
+docs: install
+	$(BIN)/python -m reconciler.service.settings > docs/settings.md
 
 clean:
 	rm -rf $(VENV) .state

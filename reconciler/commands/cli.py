@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, InvalidEnvironment, RayGitopsError
+from ..service import settings
 
 
 class JsonFormatter(logging.Formatter):
@@ -83,62 +84,19 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ray-gitops", description="GitOps reconciler for Ray (KubeRay and local Ray)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def source_flags(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--repo", help="Git URL or local path of the GitOps repository")
-        sp.add_argument("--branch", help="branch to follow (default main)")
-        sp.add_argument("--state-dir", type=Path, help="ledger, Git cache and local clusters (default "
-                        "$XDG_STATE_HOME/ray-gitops)")
+    def source_flags(sp: argparse.ArgumentParser, names: tuple[str, ...] | None = ("repo", "branch", "state_dir")
+                     ) -> None:
+        """The flags of settings `names` (None: all, as `run` takes) and --config."""
+        settings.add_flags(sp, names)
         sp.add_argument("--config", type=Path, help="YAML file of settings, e.g. the clusters (flags and env vars win)")
 
     def working_tree_flag(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--path", type=Path, help="read the environments from this working tree on disk, "
                         "uncommitted changes included, instead of --repo's branch (like flux build --path)")
 
-    run = sub.add_parser("run", help="run the reconciler daemon")
-    source_flags(run)
-    run.add_argument("--environment", action="append", dest="environments", default=[],
-                     help="environment to reconcile (repeatable; default all)")
-    run.add_argument("--interval", help="Git poll interval, e.g. 5s (default 30s)")
-    run.add_argument("--metrics-address", help="host:port for /metrics /healthz /readyz (default 127.0.0.1:9464)")
-    run.add_argument("--once", action="store_true", default=None, help="reconcile once and exit (0 = all succeeded)")
-    run.add_argument("--concurrency", help="environments reconciled at the same time (default 4)")
-    run.add_argument("--kube-api-qps", help="Kubernetes requests per second per API server, on average "
-                     "(default 0: no client-side limit)")
-    run.add_argument("--kube-api-burst", help="Kubernetes requests in a burst above --kube-api-qps (default 300)")
-    run.add_argument("--verify-commits", choices=["head", "strict"], help="apply only revisions whose head (head) "
-                     "or every new commit (strict) carries a valid signature by a key in --trusted-keys")
-    run.add_argument("--trusted-keys", help="directory of OpenPGP public keys (*.asc) and an SSH allowed_signers file")
-    run.add_argument("--default-service-account", help="Kubernetes: the service account (in each environment's "
-                     "namespace) whose rights every write of an environment without serviceAccountName uses")
-    run.add_argument("--log-format", choices=["text", "json"])
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--leader-election", action="store_true", default=None,
-                     help="reconcile only while holding a coordination.k8s.io Lease (for more than one replica)")
-    run.add_argument("--leader-election-namespace", help="namespace of the Lease (default: the pod's, else default)")
-    run.add_argument("--leader-election-id", help="name of the Lease (default ray-gitops)")
-    run.add_argument("--shards", help="split the environments among this many shard Leases, each replica reconciling "
-                     "its share (default 0: off; not with --leader-election)")
-    for timing in ("lease-duration", "renew-deadline", "retry-period"):  # for tests; settings keys too
-        run.add_argument(f"--leader-election-{timing}", help=argparse.SUPPRESS)
-    run.add_argument("--kubeconfig", help="kubeconfig of the Lease and of the cluster `default` (default: in-cluster, "
-                     "else $KUBECONFIG or ~/.kube/config)")
-    run.add_argument("--kube-context", help="its context (default: the current context)")
-    run.add_argument("--webhook-secret-file", help="file holding the POST /hooks/git secret (a mounted Secret); "
-                     "or RAY_GITOPS_WEBHOOK_SECRET; none: the endpoint is off")
-    run.add_argument("--webhook-max-body", help="largest webhook body in bytes (default 1048576)")
-    run.add_argument("--removal-max-fraction", help="share of the environments that may leave Git in one revision "
-                     "and have their objects pruned; more is refused (default 0.5; 1: no guard)")
-    run.add_argument("--dependency-timeout", help="--once: how long each dependsOn link may take to be Healthy at the "
-                     "revision before its dependents are given up, exit 1 (default 10m)")
-    run.add_argument("--ui", nargs="?", const="true", metavar="true|false",
-                     help="serve the read-only status page (/) and its JSON API (/api/v1/) on --metrics-address "
-                     "(default true; --ui=false turns both off)")
-    run.add_argument("--notify-url", action="append", dest="notify_urls", default=[],
-                     help="POST JSON here when an environment fails, recovers, is promoted, waits, is removed or is "
-                     "unverified (repeatable; Slack's format for hooks.slack.com or a slack+https:// prefix)")
-    run.add_argument("--notify-urls-file", help="file of more notification URLs, one per line (a mounted Secret)")
-    run.add_argument("--allowed-hosts", help="comma-separated Host names the status page answers to besides "
-                     "127.0.0.1, localhost and the bound address (names behind a proxy)")
+    run = sub.add_parser("run", help="run the reconciler daemon", description="Every flag has a RAY_GITOPS_* "
+                         "variable and a --config key: docs/settings.md.")
+    source_flags(run, None)
     run.set_defaults(func=cmd_run)
 
     now = sub.add_parser("reconcile", help="make the running daemon of --state-dir fetch Git and reconcile now, and "
