@@ -1,8 +1,9 @@
 """Plan stage: desired objects + live objects + inventory + job ledger -> ordered plan items.
 
 Called by the daemon and the CLI (`diff`, `plan`). Pure: it reads nothing and writes nothing.
-Encodes KubeRay's semantics: what is applied in place, what needs a restart, that RayJob spec
-edits are ignored by the operator (so: a new run), and the prune guards.
+Applies KubeRay's semantics, as the kind table (`kuberay.KINDS`) states them: what is applied in place,
+what needs a restart, that RayJob spec edits are ignored by the operator (so: a new run); and the
+prune guards.
 """
 from __future__ import annotations
 
