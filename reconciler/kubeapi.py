@@ -3,8 +3,8 @@ account, and `Kube`, the one place every API request goes through (counted by ve
 optionally impersonating a tenant), with one error type, `ApiError`.
 
 Used by every module of the Kubernetes target. Requests and answers are plain JSON dicts (no
-generated models: one code path for custom resources and core kinds alike). It knows paths and
-HTTP, nothing about plans or Ray.
+generated models: one code path for custom resources and core kinds alike). It knows paths (from the
+kind table, `kuberay.KINDS`) and HTTP, nothing about plans.
 """
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ import urllib3
 from kubernetes import client, config
 
 from .errors import PermanentError, RayGitopsError
+from .kuberay import KINDS
 from .model import ObjectRef
 
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -42,22 +43,21 @@ class Resource:
         return f"{self.collection(namespace)}/{name}"
 
 
+def _resource(kind: str, api_version: str, plural: str) -> Resource:
+    group = api_version.rpartition("/")[0]
+    return Resource(group, kind, f"/apis/{api_version}" if group else f"/api/{api_version}", plural)
+
+
 RESOURCES = {r.kind: r for r in (
-    Resource("ray.io", "RayCluster", "/apis/ray.io/v1", "rayclusters"),
-    Resource("ray.io", "RayJob", "/apis/ray.io/v1", "rayjobs"),
-    Resource("ray.io", "RayService", "/apis/ray.io/v1", "rayservices"),
-    Resource("ray.io", "RayCronJob", "/apis/ray.io/v1", "raycronjobs"),
-    Resource("", "ConfigMap", "/api/v1", "configmaps"),
-    Resource("", "Secret", "/api/v1", "secrets"),
-    Resource("", "Pod", "/api/v1", "pods"),
+    *(_resource(k.name, k.api_version, k.plural) for k in KINDS.values()),
+    _resource("Pod", "v1", "pods"),  # read only: the Ray Pods behind a cluster's health
 )}
-OBJECT_KINDS = ("RayCluster", "RayJob", "RayService", "RayCronJob", "ConfigMap", "Secret")  # what Git may hold
 
 
 def resource(ref: ObjectRef) -> Resource:
     """The API resource of `ref` (PermanentError for a kind the target does not manage)."""
     found = RESOURCES.get(ref.kind)
-    if found is None or found.kind not in OBJECT_KINDS or found.group != ref.group:
+    if found is None or found.kind not in KINDS or found.group != ref.group:
         raise PermanentError(f"{ref}: the Kubernetes target does not manage {ref.group or 'core'}/{ref.kind}")
     return found
 

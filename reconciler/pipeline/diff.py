@@ -3,9 +3,8 @@
 Field-level comparison is deepdiff's (over lists keyed by name); people get a unified YAML diff.
 
 Called by the planner. Pure functions: no target access; the one piece of state is the key of Secret
-digests, set once at start-up (`use_digest_key`). Ray-aware rules live here, once:
-with `enableInTreeAutoscaling` the autoscaler owns `workerGroupSpecs[*].replicas` and
-`.scaleStrategy` (also inside a RayJob's `rayClusterSpec` and a RayService's `rayClusterConfig`).
+digests, set once at start-up (`use_digest_key`). The Ray-aware rules (the fields the autoscaler owns)
+are `kuberay`'s; the planner passes them in as pointers to drop.
 """
 from __future__ import annotations
 
@@ -20,37 +19,12 @@ from typing import Any, Callable, Iterable
 import yaml
 from deepdiff import DeepDiff
 
+from ..kuberay import KINDS
 from ..model import APPLIED_ANNOTATION, MANAGED_BY_VALUE, REVISION_ANNOTATION, Manifest
 
 NOISY_METADATA = ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "finalizers",
                   "ownerReferences", "selfLink", "deletionTimestamp", "deletionGracePeriodSeconds")
 IGNORED_ANNOTATIONS = (REVISION_ANNOTATION, APPLIED_ANNOTATION, "kubectl.kubernetes.io/last-applied-configuration")
-CLUSTER_SPEC_PATHS = {"RayCluster": "/spec", "RayJob": "/spec/rayClusterSpec", "RayService": "/spec/rayClusterConfig",
-                      "RayCronJob": "/spec/jobTemplate/rayClusterSpec"}
-AUTOSCALER_FIELDS = ("replicas", "scaleStrategy")
-
-
-def cluster_spec(manifest: Manifest) -> dict[str, Any]:
-    """The RayClusterSpec inside a RayCluster, RayJob or RayService ({} when absent)."""
-    node: Any = manifest
-    for key in CLUSTER_SPEC_PATHS.get(str(manifest.get("kind")), "/-").strip("/").split("/"):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node if isinstance(node, dict) else {}
-
-
-def worker_groups(manifest: Manifest) -> dict[str, dict[str, Any]]:
-    """The worker groups of a RayCluster, RayJob or RayService by `groupName` (the key everything uses:
-    the autoscaler, the metrics, the local target)."""
-    return {str(g.get("groupName")): g for g in cluster_spec(manifest).get("workerGroupSpecs") or []
-            if isinstance(g, dict)}
-
-
-def autoscaler_pointers(manifest: Manifest) -> list[str]:
-    """JSON pointers (with `*`) that the Ray autoscaler owns in this object, if it is enabled."""
-    base = CLUSTER_SPEC_PATHS.get(str(manifest.get("kind")))
-    if base is None or cluster_spec(manifest).get("enableInTreeAutoscaling") is not True:
-        return []
-    return [f"{base}/workerGroupSpecs/*/{name}" for name in AUTOSCALER_FIELDS]
 
 
 def remove_pointer(doc: Any, pointer: str) -> None:
@@ -118,7 +92,7 @@ def hide_secret_values(manifest: Manifest) -> Manifest:
     if manifest.get("kind") != "Secret":
         return manifest
     out = dict(manifest)
-    for key in ("data", "stringData"):
+    for key in KINDS["Secret"].string_maps:
         if isinstance(manifest.get(key), dict):
             out[key] = {k: digest(v) for k, v in manifest[key].items()}
     return out

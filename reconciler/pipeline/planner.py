@@ -1,39 +1,23 @@
 """Plan stage: desired objects + live objects + inventory + job ledger -> ordered plan items.
 
 Called by the daemon and the CLI (`diff`, `plan`). Pure: it reads nothing and writes nothing.
-Encodes KubeRay's semantics: what is applied in place, what needs a restart, that RayJob spec
-edits are ignored by the operator (so: a new run), and the prune guards.
+Applies KubeRay's semantics, as the kind table (`kuberay.KINDS`) states them: what is applied in place,
+what needs a restart, that RayJob spec edits are ignored by the operator (so: a new run); and the
+prune guards.
 """
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass, replace
-from typing import Any, Mapping
+from typing import Mapping
 
-from ..model import (CONCURRENCY_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-                    ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION,
-                    SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, Action, DesiredObject, Flag, LiveObject, Manifest,
-                    ObjectRef, PlanItem, RenderedEnvironment, job_submission_id)
+from .. import kuberay
+from ..kuberay import Changes
+from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
+                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, Action,
+                    DesiredObject, Flag, LiveObject, Manifest, ObjectRef, PlanItem, RenderedEnvironment,
+                    job_submission_id)
 from . import diff
-
-KIND_ORDER = {"ConfigMap": 0, "Secret": 0, "RayCluster": 1, "RayService": 2, "RayJob": 3, "RayCronJob": 3}
-NO_RESTART = ("ConfigMap", "Secret", "RayCronJob")  # every change applies as it is (a RayCronJob's to its next runs)
-# What needs a KubeRay operator feature gate that is off by default (KubeRay 1.6): (kind, the field that needs
-# it or "" for the kind itself, its value or None for any, the gate).
-FEATURE_GATES = (("RayCronJob", "", None, "RayCronJob"),
-                 ("RayService", "/spec/upgradeStrategy/type", "NewClusterWithIncrementalUpgrade",
-                  "RayServiceIncrementalUpgrade"))
-# Fields newer than the KubeRay version the tests pin (1.6): an older CRD drops them silently.
-NEWER_FIELDS = (("RayCronJob", "/spec/timeZone", "KubeRay 1.7"),)
-# Annotations only the local target (its own cron controller) honours: KubeRay's RayCronJob has no such fields.
-LOCAL_ONLY = (("RayCronJob", STARTING_DEADLINE_ANNOTATION, "startingDeadlineSeconds"),
-              ("RayCronJob", CONCURRENCY_ANNOTATION, "concurrencyPolicy"))
-_IN_PLACE = re.compile(r"(metadata\.(labels|annotations)(\..*)?"
-                       r"|spec\.serveConfigV2"
-                       r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.(suspend|enableInTreeAutoscaling|autoscalerOptions(\..*)?)"
-                       r"|spec(\.rayClusterSpec|\.rayClusterConfig)?\.workerGroupSpecs\[[^]]+\]"
-                       r"(\.(replicas|minReplicas|maxReplicas|scaleStrategy|suspend|idleTimeoutSeconds)(\..*)?)?)")
 
 
 @dataclass(frozen=True)
@@ -46,20 +30,20 @@ class PlanOptions:
 
 def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: frozenset[ObjectRef],
          finished_runs: dict[str, str], options: PlanOptions = PlanOptions(),
-         expected: dict[ObjectRef, Manifest] | None = None, kuberay: bool = True) -> list[PlanItem]:
+         expected: dict[ObjectRef, Manifest] | None = None, operator: bool = True) -> list[PlanItem]:
     """Ordered actions that make the target match Git. `finished_runs`: submission id -> result;
-    `expected`: desired objects as the target would store them (default: as rendered); `kuberay`: the KubeRay
+    `expected`: desired objects as the target would store them (default: as rendered); `operator`: the KubeRay
     operator runs them (its feature gates and version matter), not the target itself."""
     items: list[PlanItem] = []
-    for desired in sorted(rendered.objects, key=lambda d: (KIND_ORDER.get(d.ref.kind, 9), d.ref)):
+    for desired in sorted(rendered.objects, key=lambda d: (kuberay.order(d.ref.kind), d.ref)):
         current = live.get(desired.ref)
         wanted = (expected or {}).get(desired.ref, desired.manifest)
         if (kept := _left_alone(rendered.spec.name, desired, current)) is not None:
             item = kept
-        elif desired.ref.kind == "RayJob":
+        elif kuberay.changes(desired.ref.kind) is Changes.RERUN:
             item = _job(rendered.spec.name, desired, wanted, current, finished_runs, rendered.spec.ignore)
         else:
-            item = _object(desired, wanted, current, rendered.spec.ignore, kuberay)
+            item = _object(desired, wanted, current, rendered.spec.ignore, operator)
         items.append(replace(item, warnings=desired.warnings + item.warnings) if desired.warnings else item)
     items += _prune(rendered, live, inventory, options)
     return items
@@ -89,40 +73,13 @@ def _left_alone(environment: str, desired: DesiredObject, current: LiveObject | 
     return None
 
 
-def _value(manifest: Manifest, pointer: str) -> Any:
-    node: Any = manifest
-    for key in pointer.strip("/").split("/"):
-        node = node.get(key) if isinstance(node, dict) else None
-    return node
-
-
-def gate_warnings(manifest: Manifest) -> tuple[str, ...]:
-    """Warnings for what the KubeRay operator ignores unless a feature gate is on, unless it is new enough, or at
-    all."""
-    kind, out = manifest.get("kind"), []
-    for gate_kind, pointer, value, gate in FEATURE_GATES:
-        found = _value(manifest, pointer) if pointer else kind
-        if kind == gate_kind and found is not None and (value is None or found == value):
-            what = f"{pointer.strip('/').replace('/', '.')}: {value}" if pointer else kind
-            out.append(f"{what} needs the KubeRay operator's feature gate {gate} (alpha, off by default: "
-                       f"--feature-gates={gate}=true)")
-    for field_kind, pointer, version in NEWER_FIELDS:
-        if kind == field_kind and _value(manifest, pointer) is not None:
-            out.append(f"{pointer.strip('/').replace('/', '.')} needs {version}; an older CRD drops it")
-    annotations = (manifest.get("metadata") or {}).get("annotations") or {}
-    for annotation_kind, annotation, field in LOCAL_ONLY:
-        if kind == annotation_kind and annotation in annotations:
-            out.append(f"{annotation} is honoured on the local target only: KubeRay's {kind} has no {field}")
-    return tuple(out)
-
-
 def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None, ignore: tuple[str, ...],
-            kuberay: bool) -> PlanItem:
-    gates = gate_warnings(desired.manifest) if kuberay else ()
+            operator: bool) -> PlanItem:
+    gates = kuberay.gate_warnings(desired.manifest) if operator else ()
     if current is None:
         return PlanItem(desired.ref, Action.CREATE, "not on the target", desired,
                         diff.lazy(None, desired.manifest, str(desired.ref)), gates)
-    owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
+    owned = [*ignore, *kuberay.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     paths = diff.changed_paths(old, new)
     if not paths:
@@ -133,21 +90,22 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
                         frozenset(flags) | removed, tuple(paths))
 
     warnings, removed = _group_warnings(current, desired)
-    restart = [p for p in paths if not _IN_PLACE.fullmatch(p)] if desired.ref.kind not in NO_RESTART else []
+    as_is = kuberay.changes(desired.ref.kind) is Changes.APPLY
+    restart = [] if as_is else [p for p in paths if not kuberay.IN_PLACE.fullmatch(p)]
     if not restart and (not removed or desired.ref.kind == "RayCluster"):  # a RayCluster's groups drain first
         return item(Action.UPDATE, f"changed in place: {', '.join(paths)}")
     changed = ", ".join(restart) or "worker groups removed"
     if desired.annotations.get(ON_TEMPLATE_CHANGE_ANNOTATION) == "recreate":
         return item(Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate")
     if desired.ref.kind == "RayService":
-        strategy = _value(desired.manifest, "/spec/upgradeStrategy/type") or "NewCluster"
+        strategy = kuberay.value_at(desired.manifest, "/spec/upgradeStrategy/type") or "NewCluster"
         return item(Action.UPDATE, f"{changed} changed; " + {
             "None": "upgradeStrategy None: KubeRay keeps serving on the current cluster (pending restart)",
             "NewClusterWithIncrementalUpgrade": "KubeRay shifts traffic to a new cluster step by step "
                                                 "(incremental upgrade)"}.get(
             strategy, "KubeRay upgrades the RayService to a new cluster (zero-downtime)"),
             *([Flag.PENDING_RESTART] if strategy == "None" else []))
-    if (diff.cluster_spec(desired.manifest).get("upgradeStrategy") or {}).get("type") == "Recreate":
+    if (kuberay.cluster_spec(desired.manifest).get("upgradeStrategy") or {}).get("type") == "Recreate":
         return item(Action.UPDATE, f"{changed} changed; upgradeStrategy Recreate restarts all pods")
     return item(Action.UPDATE, f"{changed} changed; applied, pending restart (existing pods keep the old template; "
                 f"set upgradeStrategy.type: Recreate or {ON_TEMPLATE_CHANGE_ANNOTATION}: recreate)",
@@ -157,8 +115,8 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
 def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[tuple[str, ...], frozenset[Flag]]:
     """Warnings about the worker groups, and GROUP_REMOVED when a group leaves the spec. A RayCluster's group
     leaves it once drained (`drain`): a warning only if it still has nodes (the drain timed out)."""
-    old = [g.get("groupName") for g in diff.cluster_spec(current.manifest).get("workerGroupSpecs") or []]
-    new = [g.get("groupName") for g in diff.cluster_spec(desired.manifest).get("workerGroupSpecs") or []]
+    old = [g.get("groupName") for g in kuberay.cluster_spec(current.manifest).get("workerGroupSpecs") or []]
+    new = [g.get("groupName") for g in kuberay.cluster_spec(desired.manifest).get("workerGroupSpecs") or []]
     gone = [name for name in old if name not in new]
     if desired.ref.kind == "RayCluster":
         warnings = [f"worker group {name} left Git and still has nodes after draining for {DRAIN_TIMEOUT:.0f} s: "
@@ -189,7 +147,7 @@ def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: Li
     if current is None:
         return PlanItem(desired.ref, Action.SUBMIT, f"new run {run}", desired,
                         diff.lazy(None, desired.manifest, str(desired.ref)))
-    owned = [*ignore, *diff.autoscaler_pointers(desired.manifest)]
+    owned = [*ignore, *kuberay.autoscaler_pointers(desired.manifest)]
     old, new = diff.normalize(current.manifest, owned), diff.normalize(wanted, owned)
     changed = diff.changed_paths(old, new)
     paths = [p for p in changed if p == "spec" or p.startswith(("spec.", "spec["))]
@@ -213,7 +171,7 @@ def _prune(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inv
     spec = rendered.spec
     wanted = {d.ref for d in rendered.objects}
     gone = sorted((ref for ref in inventory - wanted if ref in live),
-                  key=lambda r: (-KIND_ORDER.get(r.kind, 9), r))
+                  key=lambda r: (-kuberay.order(r.kind), r))
     if not gone:
         return []
     if not spec.prune:
@@ -222,10 +180,9 @@ def _prune(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inv
     for ref in gone:
         labels, annotations = live[ref].labels, live[ref].annotations
         owners = live[ref].manifest.get("metadata", {}).get("ownerReferences") or []
-        if labels.get("ray.io/originated-from-crd") in ("RayJob", "RayService") or owners:
+        if (parent := kuberay.operator_parent(labels)) or owners:
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but it belongs to "
-                                  f"{(owners[0].get('kind') if owners else labels['ray.io/originated-from-crd'])}; "
-                                  "operator children are never pruned"))
+                                  f"{owners[0].get('kind') if owners else parent}; operator children are never pruned"))
         elif labels.get(MANAGED_BY_LABEL) != MANAGED_BY_VALUE or labels.get(ENVIRONMENT_LABEL) != spec.name:
             items.append(PlanItem(ref, Action.SKIP, "not in Git, but its ownership labels no longer match; kept"))
         elif annotations.get(PRUNE_ANNOTATION) == "disabled" or annotations.get(RECONCILE_ANNOTATION) == "disabled":
@@ -284,8 +241,8 @@ def drain(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject],
         current = live.get(desired.ref)
         keep: dict[str, float] = {}
         if desired.ref.kind == "RayCluster" and current is not None:
-            wanted = diff.worker_groups(desired.manifest)
-            for name in diff.worker_groups(current.manifest):
+            wanted = kuberay.worker_groups(desired.manifest)
+            for name in kuberay.worker_groups(current.manifest):
                 started = (since.get(desired.ref) or {}).get(name, now)
                 if name not in wanted and has_nodes(current, name) and now - started < DRAIN_TIMEOUT:
                     keep[name] = started
@@ -297,7 +254,7 @@ def drain(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject],
         groups = manifest["spec"].setdefault("workerGroupSpecs", [])
         live_order = [str(g.get("groupName")) for g in current.manifest["spec"].get("workerGroupSpecs") or []]
         for name in keep:
-            zero = {**copy.deepcopy(diff.worker_groups(current.manifest)[name]), "replicas": 0, "minReplicas": 0,
+            zero = {**copy.deepcopy(kuberay.worker_groups(current.manifest)[name]), "replicas": 0, "minReplicas": 0,
                     "maxReplicas": 0}
             zero.pop("scaleStrategy", None)
             before = [n for n in live_order[:live_order.index(name)] if n in {str(g.get("groupName")) for g in groups}]

@@ -26,12 +26,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
+from ..kuberay import cluster_spec, worker_groups
 from ..metrics import Metrics
 from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
                      Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
                      parse_time, spec_hash)
 from . import health, planner
-from .diff import changed_by, cluster_spec, worker_groups
+from .diff import changed_by
 from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
 from .render import render
 from .source import FileTree, GitSource, Inputs, Reads, Revision
@@ -411,7 +412,7 @@ class Pipeline:
                  if d.ref.kind == "RayCluster"}
         planned, draining = planner.drain(rendered, live, since, time.time())
         items = planner.plan(planned, live, record.inventory, record.finished, self.options,
-                             target.expected(planned, live), kuberay=not isinstance(target, Controls))
+                             target.expected(planned, live), operator=not isinstance(target, Controls))
         for index, item in enumerate(items):
             if item.ref in draining and item.action == Action.UPDATE:
                 groups = ", ".join(sorted(draining[item.ref]))

@@ -12,6 +12,7 @@ from typing import Any
 
 from dataclasses import dataclass, field
 
+from .. import kuberay
 from ..errors import InvalidEnvironment, ValidationError
 from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
                      EnvironmentSpec, ObjectRef, Patch, RenderedEnvironment, TargetSpec)
@@ -69,7 +70,7 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
     errors += env_errors
     # Object files are checked even when environment.yaml is broken, so every error shows at once.
     spec = parsed or EnvironmentSpec(environment, TargetSpec("unknown", _UnknownTarget()))
-    supported = targets.kinds(spec.target.kind) if parsed else frozenset(k for _, k in validate.KINDS)
+    supported = targets.kinds(spec.target.kind) if parsed else kuberay.NAMES
     target_check = (lambda doc, c: targets.check(spec.target.kind, doc, c, spec)) if parsed else None
     errors += _dependency_errors(tree, spec, env_file, budget)
     sources: dict[ObjectRef, _Source] = {}

@@ -7,17 +7,28 @@ and `expected` only read. Keeping a copy of the ledger, reporting Events and run
 its own are optional capabilities (`KeepsLedger`, `ReportsEvents`, `Controls`). `Targets` is the
 registry the service and the commands hand to the pipeline:
 the target kinds, their typed options, the object kinds each supports, and one live instance per
-connection. The implementations live in `reconciler.targets`; this module defines the seam.
+connection. The implementations live in `reconciler.targets`; this module defines the seam, and is all
+of the pipeline they import (checked by `.importlinter`): the few pipeline helpers a target uses (checks of
+its options and objects, Secret digests, JSON pointers, the one YAML parser) are re-exported here; KubeRay's
+facts are `reconciler.kuberay`'s.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from ..model import (EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
                      RenderedEnvironment, TargetOptions)
-from .validate import TargetCatalog
+from . import parse
+from .diff import hide_secret_values as hide_secret_values, strip as strip
+from .validate import Checker as Checker, TargetCatalog, dns_label as dns_label, short as short
+
+
+def yaml_field(value: str) -> Any:
+    """A YAML string field of an object validation accepted (`runtimeEnvYAML`, `serveConfigV2`), read by the one
+    parser as validation read it (None when empty)."""
+    return parse.text(value, "", None, "", "")[0]
 
 
 @dataclass(frozen=True)

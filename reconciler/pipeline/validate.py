@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Protocol
 from croniter import croniter
 
 from ..errors import ValidationError
+from ..kuberay import KINDS, submitter_command
 from ..model import (CONCURRENCY_ANNOTATION, CONCURRENCY_POLICIES, ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL,
                      MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION,
                      SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch,
@@ -22,9 +23,7 @@ from . import parse
 from .budgets import MAX_REPORTED, Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
-KINDS = {("ray.io/v1", "RayCluster"), ("ray.io/v1", "RayJob"), ("ray.io/v1", "RayService"),
-         ("ray.io/v1", "RayCronJob"), ("v1", "ConfigMap"), ("v1", "Secret")}
-_STRING_MAPS = {"ConfigMap": ("data", "binaryData"), "Secret": ("data", "stringData")}  # map[string]string
+_API_KINDS = frozenset((k.api_version, k.name) for k in KINDS.values())
 DELETION_POLICIES = {"DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -251,9 +250,9 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
     meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}", budget)
-    if (api_version, kind) not in KINDS:
+    if (api_version, kind) not in _API_KINDS:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
-               + ", ".join(f"{a} {k}" for a, k in sorted(KINDS)))
+               + ", ".join(f"{a} {k}" for a, k in sorted(_API_KINDS)))
         return c.errors, []
     if kind not in supported:
         c.fail("kind", f"{kind} is not supported by the {environment.target.kind} target")
@@ -289,7 +288,7 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(RECONCILE_ANNOTATION), f"metadata.annotations.{RECONCILE_ANNOTATION}",
              {"disabled", "enabled"})
     c.one_of(annotations.get(SSA_ANNOTATION), f"metadata.annotations.{SSA_ANNOTATION}", {"IfNotPresent"})
-    for field_name in _STRING_MAPS.get(kind, ()):
+    for field_name in KINDS[kind].string_maps:
         c.string_map(doc.get(field_name), field_name, "Kubernetes'", secret=kind == "Secret")
     c.one_of(annotations.get(CONCURRENCY_ANNOTATION), f"metadata.annotations.{CONCURRENCY_ANNOTATION}",
              set(CONCURRENCY_POLICIES))
@@ -440,18 +439,6 @@ def _job_spec(c: Checker, spec: dict[str, Any], environment: EnvironmentSpec, pa
     runtime_env_yaml = c.string(spec.get("runtimeEnvYAML"), f"{path}.runtimeEnvYAML")
     if runtime_env_yaml:
         runtime_env(c, runtime_env_yaml, f"{path}.runtimeEnvYAML")
-
-
-def submitter_command(spec: Mapping[str, Any]) -> bool:
-    """A RayJob spec whose submitter runs a command of its own (K8sJobMode with a `submitterPodTemplate` whose
-    first container sets `command`: KubeRay then runs it instead of `ray job submit -- <entrypoint>`)."""
-    if spec.get("submissionMode", "K8sJobMode") != "K8sJobMode":
-        return False
-    template = spec.get("submitterPodTemplate")
-    pod = template.get("spec") if isinstance(template, dict) else None
-    containers = pod.get("containers") if isinstance(pod, dict) else None
-    return bool(isinstance(containers, list) and containers and isinstance(containers[0], dict)
-                and containers[0].get("command"))
 
 
 def _deletion_strategy(c: Checker, spec: dict[str, Any], path: str) -> None:

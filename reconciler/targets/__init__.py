@@ -15,14 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .. import kuberay
 from ..errors import RayGitopsError, TemporaryError
 from ..metrics import Metrics
 from ..model import EnvironmentSpec, TargetOptions, TargetSpec
-from ..pipeline.target import Target
-from ..pipeline.validate import Checker
-from .kubernetes.options import (DEFAULT_CLUSTER, KINDS as KUBERNETES_KINDS, PROTECTED_NAMESPACES, Cluster,
-                                 KubernetesOptions, admit)
-from .local.options import KINDS as LOCAL_KINDS, LocalOptions, check_object as local_check
+from ..pipeline.target import Checker, Target
+from .kubernetes.options import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, KubernetesOptions, admit
+from .local.options import LocalOptions, check_object as local_check
 
 log = logging.getLogger(__name__)
 CONNECT_TIMEOUT = 30.0  # seconds a target may take to connect before its environments fail (and retry)
@@ -79,8 +78,8 @@ def _admit_kubernetes(options: KubernetesOptions, environment: str, runtime: Run
 
 
 TYPES: dict[str, TargetType] = {t.name: t for t in (
-    TargetType("local", LocalOptions.parse, LOCAL_KINDS, _local, local_check),
-    TargetType("kubernetes", KubernetesOptions.parse, KUBERNETES_KINDS, _kubernetes, admit=_admit_kubernetes),
+    TargetType("local", LocalOptions.parse, kuberay.NAMES, _local, local_check),
+    TargetType("kubernetes", KubernetesOptions.parse, kuberay.NAMES, _kubernetes, admit=_admit_kubernetes),
 )}
 
 

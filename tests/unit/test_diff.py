@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.pipeline.diff import autoscaler_pointers, changed_paths, normalize, remove_pointer, strip, unified
+from reconciler.kuberay import autoscaler_pointers
+from reconciler.pipeline.diff import changed_paths, normalize, remove_pointer, strip, unified
 
 TESTDATA = Path(__file__).parent.parent / "testdata" / "unit"
 

@@ -29,11 +29,13 @@ def run(slot: str) -> str:
 
 
 class FakeJobs:
-    """The Jobs API of the running cluster `demo`: runs submitted, their status (set by the test), stops."""
+    """The running cluster `demo` and its dashboard's Jobs API: runs submitted, their status (set by the test),
+    stops."""
 
     def __init__(self) -> None:
         self.status: dict[str, str] = {}
         self.stopped: list[str] = []
+        self.dashboard = self
 
     def submit_job(self, submission_id: str, entrypoint: str, **_: Any) -> None:
         assert submission_id not in self.status, f"{submission_id} submitted twice"

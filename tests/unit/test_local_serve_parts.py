@@ -123,7 +123,7 @@ applications:
 - {name: b, import_path: "b:app", runtime_env: {working_dir: "https://example.invalid/b.zip"}}
 - {name: c, import_path: "c:app"}
 """
-    config = serve.config("RayService/default/s", text, 23456, lambda path: tmp_path / "checkout" / path)
+    config = serve.config(text, 23456, lambda path: tmp_path / "checkout" / path)
     assert config == {
         "proxy_location": "HeadOnly",
         "http_options": {"host": "127.0.0.1", "port": 23456, "request_timeout_s": 30},

@@ -33,8 +33,8 @@ import hashlib
 import json
 from typing import Any
 
+from ...kuberay import AUTOSCALER_FIELDS, autoscaler_pointers, cluster_spec, cluster_spec_path, worker_groups
 from ...model import APPLIED_ANNOTATION, REVISION_ANNOTATION, DesiredObject, Manifest, job_submission_id
-from ...pipeline.diff import AUTOSCALER_FIELDS, CLUSTER_SPEC_PATHS, autoscaler_pointers, cluster_spec, worker_groups
 
 FORCE_ANNOTATION = "gitops.ray.io/force"
 
@@ -144,12 +144,12 @@ def without_precondition(body: Manifest) -> Manifest:
 
 def worker_group_fields(kind: str) -> str:
     """The conflict field path of the worker group list, e.g. `.spec.rayClusterSpec.workerGroupSpecs`."""
-    return CLUSTER_SPEC_PATHS[kind].replace("/", ".") + ".workerGroupSpecs"
+    return cluster_spec_path(kind).replace("/", ".") + ".workerGroupSpecs"
 
 
 def only_worker_groups(kind: str, fields: list[str]) -> bool:
     """True when every conflicting field is (inside) the worker group list the autoscaler patches."""
-    if kind not in CLUSTER_SPEC_PATHS:
+    if not cluster_spec_path(kind):
         return False
     prefix = worker_group_fields(kind)
     return bool(fields) and all(f == prefix or f.startswith(prefix + "[") for f in fields)

@@ -13,7 +13,7 @@ import threading
 from ...errors import TemporaryError
 from ...kubeapi import ApiError, Kube, resource
 from ...model import DesiredObject, Manifest, ObjectRef
-from ...pipeline.diff import hide_secret_values
+from ...pipeline.target import hide_secret_values
 from .apply import is_rejection
 from .body import apply_body, as_applied, body_hash, without_precondition
 

@@ -12,8 +12,9 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ...kubeapi import RESOURCES, Resource
+from ...kuberay import cluster_spec_path, worker_groups
 from ...model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, LiveObject, Manifest, ObjectRef, parse_time
-from ...pipeline.diff import CLUSTER_SPEC_PATHS, hide_secret_values, worker_groups
+from ...pipeline.target import hide_secret_values
 from .cache import Transform
 
 CLUSTER_LABEL, GROUP_LABEL, NODE_TYPE_LABEL = "ray.io/cluster", "ray.io/group", "ray.io/node-type"
@@ -93,7 +94,7 @@ def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, st
     when the Pods cannot be read."""
     workers: dict[str, int] = {}
     nodes: dict[str, float] | None = None
-    cluster = ray_cluster_name(manifest) if ready is not None and ref.kind in CLUSTER_SPEC_PATHS else None
+    cluster = ray_cluster_name(manifest) if ready is not None and cluster_spec_path(ref.kind) else None
     if cluster and ready is not None:
         for name in worker_groups(manifest):
             workers[name] = ready[(ref.namespace, cluster, name)]

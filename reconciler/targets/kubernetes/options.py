@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ...model import parse_duration
-from ...pipeline.validate import Checker, dns_label, short
+from ...pipeline.target import Checker, dns_label, short
 
-KINDS = frozenset({"RayCluster", "RayJob", "RayService", "RayCronJob", "ConfigMap", "Secret"})
 DEFAULT_CLUSTER = "default"
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 MIGRATED = ("context", "kubeconfig", "inCluster")  # fields of 0.1 environments: now the daemon's settings

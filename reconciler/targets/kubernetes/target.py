@@ -18,10 +18,10 @@ from kubernetes import client as k8s
 
 from ...errors import PermanentError, RayGitopsError
 from ...kubeapi import ApiError, Kube, RateLimiter, resource
+from ...kuberay import cluster_spec_path
 from ...metrics import Metrics
 from ...model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest,
                       ObjectRef, Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
-from ...pipeline.diff import CLUSTER_SPEC_PATHS
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
 from .apply import Applier, translate
@@ -164,7 +164,7 @@ class KubernetesTarget:
                 log.warning("environment %s: %s", environment, exc)
                 continue
             wanted.append((ref, self._informer(ref.kind, ref.namespace)))
-            if ref.kind in CLUSTER_SPEC_PATHS:
+            if cluster_spec_path(ref.kind):
                 ray_namespaces.add(ref.namespace)
         for informer in {id(i): i for _, i in wanted}.values():
             try:

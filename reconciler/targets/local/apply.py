@@ -9,8 +9,7 @@ from typing import Any, Callable
 
 from ...errors import PermanentError, RayGitopsError, TemporaryError
 from ...model import Action, ObjectRef, Outcome, PlanItem, TERMINAL_JOB_STATUSES, job_submission_id
-from ...pipeline import parse
-from ...pipeline.target import ApplyContext
+from ...pipeline.target import ApplyContext, yaml_field
 from . import serve
 from .clusters import Clusters, template_hash
 from .endpoints import Endpoints
@@ -108,7 +107,7 @@ def _update(clusters: Clusters, entry: dict[str, Any], ref: ObjectRef, text: str
     clusters.scale(cluster, wanted)
     entry["spec"] = wanted
     if text and text != entry["config"]:
-        serve.deploy(cluster, str(ref), serve.config(str(ref), text, entry["port"], context.materialize))
+        serve.deploy(cluster, str(ref), serve.config(text, entry["port"], context.materialize))
         entry["config"] = text
 
 
@@ -144,8 +143,7 @@ def submit(clusters: Clusters, ref: ObjectRef, environment: str, spec: dict[str,
     else:
         name, ephemeral = cluster_name(environment, run), True  # deterministic: a retry after a crash adopts it
         cluster = clusters.get(name) or clusters.start(name, spec["rayClusterSpec"])
-    runtime_env, _ = parse.text(spec.get("runtimeEnvYAML") or "{}", "", None, str(ref), "spec.runtimeEnvYAML")
-    runtime_env = runtime_env or {}
+    runtime_env = yaml_field(spec.get("runtimeEnvYAML") or "{}") or {}
     working_dir = runtime_env.get("working_dir")
     if isinstance(working_dir, str) and "://" not in working_dir:
         if materialize is None:

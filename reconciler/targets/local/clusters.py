@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import PermanentError, TemporaryError
+from ...kuberay import worker_groups
 from ...model import desired_workers, parse_quantity
-from ...pipeline.diff import strip, worker_groups
+from ...pipeline.target import strip
 from .limits import Limits, cluster_nodes, nodes_text
 from .nodes import NodeSpec
 from .runtime import LocalRayCluster

@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ...kuberay import cluster_spec, cluster_spec_path, dotted
 from ...model import EnvironmentSpec, desired_workers
-from ...pipeline.validate import Checker
+from ...pipeline.target import Checker
 
 _STARTING_FIELDS = ("replicas", "minReplicas")  # what starts nodes: above the cap, an error
 
@@ -72,17 +73,8 @@ def cluster_nodes(spec: Mapping[str, Any]) -> int:
 def cluster_specs(doc: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
     """(path, spec) of each RayCluster spec the object would start locally: a RayCluster's, a RayService's
     `rayClusterConfig`, a RayJob's `rayClusterSpec`, a RayCronJob's `jobTemplate.rayClusterSpec`."""
-    spec = doc.get("spec") or {}
-    if doc.get("kind") == "RayCluster":
-        return [("spec", spec)]
-    if doc.get("kind") == "RayService" and spec.get("rayClusterConfig"):
-        return [("spec.rayClusterConfig", spec["rayClusterConfig"])]
-    if doc.get("kind") == "RayJob" and spec.get("rayClusterSpec"):
-        return [("spec.rayClusterSpec", spec["rayClusterSpec"])]
-    template = spec.get("jobTemplate") or {}
-    if doc.get("kind") == "RayCronJob" and template.get("rayClusterSpec"):
-        return [("spec.jobTemplate.rayClusterSpec", template["rayClusterSpec"])]
-    return []
+    pointer, spec = cluster_spec_path(str(doc.get("kind"))), cluster_spec(doc)
+    return [(dotted(pointer), spec)] if spec or doc.get("kind") == "RayCluster" else []
 
 
 def check(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpec, limits: Limits | None = None) -> None:

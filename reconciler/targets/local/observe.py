@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import copy
 
+from ...kuberay import worker_groups
 from ...model import TERMINAL_JOB_STATUSES, LiveObject, ObjectRef, desired_workers
-from ...pipeline.diff import worker_groups
 from . import limits, serve
 from .clusters import HEAD, Clusters
 from .store import Record

@@ -4,12 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from ...kuberay import KINDS, dotted, job_spec, submitter_command
 from ...model import EnvironmentSpec
-from ...pipeline import parse
-from ...pipeline.validate import Checker, submitter_command
+from ...pipeline.target import Checker, yaml_field
 from . import limits
-
-KINDS = frozenset({"RayCluster", "RayJob", "RayCronJob", "RayService", "ConfigMap", "Secret"})
 
 
 @dataclass(frozen=True)
@@ -44,8 +42,8 @@ def check_object(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpe
             c.fail(f"{path}.authOptions.mode", "disabled is refused by the local target: every local Ray cluster "
                    "uses token authentication (remove the field, or set token)")
     spec = doc.get("spec") or {}
-    job, path = {"RayJob": (spec, "spec"), "RayCronJob": (spec.get("jobTemplate") or {}, "spec.jobTemplate")}.get(
-        str(doc.get("kind")), ({}, ""))
+    kind = KINDS.get(str(doc.get("kind")))
+    job, path = job_spec(doc), (dotted(kind.job_spec) if kind else "")
     if submitter_command(job):
         c.fail(f"{path}.submitterPodTemplate", "its container's own command cannot run on the local target: there is "
                "no submitter Pod, the local target submits entrypoint through the Ray Jobs API itself (set "
@@ -60,7 +58,7 @@ def check_object(doc: Mapping[str, Any], c: Checker, environment: EnvironmentSpe
 def _service(spec: Mapping[str, Any], c: Checker) -> None:
     """A RayService on the local target: Serve's gRPC proxy would listen on every interface (Ray 2.60 binds it
     to [::]), and there is no Gateway to shift traffic step by step."""
-    config, _ = parse.text(spec.get("serveConfigV2") or "{}", "", None, "", "")
+    config = yaml_field(spec.get("serveConfigV2") or "{}")
     grpc = (config or {}).get("grpc_options") if isinstance(config, dict) else None
     if isinstance(grpc, dict) and grpc.get("grpc_servicer_functions"):
         c.fail("spec.serveConfigV2.grpc_options.grpc_servicer_functions", "Serve's gRPC proxy listens on every "

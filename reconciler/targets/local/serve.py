@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from ...pipeline import parse
+from ...pipeline.target import yaml_field
 from .runtime import LocalRayCluster
 
 def cluster_name(environment: str, name: str, spec: dict[str, Any], revision: str) -> str:
@@ -25,10 +25,10 @@ def cluster_name(environment: str, name: str, spec: dict[str, Any], revision: st
     return f"{environment}_{name}-{digest}"  # `_`: in no environment or object name (see observe.cluster_name)
 
 
-def config(ref: str, text: str, port: int, materialize: Callable[[str], Path]) -> dict[str, Any]:
+def config(text: str, port: int, materialize: Callable[[str], Path]) -> dict[str, Any]:
     """`serveConfigV2` as the local target deploys it: its own HTTP options (127.0.0.1:`port`, the head's proxy
     only) and each application's relative `working_dir` exported from the revision."""
-    value, _ = parse.text(text, "", None, ref, "spec.serveConfigV2")  # a mapping: validation saw to it
+    value = yaml_field(text)  # a mapping: validation saw to it
     out = {**value, "proxy_location": "HeadOnly",
            "http_options": {**(value.get("http_options") or {}), "host": "127.0.0.1", "port": port}}
     applications = []

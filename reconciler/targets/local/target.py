@@ -13,8 +13,7 @@ from pathlib import Path
 
 from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
                       RenderedEnvironment)
-from ...pipeline.diff import hide_secret_values
-from ...pipeline.target import ApplyContext, Observation, RunReport
+from ...pipeline.target import ApplyContext, Observation, RunReport, hide_secret_values
 from . import apply, control, cron, limits, observe, serve
 from .clusters import Clusters
 from .endpoints import Endpoints

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.pipeline.diff import cluster_spec
+from reconciler.kuberay import cluster_spec
 from reconciler.errors import PermanentError
 from reconciler.model import Action, Outcome
 from target_kit import Kit, desired, load, managers, worker
