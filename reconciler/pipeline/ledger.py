@@ -1,4 +1,5 @@
-"""Persisted per-environment state: inventory, applied revision history, RayJob runs, status.
+"""Persisted per-environment state: inventory, applied revision history (with what each reconcile did to
+each object), RayJob runs, status.
 
 A reconcile reads its environment's `Record` once (`load`), works on it as plain immutable data,
 and writes what changed back in one transaction (`commit`), with the revision it applied and the
@@ -19,9 +20,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
-from ..model import TERMINAL_JOB_STATUSES, Health, LedgerSnapshot, ObjectRef, SyncStatus
+from ..model import TERMINAL_JOB_STATUSES, Action, Health, LedgerSnapshot, ObjectRef, Outcome, SyncStatus
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
@@ -33,6 +34,9 @@ CREATE TABLE IF NOT EXISTS job_runs (env TEXT, submission_id TEXT, job TEXT, spe
 CREATE TABLE IF NOT EXISTS environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status TEXT,
     health_status TEXT, message TEXT, updated_at REAL, detail TEXT);
 CREATE TABLE IF NOT EXISTS suspended (env TEXT PRIMARY KEY, since REAL, reason TEXT);
+CREATE TABLE IF NOT EXISTS changes (history INTEGER, env TEXT, revision TEXT, grp TEXT, kind TEXT, namespace TEXT,
+    name TEXT, action TEXT, outcome TEXT, error TEXT, at REAL);
+CREATE INDEX IF NOT EXISTS changes_by_env ON changes (env, history);
 CREATE TABLE IF NOT EXISTS verified (url TEXT, branch TEXT, revision TEXT, signer TEXT, at REAL,
     PRIMARY KEY (url, branch));
 """
@@ -130,14 +134,45 @@ class EnvironmentState:
 
 
 @dataclass(frozen=True)
+class Change:
+    """What a reconcile did to one object (`error`: why it failed): a row of the `changes` table, written in
+    the transaction of its history row, so that the page reads what happened instead of parsing the summary."""
+
+    ref: ObjectRef
+    action: Action
+    outcome: Outcome
+    error: str = ""
+
+
+class LastChange(NamedTuple):
+    """An object's newest `Change`, with the revision and time of its history row."""
+
+    change: Change
+    revision: str
+    applied_at: float
+
+
+@dataclass(frozen=True)
 class Applied:
-    """A row of the environment's history: a revision applied (or that failed to apply)."""
+    """A row of the environment's history: a revision applied (or that failed to apply), and its changes."""
 
     revision: str
     commit_time: float
     result: str  # success | error
     summary: str
     signer: str = ""  # fingerprint of the key that signed the revision, when signatures are verified
+    changes: tuple[Change, ...] = ()
+
+
+class HistoryRow(NamedTuple):
+    """A history row as `history` reads it (a tuple too: older callers unpack it)."""
+
+    revision: str
+    commit_time: float
+    applied_at: float
+    result: str
+    summary: str
+    signer: str
 
 
 class Ledger:
@@ -237,9 +272,15 @@ class Ledger:
                            [(environment, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
                              r.start_time, r.end_time) for r in changed])
             if applied is not None:
-                db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, signer) "
-                           "VALUES (?,?,?,?,?,?,?)", (environment, applied.revision, applied.commit_time, time.time(),
-                                                      applied.result, applied.summary[:2000], applied.signer))
+                now = time.time()
+                history = db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, "
+                                     "signer) VALUES (?,?,?,?,?,?,?)", (environment, applied.revision,
+                                                                        applied.commit_time, now, applied.result,
+                                                                        applied.summary[:2000], applied.signer)).lastrowid
+                db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                               [(history, environment, applied.revision, c.ref.group, c.ref.kind, c.ref.namespace,
+                                 c.ref.name, c.action.value, c.outcome.value, c.error[:2000], now)
+                                for c in applied.changes])
             if state is not None:
                 db.execute("INSERT OR REPLACE INTO environments VALUES (?,?,?,?,?,?,?,?)",
                            (state.environment, state.target, state.revision, state.sync_status.value,
@@ -261,11 +302,29 @@ class Ledger:
         return [_state(row) for row in rows]
 
     # -- what the CLI reads and sets -------------------------------------------------------------------
-    def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str, str]]:
-        """(revision, commit_time, applied_at, result, summary, signer), newest first."""
+    def history(self, environment: str, limit: int = 50) -> list[HistoryRow]:
+        """The newest `limit` history rows, newest first."""
         with self._tx() as db:
-            return db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
+            rows = db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
                               "FROM revisions WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
+        return [HistoryRow(*row) for row in rows]
+
+    def last_changes(self, environment: str, limit: int = 50) -> dict[ObjectRef, LastChange]:
+        """Each object's newest change among the newest `limit` history rows (a ledger from before the `changes`
+        table, read-only, has none)."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='changes'").fetchone():
+                return {}
+            rows = db.execute("SELECT grp, kind, namespace, name, action, outcome, error, revision, at FROM changes "
+                              "WHERE env=? AND history >= (SELECT COALESCE(MIN(id), 0) FROM (SELECT id FROM revisions "
+                              "WHERE env=? ORDER BY id DESC LIMIT ?)) ORDER BY history DESC, rowid",
+                              (environment, environment, limit)).fetchall()
+        found: dict[ObjectRef, LastChange] = {}
+        for grp, kind, namespace, name, action, outcome, error, revision, at in rows:
+            ref = ObjectRef(grp, kind, namespace, name)
+            if ref not in found:
+                found[ref] = LastChange(Change(ref, Action(action), Outcome(outcome), error or ""), revision, at)
+        return found
 
     def runs(self, environment: str, limit: int = 20) -> list[JobRun]:
         """The newest runs, newest first."""

@@ -32,7 +32,7 @@ from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, Le
                      parse_time, spec_hash)
 from . import health, planner
 from .diff import changed_by, cluster_spec, worker_groups
-from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
+from .ledger import Applied, Change, EnvironmentState, JobRun, Ledger, Record
 from .render import render
 from .source import FileTree, GitSource, Inputs, Reads, Revision
 from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets, Watches
@@ -174,12 +174,12 @@ class Pipeline:
                              replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
         context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
         self._tell(name, items)
-        outcomes, errors = self._apply(gone, items, target, context) if items else ([], [])
+        outcomes, errors = self._apply(gone, items, target, context) if items else ([], {})
         record = record.with_inventory(self._inventory(gone, items, outcomes, live))
         if errors:
             self.ledger.commit(name, loaded, record)
             self._ended(name, ended)
-            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: {'; '.join(errors)}")
+            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: {'; '.join(errors.values())}")
         if isinstance(target, KeepsLedger) and not record.inventory:
             target.drop_ledger(before.spec)
         kept = [i for i in items if i.action == Action.SKIP]
@@ -232,7 +232,8 @@ class Pipeline:
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or note
         state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, time.time(),
                                  {})
-        self.ledger.commit(name, loaded, record, state, Applied(revision.sha, revision.commit_time, "removed", summary))
+        self.ledger.commit(name, loaded, record, state, Applied(revision.sha, revision.commit_time, "removed", summary,
+                                                                changes=_changes(outcomes, {})))
         self._ended(name, list(ended))
         self._adopted.pop(name, None)  # back in Git later: its target's copy is read again
         log.info("environment %s: %s", name, message)
@@ -270,7 +271,7 @@ class Pipeline:
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared, claimed = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
-        errors: list[str] = []
+        errors: dict[ObjectRef, str] = {}
         persisted = loaded
         if any(item.action in CHANGES for item in items):
             record = self._claim(name, items, record)
@@ -293,11 +294,13 @@ class Pipeline:
         detail.update(gate)
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
-            applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer)
+            applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer,
+                              _changes(outcomes, errors))
             if record.last_applied != revision.sha:
                 self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
         elif errors:
-            applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer)
+            applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer,
+                              _changes(outcomes, errors))
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
         self._ended(name, ended)
@@ -432,12 +435,13 @@ class Pipeline:
 
     def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target, context: ApplyContext,
                drifted: dict[ObjectRef, LiveObject | None] | None = None
-               ) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
-        """Apply the changes one by one (one failure does not stop the others). A change that sets back a drifted
+               ) -> tuple[list[tuple[PlanItem, Outcome]], dict[ObjectRef, str]]:
+        """Apply the changes one by one (one failure does not stop the others): the outcomes, and the error of each
+        object that failed (`<object> <action> failed: <why>`). A change that sets back a drifted
         object (`drifted`: its live state) is a correction: counted, logged and reported with the managers that
         changed it."""
         outcomes: list[tuple[PlanItem, Outcome]] = []
-        errors: list[str] = []
+        errors: dict[ObjectRef, str] = {}
         name = rendered.spec.name
         events = target if isinstance(target, ReportsEvents) else None
         for index, item in enumerate(items):
@@ -452,12 +456,12 @@ class Pipeline:
                 left = sum(1 for i in items[index + 1:] if i.action in CHANGES)
                 log.error("environment %s: %s %s failed: %s (%d more change(s) wait for the next attempt)",
                           name, item.ref, item.action.value, exc, left)
-                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                errors[item.ref] = f"{item.ref} {item.action.value} failed: {exc}"
                 outcomes.append((item, Outcome.FAILED))
                 break
             except Exception as exc:  # one object's failure must not stop the others
                 log.error("environment %s: %s %s failed: %s", name, item.ref, item.action.value, exc)
-                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                errors[item.ref] = f"{item.ref} {item.action.value} failed: {exc}"
                 outcomes.append((item, Outcome.FAILED))
                 if events is not None:
                     events.report_event(item, Outcome.FAILED, f"{item.action.value} failed: {exc}", context)
@@ -510,7 +514,7 @@ class Pipeline:
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes
 
-    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: list[str],
+    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str],
               waiting: str, shared: list[str]) -> tuple[SyncStatus, str, str]:
         """(sync status, message, summary of the changes): a failure first (an object another environment owns
         is one), then what keeps the environment from the branch head (an unverified head, failing fetches, a
@@ -520,7 +524,7 @@ class Pipeline:
         stale, unverified = self.source.failure, self.source.unverified
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
         if errors or foreign:
-            return SyncStatus.FAILED, "; ".join(errors + foreign), summary
+            return SyncStatus.FAILED, "; ".join([*errors.values(), *foreign]), summary
         if unverified:
             return SyncStatus.UNVERIFIED, f"Unverified: {unverified[1]}", summary
         if stale:
@@ -679,6 +683,11 @@ def _restarted_groups(manifest: dict, changes: tuple[str, ...]) -> set[str]:
         elif match and match.group(2) in NODE_DEFINITION:
             named.add(match.group(1))
     return named or {HEAD_GROUP, *worker_groups(manifest)}
+
+
+def _changes(outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str]) -> tuple[Change, ...]:
+    """The history row's per-object changes: each outcome, with the error of the objects that failed."""
+    return tuple(Change(item.ref, item.action, outcome, errors.get(item.ref, "")) for item, outcome in outcomes)
 
 
 def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple[PlanItem, Outcome]],
