@@ -22,7 +22,8 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Iterator, Mapping, NamedTuple
 
-from ..model import TERMINAL_JOB_STATUSES, Action, Health, LedgerSnapshot, ObjectRef, Outcome, SyncStatus
+from ..model import (TERMINAL_JOB_STATUSES, Action, Health, HistoryResult, LedgerSnapshot, ObjectRef, Outcome,
+                     RunResult, SyncStatus)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
@@ -51,7 +52,7 @@ class JobRun:
     job: str
     spec_hash: str
     status: str
-    result: str | None = None
+    result: RunResult | None = None
     start_time: float | None = None
     end_time: float | None = None
     submitted_at: float = 0.0
@@ -67,7 +68,7 @@ class Record:
     suspended: str | None = None  # the reason given to `ray-gitops suspend` (maybe ""), else None
 
     @property
-    def finished(self) -> dict[str, str]:
+    def finished(self) -> dict[str, RunResult]:
         """submission id -> result of every run seen to end."""
         return {run.submission_id: run.result for run in self.runs.values() if run.result}
 
@@ -96,7 +97,7 @@ class Record:
                                                      submitted_at=time.time())
         if run.result:
             return self, None
-        result = "deleted" if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
+        result = RunResult.DELETED if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
         updated = replace(run, status=status, result=result, start_time=start_time if start_time else run.start_time,
                           end_time=end_time if end_time else run.end_time)
         return self._with_run(updated), updated if result else None
@@ -109,7 +110,7 @@ class Record:
             if run is None:
                 run = JobRun(submission_id, "", submission_id.rsplit("-", 1)[-1], "UNKNOWN")
             if result and not run.result:
-                run = replace(run, result=result, status=result.upper())
+                run = replace(run, result=RunResult(result), status=result.upper())
             record = record._with_run(run)
         return record
 
@@ -158,7 +159,7 @@ class Applied:
 
     revision: str
     commit_time: float
-    result: str  # success | error
+    result: HistoryResult
     summary: str
     signer: str = ""  # fingerprint of the key that signed the revision, when signatures are verified
     changes: tuple[Change, ...] = ()
@@ -170,7 +171,7 @@ class HistoryRow(NamedTuple):
     revision: str
     commit_time: float
     applied_at: float
-    result: str
+    result: HistoryResult
     summary: str
     signer: str
 
@@ -254,7 +255,7 @@ class Ledger:
             last = db.execute("SELECT revision FROM revisions WHERE env=? AND result='success' ORDER BY id DESC "
                               "LIMIT 1", (environment,)).fetchone()
             held = db.execute("SELECT reason FROM suspended WHERE env=?", (environment,)).fetchone()
-        return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: JobRun(*r) for r in runs}),
+        return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: _run(r) for r in runs}),
                       last[0] if last else None, held[0] if held else None)
 
     def commit(self, environment: str, before: Record | None = None, after: Record | None = None,
@@ -273,10 +274,10 @@ class Ledger:
                              r.start_time, r.end_time) for r in changed])
             if applied is not None:
                 now = time.time()
+                row = (environment, applied.revision, applied.commit_time, now, applied.result, applied.summary[:2000],
+                       applied.signer)
                 history = db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, "
-                                     "signer) VALUES (?,?,?,?,?,?,?)", (environment, applied.revision,
-                                                                        applied.commit_time, now, applied.result,
-                                                                        applied.summary[:2000], applied.signer)).lastrowid
+                                     "signer) VALUES (?,?,?,?,?,?,?)", row).lastrowid
                 db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                                [(history, environment, applied.revision, c.ref.group, c.ref.kind, c.ref.namespace,
                                  c.ref.name, c.action.value, c.outcome.value, c.error[:2000], now)
@@ -307,7 +308,8 @@ class Ledger:
         with self._tx() as db:
             rows = db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
                               "FROM revisions WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
-        return [HistoryRow(*row) for row in rows]
+        return [HistoryRow(revision, commit_time, applied_at, HistoryResult(result), summary, signer)
+                for revision, commit_time, applied_at, result, summary, signer in rows]
 
     def last_changes(self, environment: str, limit: int = 50) -> dict[ObjectRef, LastChange]:
         """Each object's newest change among the newest `limit` history rows (a ledger from before the `changes`
@@ -332,7 +334,7 @@ class Ledger:
             rows = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
                               "submitted_at FROM job_runs WHERE env=? ORDER BY submitted_at DESC LIMIT ?",
                               (environment, limit)).fetchall()
-        return [JobRun(*row) for row in rows]
+        return [_run(row) for row in rows]
 
     def states(self) -> list[EnvironmentState]:
         with self._tx() as db:
@@ -364,6 +366,13 @@ class Ledger:
         """Lift `suspend`; True if it was suspended."""
         with self._tx() as db:
             return db.execute("DELETE FROM suspended WHERE env=?", (environment,)).rowcount == 1
+
+
+def _run(row: tuple) -> JobRun:
+    """A `job_runs` row read by `load` and `runs` (submission_id, job, spec_hash, status, result, ...)."""
+    submission_id, job, spec_hash, status, result, start_time, end_time, submitted_at = row
+    return JobRun(submission_id, job, spec_hash, status, RunResult(result) if result else None, start_time, end_time,
+                  submitted_at)
 
 
 def _state(row: tuple) -> EnvironmentState:

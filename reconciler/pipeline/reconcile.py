@@ -27,9 +27,9 @@ from typing import Callable
 
 from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
 from ..metrics import Metrics
-from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
-                     Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
-                     parse_time, spec_hash)
+from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, HistoryResult, LedgerSnapshot, LiveObject,
+                     ObjectRef, Outcome, PlanItem, ReconcileResult, RenderedEnvironment, RunResult, SyncStatus,
+                     desired_workers, job_submission_id, parse_time, spec_hash)
 from . import health, planner
 from .diff import changed_by, cluster_spec, worker_groups
 from .ledger import Applied, Change, EnvironmentState, JobRun, Ledger, Record
@@ -57,7 +57,7 @@ class Result:
     """What one reconcile did and found."""
 
     environment: str
-    result: str  # success | noop | error
+    result: ReconcileResult
     sync_status: SyncStatus
     health_status: Health
     message: str = ""
@@ -141,7 +141,7 @@ class Pipeline:
             return work()
         except Interrupted as exc:
             log.info("environment %s: %s", name, exc)
-            return Result(name, "error", SyncStatus.FAILED, Health.UNKNOWN, str(exc))
+            return Result(name, ReconcileResult.ERROR, SyncStatus.FAILED, Health.UNKNOWN, str(exc))
         except InvalidEnvironment as exc:
             log.error("%s", exc)
             result = self._failed(name, revision, "invalid environment: " + "; ".join(str(e) for e in exc.errors))
@@ -179,7 +179,8 @@ class Pipeline:
         if errors:
             self.ledger.commit(name, loaded, record)
             self._ended(name, ended)
-            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: {'; '.join(errors.values())}")
+            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: "
+                                 f"{'; '.join(errors.values())}")
         if isinstance(target, KeepsLedger) and not record.inventory:
             target.drop_ledger(before.spec)
         kept = [i for i in items if i.action == Action.SKIP]
@@ -191,7 +192,7 @@ class Pipeline:
     def advance(self, names: list[str], revision: Revision) -> list[EnvironmentState]:
         """Nothing `names` read changed at `revision` (`source.unchanged`): they are on it as they are, with no
         render and no request (status, history and `environment_info` say so). Their states now."""
-        applied = Applied(revision.sha, revision.commit_time, "success", ADVANCED, revision.signer)
+        applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, ADVANCED, revision.signer)
         states = self.ledger.advance(names, applied)
         for state in states:
             self.metrics.environment_status(state.environment, state.target, revision.short, state.sync_status,
@@ -232,12 +233,14 @@ class Pipeline:
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or note
         state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, time.time(),
                                  {})
-        self.ledger.commit(name, loaded, record, state, Applied(revision.sha, revision.commit_time, "removed", summary,
-                                                                changes=_changes(outcomes, {})))
+        applied = Applied(revision.sha, revision.commit_time, HistoryResult.REMOVED, summary,
+                          changes=_changes(outcomes, {}))
+        self.ledger.commit(name, loaded, record, state, applied)
         self._ended(name, list(ended))
         self._adopted.pop(name, None)  # back in Git later: its target's copy is read again
         log.info("environment %s: %s", name, message)
-        return Result(name, "success", SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes, revision=revision.sha)
+        return Result(name, ReconcileResult.SUCCESS, SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes,
+                      revision=revision.sha)
 
     def _reconcile(self, name: str, revision: Revision, tree: FileTree) -> Result:
         """Reconcile `name` at `revision`, reading its files from `tree` (the revision's, as it notes reads)."""
@@ -294,12 +297,12 @@ class Pipeline:
         detail.update(gate)
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
-            applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer,
+            applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, summary, revision.signer,
                               _changes(outcomes, errors))
             if record.last_applied != revision.sha:
                 self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
         elif errors:
-            applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer,
+            applied = Applied(revision.sha, revision.commit_time, HistoryResult.ERROR, message, revision.signer,
                               _changes(outcomes, errors))
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
@@ -307,7 +310,8 @@ class Pipeline:
         self._keep_copy(rendered, target, record)
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
-        result = "error" if errors or sync == SyncStatus.FAILED else "success" if outcomes else "noop"
+        result = (ReconcileResult.ERROR if errors or sync == SyncStatus.FAILED else ReconcileResult.SUCCESS if outcomes
+                  else ReconcileResult.NOOP)
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
@@ -395,7 +399,7 @@ class Pipeline:
         """Count the runs first seen to end, once the ledger commit that says they ended is done (a failed
         commit sees them end again; a commit without its count would never count them)."""
         for run in runs:
-            if run.result == "deleted":
+            if run.result == RunResult.DELETED:
                 log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
                             "deletion); it is not re-created", name, run.job, run.submission_id)
                 continue
@@ -560,14 +564,14 @@ class Pipeline:
             name, target, last, SyncStatus.FAILED, env_health, f"revision {revision.short}: {message}", time.time(),
             previous.detail if previous else {}))
         self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
-        return Result(name, "error", SyncStatus.FAILED, env_health, message, retry_after=retry_after)
+        return Result(name, ReconcileResult.ERROR, SyncStatus.FAILED, env_health, message, retry_after=retry_after)
 
     def _waiting(self, name: str, target: str, reason: str, depends_on: tuple[str, ...], detail: dict) -> Result:
         """Report `Waiting` and touch nothing (a first revision held by a promotion gate; `detail`: what for)."""
         self.ledger.commit(name, state=EnvironmentState(name, target, "", SyncStatus.WAITING, Health.UNKNOWN, reason,
                                                         time.time(), detail))
         self.metrics.environment_status(name, target, "", SyncStatus.WAITING, Health.UNKNOWN)
-        return Result(name, "noop", SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
+        return Result(name, ReconcileResult.NOOP, SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
                       depends_on=depends_on)
 
     def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
@@ -577,7 +581,7 @@ class Pipeline:
         self.ledger.commit(name, state=EnvironmentState(name, target, applied, SyncStatus.SUSPENDED, Health.UNKNOWN,
                                                         f"{reason} (head {revision.short})", time.time(), {}))
         self.metrics.environment_status(name, target, applied[:12], SyncStatus.SUSPENDED, Health.UNKNOWN)
-        return Result(name, "noop", SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
+        return Result(name, ReconcileResult.NOOP, SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
 
     def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef],
                       steady: bool) -> set[ObjectRef]:
@@ -610,8 +614,10 @@ class Pipeline:
             ref = desired.ref
             if ref.kind == "RayJob" and obj is None:
                 result = finished.get(job_submission_id(name, ref.name, desired.manifest))
-                status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "stopped": "STOPPED"}.get(result or "")
-                obj_health = Health.DEGRADED if result == "failed" else Health.HEALTHY if result else Health.MISSING
+                status = {RunResult.SUCCEEDED: "SUCCEEDED", RunResult.FAILED: "FAILED",
+                          RunResult.STOPPED: "STOPPED"}.get(result) if result else None
+                obj_health = (Health.DEGRADED if result == RunResult.FAILED else Health.HEALTHY if result
+                              else Health.MISSING)
                 why = f"run {result}; the RayJob is gone (TTL or deletion)" if result else "not found"
             else:
                 obj_health, why = health.of(obj)

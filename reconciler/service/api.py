@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from ..model import Action, ObjectRef, SyncStatus
+from ..model import Action, HistoryResult, ObjectRef, SyncStatus
 from ..pipeline.ledger import EnvironmentState, LastChange, Ledger
 from ..pipeline.render import waves
 from ..pipeline.source import GitSource, Revision, redact
@@ -114,12 +114,11 @@ class Api:
     def history(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
         """`history -o json` rows, newest first, each with its commit (when known) and the command that rolls
         the environment back to it (for applied revisions other than the one applied now, `applied`)."""
-        rows = [row._asdict() for row in self._ledger.history(state.environment, limit)]
-        applied = next((row["revision"] for row in rows if row["result"] == "success"), "")  # what is on the target
-        for row in rows:
-            row["commit"] = self._commits.known(row["revision"])
-            row["rollback"] = (self._rollback(state.environment, row["revision"])
-                               if row["result"] == "success" and row["revision"] != applied else None)
+        history = self._ledger.history(state.environment, limit)
+        applied = next((row.revision for row in history if row.result == HistoryResult.SUCCESS), "")  # on the target
+        rows = [{**row._asdict(), "commit": self._commits.known(row.revision),
+                 "rollback": self._rollback(state.environment, row.revision)
+                 if row.result == HistoryResult.SUCCESS and row.revision != applied else None} for row in history]
         return {"environment": state.environment, "applied": applied, "items": rows}
 
     def runs(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
