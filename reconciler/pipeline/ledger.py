@@ -90,11 +90,11 @@ class Record:
         return self._with_run(JobRun(submission_id, job, spec_hash, "PENDING", submitted_at=time.time()))
 
     def seen(self, submission_id: str, job: str, status: str, start_time: float | None = None,
-             end_time: float | None = None) -> tuple[Record, JobRun | None]:
+             end_time: float | None = None, spec_hash: str = "") -> tuple[Record, JobRun | None]:
         """A run's status as a target reports it; the run too when this report is the first to see it end
-        (`DELETED`: gone before it was seen to end, final)."""
-        run = self.runs.get(submission_id) or JobRun(submission_id, job, submission_id.rsplit("-", 1)[-1], status,
-                                                     submitted_at=time.time())
+        (`DELETED`: gone before it was seen to end, final). `spec_hash`: of a run not recorded yet, when known
+        (a run of the spec in Git now), else ""."""
+        run = self.runs.get(submission_id) or JobRun(submission_id, job, spec_hash, status, submitted_at=time.time())
         if run.result:
             return self, None
         result = RunResult.DELETED if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
@@ -102,13 +102,14 @@ class Record:
                           end_time=end_time if end_time else run.end_time)
         return self._with_run(updated), updated if result else None
 
-    def merged(self, snapshot: LedgerSnapshot) -> Record:
-        """Adopt a target's copy: its inventory wins, its finished runs are added."""
+    def merged(self, snapshot: LedgerSnapshot, spec_hashes: Mapping[str, str]) -> Record:
+        """Adopt a target's copy: its inventory wins, its finished runs are added (the copy holds no spec hash:
+        `spec_hashes` gives those of the runs of the specs in Git now)."""
         record = self.with_inventory(snapshot.inventory)
         for submission_id, result in snapshot.runs:
             run = record.runs.get(submission_id)
             if run is None:
-                run = JobRun(submission_id, "", submission_id.rsplit("-", 1)[-1], "UNKNOWN")
+                run = JobRun(submission_id, "", spec_hashes.get(submission_id, ""), "UNKNOWN")
             if result and not run.result:
                 run = replace(run, result=RunResult(result), status=result.upper())
             record = record._with_run(run)

@@ -112,7 +112,7 @@ class Pipeline:
         record = self.ledger.load(name)
         if isinstance(target, KeepsLedger):
             copy = target.load_ledger(rendered.spec)
-            record = record.merged(copy) if copy is not None else record
+            record = record.merged(copy, _spec_hashes(rendered)) if copy is not None else record
         live, record, _ = self._observe(rendered, target, record)
         return Preview(name, revision, self._plan(rendered, target, live, record)[0])
 
@@ -365,7 +365,7 @@ class Pipeline:
             return record
         if name not in self._adopted:
             copy = target.load_ledger(rendered.spec)
-            record = record.merged(copy) if copy is not None else record
+            record = record.merged(copy, _spec_hashes(rendered)) if copy is not None else record
             self._adopted[name] = copy or LedgerSnapshot()
         return record
 
@@ -389,8 +389,9 @@ class Pipeline:
         reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time)
                     for r in (*controlled, *observation.runs)]
         ended = []
+        hashes = _spec_hashes(rendered) if any(report[0] not in record.runs for report in reports) else {}
         for report in reports:
-            record, run = record.seen(*report)
+            record, run = record.seen(*report, spec_hash=hashes.get(report[0], ""))
             if run is not None:
                 ended.append(run)
         return observation.live, record, ended
@@ -689,6 +690,13 @@ def _restarted_groups(manifest: dict, changes: tuple[str, ...]) -> set[str]:
         elif match and match.group(2) in NODE_DEFINITION:
             named.add(match.group(1))
     return named or {HEAD_GROUP, *worker_groups(manifest)}
+
+
+def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:
+    """Submission id -> spec hash of the run of each RayJob in Git: how a run the ledger did not record (found
+    live, or in the target's copy) gets its spec hash."""
+    return {job_submission_id(rendered.spec.name, d.ref.name, d.manifest): spec_hash(d.manifest)
+            for d in rendered.objects if d.ref.kind == "RayJob"}
 
 
 def _changes(outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str]) -> tuple[Change, ...]:
