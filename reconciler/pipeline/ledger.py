@@ -192,7 +192,13 @@ class Ledger:
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the state dir is the daemon's alone (files in it are created 0600)
         with self._tx() as db:
-            db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")  # all tables at once: a reader sees none or all
+            db.execute("BEGIN IMMEDIATE")  # all tables at once: a reader sees none or all
+            older = not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='changes'").fetchone()
+            for statement in _SCHEMA.split(";"):
+                db.execute(statement)
+            if older:
+                _fill_changes(db)
+            db.commit()
             if "signer" not in {row[1] for row in db.execute("PRAGMA table_info(revisions)")}:  # 0.1 ledgers
                 db.execute("ALTER TABLE revisions ADD COLUMN signer TEXT")
 
@@ -367,6 +373,34 @@ class Ledger:
         """Lift `suspend`; True if it was suspended."""
         with self._tx() as db:
             return db.execute("DELETE FROM suspended WHERE env=?", (environment,)).rowcount == 1
+
+
+_ACTION_OF = {Outcome.CREATED: Action.CREATE, Outcome.CONFIGURED: Action.UPDATE, Outcome.UNCHANGED: Action.UPDATE,
+              Outcome.RECREATED: Action.RECREATE, Outcome.DELETED: Action.DELETE, Outcome.SUBMITTED: Action.SUBMIT,
+              Outcome.SKIPPED: Action.SKIP}
+
+
+def _fill_changes(db: sqlite3.Connection) -> None:
+    """Fill the `changes` table of a ledger from before it from the summaries of its history rows (`<object>
+    <outcome>` or `<object> <action> failed: <error>`, "; "-separated), once, in the transaction that creates
+    the table: the page's last actions survive the upgrade. Nothing else reads a summary."""
+    groups = {tuple(row[1:]): row[0] for row in db.execute("SELECT grp, env, kind, namespace, name FROM inventory")}
+    outcomes, actions = {o.value for o in _ACTION_OF}, {a.value for a in Action}
+    rows = []
+    for history, env, revision, at, summary in db.execute("SELECT id, env, revision, applied_at, summary FROM "
+                                                          "revisions").fetchall():
+        for part in (summary or "").split("; "):
+            ref, _, rest = part.partition(" ")
+            word, _, tail = rest.partition(" ")
+            kind, _, path = ref.partition("/")
+            namespace, _, name = path.rpartition("/")
+            if not (kind and name) or not (rest in outcomes or word in actions and tail.startswith("failed:")):
+                continue
+            outcome = Outcome(rest) if rest in outcomes else Outcome.FAILED
+            action = _ACTION_OF[outcome] if rest in outcomes else Action(word)
+            rows.append((history, env, revision, groups.get((env, kind, namespace, name), ""), kind, namespace, name,
+                         action.value, outcome.value, "" if rest in outcomes else part[:2000], at))
+    db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
 def _run(row: tuple) -> JobRun:

@@ -273,7 +273,7 @@ def test_a_read_only_ledger_creates_nothing_and_reads_as_empty(tmp_path: Path) -
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data} == before
 
 
-def test_a_ledger_from_before_the_changes_table_reads_as_no_changes_until_a_daemon_opens_it(tmp_path: Path) -> None:
+def test_a_ledger_from_before_the_changes_table_reads_as_no_changes_until_a_daemon_fills_it(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as old:  # the tables a 0.x daemon made
         old.executescript("CREATE TABLE revisions (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT, revision TEXT, "
@@ -286,8 +286,10 @@ def test_a_ledger_from_before_the_changes_table_reads_as_no_changes_until_a_daem
     looked = Ledger(tmp_path / "state", readonly=True)
     assert looked.last_changes("a") == {} and [row.revision for row in looked.history("a")] == ["abc"]
 
-    writer = Ledger(tmp_path / "state")
+    writer = Ledger(tmp_path / "state")  # adds the table, filled from the history rows' summaries
     ref = ObjectRef("", "ConfigMap", "default", "x")
+    last = looked.last_changes("a")[ref]
+    assert (last.change, last.revision, last.applied_at) == (Change(ref, Action.CREATE, Outcome.CREATED), "abc", 2.0)
     writer.commit("a", applied=Applied("def", 3.0, "error", "x failed", changes=(
         Change(ref, Action.UPDATE, Outcome.FAILED, "refused"),)))
     last = looked.last_changes("a")[ref]

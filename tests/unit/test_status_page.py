@@ -3,6 +3,7 @@ worker and cached, last outcomes read from real history rows, the `ui` setting, 
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from reconciler.commands.cli import parser
 from reconciler.errors import ConfigError
 from reconciler.metrics import Metrics
+from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Preview
 from reconciler.pipeline.source import GitSource, Revision
 from reconciler.service.api import PREFIX, Api, last_outcomes
@@ -159,6 +161,10 @@ def test_last_outcomes_name_each_object_from_the_newest_history_row(setup) -> No
                                     "applied_at": pytest.approx(last["ConfigMap/default/other"]["applied_at"])},
     }
     assert last["ConfigMap/default/other"]["applied_at"] > last["ConfigMap/default/settings"]["applied_at"]
+    with sqlite3.connect(s.pipeline.ledger.path) as db:  # as a ledger from before the changes table
+        db.execute("DROP TABLE changes")
+    db.close()
+    assert last_outcomes(Ledger(s.pipeline.ledger.path.parent).last_changes("a")) == last  # filled from history
 
 
 @pytest.mark.parametrize("value,expected", [
