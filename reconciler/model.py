@@ -157,10 +157,38 @@ class Health(enum.StrEnum):
         return max(healths, key=order.index, default=Health.HEALTHY)
 
 
+class ReconcileResult(enum.StrEnum):
+    """How one reconcile ended (the `result` label of `reconcile_total`)."""
+
+    SUCCESS = "success"
+    NOOP = "noop"
+    ERROR = "error"
+
+
+class HistoryResult(enum.StrEnum):
+    """A history row's result: its revision applied, failed to apply, or the environment left Git."""
+
+    SUCCESS = "success"
+    ERROR = "error"
+    REMOVED = "removed"
+
+
+class RunResult(enum.StrEnum):
+    """How a RayJob run ended (the `result` label of `rayjob_runs_total`); DELETED: its RayJob was gone before
+    the run was seen to end (TTL or deletion), never counted."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    MISSED = "missed"
+    DELETED = "deleted"
+
+
 JOB_STATUSES = ("PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")  # a RayJob's status.jobStatus
 # a run's final status -> its result (MISSED: a RayCronJob slot not run: a newer one was due, or it was past
 # its starting deadline)
-TERMINAL_JOB_STATUSES = {"SUCCEEDED": "succeeded", "FAILED": "failed", "STOPPED": "stopped", "MISSED": "missed"}
+TERMINAL_JOB_STATUSES = {"SUCCEEDED": RunResult.SUCCEEDED, "FAILED": RunResult.FAILED, "STOPPED": RunResult.STOPPED,
+                         "MISSED": RunResult.MISSED}
 
 
 @dataclass(frozen=True)

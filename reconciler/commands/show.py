@@ -170,17 +170,16 @@ def cmd_history(args: argparse.Namespace) -> int:
     settings = config.load(vars(args))
     rows = Ledger(settings.state_dir, readonly=True).history(args.environment, args.limit)
     if args.output == "json":
-        keys = ("revision", "commit_time", "applied_at", "result", "summary", "signer")
-        print(json.dumps([dict(zip(keys, row)) for row in rows], indent=2))
+        print(json.dumps([row._asdict() for row in rows], indent=2))
         return 0
     if not rows:
         print(f"no applied revisions recorded for environment {args.environment} in {settings.state_dir}",
               file=sys.stderr)
         return 0
     _table([("REVISION", "COMMITTED", "APPLIED", "RESULT", "SIGNER", "SUMMARY")] + [
-        (revision[:12], _time(committed), _time(applied), result, signer or "-",
-         summary.splitlines()[0][:100] if summary else "")
-        for revision, committed, applied, result, summary, signer in rows])
+        (row.revision[:12], _time(row.commit_time), _time(row.applied_at), row.result, row.signer or "-",
+         row.summary.splitlines()[0][:100] if row.summary else "")
+        for row in rows])
     return 0
 
 

@@ -1,4 +1,5 @@
-"""Persisted per-environment state: inventory, applied revision history, RayJob runs, status.
+"""Persisted per-environment state: inventory, applied revision history (with what each reconcile did to
+each object), RayJob runs, status.
 
 A reconcile reads its environment's `Record` once (`load`), works on it as plain immutable data,
 and writes what changed back in one transaction (`commit`), with the revision it applied and the
@@ -19,9 +20,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, NamedTuple
 
-from ..model import TERMINAL_JOB_STATUSES, Health, LedgerSnapshot, ObjectRef, SyncStatus
+from ..model import (TERMINAL_JOB_STATUSES, Action, Health, HistoryResult, LedgerSnapshot, ObjectRef, Outcome,
+                     RunResult, SyncStatus)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
@@ -33,6 +35,9 @@ CREATE TABLE IF NOT EXISTS job_runs (env TEXT, submission_id TEXT, job TEXT, spe
 CREATE TABLE IF NOT EXISTS environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status TEXT,
     health_status TEXT, message TEXT, updated_at REAL, detail TEXT);
 CREATE TABLE IF NOT EXISTS suspended (env TEXT PRIMARY KEY, since REAL, reason TEXT);
+CREATE TABLE IF NOT EXISTS changes (history INTEGER, env TEXT, revision TEXT, grp TEXT, kind TEXT, namespace TEXT,
+    name TEXT, action TEXT, outcome TEXT, error TEXT, at REAL);
+CREATE INDEX IF NOT EXISTS changes_by_env ON changes (env, history);
 CREATE TABLE IF NOT EXISTS verified (url TEXT, branch TEXT, revision TEXT, signer TEXT, at REAL,
     PRIMARY KEY (url, branch));
 """
@@ -47,7 +52,7 @@ class JobRun:
     job: str
     spec_hash: str
     status: str
-    result: str | None = None
+    result: RunResult | None = None
     start_time: float | None = None
     end_time: float | None = None
     submitted_at: float = 0.0
@@ -63,7 +68,7 @@ class Record:
     suspended: str | None = None  # the reason given to `ray-gitops suspend` (maybe ""), else None
 
     @property
-    def finished(self) -> dict[str, str]:
+    def finished(self) -> dict[str, RunResult]:
         """submission id -> result of every run seen to end."""
         return {run.submission_id: run.result for run in self.runs.values() if run.result}
 
@@ -85,27 +90,28 @@ class Record:
         return self._with_run(JobRun(submission_id, job, spec_hash, "PENDING", submitted_at=time.time()))
 
     def seen(self, submission_id: str, job: str, status: str, start_time: float | None = None,
-             end_time: float | None = None) -> tuple[Record, JobRun | None]:
+             end_time: float | None = None, spec_hash: str = "") -> tuple[Record, JobRun | None]:
         """A run's status as a target reports it; the run too when this report is the first to see it end
-        (`DELETED`: gone before it was seen to end, final)."""
-        run = self.runs.get(submission_id) or JobRun(submission_id, job, submission_id.rsplit("-", 1)[-1], status,
-                                                     submitted_at=time.time())
+        (`DELETED`: gone before it was seen to end, final). `spec_hash`: of a run not recorded yet, when known
+        (a run of the spec in Git now), else ""."""
+        run = self.runs.get(submission_id) or JobRun(submission_id, job, spec_hash, status, submitted_at=time.time())
         if run.result:
             return self, None
-        result = "deleted" if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
+        result = RunResult.DELETED if status == "DELETED" else TERMINAL_JOB_STATUSES.get(status)
         updated = replace(run, status=status, result=result, start_time=start_time if start_time else run.start_time,
                           end_time=end_time if end_time else run.end_time)
         return self._with_run(updated), updated if result else None
 
-    def merged(self, snapshot: LedgerSnapshot) -> Record:
-        """Adopt a target's copy: its inventory wins, its finished runs are added."""
+    def merged(self, snapshot: LedgerSnapshot, spec_hashes: Mapping[str, str]) -> Record:
+        """Adopt a target's copy: its inventory wins, its finished runs are added (the copy holds no spec hash:
+        `spec_hashes` gives those of the runs of the specs in Git now)."""
         record = self.with_inventory(snapshot.inventory)
         for submission_id, result in snapshot.runs:
             run = record.runs.get(submission_id)
             if run is None:
-                run = JobRun(submission_id, "", submission_id.rsplit("-", 1)[-1], "UNKNOWN")
+                run = JobRun(submission_id, "", spec_hashes.get(submission_id, ""), "UNKNOWN")
             if result and not run.result:
-                run = replace(run, result=result, status=result.upper())
+                run = replace(run, result=RunResult(result), status=result.upper())
             record = record._with_run(run)
         return record
 
@@ -130,14 +136,45 @@ class EnvironmentState:
 
 
 @dataclass(frozen=True)
+class Change:
+    """What a reconcile did to one object (`error`: why it failed): a row of the `changes` table, written in
+    the transaction of its history row, so that the page reads what happened instead of parsing the summary."""
+
+    ref: ObjectRef
+    action: Action
+    outcome: Outcome
+    error: str = ""
+
+
+class LastChange(NamedTuple):
+    """An object's newest `Change`, with the revision and time of its history row."""
+
+    change: Change
+    revision: str
+    applied_at: float
+
+
+@dataclass(frozen=True)
 class Applied:
-    """A row of the environment's history: a revision applied (or that failed to apply)."""
+    """A row of the environment's history: a revision applied (or that failed to apply), and its changes."""
 
     revision: str
     commit_time: float
-    result: str  # success | error
+    result: HistoryResult
     summary: str
     signer: str = ""  # fingerprint of the key that signed the revision, when signatures are verified
+    changes: tuple[Change, ...] = ()
+
+
+class HistoryRow(NamedTuple):
+    """A history row as `history` reads it (a tuple too: older callers unpack it)."""
+
+    revision: str
+    commit_time: float
+    applied_at: float
+    result: HistoryResult
+    summary: str
+    signer: str
 
 
 class Ledger:
@@ -155,7 +192,13 @@ class Ledger:
         state_dir.mkdir(parents=True, exist_ok=True)
         state_dir.chmod(0o700)  # the state dir is the daemon's alone (files in it are created 0600)
         with self._tx() as db:
-            db.executescript(f"BEGIN;{_SCHEMA}COMMIT;")  # all tables at once: a reader sees none or all
+            db.execute("BEGIN IMMEDIATE")  # all tables at once: a reader sees none or all
+            older = not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='changes'").fetchone()
+            for statement in _SCHEMA.split(";"):
+                db.execute(statement)
+            if older:
+                _fill_changes(db)
+            db.commit()
             if "signer" not in {row[1] for row in db.execute("PRAGMA table_info(revisions)")}:  # 0.1 ledgers
                 db.execute("ALTER TABLE revisions ADD COLUMN signer TEXT")
 
@@ -219,7 +262,7 @@ class Ledger:
             last = db.execute("SELECT revision FROM revisions WHERE env=? AND result='success' ORDER BY id DESC "
                               "LIMIT 1", (environment,)).fetchone()
             held = db.execute("SELECT reason FROM suspended WHERE env=?", (environment,)).fetchone()
-        return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: JobRun(*r) for r in runs}),
+        return Record(frozenset(ObjectRef(*r) for r in refs), MappingProxyType({r[0]: _run(r) for r in runs}),
                       last[0] if last else None, held[0] if held else None)
 
     def commit(self, environment: str, before: Record | None = None, after: Record | None = None,
@@ -237,9 +280,15 @@ class Ledger:
                            [(environment, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
                              r.start_time, r.end_time) for r in changed])
             if applied is not None:
-                db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, signer) "
-                           "VALUES (?,?,?,?,?,?,?)", (environment, applied.revision, applied.commit_time, time.time(),
-                                                      applied.result, applied.summary[:2000], applied.signer))
+                now = time.time()
+                row = (environment, applied.revision, applied.commit_time, now, applied.result, applied.summary[:2000],
+                       applied.signer)
+                history = db.execute("INSERT INTO revisions (env, revision, commit_time, applied_at, result, summary, "
+                                     "signer) VALUES (?,?,?,?,?,?,?)", row).lastrowid
+                db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                               [(history, environment, applied.revision, c.ref.group, c.ref.kind, c.ref.namespace,
+                                 c.ref.name, c.action.value, c.outcome.value, c.error[:2000], now)
+                                for c in applied.changes])
             if state is not None:
                 db.execute("INSERT OR REPLACE INTO environments VALUES (?,?,?,?,?,?,?,?)",
                            (state.environment, state.target, state.revision, state.sync_status.value,
@@ -261,11 +310,30 @@ class Ledger:
         return [_state(row) for row in rows]
 
     # -- what the CLI reads and sets -------------------------------------------------------------------
-    def history(self, environment: str, limit: int = 50) -> list[tuple[str, float, float, str, str, str]]:
-        """(revision, commit_time, applied_at, result, summary, signer), newest first."""
+    def history(self, environment: str, limit: int = 50) -> list[HistoryRow]:
+        """The newest `limit` history rows, newest first."""
         with self._tx() as db:
-            return db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
+            rows = db.execute("SELECT revision, commit_time, applied_at, result, summary, COALESCE(signer, '') "
                               "FROM revisions WHERE env=? ORDER BY id DESC LIMIT ?", (environment, limit)).fetchall()
+        return [HistoryRow(revision, commit_time, applied_at, HistoryResult(result), summary, signer)
+                for revision, commit_time, applied_at, result, summary, signer in rows]
+
+    def last_changes(self, environment: str, limit: int = 50) -> dict[ObjectRef, LastChange]:
+        """Each object's newest change among the newest `limit` history rows (a ledger from before the `changes`
+        table, read-only, has none)."""
+        with self._tx() as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='changes'").fetchone():
+                return {}
+            rows = db.execute("SELECT grp, kind, namespace, name, action, outcome, error, revision, at FROM changes "
+                              "WHERE env=? AND history >= (SELECT COALESCE(MIN(id), 0) FROM (SELECT id FROM revisions "
+                              "WHERE env=? ORDER BY id DESC LIMIT ?)) ORDER BY history DESC, rowid",
+                              (environment, environment, limit)).fetchall()
+        found: dict[ObjectRef, LastChange] = {}
+        for grp, kind, namespace, name, action, outcome, error, revision, at in rows:
+            ref = ObjectRef(grp, kind, namespace, name)
+            if ref not in found:
+                found[ref] = LastChange(Change(ref, Action(action), Outcome(outcome), error or ""), revision, at)
+        return found
 
     def runs(self, environment: str, limit: int = 20) -> list[JobRun]:
         """The newest runs, newest first."""
@@ -273,7 +341,7 @@ class Ledger:
             rows = db.execute("SELECT submission_id, job, spec_hash, status, result, start_time, end_time, "
                               "submitted_at FROM job_runs WHERE env=? ORDER BY submitted_at DESC LIMIT ?",
                               (environment, limit)).fetchall()
-        return [JobRun(*row) for row in rows]
+        return [_run(row) for row in rows]
 
     def states(self) -> list[EnvironmentState]:
         with self._tx() as db:
@@ -305,6 +373,41 @@ class Ledger:
         """Lift `suspend`; True if it was suspended."""
         with self._tx() as db:
             return db.execute("DELETE FROM suspended WHERE env=?", (environment,)).rowcount == 1
+
+
+_ACTION_OF = {Outcome.CREATED: Action.CREATE, Outcome.CONFIGURED: Action.UPDATE, Outcome.UNCHANGED: Action.UPDATE,
+              Outcome.RECREATED: Action.RECREATE, Outcome.DELETED: Action.DELETE, Outcome.SUBMITTED: Action.SUBMIT,
+              Outcome.SKIPPED: Action.SKIP}
+
+
+def _fill_changes(db: sqlite3.Connection) -> None:
+    """Fill the `changes` table of a ledger from before it from the summaries of its history rows (`<object>
+    <outcome>` or `<object> <action> failed: <error>`, "; "-separated), once, in the transaction that creates
+    the table: the page's last actions survive the upgrade. Nothing else reads a summary."""
+    groups = {tuple(row[1:]): row[0] for row in db.execute("SELECT grp, env, kind, namespace, name FROM inventory")}
+    outcomes, actions = {o.value for o in _ACTION_OF}, {a.value for a in Action}
+    rows = []
+    for history, env, revision, at, summary in db.execute("SELECT id, env, revision, applied_at, summary FROM "
+                                                          "revisions").fetchall():
+        for part in (summary or "").split("; "):
+            ref, _, rest = part.partition(" ")
+            word, _, tail = rest.partition(" ")
+            kind, _, path = ref.partition("/")
+            namespace, _, name = path.rpartition("/")
+            if not (kind and name) or not (rest in outcomes or word in actions and tail.startswith("failed:")):
+                continue
+            outcome = Outcome(rest) if rest in outcomes else Outcome.FAILED
+            action = _ACTION_OF[outcome] if rest in outcomes else Action(word)
+            rows.append((history, env, revision, groups.get((env, kind, namespace, name), ""), kind, namespace, name,
+                         action.value, outcome.value, "" if rest in outcomes else part[:2000], at))
+    db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+
+
+def _run(row: tuple) -> JobRun:
+    """A `job_runs` row read by `load` and `runs` (submission_id, job, spec_hash, status, result, ...)."""
+    submission_id, job, spec_hash, status, result, start_time, end_time, submitted_at = row
+    return JobRun(submission_id, job, spec_hash, status, RunResult(result) if result else None, start_time, end_time,
+                  submitted_at)
 
 
 def _state(row: tuple) -> EnvironmentState:

@@ -29,7 +29,7 @@ class PlanOptions:
 
 
 def plan(rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], inventory: frozenset[ObjectRef],
-         finished_runs: dict[str, str], options: PlanOptions = PlanOptions(),
+         finished_runs: Mapping[str, str], options: PlanOptions = PlanOptions(),
          expected: dict[ObjectRef, Manifest] | None = None, operator: bool = True) -> list[PlanItem]:
     """Ordered actions that make the target match Git. `finished_runs`: submission id -> result;
     `expected`: desired objects as the target would store them (default: as rendered); `operator`: the KubeRay
@@ -133,7 +133,7 @@ def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[tuple[
 
 
 def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: LiveObject | None,
-         finished: dict[str, str], ignore: tuple[str, ...]) -> PlanItem:
+         finished: Mapping[str, str], ignore: tuple[str, ...]) -> PlanItem:
     run = job_submission_id(environment, desired.ref.name, desired.manifest)
     if run in finished:
         if current is not None:  # its metadata (labels, annotations) still applies; its spec never again

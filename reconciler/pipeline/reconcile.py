@@ -28,12 +28,12 @@ from typing import Callable
 from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
 from ..kuberay import cluster_spec, worker_groups
 from ..metrics import Metrics
-from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, LedgerSnapshot, LiveObject, ObjectRef,
-                     Outcome, PlanItem, RenderedEnvironment, SyncStatus, desired_workers, job_submission_id,
-                     parse_time, spec_hash)
+from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, HistoryResult, LedgerSnapshot, LiveObject,
+                     ObjectRef, Outcome, PlanItem, ReconcileResult, RenderedEnvironment, RunResult, SyncStatus,
+                     desired_workers, job_submission_id, parse_time, spec_hash)
 from . import health, planner
 from .diff import changed_by
-from .ledger import Applied, EnvironmentState, JobRun, Ledger, Record
+from .ledger import Applied, Change, EnvironmentState, JobRun, Ledger, Record
 from .render import render
 from .source import FileTree, GitSource, Inputs, Reads, Revision
 from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets, Watches
@@ -58,7 +58,7 @@ class Result:
     """What one reconcile did and found."""
 
     environment: str
-    result: str  # success | noop | error
+    result: ReconcileResult
     sync_status: SyncStatus
     health_status: Health
     message: str = ""
@@ -113,7 +113,7 @@ class Pipeline:
         record = self.ledger.load(name)
         if isinstance(target, KeepsLedger):
             copy = target.load_ledger(rendered.spec)
-            record = record.merged(copy) if copy is not None else record
+            record = record.merged(copy, _spec_hashes(rendered)) if copy is not None else record
         live, record, _ = self._observe(rendered, target, record)
         return Preview(name, revision, self._plan(rendered, target, live, record)[0])
 
@@ -142,7 +142,7 @@ class Pipeline:
             return work()
         except Interrupted as exc:
             log.info("environment %s: %s", name, exc)
-            return Result(name, "error", SyncStatus.FAILED, Health.UNKNOWN, str(exc))
+            return Result(name, ReconcileResult.ERROR, SyncStatus.FAILED, Health.UNKNOWN, str(exc))
         except InvalidEnvironment as exc:
             log.error("%s", exc)
             result = self._failed(name, revision, "invalid environment: " + "; ".join(str(e) for e in exc.errors))
@@ -175,12 +175,13 @@ class Pipeline:
                              replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
         context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
         self._tell(name, items)
-        outcomes, errors = self._apply(gone, items, target, context) if items else ([], [])
+        outcomes, errors = self._apply(gone, items, target, context) if items else ([], {})
         record = record.with_inventory(self._inventory(gone, items, outcomes, live))
         if errors:
             self.ledger.commit(name, loaded, record)
             self._ended(name, ended)
-            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: {'; '.join(errors)}")
+            raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: "
+                                 f"{'; '.join(errors.values())}")
         if isinstance(target, KeepsLedger) and not record.inventory:
             target.drop_ledger(before.spec)
         kept = [i for i in items if i.action == Action.SKIP]
@@ -192,7 +193,7 @@ class Pipeline:
     def advance(self, names: list[str], revision: Revision) -> list[EnvironmentState]:
         """Nothing `names` read changed at `revision` (`source.unchanged`): they are on it as they are, with no
         render and no request (status, history and `environment_info` say so). Their states now."""
-        applied = Applied(revision.sha, revision.commit_time, "success", ADVANCED, revision.signer)
+        applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, ADVANCED, revision.signer)
         states = self.ledger.advance(names, applied)
         for state in states:
             self.metrics.environment_status(state.environment, state.target, revision.short, state.sync_status,
@@ -233,11 +234,14 @@ class Pipeline:
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or note
         state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, time.time(),
                                  {})
-        self.ledger.commit(name, loaded, record, state, Applied(revision.sha, revision.commit_time, "removed", summary))
+        applied = Applied(revision.sha, revision.commit_time, HistoryResult.REMOVED, summary,
+                          changes=_changes(outcomes, {}))
+        self.ledger.commit(name, loaded, record, state, applied)
         self._ended(name, list(ended))
         self._adopted.pop(name, None)  # back in Git later: its target's copy is read again
         log.info("environment %s: %s", name, message)
-        return Result(name, "success", SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes, revision=revision.sha)
+        return Result(name, ReconcileResult.SUCCESS, SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes,
+                      revision=revision.sha)
 
     def _reconcile(self, name: str, revision: Revision, tree: FileTree) -> Result:
         """Reconcile `name` at `revision`, reading its files from `tree` (the revision's, as it notes reads)."""
@@ -271,7 +275,7 @@ class Pipeline:
         drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared, claimed = self._shared(name, items, live)
         outcomes: list[tuple[PlanItem, Outcome]] = []
-        errors: list[str] = []
+        errors: dict[ObjectRef, str] = {}
         persisted = loaded
         if any(item.action in CHANGES for item in items):
             record = self._claim(name, items, record)
@@ -294,18 +298,21 @@ class Pipeline:
         detail.update(gate)
         applied = None
         if not errors and (outcomes or record.last_applied != revision.sha):
-            applied = Applied(revision.sha, revision.commit_time, "success", summary, revision.signer)
+            applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, summary, revision.signer,
+                              _changes(outcomes, errors))
             if record.last_applied != revision.sha:
                 self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
         elif errors:
-            applied = Applied(revision.sha, revision.commit_time, "error", message, revision.signer)
+            applied = Applied(revision.sha, revision.commit_time, HistoryResult.ERROR, message, revision.signer,
+                              _changes(outcomes, errors))
         state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
         self.ledger.commit(name, persisted, record, state, applied)
         self._ended(name, ended)
         self._keep_copy(rendered, target, record)
         self._warn_unverified(rendered, target)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
-        result = "error" if errors or sync == SyncStatus.FAILED else "success" if outcomes else "noop"
+        result = (ReconcileResult.ERROR if errors or sync == SyncStatus.FAILED else ReconcileResult.SUCCESS if outcomes
+                  else ReconcileResult.NOOP)
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
@@ -359,7 +366,7 @@ class Pipeline:
             return record
         if name not in self._adopted:
             copy = target.load_ledger(rendered.spec)
-            record = record.merged(copy) if copy is not None else record
+            record = record.merged(copy, _spec_hashes(rendered)) if copy is not None else record
             self._adopted[name] = copy or LedgerSnapshot()
         return record
 
@@ -383,8 +390,9 @@ class Pipeline:
         reports += [(r.submission_id, r.job, r.status, r.start_time, r.end_time)
                     for r in (*controlled, *observation.runs)]
         ended = []
+        hashes = _spec_hashes(rendered) if any(report[0] not in record.runs for report in reports) else {}
         for report in reports:
-            record, run = record.seen(*report)
+            record, run = record.seen(*report, spec_hash=hashes.get(report[0], ""))
             if run is not None:
                 ended.append(run)
         return observation.live, record, ended
@@ -393,7 +401,7 @@ class Pipeline:
         """Count the runs first seen to end, once the ledger commit that says they ended is done (a failed
         commit sees them end again; a commit without its count would never count them)."""
         for run in runs:
-            if run.result == "deleted":
+            if run.result == RunResult.DELETED:
                 log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
                             "deletion); it is not re-created", name, run.job, run.submission_id)
                 continue
@@ -433,12 +441,13 @@ class Pipeline:
 
     def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target, context: ApplyContext,
                drifted: dict[ObjectRef, LiveObject | None] | None = None
-               ) -> tuple[list[tuple[PlanItem, Outcome]], list[str]]:
-        """Apply the changes one by one (one failure does not stop the others). A change that sets back a drifted
+               ) -> tuple[list[tuple[PlanItem, Outcome]], dict[ObjectRef, str]]:
+        """Apply the changes one by one (one failure does not stop the others): the outcomes, and the error of each
+        object that failed (`<object> <action> failed: <why>`). A change that sets back a drifted
         object (`drifted`: its live state) is a correction: counted, logged and reported with the managers that
         changed it."""
         outcomes: list[tuple[PlanItem, Outcome]] = []
-        errors: list[str] = []
+        errors: dict[ObjectRef, str] = {}
         name = rendered.spec.name
         events = target if isinstance(target, ReportsEvents) else None
         for index, item in enumerate(items):
@@ -453,12 +462,12 @@ class Pipeline:
                 left = sum(1 for i in items[index + 1:] if i.action in CHANGES)
                 log.error("environment %s: %s %s failed: %s (%d more change(s) wait for the next attempt)",
                           name, item.ref, item.action.value, exc, left)
-                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                errors[item.ref] = f"{item.ref} {item.action.value} failed: {exc}"
                 outcomes.append((item, Outcome.FAILED))
                 break
             except Exception as exc:  # one object's failure must not stop the others
                 log.error("environment %s: %s %s failed: %s", name, item.ref, item.action.value, exc)
-                errors.append(f"{item.ref} {item.action.value} failed: {exc}")
+                errors[item.ref] = f"{item.ref} {item.action.value} failed: {exc}"
                 outcomes.append((item, Outcome.FAILED))
                 if events is not None:
                     events.report_event(item, Outcome.FAILED, f"{item.action.value} failed: {exc}", context)
@@ -511,7 +520,7 @@ class Pipeline:
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes
 
-    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: list[str],
+    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str],
               waiting: str, shared: list[str]) -> tuple[SyncStatus, str, str]:
         """(sync status, message, summary of the changes): a failure first (an object another environment owns
         is one), then what keeps the environment from the branch head (an unverified head, failing fetches, a
@@ -521,7 +530,7 @@ class Pipeline:
         stale, unverified = self.source.failure, self.source.unverified
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
         if errors or foreign:
-            return SyncStatus.FAILED, "; ".join(errors + foreign), summary
+            return SyncStatus.FAILED, "; ".join([*errors.values(), *foreign]), summary
         if unverified:
             return SyncStatus.UNVERIFIED, f"Unverified: {unverified[1]}", summary
         if stale:
@@ -557,14 +566,14 @@ class Pipeline:
             name, target, last, SyncStatus.FAILED, env_health, f"revision {revision.short}: {message}", time.time(),
             previous.detail if previous else {}))
         self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
-        return Result(name, "error", SyncStatus.FAILED, env_health, message, retry_after=retry_after)
+        return Result(name, ReconcileResult.ERROR, SyncStatus.FAILED, env_health, message, retry_after=retry_after)
 
     def _waiting(self, name: str, target: str, reason: str, depends_on: tuple[str, ...], detail: dict) -> Result:
         """Report `Waiting` and touch nothing (a first revision held by a promotion gate; `detail`: what for)."""
         self.ledger.commit(name, state=EnvironmentState(name, target, "", SyncStatus.WAITING, Health.UNKNOWN, reason,
                                                         time.time(), detail))
         self.metrics.environment_status(name, target, "", SyncStatus.WAITING, Health.UNKNOWN)
-        return Result(name, "noop", SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
+        return Result(name, ReconcileResult.NOOP, SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
                       depends_on=depends_on)
 
     def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
@@ -574,7 +583,7 @@ class Pipeline:
         self.ledger.commit(name, state=EnvironmentState(name, target, applied, SyncStatus.SUSPENDED, Health.UNKNOWN,
                                                         f"{reason} (head {revision.short})", time.time(), {}))
         self.metrics.environment_status(name, target, applied[:12], SyncStatus.SUSPENDED, Health.UNKNOWN)
-        return Result(name, "noop", SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
+        return Result(name, ReconcileResult.NOOP, SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
 
     def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef],
                       steady: bool) -> set[ObjectRef]:
@@ -607,8 +616,10 @@ class Pipeline:
             ref = desired.ref
             if ref.kind == "RayJob" and obj is None:
                 result = finished.get(job_submission_id(name, ref.name, desired.manifest))
-                status = {"succeeded": "SUCCEEDED", "failed": "FAILED", "stopped": "STOPPED"}.get(result or "")
-                obj_health = Health.DEGRADED if result == "failed" else Health.HEALTHY if result else Health.MISSING
+                status = {RunResult.SUCCEEDED: "SUCCEEDED", RunResult.FAILED: "FAILED",
+                          RunResult.STOPPED: "STOPPED"}.get(result) if result else None
+                obj_health = (Health.DEGRADED if result == RunResult.FAILED else Health.HEALTHY if result
+                              else Health.MISSING)
                 why = f"run {result}; the RayJob is gone (TTL or deletion)" if result else "not found"
             else:
                 obj_health, why = health.of(obj)
@@ -680,6 +691,18 @@ def _restarted_groups(manifest: dict, changes: tuple[str, ...]) -> set[str]:
         elif match and match.group(2) in NODE_DEFINITION:
             named.add(match.group(1))
     return named or {HEAD_GROUP, *worker_groups(manifest)}
+
+
+def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:
+    """Submission id -> spec hash of the run of each RayJob in Git: how a run the ledger did not record (found
+    live, or in the target's copy) gets its spec hash."""
+    return {job_submission_id(rendered.spec.name, d.ref.name, d.manifest): spec_hash(d.manifest)
+            for d in rendered.objects if d.ref.kind == "RayJob"}
+
+
+def _changes(outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str]) -> tuple[Change, ...]:
+    """The history row's per-object changes: each outcome, with the error of the objects that failed."""
+    return tuple(Change(item.ref, item.action, outcome, errors.get(item.ref, "")) for item, outcome in outcomes)
 
 
 def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple[PlanItem, Outcome]],

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Mapping
 
-from ..model import Action, Outcome, SyncStatus
-from ..pipeline.ledger import EnvironmentState, Ledger
+from ..model import Action, HistoryResult, ObjectRef, SyncStatus
+from ..pipeline.ledger import EnvironmentState, LastChange, Ledger
 from ..pipeline.render import waves
 from ..pipeline.source import GitSource, Revision, redact
 from ..pipeline.validate import dns_label
@@ -22,8 +22,6 @@ from .shards import Shards
 PREFIX = "/api/v1/"
 LIMITS = {"history": 50, "runs": 50}  # default rows; `?limit=` up to MAX_LIMIT
 MAX_LIMIT = 500
-_OUTCOMES = {o.value for o in Outcome}
-_FAILED = tuple(f"{a.value} failed:" for a in Action)
 
 Answer = tuple[int, Any]  # (HTTP status, JSON document)
 
@@ -116,13 +114,11 @@ class Api:
     def history(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
         """`history -o json` rows, newest first, each with its commit (when known) and the command that rolls
         the environment back to it (for applied revisions other than the one applied now, `applied`)."""
-        keys = ("revision", "commit_time", "applied_at", "result", "summary", "signer")
-        rows = [dict(zip(keys, row)) for row in self._ledger.history(state.environment, limit)]
-        applied = next((row["revision"] for row in rows if row["result"] == "success"), "")  # what is on the target
-        for row in rows:
-            row["commit"] = self._commits.known(row["revision"])
-            row["rollback"] = (self._rollback(state.environment, row["revision"])
-                               if row["result"] == "success" and row["revision"] != applied else None)
+        history = self._ledger.history(state.environment, limit)
+        applied = next((row.revision for row in history if row.result == HistoryResult.SUCCESS), "")  # on the target
+        rows = [{**row._asdict(), "commit": self._commits.known(row.revision),
+                 "rollback": self._rollback(state.environment, row.revision)
+                 if row.result == HistoryResult.SUCCESS and row.revision != applied else None} for row in history]
         return {"environment": state.environment, "applied": applied, "items": rows}
 
     def runs(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
@@ -189,7 +185,7 @@ class Api:
             rows.setdefault(key, {k: item[k] for k in ("object", "kind", "namespace", "name")})
         for key, obj in reported.items():  # rendered but neither applied nor planned (a job gone by its TTL)
             rows.setdefault(key, {"object": key} | {k: obj[k] for k in ("kind", "namespace", "name")})
-        last = last_outcomes(self._ledger.history(name, LIMITS["history"]))
+        last = last_outcomes(self._ledger.last_changes(name, LIMITS["history"]))
         for key, row in rows.items():
             action = pending[key]["action"] if key in pending else None
             health = reported.get(key) or ({"health": "Missing", "message": "not created yet"}
@@ -213,15 +209,7 @@ def reason(state: EnvironmentState) -> str:
     return state.message.splitlines()[0].split("; ")[0][:300]
 
 
-def last_outcomes(history: list[tuple[str, float, float, str, str, str]]) -> dict[str, dict[str, Any]]:
-    """object -> {outcome, revision, applied_at} of the newest history row naming it. A row's summary
-    lists `<object> <outcome>` (applied) or `<object> <action> failed: <error>` (failed), "; "-separated."""
-    found: dict[str, dict[str, Any]] = {}
-    for revision, _, applied_at, _, summary, _ in history:  # newest first
-        for part in (summary or "").split("; "):
-            ref, _, rest = part.partition(" ")
-            outcome = rest if rest in _OUTCOMES else Outcome.FAILED.value if rest.startswith(_FAILED) else ""
-            if outcome and "/" in ref and ref not in found:
-                found[ref] = {"outcome": outcome, "revision": revision, "applied_at": applied_at}
-    return found
-
+def last_outcomes(changes: Mapping[ObjectRef, LastChange]) -> dict[str, dict[str, Any]]:
+    """object -> {outcome, revision, applied_at} of its newest change (`Ledger.last_changes`)."""
+    return {str(ref): {"outcome": last.change.outcome.value, "revision": last.revision, "applied_at": last.applied_at}
+            for ref, last in changes.items()}

@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry
 
 from ..errors import ConfigError, RayGitopsError
 from ..metrics import Metrics
-from ..model import Health, SyncStatus
+from ..model import Health, ReconcileResult, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
@@ -296,12 +296,12 @@ class Daemon:
                 self.schedule.cancelled(name)
                 return
             result = future.result()
-            again = self.schedule.finished(name, revision.sha, result.result == "error", result.interval,
+            again = self.schedule.finished(name, revision.sha, result.result == ReconcileResult.ERROR, result.interval,
                                            result.retry_after, result.quiet)
             again = again or self.schedule.next_time(name) < self._asleep_until  # due before the loop would wake
             self._depends_on[name] = result.depends_on
             self._notify(name, result, revision.sha)
-            if result.result != "error" and result.sync_status == SyncStatus.SYNCED:
+            if result.result != ReconcileResult.ERROR and result.sync_status == SyncStatus.SYNCED:
                 self._inputs[name] = result.inputs
             else:  # its next revision reconciles it, whatever changed
                 self._inputs.pop(name, None)
@@ -309,8 +309,9 @@ class Daemon:
             if result.claimed:  # their "also in environment ..." report changed: they look now
                 self.schedule.force(result.claimed)
                 again = True
-        self.asks.finished(name, generation, answer(result), result.result == "error" or result.sync_status in (
-            SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED))
+        failed = result.result == ReconcileResult.ERROR or result.sync_status in (
+            SyncStatus.FAILED, SyncStatus.STALE, SyncStatus.UNVERIFIED)
+        self.asks.finished(name, generation, answer(result), failed)
         if again:  # a webhook came while it ran, or a dependency moved: run it (them) now
             self.wake.set()
 
@@ -321,7 +322,7 @@ class Daemon:
         if self.stopping.is_set():
             return
         before = self._reported.get(name)
-        event = notify.transition(before, result.sync_status, result.revision, result.result == "success")
+        event = notify.transition(before, result.sync_status, result.revision, result.result == ReconcileResult.SUCCESS)
         self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
         if event:
             self.notifier.notify(event, name, result.sync_status, result.health_status.value,
@@ -442,7 +443,7 @@ class Daemon:
         if waiting:
             log.error("run --once: %s still waiting for a dependency after %.0f s (dependency_timeout)",
                       ", ".join(waiting), self.settings.dependency_timeout)
-        return bool(names) and not waiting and all(r.result != "error" for r in results.values())
+        return bool(names) and not waiting and all(r.result != ReconcileResult.ERROR for r in results.values())
 
     def _in_order(self, pool: ThreadPoolExecutor, revision: Revision,
                   graph: dict[str, tuple[str, ...]]) -> dict[str, Result]:
@@ -594,5 +595,5 @@ class Daemon:
 
 def answer(result: Result) -> dict[str, object]:
     """What `ray-gitops reconcile` prints of one environment's reconcile."""
-    return {"environment": result.environment, "result": result.result, "sync_status": result.sync_status.value,
+    return {"environment": result.environment, "result": result.result.value, "sync_status": result.sync_status.value,
             "health_status": result.health_status.value, "revision": result.revision, "message": result.message}

@@ -4,15 +4,16 @@ in-memory target (and the local target's records, no Ray)."""
 from __future__ import annotations
 
 import copy
+import sqlite3
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler.metrics import Metrics
-from reconciler.model import LiveObject, ObjectRef, RenderedEnvironment
+from reconciler.model import Action, LiveObject, ObjectRef, Outcome, RenderedEnvironment
 from reconciler.pipeline import planner
-from reconciler.pipeline.ledger import Ledger
+from reconciler.pipeline.ledger import Applied, Change, Ledger
 from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.target import Observation
 from reconciler.service.config import Settings
@@ -270,6 +271,31 @@ def test_a_read_only_ledger_creates_nothing_and_reads_as_empty(tmp_path: Path) -
     with pytest.raises(Exception, match="readonly"):
         looked.suspend("b")
     assert {p.name: p.read_bytes() for p in (tmp_path / "state").iterdir() if p.name in data} == before
+
+
+def test_a_ledger_from_before_the_changes_table_reads_as_no_changes_until_a_daemon_fills_it(tmp_path: Path) -> None:
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "ledger.sqlite3") as old:  # the tables a 0.x daemon made
+        old.executescript("CREATE TABLE revisions (id INTEGER PRIMARY KEY AUTOINCREMENT, env TEXT, revision TEXT, "
+                          "commit_time REAL, applied_at REAL, result TEXT, summary TEXT, signer TEXT);"
+                          "CREATE TABLE environments (env TEXT PRIMARY KEY, target TEXT, revision TEXT, sync_status "
+                          "TEXT, health_status TEXT, message TEXT, updated_at REAL, detail TEXT);"
+                          "INSERT INTO revisions VALUES (1, 'a', 'abc', 1.0, 2.0, 'success', "
+                          "'ConfigMap/default/x created', '');")
+    old.close()
+    looked = Ledger(tmp_path / "state", readonly=True)
+    assert looked.last_changes("a") == {} and [row.revision for row in looked.history("a")] == ["abc"]
+
+    writer = Ledger(tmp_path / "state")  # adds the table, filled from the history rows' summaries
+    ref = ObjectRef("", "ConfigMap", "default", "x")
+    last = looked.last_changes("a")[ref]
+    assert (last.change, last.revision, last.applied_at) == (Change(ref, Action.CREATE, Outcome.CREATED), "abc", 2.0)
+    writer.commit("a", applied=Applied("def", 3.0, "error", "x failed", changes=(
+        Change(ref, Action.UPDATE, Outcome.FAILED, "refused"),)))
+    last = looked.last_changes("a")[ref]
+    assert (last.change, last.revision) == (Change(ref, Action.UPDATE, Outcome.FAILED, "refused"), "def")
+    writer.close()
+    looked.close()
 
 
 def test_two_environments_naming_one_object_both_report_the_conflict_and_nothing_flips(setup) -> None:

@@ -8,7 +8,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler.metrics import Metrics
-from reconciler.model import Action, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment
+from reconciler.model import (Action, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
+                             RunResult)
+from reconciler.pipeline.ledger import Record
 from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.target import ApplyContext, Observation
 from tests.conftest import GitRemote
@@ -198,6 +200,17 @@ def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_dae
     assert [result for _, result in saved.runs] == ["succeeded"]
     assert fresh.ledger.load("a").inventory == ledger.load("a").inventory
     assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]  # not re-run by the new one
+    assert [r.spec_hash for r in fresh.ledger.runs("a")] == [r.spec_hash for r in ledger.runs("a")] != [""]
+
+
+def test_a_run_the_ledger_did_not_record_takes_its_spec_hash_from_git_never_from_its_id() -> None:
+    slot = "a-nightly-1764900000"  # a RayCronJob slot's run: its id ends in the slot, not in a spec hash
+    record, _ = Record().seen(slot, "nightly", "RUNNING")
+    record, _ = record.seen("a-count-0123456789", "count", "RUNNING", spec_hash="0123456789")
+    assert {r.submission_id: r.spec_hash for r in record.runs.values()} == {
+        slot: "", "a-count-0123456789": "0123456789"}
+    adopted = Record().merged(LedgerSnapshot(runs=((slot, "succeeded"),)), {})
+    assert (adopted.runs[slot].spec_hash, adopted.runs[slot].result) == ("", RunResult.SUCCEEDED)
 
 
 def keep_and_drop_applied(remote: GitRemote, source: GitSource, reconciler) -> None:

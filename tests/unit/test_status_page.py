@@ -3,6 +3,7 @@ worker and cached, last outcomes read from real history rows, the `ui` setting, 
 from __future__ import annotations
 
 import re
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -17,9 +18,11 @@ from prometheus_client import CollectorRegistry
 from reconciler.commands.cli import parser
 from reconciler.errors import ConfigError
 from reconciler.metrics import Metrics
+from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Preview
 from reconciler.pipeline.source import GitSource, Revision
-from reconciler.service.api import last_outcomes
+from reconciler.service.api import PREFIX, Api, last_outcomes
+from reconciler.service.commits import Commits
 from reconciler.service.config import load
 from reconciler.service.plans import MIN_AGE, Plans
 from reconciler.service.worker import Worker
@@ -149,7 +152,7 @@ def test_last_outcomes_name_each_object_from_the_newest_history_row(setup) -> No
     s.target.failing.add("other")
     s.pipeline.reconcile("a", second)
 
-    last = last_outcomes(s.pipeline.ledger.history("a"))
+    last = last_outcomes(s.pipeline.ledger.last_changes("a"))
 
     assert last == {
         "ConfigMap/default/settings": {"outcome": "created", "revision": first.sha,
@@ -158,6 +161,10 @@ def test_last_outcomes_name_each_object_from_the_newest_history_row(setup) -> No
                                     "applied_at": pytest.approx(last["ConfigMap/default/other"]["applied_at"])},
     }
     assert last["ConfigMap/default/other"]["applied_at"] > last["ConfigMap/default/settings"]["applied_at"]
+    with sqlite3.connect(s.pipeline.ledger.path) as db:  # as a ledger from before the changes table
+        db.execute("DROP TABLE changes")
+    db.close()
+    assert last_outcomes(Ledger(s.pipeline.ledger.path.parent).last_changes("a")) == last  # filled from history
 
 
 @pytest.mark.parametrize("value,expected", [
@@ -198,3 +205,33 @@ def test_the_page_files_and_the_workers_preload_ship_in_the_wheel(tmp_path: Path
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"reconciler/service/ui/{n}" for n in ("index.html", "app.js", "style.css", "favicon.svg")} <= names
     assert "reconciler/targets/local/preload/ray_gitops_loopback.py" in names  # package data, not a package
+
+
+def test_a_partly_failed_reconcile_shows_what_it_applied_and_what_failed(setup) -> None:
+    s = setup()
+    s.remote.write("environments/a/other.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n"
+                   "data: {k: v}\n")
+    s.remote.commit("another ConfigMap")
+    first = s.head = s.source.fetch()
+    s.pipeline.reconcile("a", first)
+    s.remote.write("environments/a/settings.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
+                   "data: {owner: someone-else}\n")
+    s.remote.write("environments/a/other.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: other}\n"
+                   "data: {k: changed}\n")
+    s.remote.commit("change both")
+    second = s.head = s.source.fetch()
+    s.target.failing.add("other")
+    assert s.pipeline.reconcile("a", second).result == "error"
+    api = Api(s.pipeline.ledger, s.source, s.plans, Commits(s.worker, s.source.revision), lambda: s.head,
+              list, lambda: True, dict)
+
+    status, document = api.answer(f"{PREFIX}environments/a", {})
+
+    assert status == 200
+    last = {row["object"]: row["last_action"] for row in document["objects"]}
+    assert {key: (action["outcome"], action["revision"]) for key, action in last.items()} == {
+        "ConfigMap/default/settings": ("created", second.sha), "ConfigMap/default/other": ("failed", second.sha)}
+    changes = s.pipeline.ledger.last_changes("a")
+    assert {str(ref): (c.change.action.value, c.change.error) for ref, c in changes.items()} == {
+        "ConfigMap/default/settings": ("update", ""),
+        "ConfigMap/default/other": ("update", "ConfigMap/default/other update failed: refused by the target")}
