@@ -97,4 +97,5 @@ def registry(target: Target, state_dir: Path, metrics: Metrics | None = None) ->
 def pipeline(source: GitSource, state_dir: Path, target: Target, metrics: Metrics | None = None) -> Pipeline:
     """A pipeline over `source` whose local environments go to `target`, with its ledger in `state_dir`."""
     metrics = metrics or Metrics(CollectorRegistry())
-    return Pipeline(source, Ledger(state_dir), metrics, registry(target, state_dir, metrics))
+    return Pipeline(source, Ledger(state_dir), metrics, registry(target, state_dir, metrics),
+                    checkouts=state_dir / "checkouts")

@@ -18,24 +18,23 @@ and targets are thread-safe.
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
-from ..kuberay import cluster_spec, worker_groups
 from ..metrics import Metrics
-from ..model import (JOB_STATUSES, REVISION_ANNOTATION, Action, Flag, Health, HistoryResult, LedgerSnapshot, LiveObject,
-                     ObjectRef, Outcome, PlanItem, ReconcileResult, RenderedEnvironment, RunResult, SyncStatus,
-                     desired_workers, job_submission_id, parse_time, spec_hash)
-from . import health, planner
+from ..model import (REVISION_ANNOTATION, Action, Flag, Health, HistoryResult, LedgerSnapshot, LiveObject,
+                     ObjectRef, Outcome, PlanItem, ReconcileResult, RenderedEnvironment, SyncStatus,
+                     job_submission_id, parse_time, spec_hash)
+from . import planner
 from .diff import changed_by
 from .ledger import Applied, Change, EnvironmentState, JobRun, Ledger, Record
 from .render import render
-from .source import FileTree, GitSource, Inputs, Reads, Revision
+from .report import Reporter
+from .source import FileTree, GitSource, Inputs, Reads, Revision, SourceState
 from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunReport, Target, Targets, Watches
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,6 @@ CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
 UNQUIET = ("RayCronJob", "RayService")  # slots come from the clock; Serve's health only from the status
 FIRST_WRITES = {Action.CREATE, Action.SUBMIT}  # no Event: a new object is its own record (1 ms of server CPU each)
-CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
-SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
 # Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
 WAIT_RECHECK = 10.0
@@ -89,17 +86,37 @@ class Interrupted(TemporaryError):
     """The daemon is stopping: the rest of this reconcile is left for the next start."""
 
 
+@dataclass
+class _Pass:
+    """One reconcile's pass over an environment, as `Pipeline._converge` makes it: the record as loaded and as last
+    committed (`persisted`), the record now, what was observed and planned, what was applied."""
+
+    persisted: Record
+    record: Record
+    live: dict[ObjectRef, LiveObject]
+    items: list[PlanItem]
+    draining: dict[ObjectRef, dict[str, float]]
+    shared: list[str]  # reports of this environment's objects that another one also names
+    claimed: tuple[str, ...]
+    ended: list[JobRun]  # runs first seen to end, not yet counted
+    outcomes: list[tuple[PlanItem, Outcome]] = field(default_factory=list)
+    errors: dict[ObjectRef, str] = field(default_factory=dict)
+
+
 class Pipeline:
     """Reconciles (or previews) environments of one Git source onto their targets."""
 
     def __init__(self, source: GitSource, ledger: Ledger, metrics: Metrics, targets: Targets,
                  options: planner.PlanOptions = planner.PlanOptions(),
-                 stopping: threading.Event | None = None, scope: frozenset[str] | None = None) -> None:
+                 stopping: threading.Event | None = None, scope: frozenset[str] | None = None,
+                 checkouts: Path | None = None, clock: Callable[[], float] = time.time) -> None:
         self.source, self.ledger, self.metrics, self.targets, self.options = source, ledger, metrics, targets, options
         self.stopping = stopping or threading.Event()  # set: apply nothing more, leave the rest for later
         self.scope = scope  # the environments reconciled here (`--environment`); None: all
+        self.checkouts = checkouts  # where a revision's directories are exported for jobs (None: a preview's)
+        self.clock = clock
+        self.report = Reporter(ledger, metrics, clock)
         self._adopted: dict[str, LedgerSnapshot] = {}  # per environment: the copy its target holds
-        self._said: dict[str, set[str]] = {}  # per environment: skip reasons and warnings already logged
         self._warned: dict[str, str] = {}  # per environment: the unverified head it was told about
         self._foreign: dict[str, dict[ObjectRef, str]] = {}  # per environment: objects it found another's (-> owner)
         self._lock = threading.Lock()  # around `_foreign`, which every environment thread reads
@@ -174,12 +191,12 @@ class Pipeline:
         items = planner.plan(gone, live, record.inventory, record.finished,
                              replace(self.options, allow_empty_prune=True, allow_large_prune=True), {})
         context = ApplyContext(name, revision.sha, lambda path: Path(path), before.spec.target.options)
-        self._tell(name, items)
+        self.report.tell(name, items)
         outcomes, errors = self._apply(gone, items, target, context) if items else ([], {})
         record = record.with_inventory(self._inventory(gone, items, outcomes, live))
         if errors:
             self.ledger.commit(name, loaded, record)
-            self._ended(name, ended)
+            self.report.ended(name, ended)
             raise TemporaryError(f"removed from Git at {revision.short}, but pruning failed: "
                                  f"{'; '.join(errors.values())}")
         if isinstance(target, KeepsLedger) and not record.inventory:
@@ -195,9 +212,7 @@ class Pipeline:
         render and no request (status, history and `environment_info` say so). Their states now."""
         applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, ADVANCED, revision.signer)
         states = self.ledger.advance(names, applied)
-        for state in states:
-            self.metrics.environment_status(state.environment, state.target, revision.short, state.sync_status,
-                                            state.health_status)
+        self.report.advanced(states, revision)
         log.info("revision %s: %d environment(s) read nothing it changed: on it without a reconcile", revision.short,
                  len(names))
         return states
@@ -205,39 +220,28 @@ class Pipeline:
     def report_stuck(self, name: str, since: float) -> None:
         """`name`'s reconcile has been running since `since` (Unix time) and does not end: say so in its status
         (its last applied revision stays as reported)."""
-        previous = self.ledger.state(name)
-        kind = previous.target if previous else "unknown"
-        applied = self.ledger.load(name).last_applied or ""
-        message = (f"stuck: a reconcile has been running since {time.strftime('%H:%M:%S', time.localtime(since))} "
-                   "(a target that does not answer?); the other environments go on")
-        self.ledger.commit(name, state=EnvironmentState(name, kind, applied, SyncStatus.FAILED, Health.UNKNOWN,
-                                                        message, time.time(), previous.detail if previous else {}))
-        self.metrics.environment_status(name, kind, applied[:12], SyncStatus.FAILED, Health.UNKNOWN)
+        self.report.held(name, SyncStatus.FAILED, "stuck: a reconcile has been running since "
+                         f"{time.strftime('%H:%M:%S', time.localtime(since))} (a target that does not answer?); the "
+                         "other environments go on", keep_health=False)
 
     def hold_removal(self, name: str, revision: Revision, reason: str) -> None:
         """`name` left Git at `revision` but the removal guard refused it (`reason`): nothing is touched, and the
         environment reports OutOfSync at the revision it applied last until a revision resolves it."""
-        previous = self.ledger.state(name)
-        kind = previous.target if previous else "unknown"
-        health = previous.health_status if previous else Health.UNKNOWN
-        applied = self.ledger.load(name).last_applied or ""
-        message = (f"removal refused: left Git at {revision.short}, but {reason}; nothing is pruned until a revision "
-                   "restores it or removes fewer environments at once (daemon setting removal_max_fraction)")
-        self.ledger.commit(name, state=EnvironmentState(name, kind, applied, SyncStatus.OUT_OF_SYNC, health, message,
-                                                        time.time(), previous.detail if previous else {}))
-        self.metrics.environment_status(name, kind, applied[:12], SyncStatus.OUT_OF_SYNC, health)
+        self.report.held(name, SyncStatus.OUT_OF_SYNC, f"removal refused: left Git at {revision.short}, but {reason}; "
+                         "nothing is pruned until a revision restores it or removes fewer environments at once "
+                         "(daemon setting removal_max_fraction)")
 
     def _removed(self, name: str, revision: Revision, kind: str, loaded: Record, record: Record,
                  outcomes: list[tuple[PlanItem, Outcome]], note: str, ended: tuple[JobRun, ...] = ()) -> Result:
         """Report `name` removed at `revision` (status, a history row, the log)."""
         message = f"removed from Git at {revision.short}: {note}"
         summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or note
-        state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, time.time(),
+        state = EnvironmentState(name, kind, revision.sha, SyncStatus.REMOVED, Health.UNKNOWN, message, self.clock(),
                                  {})
         applied = Applied(revision.sha, revision.commit_time, HistoryResult.REMOVED, summary,
                           changes=_changes(outcomes, {}))
         self.ledger.commit(name, loaded, record, state, applied)
-        self._ended(name, list(ended))
+        self.report.ended(name, list(ended))
         self._adopted.pop(name, None)  # back in Git later: its target's copy is read again
         log.info("environment %s: %s", name, message)
         return Result(name, ReconcileResult.SUCCESS, SyncStatus.REMOVED, Health.UNKNOWN, message, outcomes,
@@ -254,8 +258,7 @@ class Pipeline:
         target = self.targets.get(rendered.spec)
         if rendered.spec.suspend:
             return self._suspended(name, revision, target.kind, "suspended in Git", rendered.spec.interval)
-        depends_on = rendered.spec.depends_on
-        outside = [d for d in depends_on if self.scope is not None and d not in self.scope]
+        outside = [d for d in rendered.spec.depends_on if self.scope is not None and d not in self.scope]
         if outside:
             raise PermanentError(f"depends on {', '.join(outside)}, which this daemon does not reconcile (not selected "
                                  "with --environment): select it too, or remove the dependency")
@@ -263,64 +266,94 @@ class Pipeline:
         waiting = f"Waiting: {' and '.join(held_by)} not yet Healthy at {revision.short}" if held_by else ""
         gate = {"waitingFor": {"environments": list(held_by), "revision": revision.sha}} if held_by else {}
         if waiting and loaded.last_applied is None:  # nothing applied yet: nothing to keep in sync meanwhile
-            return self._waiting(name, target.kind, waiting, depends_on, gate)
+            self.report.waiting(name, target.kind, waiting, gate)
+            return Result(name, ReconcileResult.NOOP, SyncStatus.WAITING, Health.UNKNOWN, waiting,
+                          interval=WAIT_RECHECK, depends_on=rendered.spec.depends_on)
         if waiting and loaded.last_applied:  # stay on the last applied revision (drift is still corrected)
-            revision = self.source.revision(loaded.last_applied)
+            revision = replace(self.source.revision(loaded.last_applied), state=revision.state)
             rendered = render(revision.tree, name, revision.sha, self.targets)
+        done = self._converge(rendered, target, loaded, revision)
+        return self._finish(rendered, target, revision, done, waiting, gate)
+
+    def _converge(self, rendered: RenderedEnvironment, target: Target, loaded: Record, revision: Revision) -> _Pass:
+        """Observe, plan and apply (the target's own control step first): what this pass did and found."""
+        name = rendered.spec.name
         record = self._adopt(rendered, target, loaded)
         controlled = target.control(rendered.spec) if isinstance(target, Controls) else ()
         live, record, ended = self._observe(rendered, target, record, controlled)
         items, draining = self._plan(rendered, target, live, record)
-        self._tell(name, items)
-        drifted = self._report_drift(name, items, record.inventory, record.last_applied == revision.sha)
+        self.report.tell(name, items)
+        drifted = self.report.drift(name, items, record.inventory, record.last_applied == revision.sha)
         shared, claimed = self._shared(name, items, live)
-        outcomes: list[tuple[PlanItem, Outcome]] = []
-        errors: dict[ObjectRef, str] = {}
-        persisted = loaded
+        done = _Pass(loaded, record, live, items, draining, shared, claimed, ended)
         if any(item.action in CHANGES for item in items):
-            record = self._claim(name, items, record)
-            self.ledger.commit(name, persisted, record)
-            persisted = record
-            self._ended(name, ended)  # committed with the claim: counted now, before any apply
-            ended = []
-            context = ApplyContext(name, revision.sha, lambda path: self.source.materialize(
-                revision, path, self.ledger.path.parent / "checkouts"), rendered.spec.target.options,
-                rendered.spec.ignore)
-            outcomes, errors = self._apply(rendered, items, target, context, {r: live.get(r) for r in drifted})
-            if outcomes:
-                live, record, more = self._observe(rendered, target, record)
-                ended += more
-        record = record.with_inventory(self._inventory(rendered, items, outcomes, live))
-        sync, message, summary = self._sync(items, outcomes, errors, waiting, shared)
-        env_health, detail = self._report_health(rendered, live, record, outcomes, draining)
+            self._change(rendered, target, revision, done, drifted)
+        done.record = done.record.with_inventory(self._inventory(rendered, items, done.outcomes, done.live))
+        return done
+
+    def _change(self, rendered: RenderedEnvironment, target: Target, revision: Revision, done: _Pass,
+                drifted: set[ObjectRef]) -> None:
+        """Own what is about to be created or submitted (a ledger commit), then apply the plan's changes and
+        observe again what they changed."""
+        name = rendered.spec.name
+        done.record = self._claim(name, done.items, done.record)
+        self.ledger.commit(name, done.persisted, done.record)
+        done.persisted = done.record
+        self.report.ended(name, done.ended)  # committed with the claim: counted now, before any apply
+        done.ended = []
+        context = ApplyContext(name, revision.sha, lambda path: self._export(revision, path),
+                               rendered.spec.target.options, rendered.spec.ignore)
+        done.outcomes, done.errors = self._apply(rendered, done.items, target, context,
+                                                 {r: done.live.get(r) for r in drifted})
+        if done.outcomes:
+            done.live, done.record, more = self._observe(rendered, target, done.record)
+            done.ended += more
+
+    def _export(self, revision: Revision, path: str) -> Path:
+        """The directory `path` of `revision` on disk (a job's `working_dir`)."""
+        if self.checkouts is None:
+            raise PermanentError(f"{path}: this pipeline has no checkout directory to export it to")
+        return self.source.materialize(revision, path, self.checkouts)
+
+    def _finish(self, rendered: RenderedEnvironment, target: Target, revision: Revision, done: _Pass, waiting: str,
+                gate: dict[str, Any]) -> Result:
+        """Report the pass (status, history row, health detail and series, the target's ledger copy) and say
+        when to look again."""
+        name = rendered.spec.name
+        sync, message, summary = self._sync(done, waiting, revision.state)
+        env_health, detail = self.report.health(rendered, done.live, done.record, done.outcomes, done.draining)
         if revision.signer:
             detail["signer"] = revision.signer
         detail.update(gate)
-        applied = None
-        if not errors and (outcomes or record.last_applied != revision.sha):
-            applied = Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, summary, revision.signer,
-                              _changes(outcomes, errors))
-            if record.last_applied != revision.sha:
-                self.metrics.commit_to_applied.labels(name).observe(max(0.0, time.time() - revision.commit_time))
-        elif errors:
-            applied = Applied(revision.sha, revision.commit_time, HistoryResult.ERROR, message, revision.signer,
-                              _changes(outcomes, errors))
-        state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, time.time(), detail)
-        self.ledger.commit(name, persisted, record, state, applied)
-        self._ended(name, ended)
-        self._keep_copy(rendered, target, record)
-        self._warn_unverified(rendered, target)
+        applied = self._applied(name, revision, done, summary, message)
+        state = EnvironmentState(name, target.kind, revision.sha, sync, env_health, message, self.clock(), detail)
+        self.ledger.commit(name, done.persisted, done.record, state, applied)
+        self.report.ended(name, done.ended)
+        self._keep_copy(rendered, target, done.record, revision.state)
+        self._warn_unverified(rendered, target, revision.state)
         self.metrics.environment_status(name, target.kind, revision.short, sync, env_health)
-        result = (ReconcileResult.ERROR if errors or sync == SyncStatus.FAILED else ReconcileResult.SUCCESS if outcomes
-                  else ReconcileResult.NOOP)
+        result = (ReconcileResult.ERROR if done.errors or sync == SyncStatus.FAILED
+                  else ReconcileResult.SUCCESS if done.outcomes else ReconcileResult.NOOP)
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
-        quiet = (sync == SyncStatus.SYNCED and env_health == Health.HEALTHY and not record.pending
+        quiet = (sync == SyncStatus.SYNCED and env_health == Health.HEALTHY and not done.record.pending
                  and isinstance(target, Watches) and target.watches(rendered.spec)
                  and not any(d.ref.kind in UNQUIET for d in rendered.objects))
-        return Result(name, result, sync, env_health, message, outcomes, interval=interval, revision=revision.sha,
-                      depends_on=depends_on, quiet=quiet, claimed=claimed)
+        return Result(name, result, sync, env_health, message, done.outcomes, interval=interval,
+                      revision=revision.sha, depends_on=rendered.spec.depends_on, quiet=quiet, claimed=done.claimed)
+
+    def _applied(self, name: str, revision: Revision, done: _Pass, summary: str, message: str) -> Applied | None:
+        """The pass's history row: its error, or its changes when it applied some or reached a new revision (none
+        for a pass that changed nothing on the revision already applied)."""
+        changes = _changes(done.outcomes, done.errors)
+        if done.errors:
+            return Applied(revision.sha, revision.commit_time, HistoryResult.ERROR, message, revision.signer, changes)
+        if not done.outcomes and done.record.last_applied == revision.sha:
+            return None
+        if done.record.last_applied != revision.sha:
+            self.metrics.commit_to_applied.labels(name).observe(max(0.0, self.clock() - revision.commit_time))
+        return Applied(revision.sha, revision.commit_time, HistoryResult.SUCCESS, summary, revision.signer, changes)
 
     # -- stages ---------------------------------------------------------------------------------------
     def _gate(self, rendered: RenderedEnvironment, revision: Revision, loaded: Record) -> tuple[str, ...]:
@@ -335,12 +368,12 @@ class Pipeline:
                 if (state is None or applied is None or state.health_status != Health.HEALTHY
                         or not self.source.contains(applied, revision.sha)):
                     waiting[(dependency,)] = 1.0
-        self.metrics.replace(self.metrics.promotion_waiting, name, waiting)
+        self.report.gate(name, waiting)
         return tuple(d for (d,), value in waiting.items() if value)
 
-    def _warn_unverified(self, rendered: RenderedEnvironment, target: Target) -> None:
+    def _warn_unverified(self, rendered: RenderedEnvironment, target: Target, state: SourceState) -> None:
         """Tell the target's users, once per head, that the branch head is not applied (unverified)."""
-        unverified, name = self.source.unverified, rendered.spec.name
+        unverified, name = state.unverified, rendered.spec.name
         if unverified and isinstance(target, ReportsEvents) and self._warned.get(name) != unverified[0]:
             target.report_warning(rendered.spec, "Unverified", f"revision {unverified[1]}; the last verified "
                                   f"revision stays applied")
@@ -370,9 +403,9 @@ class Pipeline:
             self._adopted[name] = copy or LedgerSnapshot()
         return record
 
-    def _keep_copy(self, rendered: RenderedEnvironment, target: Target, record: Record) -> None:
+    def _keep_copy(self, rendered: RenderedEnvironment, target: Target, record: Record, state: SourceState) -> None:
         """Write the target's copy of the ledger when it changed."""
-        snapshot = replace(record.snapshot(), verified=self.source.verified)
+        snapshot = replace(record.snapshot(), verified=state.verified)
         if isinstance(target, KeepsLedger) and snapshot != self._adopted.get(rendered.spec.name):
             target.save_ledger(rendered.spec, snapshot)
             self._adopted[rendered.spec.name] = snapshot
@@ -397,19 +430,6 @@ class Pipeline:
                 ended.append(run)
         return observation.live, record, ended
 
-    def _ended(self, name: str, runs: list[JobRun]) -> None:
-        """Count the runs first seen to end, once the ledger commit that says they ended is done (a failed
-        commit sees them end again; a commit without its count would never count them)."""
-        for run in runs:
-            if run.result == RunResult.DELETED:
-                log.warning("environment %s: RayJob %s run %s disappeared before it was seen to finish (TTL or "
-                            "deletion); it is not re-created", name, run.job, run.submission_id)
-                continue
-            self.metrics.rayjob_runs.labels(name, run.job, run.result).inc()
-            if run.start_time and run.end_time:
-                self.metrics.rayjob_duration.labels(name, run.job).observe(max(0.0, run.end_time - run.start_time))
-            log.info("environment %s: RayJob %s run %s finished: %s", name, run.job, run.submission_id, run.result)
-
     def _plan(self, rendered: RenderedEnvironment, target: Target, live: dict[ObjectRef, LiveObject],
               record: Record) -> tuple[list[PlanItem], dict[ObjectRef, dict[str, float]]]:
         """The plan, with the worker groups that left Git drained first (`planner.drain`), and those groups per
@@ -418,7 +438,7 @@ class Pipeline:
         clusters = (previous.detail.get("clusters") or {}) if previous else {}
         since = {d.ref: (clusters.get(d.ref.name) or {}).get("draining") or {} for d in rendered.objects
                  if d.ref.kind == "RayCluster"}
-        planned, draining = planner.drain(rendered, live, since, time.time())
+        planned, draining = planner.drain(rendered, live, since, self.clock())
         items = planner.plan(planned, live, record.inventory, record.finished, self.options,
                              target.expected(planned, live), operator=not isinstance(target, Controls))
         for index, item in enumerate(items):
@@ -494,20 +514,6 @@ class Pipeline:
         if events is not None:
             events.report_event(item, Outcome.CONFIGURED, message, context, reason="DriftCorrected")
 
-    def _tell(self, name: str, items: list[PlanItem]) -> None:
-        """Log each warning and skip of the plan when it is new: a steady state repeats them every cycle, so each is
-        said once (again if it goes away and comes back), whether or not the reconcile changes anything."""
-        said, self._said[name] = self._said.get(name, set()), set()
-        for item in items:
-            messages = [(logging.WARNING, f"{item.ref}: {warning}") for warning in item.warnings]
-            if item.action == Action.SKIP:
-                level = logging.DEBUG if Flag.RUN_FINISHED in item.flags else logging.INFO
-                messages.append((level, f"{item.ref} skipped: {item.reason}"))
-            for level, message in messages:
-                self._said[name].add(message)
-                if message not in said:
-                    log.log(level, "environment %s: %s", name, message)
-
     @staticmethod
     def _inventory(rendered: RenderedEnvironment, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]],
                    live: dict[ObjectRef, LiveObject]) -> set[ObjectRef]:
@@ -520,25 +526,24 @@ class Pipeline:
         kept_prunes = {i.ref for i in items if i.desired is None and (i.action == Action.SKIP or i.ref in failed)}
         return keep | kept_prunes
 
-    def _sync(self, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str],
-              waiting: str, shared: list[str]) -> tuple[SyncStatus, str, str]:
+    @staticmethod
+    def _sync(done: _Pass, waiting: str, state: SourceState) -> tuple[SyncStatus, str, str]:
         """(sync status, message, summary of the changes): a failure first (an object another environment owns
         is one), then what keeps the environment from the branch head (an unverified head, failing fetches, a
         promotion gate), then a refused prune or an object another environment also names (`shared`)."""
-        refused = [i for i in items if Flag.PRUNE_REFUSED in i.flags]
-        foreign = [f"{i.ref} {i.reason}" for i in items if Flag.OWNED_ELSEWHERE in i.flags]
-        stale, unverified = self.source.failure, self.source.unverified
-        summary = "; ".join(f"{i.ref} {o.value}" for i, o in outcomes) or "no changes"
-        if errors or foreign:
-            return SyncStatus.FAILED, "; ".join([*errors.values(), *foreign]), summary
-        if unverified:
-            return SyncStatus.UNVERIFIED, f"Unverified: {unverified[1]}", summary
-        if stale:
-            return SyncStatus.STALE, f"Stale: {stale}", summary
+        refused = [i for i in done.items if Flag.PRUNE_REFUSED in i.flags]
+        foreign = [f"{i.ref} {i.reason}" for i in done.items if Flag.OWNED_ELSEWHERE in i.flags]
+        summary = "; ".join(f"{i.ref} {o.value}" for i, o in done.outcomes) or "no changes"
+        if done.errors or foreign:
+            return SyncStatus.FAILED, "; ".join([*done.errors.values(), *foreign]), summary
+        if state.unverified:
+            return SyncStatus.UNVERIFIED, f"Unverified: {state.unverified[1]}", summary
+        if state.failure:
+            return SyncStatus.STALE, f"Stale: {state.failure}", summary
         if waiting:
             return SyncStatus.WAITING, waiting, summary
-        if refused or shared:
-            return SyncStatus.OUT_OF_SYNC, "; ".join([i.reason for i in refused] + shared), summary
+        if refused or done.shared:
+            return SyncStatus.OUT_OF_SYNC, "; ".join([i.reason for i in refused] + done.shared), summary
         return SyncStatus.SYNCED, summary, summary
 
     def _shared(self, name: str, items: list[PlanItem],
@@ -558,111 +563,13 @@ class Pipeline:
 
     # -- reports --------------------------------------------------------------------------------------
     def _failed(self, name: str, revision: Revision, message: str, retry_after: float | None = None) -> Result:
-        previous = self.ledger.state(name)
-        target = previous.target if previous else "unknown"
-        env_health = previous.health_status if previous else Health.UNKNOWN
-        last = self.ledger.load(name).last_applied or ""
-        self.ledger.commit(name, state=EnvironmentState(
-            name, target, last, SyncStatus.FAILED, env_health, f"revision {revision.short}: {message}", time.time(),
-            previous.detail if previous else {}))
-        self.metrics.environment_status(name, target, last[:12], SyncStatus.FAILED, env_health)
+        env_health = self.report.held(name, SyncStatus.FAILED, f"revision {revision.short}: {message}")
         return Result(name, ReconcileResult.ERROR, SyncStatus.FAILED, env_health, message, retry_after=retry_after)
 
-    def _waiting(self, name: str, target: str, reason: str, depends_on: tuple[str, ...], detail: dict) -> Result:
-        """Report `Waiting` and touch nothing (a first revision held by a promotion gate; `detail`: what for)."""
-        self.ledger.commit(name, state=EnvironmentState(name, target, "", SyncStatus.WAITING, Health.UNKNOWN, reason,
-                                                        time.time(), detail))
-        self.metrics.environment_status(name, target, "", SyncStatus.WAITING, Health.UNKNOWN)
-        return Result(name, ReconcileResult.NOOP, SyncStatus.WAITING, Health.UNKNOWN, reason, interval=WAIT_RECHECK,
-                      depends_on=depends_on)
-
     def _suspended(self, name: str, revision: Revision, target: str, reason: str, interval: float = 60.0) -> Result:
-        """Report `Suspended` at the revision applied last (the head is not) and touch nothing (Git's
-        `spec.suspend: true` or the ledger's flag)."""
-        applied = self.ledger.load(name).last_applied or ""
-        self.ledger.commit(name, state=EnvironmentState(name, target, applied, SyncStatus.SUSPENDED, Health.UNKNOWN,
-                                                        f"{reason} (head {revision.short})", time.time(), {}))
-        self.metrics.environment_status(name, target, applied[:12], SyncStatus.SUSPENDED, Health.UNKNOWN)
+        """Report `Suspended` and touch nothing (Git's `spec.suspend: true` or the ledger's flag)."""
+        self.report.suspended(name, revision, target, reason)
         return Result(name, ReconcileResult.NOOP, SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
-
-    def _report_drift(self, name: str, items: list[PlanItem], inventory: frozenset[ObjectRef],
-                      steady: bool) -> set[ObjectRef]:
-        """Count (`drifted_objects`) and return the objects whose live state moved away from the revision already
-        applied (hand edits, another applier, a dead worker, a deleted object); the plan sets them back."""
-        counts: dict[tuple[str, ...], float] = {}
-        drifted = set()
-        if steady:
-            for item in items:
-                if item.action in (Action.UPDATE, Action.RECREATE) or (
-                        item.action == Action.CREATE and item.ref in inventory):
-                    counts[(item.ref.kind,)] = counts.get((item.ref.kind,), 0) + 1
-                    drifted.add(item.ref)
-        self.metrics.replace(self.metrics.drifted_objects, name, counts)
-        return drifted
-
-    def _report_health(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject], record: Record,
-                       outcomes: list[tuple[PlanItem, Outcome]],
-                       draining: dict[ObjectRef, dict[str, float]] | None = None) -> tuple[Health, dict]:
-        name, finished = rendered.spec.name, record.finished
-        previous = self.ledger.state(name)
-        before = (previous.detail.get("clusters") or {}) if previous else {}
-        workers: dict[tuple[str, ...], float] = {}
-        states: dict[tuple[str, ...], float] = {}
-        jobs: dict[tuple[str, ...], float] = {}
-        applications: dict[tuple[str, ...], float] = {}
-        healths, detail = [], {"clusters": {}, "jobs": {}, "services": {}, "objects": {}}
-        for desired in rendered.objects:
-            obj = live.get(desired.ref)
-            ref = desired.ref
-            if ref.kind == "RayJob" and obj is None:
-                result = finished.get(job_submission_id(name, ref.name, desired.manifest))
-                status = {RunResult.SUCCEEDED: "SUCCEEDED", RunResult.FAILED: "FAILED",
-                          RunResult.STOPPED: "STOPPED"}.get(result) if result else None
-                obj_health = (Health.DEGRADED if result == RunResult.FAILED else Health.HEALTHY if result
-                              else Health.MISSING)
-                why = f"run {result}; the RayJob is gone (TTL or deletion)" if result else "not found"
-            else:
-                obj_health, why = health.of(obj)
-                # a live RayJob is a submitted run; KubeRay leaves jobStatus empty until Ray reports on it
-                status = (obj.status.get("jobStatus") or "PENDING") if obj and ref.kind == "RayJob" else None
-            healths.append(obj_health)
-            detail["objects"][str(ref)] = {"kind": ref.kind, "namespace": ref.namespace, "name": ref.name,
-                                           "health": obj_health.value, "message": why,
-                                           **({"warnings": list(desired.warnings)} if desired.warnings else {})}
-            if ref.kind == "RayCronJob":  # its newest run's status
-                runs = sorted((r for r in record.runs.values() if r.job == ref.name), key=lambda r: r.submitted_at)
-                status = runs[-1].status if runs else None
-            if ref.kind in ("RayJob", "RayCronJob"):
-                jobs.update({(ref.name, s): float(s == status) for s in JOB_STATUSES})
-                detail["jobs"][ref.name] = {"status": status or "", "health": obj_health.value}
-            if ref.kind == "RayService":
-                service = _service(obj)
-                detail["services"][ref.name] = {"health": obj_health.value, **service}
-                applications.update({(ref.name, app, s): float(s == status) for app, status in
-                                     service["applications"].items() for s in SERVE_STATUSES})
-            if ref.kind == "RayCluster":
-                state = (obj.status.get("state") or "provisioning") if obj else "provisioning"
-                states.update({(ref.name, s): float(s == state) for s in CLUSTER_STATES})
-                groups = _group_counts(desired.manifest, obj)
-                for group, counts in groups.items():
-                    workers.update({(ref.name, group, k): float(v) for k, v in counts.items()})
-                detail["clusters"][ref.name] = {"health": obj_health.value, "groups": groups}
-                restart = _pending_restart(desired.manifest, obj, [(i, o) for i, o in outcomes if i.ref == ref],
-                                           (before.get(ref.name) or {}).get("pendingRestart"), time.time())
-                if restart:
-                    detail["clusters"][ref.name]["pendingRestart"] = restart
-                if (draining or {}).get(ref) and obj_health != Health.DEGRADED:  # a removed group scales to 0 first
-                    groups_left = ", ".join(sorted((draining or {})[ref]))
-                    obj_health, why = Health.PROGRESSING, (f"draining worker group(s) {groups_left}: removed from the "
-                                                           "spec once their nodes are gone")
-                    healths[-1] = obj_health
-                    detail["objects"][str(ref)].update(health=obj_health.value, message=why)
-                    detail["clusters"][ref.name].update(health=obj_health.value, draining=(draining or {})[ref])
-        self.metrics.replace(self.metrics.raycluster_workers, name, workers)
-        self.metrics.replace(self.metrics.raycluster_state, name, states)
-        self.metrics.replace(self.metrics.rayjob_status, name, jobs)
-        self.metrics.replace(self.metrics.rayservice_application_status, name, applications)
-        return Health.worst(healths), detail
 
 
 def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict]:
@@ -675,22 +582,7 @@ def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict]:
     return out
 
 
-HEAD_GROUP = "headgroup"  # KubeRay's `ray.io/group` of the head node
-_GROUP_PATH = re.compile(r"spec\.(?:headGroupSpec|workerGroupSpecs\[([^]]+)\])(?:\.([^.\[]+))?")
-NODE_DEFINITION = ("template", "rayStartParams", "numOfHosts")  # what a group's existing nodes were started from
 
-
-def _restarted_groups(manifest: dict, changes: tuple[str, ...]) -> set[str]:
-    """The groups (`headgroup`, worker group names) whose nodes a pending-restart change leaves outdated: those
-    whose template or rayStartParams changed, or every group for a change outside the groups."""
-    named = set()
-    for path in changes:
-        match = _GROUP_PATH.match(path)
-        if match and match.group(1) is None:
-            named.add(HEAD_GROUP)
-        elif match and match.group(2) in NODE_DEFINITION:
-            named.add(match.group(1))
-    return named or {HEAD_GROUP, *worker_groups(manifest)}
 
 
 def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:
@@ -705,47 +597,5 @@ def _changes(outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, s
     return tuple(Change(item.ref, item.action, outcome, errors.get(item.ref, "")) for item, outcome in outcomes)
 
 
-def _pending_restart(manifest: dict, obj: LiveObject | None, applied: list[tuple[PlanItem, Outcome]],
-                     before: dict | None, now: float) -> dict[str, float]:
-    """group -> when a pod-template change was applied to it without a restart, while that group still has a
-    node started before then. Carried from the previous report; cleared when ray-gitops (re)creates the cluster,
-    and per group once the target shows that all its nodes are newer (its clock and ours: creation times have
-    one-second resolution, so a node is older only if it started more than a second before the change)."""
-    pending = {str(g): float(t) for g, t in (before or {}).items()}
-    for item, outcome in applied:
-        if outcome in (Outcome.CREATED, Outcome.RECREATED):
-            pending = {}
-        elif outcome == Outcome.CONFIGURED and Flag.PENDING_RESTART in item.flags:
-            pending.update(dict.fromkeys(_restarted_groups(manifest, item.changes), now))
-    if obj is None:
-        return {}
-    if obj.oldest_nodes is not None:
-        pending = {g: t for g, t in pending.items() if g in obj.oldest_nodes and obj.oldest_nodes[g] < t - 1}
-    return pending
 
 
-def _service(obj: LiveObject | None) -> dict:
-    """A RayService's detail: its active and pending clusters, its applications' Serve statuses on the active one,
-    and its address when the target gives one (the local target's `serveURL`)."""
-    status = obj.status if obj else {}
-    active, pending = status.get("activeServiceStatus") or {}, status.get("pendingServiceStatus") or {}
-    return {"activeCluster": active.get("rayClusterName", ""), "pendingCluster": pending.get("rayClusterName", ""),
-            "applications": {app: str(entry.get("status", "")) for app, entry in
-                             sorted((active.get("applicationStatuses") or {}).items())},
-            **({"url": status["serveURL"]} if status.get("serveURL") else {})}
-
-
-def _group_counts(manifest: dict, obj: LiveObject | None) -> dict[str, dict[str, int]]:
-    """Per worker group: desired (clamped), min, max from Git (replicas from live when the autoscaler owns
-    them), min and max as the target holds them once it has the group (the local target clamps maxReplicas to
-    its cap); ready and available from the target."""
-    live_groups = worker_groups(obj.manifest) if obj else {}
-    autoscaled = cluster_spec(manifest).get("enableInTreeAutoscaling") is True
-    out = {}
-    for name, group in worker_groups(manifest).items():
-        held = live_groups.get(name) or group
-        counted = {**group, "replicas": held.get("replicas", 0)} if autoscaled else group
-        ready = obj.workers.get(name, 0) if obj else 0
-        out[name] = {"desired": desired_workers(counted), "min": held.get("minReplicas", 0),
-                     "max": held.get("maxReplicas", 2**31 - 1), "ready": ready, "available": ready}
-    return out

@@ -25,7 +25,7 @@ import stat
 import tarfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Callable, Iterable, Iterator, Mapping, Protocol
@@ -234,22 +234,6 @@ def _size_problem(size: int, path: str) -> str | None:
 
 
 @dataclass(frozen=True)
-class Revision:
-    """A fetched commit: SHA, commit time (Unix seconds), subject and author, and its snapshot."""
-
-    sha: str
-    commit_time: float
-    tree: FileTree  # a `Snapshot`; a `DirectoryTree` for the working tree of `render --path`
-    subject: str = ""
-    author: str = ""
-    signer: str = ""  # fingerprint of the key that signed it, when signatures are verified
-
-    @property
-    def short(self) -> str:
-        return self.sha[:12]
-
-
-@dataclass(frozen=True)
 class FetchFailure:
     """The source's fetches are failing: since when (Unix time) and the last reason."""
 
@@ -259,6 +243,34 @@ class FetchFailure:
     def __str__(self) -> str:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"fetch failing since {when}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """What the source knew of its branch when it handed out a revision: its fetches failing (`failure`), a head
+    that failed verification and is not applied (`unverified`: (sha, why)), the last verified head."""
+
+    failure: FetchFailure | None = None
+    unverified: tuple[str, str] | None = None
+    verified: str = ""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A fetched commit: SHA, commit time (Unix seconds), subject and author, its snapshot, and the source's
+    state when `fetch` returned it (a reconcile reports from it, not from the source, which a later fetch moves)."""
+
+    sha: str
+    commit_time: float
+    tree: FileTree  # a `Snapshot`; a `DirectoryTree` for the working tree of `render --path`
+    subject: str = ""
+    author: str = ""
+    signer: str = ""  # fingerprint of the key that signed it, when signatures are verified
+    state: SourceState = SourceState()
+
+    @property
+    def short(self) -> str:
+        return self.sha[:12]
 
 
 def split_credentials(url: str) -> tuple[str, str, str]:
@@ -432,7 +444,7 @@ class GitSource:
                 self._observe("fetch", "error", time.monotonic() - started)
                 self._failed(exc)
                 if self._current is not None:
-                    return self._current
+                    return self._stated(self._current)
                 raise TemporaryError(f"git fetch {redact(self.url)} branch {self.branch}: "
                                      f"{self.failure.reason if self.failure else ''}") from None
             self._observe("fetch", "success", time.monotonic() - started)
@@ -443,7 +455,12 @@ class GitSource:
             if self._current is None:  # the first head failed verification: nothing to apply
                 raise TemporaryError(f"revision {self.unverified[0][:12] if self.unverified else ''} is not applied: "
                                      f"{self.unverified[1] if self.unverified else 'unverified'}")
-            return self._current
+            return self._stated(self._current)
+
+    def _stated(self, revision: Revision) -> Revision:
+        """`revision` with the source's state now."""
+        state = SourceState(self.failure, self.unverified, self.verified)
+        return revision if state == revision.state else replace(revision, state=state)
 
     def _advance(self, repo: git.Repo, sha: str) -> None:
         """Take the new head, if it passes verification; else keep the current one and say why (once)."""

@@ -117,7 +117,7 @@ class Daemon:
 
     def _pipeline(self) -> Pipeline:
         return Pipeline(self.source, self.ledger, self.metrics, self.targets, stopping=self.stopping,
-                        scope=self._scope())
+                        scope=self._scope(), checkouts=self.settings.state_dir / "checkouts")
 
     def _scope(self) -> frozenset[str] | None:
         """The environments this daemon reconciles (None: all of them)."""

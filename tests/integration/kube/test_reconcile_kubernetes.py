@@ -62,7 +62,8 @@ spec:
         self.targets = Registry(Runtime(self.state, self.metrics, clusters={
             "default": Cluster("default", str(self.plane.kubeconfig), self.plane.context)},
             ledger_key=derived(INSTALLATION_KEY, "ledger-copies")))
-        self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets)
+        self.reconciler = Pipeline(self.source, self.ledger, self.metrics, self.targets,
+                                   checkouts=self.state / "checkouts")
 
     def reconcile(self) -> Result:
         """Reconcile the three environments concurrently; check the neighbours; `k`'s result."""
