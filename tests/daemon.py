@@ -6,14 +6,15 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
+from tests.eventually import eventually
 
 
 class DaemonProcess:
@@ -51,13 +52,12 @@ class DaemonProcess:
             return False
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180, poll: float = 0.5) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            if check():
-                return
-            time.sleep(poll)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
+        """`eventually(check)`, failing at once if the daemon exits, with its log's tail on timeout."""
+        def alive_and_check() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited: {self.log.read_text()[-3000:]}")
+            return check()
+        eventually(alive_and_check, timeout, poll, lambda: f"{what}; daemon log:\n{self.log.read_text()[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> None:
         """Signal the daemon and wait; SIGKILL if it does not end in time."""
