@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "controlplane"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
 
 import kube_controlplane
 
