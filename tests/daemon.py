@@ -43,6 +43,11 @@ class DaemonProcess:
                    for family in text_string_to_metric_families(text) for s in family.samples}
         return samples.get((name, frozenset(labels.items())))
 
+    def fetches(self, result: str) -> float:
+        """Git fetches it made with this result (`success` or `error`; 0 when it does not answer): one per poll, a
+        positive sign that time passed for a test that checks nothing happened meanwhile."""
+        return self.metric("ray_gitops_git_requests_total", request_type="fetch", result=result) or 0.0
+
     def ready(self) -> bool:
         """`/readyz` answers 200."""
         try:
