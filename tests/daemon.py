@@ -6,14 +6,15 @@ import resource
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Callable
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import free_port
+from tests.eventually import eventually
 
 
 class DaemonProcess:
@@ -42,6 +43,11 @@ class DaemonProcess:
                    for family in text_string_to_metric_families(text) for s in family.samples}
         return samples.get((name, frozenset(labels.items())))
 
+    def fetches(self, result: str) -> float:
+        """Git fetches it made with this result (`success` or `error`; 0 when it does not answer): one per poll, a
+        positive sign that time passed for a test that checks nothing happened meanwhile."""
+        return self.metric("ray_gitops_git_requests_total", request_type="fetch", result=result) or 0.0
+
     def ready(self) -> bool:
         """`/readyz` answers 200."""
         try:
@@ -51,13 +57,12 @@ class DaemonProcess:
             return False
 
     def wait_for(self, what: str, check: Callable[[], bool], timeout: float = 180, poll: float = 0.5) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"daemon exited: {self.log.read_text()[-3000:]}"
-            if check():
-                return
-            time.sleep(poll)
-        raise AssertionError(f"timed out waiting for {what}; daemon log:\n{self.log.read_text()[-4000:]}")
+        """`eventually(check)`, failing at once if the daemon exits, with its log's tail on timeout."""
+        def alive_and_check() -> bool:
+            if self.proc.poll() is not None:
+                pytest.fail(f"daemon exited: {self.log.read_text()[-3000:]}")
+            return check()
+        eventually(alive_and_check, timeout, poll, lambda: f"{what}; daemon log:\n{self.log.read_text()[-4000:]}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 90) -> None:
         """Signal the daemon and wait; SIGKILL if it does not end in time."""

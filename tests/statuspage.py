@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import http.client
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from reconciler.targets.local.runtime import LocalRayCluster
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 
 TESTDATA = Path(__file__).parent / "testdata"
 
@@ -45,13 +45,10 @@ class StatusDaemon(DaemonProcess):
 
     def plan(self, name: str, timeout: float = 30) -> dict[str, Any]:
         """The environment's plan once it is current (the page asks the same way)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            plan = self.api(f"/environments/{name}/plan")
-            if plan["status"] == "ready":
-                return plan
-            time.sleep(0.3)
-        raise AssertionError(f"plan of {name} not ready: {plan}")
+        def ready() -> dict[str, Any] | None:
+            plan: dict[str, Any] = self.api(f"/environments/{name}/plan")
+            return plan if plan["status"] == "ready" else None
+        return eventually(ready, timeout, 0.3, f"the plan of {name}")
 
 
 def stop_local_clusters(state_dir: Path) -> None:

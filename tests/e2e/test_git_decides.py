@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 from tests.unit.test_signatures import Signers, agents
 
 pytestmark = pytest.mark.e2e
@@ -77,7 +78,9 @@ def test_an_environment_removed_from_git_is_pruned_and_reported_removed(remote: 
         assert all(rows[t]["sync_status"] == "OutOfSync" and rows[t]["message"].startswith(
             f"removal refused: left Git at {held[:12]}, but 4 of 6 environments left Git at once") for t in TEAMS[:4])
         assert all(records(state, team) for team in TEAMS)
-        time.sleep(3)  # three more polls: still nothing removed, and said once
+        fetches = eventually(lambda: daemon.fetches("success"), 10, 0.2, "the count of fetches")  # 0: no answer
+        daemon.wait_for("three more polls", lambda: daemon.fetches("success") >= fetches + 4, timeout=30)
+        # (four more fetches: the three polls before the last one decided): still nothing removed, and said once
         assert all(records(state, team) for team in TEAMS)
         assert log.read_text().count("removal refused at revision") == 1
     finally:

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 ENVIRONMENTS = tuple(f"team-{i:02d}" for i in range(20))
@@ -58,7 +59,8 @@ def test_twenty_environments_ready_stale_on_fetch_failure_recover_and_stop_promp
         drifted = state / "local" / "objects" / "team-03" / "ConfigMap.default.settings.json"
         drifted.unlink()  # drift while Stale: the last good revision is still what gets applied
         daemon.wait_for("the drift repaired from the last good revision", drifted.exists, timeout=30)
-        time.sleep(3)  # several more failing polls
+        failed = eventually(lambda: daemon.fetches("error"), 10, 0.2, "the count of failed fetches")  # 0: no answer
+        daemon.wait_for("several more failing polls", lambda: daemon.fetches("error") >= failed + 3, timeout=30)
         assert {env: stored(state, env) for env in ENVIRONMENTS} == applied
         assert (daemon.metric("ray_gitops_reconcile_total", environment="team-03", result="noop") or 0) > noops
         stale = status(state)["team-07"]

@@ -18,7 +18,10 @@ from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 
 SEED_VARIABLE = "RAY_GITOPS_FAULT_SEED"
 
@@ -35,16 +38,16 @@ def wait_for_line(log: Path, text: str | re.Pattern[str], start: int = 0, timeou
     """Poll `log` (from byte `start`) every 2 ms until `text` (or the pattern) appears; the monotonic
     time it was seen."""
     pattern = text if isinstance(text, re.Pattern) else re.compile(re.escape(text))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def seen() -> float | None:
         with log.open("rb") as f:
             f.seek(start)
             if pattern.search(f.read().decode(errors="replace")):
                 return time.monotonic()
         if daemon is not None and daemon.proc.poll() is not None:
-            raise AssertionError(f"daemon exited ({daemon.proc.returncode}) before {pattern.pattern!r}:\n{tail(log)}")
-        time.sleep(0.002)
-    raise AssertionError(f"{pattern.pattern!r} not in {log} after {timeout:.0f}s:\n{tail(log)}")
+            pytest.fail(f"daemon exited ({daemon.proc.returncode}) before {pattern.pattern!r}:\n{tail(log)}")
+        return None
+    return eventually(seen, timeout, 0.002, lambda: f"{pattern.pattern!r} in {log}:\n{tail(log)}")
 
 
 def kill9(daemon: DaemonProcess) -> None:

@@ -26,7 +26,7 @@ from tests.daemon import DaemonProcess
 from tests.faults.drill import LedgerView, kill9, stop_leftovers, tail
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
-import kube_controlplane  # noqa: E402  (as tests/integration/kube/conftest.py imports it)
+import kube_controlplane  # noqa: E402  (as tests/integration/conftest.py imports it)
 
 pytestmark = [pytest.mark.faults, pytest.mark.kube, pytest.mark.e2e]
 ENVIRONMENTS = ("alpha", "beta", "gamma")

@@ -124,11 +124,8 @@ def test_kill9_at_50_random_points_of_reconciles_converges_with_a_consistent_led
         return started, wait_for_line(log, ANCHOR, daemon=started)
 
     def wait_converged(what: str, timeout: float = 60) -> float:
-        deadline = time.monotonic() + timeout
-        while not ledger.converged(ENVIRONMENTS, sha):
-            assert daemon is not None and daemon.proc.poll() is None, f"{what}: daemon exited\n{tail(daemon.log)}"
-            assert time.monotonic() < deadline, f"{what}: no convergence in {timeout}s\n{tail(daemon.log)}"
-            time.sleep(0.005)
+        assert daemon is not None
+        daemon.wait_for(what, lambda: ledger.converged(ENVIRONMENTS, sha), timeout, 0.005)
         return time.monotonic()
 
     try:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -21,6 +20,7 @@ import requests
 
 from reconciler.targets.local.nodes import MARKER_ENV, NodeSpec
 from reconciler.targets.local.runtime import LocalRayCluster
+from tests.eventually import eventually
 from tests.sockets import Listener, listeners, processes
 
 pytestmark = pytest.mark.ray
@@ -44,15 +44,6 @@ HTTP_PROBES = {  # (method, path): handlers behind Ray's token middleware
     "runtime-env-agent-port": ("POST", "/get_or_create_runtime_env"),
 }
 METRICS = ("metrics-export-port", "DASHBOARD_METRIC_PORT", "AUTOSCALER_METRIC_PORT")  # Prometheus text, read-only
-
-
-def eventually(check: Callable[[], object], what: str, timeout: float = 90) -> object:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-    return result
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +74,7 @@ def cluster(state_dir: Path) -> Iterator[LocalRayCluster]:
                                 timeout=10)
             return resp.json()["logs"] if resp.ok else ""
         eventually(lambda: "task says 42" in logs() or cluster.dashboard.job_info("driver")["status"] == "FAILED",
-                   "the job's task")
+                   90, 0.5, "the job's task")
         assert "task says 42 daemon settings seen: []" in logs(), (cluster.dashboard.job_info("driver"), logs())
         yield cluster
     finally:

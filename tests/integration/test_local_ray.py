@@ -12,8 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ import requests
 
 from reconciler.targets.local.nodes import NodeSpec
 from reconciler.targets.local.runtime import LocalRayCluster
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.ray
 
@@ -39,24 +39,15 @@ time.sleep(600)
 """
 
 
-def eventually(check: Callable[[], object], what: str, timeout: float = 60) -> object:
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.5)
-    return result
-
-
 def running_job(cluster: LocalRayCluster, submission_id: str) -> None:
-    eventually(lambda: cluster.dashboard.job_info(submission_id)["status"] == "RUNNING", f"job {submission_id} to run")
+    eventually(lambda: cluster.dashboard.job_info(submission_id)["status"] == "RUNNING", 60, 0.5, f"job {submission_id} to run")
 
 
 def finished_job(cluster: LocalRayCluster, submission_id: str) -> dict:
     def terminal() -> dict | None:
         info = cluster.dashboard.job_info(submission_id)
         return info if info and info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
-    return eventually(terminal, f"job {submission_id} to finish", timeout=120)
+    return eventually(terminal, 120, 0.5, f"job {submission_id} to finish")
 
 
 def running(pid: int) -> bool:
@@ -113,7 +104,7 @@ def beta(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         daemon = subprocess.Popen([sys.executable, "-c", DAEMON, str(state_dir), str(scratch / "ready")],
                                   cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     try:
-        eventually(lambda: (scratch / "ready").exists() or daemon.poll() is not None, "the daemon", 240)
+        eventually(lambda: (scratch / "ready").exists() or daemon.poll() is not None, 240, 0.5, "the daemon")
         assert daemon.poll() is None, (scratch / "daemon.log").read_text()
         daemon.send_signal(signal.SIGKILL)
         daemon.wait(10)
@@ -182,7 +173,7 @@ def test_stop_leaves_no_process_of_the_cluster_behind(beta: LocalRayCluster | No
     running_job(beta, "still-running")
     pids, temp_dir = tracked_pids(state_dir, "beta")
     # The job's driver (Ray gives it a session of its own); Ray reports RUNNING just before it starts it.
-    eventually(lambda: leftovers(set(), "beta-still-running"), "the job's driver to start")
+    eventually(lambda: leftovers(set(), "beta-still-running"), 60, 0.5, "the job's driver to start")
     beta.stop()
     assert leftovers(pids, temp_dir, "beta-still-running") == []
     assert not any(running(pid) for pid in pids)
@@ -195,13 +186,13 @@ def test_stopping_a_running_job_stops_it(alpha: LocalRayCluster) -> None:
     running_job(alpha, "sleeper")
     assert alpha.dashboard.stop_job("sleeper") is True
     assert finished_job(alpha, "sleeper")["status"] == "STOPPED"
-    eventually(lambda: not leftovers(set(), "alpha-sleeper"), "the job's driver to exit")
+    eventually(lambda: not leftovers(set(), "alpha-sleeper"), 60, 0.5, "the job's driver to exit")
 
 
 def test_removing_a_worker_leaves_one_small_node(alpha: LocalRayCluster) -> None:
     before = alpha.worker_pids()["small"]
     assert alpha.remove_worker("small") is True
-    eventually(lambda: alpha.dashboard.alive_nodes() == {"head": 1, "small": 1}, "Ray to see one small node")
+    eventually(lambda: alpha.dashboard.alive_nodes() == {"head": 1, "small": 1}, 60, 0.5, "Ray to see one small node")
     assert alpha.worker_pids() == {"small": before[:1]}
     assert leftovers({before[1]}, "/no/such/temp/dir") == []
     assert alpha.remove_worker("no-such-group") is False
@@ -212,7 +203,7 @@ def test_adopting_a_cluster_whose_head_died_returns_none_changes_nothing_and_sto
     pids, temp_dir = tracked_pids(state_dir, "alpha")
     head_pid = json.loads((state_dir / "alpha" / "cluster.json").read_text())["head"]["pid"]
     os.killpg(head_pid, signal.SIGKILL)  # the head node's own processes; its Ray workers live on
-    eventually(lambda: not running(head_pid), "the head to die")
+    eventually(lambda: not running(head_pid), 60, 0.5, "the head to die")
     record = (state_dir / "alpha" / "cluster.json").read_bytes()
     assert LocalRayCluster.adopt("alpha", state_dir) is None  # a look (observe, plan) acts on nothing
     assert (state_dir / "alpha" / "cluster.json").read_bytes() == record

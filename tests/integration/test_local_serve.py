@@ -31,6 +31,7 @@ from reconciler.targets.local.nodes import MARKER_ENV
 from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.eventually import eventually
 from tests.memory import pipeline
 from tests.sockets import listeners, processes
 
@@ -104,12 +105,11 @@ class Harness:
         return result
 
     def until(self, what: str, check: Callable[[Result], bool], timeout: float = 150) -> Result:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check(result := self.reconcile()):
-                return result
-            time.sleep(1)
-        raise AssertionError(f"timed out waiting for {what}: {result.health_status} {result.message}")
+        def reconciled() -> Result:
+            result = self.reconcile()
+            assert check(result), f"{result.health_status} {result.message}"
+            return result
+        return eventually(reconciled, timeout, 1, what)
 
     @property
     def record(self) -> dict:
@@ -198,10 +198,11 @@ def test_a_serve_config_change_is_applied_in_place(harness: Harness) -> None:
 
     [(item, outcome)] = harness.reconcile().outcomes
     assert (outcome, item.changes) == (Outcome.CONFIGURED, ("spec.serveConfigV2",))
-    deadline = time.monotonic() + 60
-    while (answer := ask(harness.detail["url"])) != f"bonjour from {cluster.gcs_address}":
-        assert time.monotonic() < deadline, answer
-        time.sleep(0.5)
+    def greets() -> bool:
+        answer = ask(harness.detail["url"])
+        assert answer == f"bonjour from {cluster.gcs_address}", answer
+        return True
+    eventually(greets, 60, 0.5, "the new greeting")
 
     after = harness.record
     assert after["active"]["cluster"] == before["cluster"] and "pending" not in after

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
@@ -22,6 +21,7 @@ from reconciler.targets.local.observe import cluster_name
 from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
 from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.eventually import eventually
 from tests.memory import TARGETS, pipeline
 
 pytestmark = pytest.mark.ray
@@ -51,13 +51,11 @@ class Harness:
         return result
 
     def until(self, what: str, check: Callable[[Result], bool], timeout: float = 120) -> Result:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def reconciled() -> Result:
             result = self.reconcile()
-            if check(result):
-                return result
-            time.sleep(1)
-        raise AssertionError(f"timed out waiting for {what}")
+            assert check(result), f"{result.health_status} {result.message}"
+            return result
+        return eventually(reconciled, timeout, 1, what)
 
     def cluster(self, name: str) -> LocalRayCluster | None:
         return LocalRayCluster.adopt(name, self.state / "local" / "clusters")
@@ -234,10 +232,11 @@ def test_the_machine_cap_refuses_a_cluster_that_does_not_fit_beside_another(harn
     harness.remote.remove(f"environments/{ENV}/raycluster.yaml")
     harness.remote.commit("only second")
     # A reconcile creates before it prunes: the first one after this commit is still refused.
-    deadline = time.monotonic() + 120
-    while (result := harness.reconciler.reconcile(ENV, harness.source.fetch())).health_status != "Healthy":
-        assert time.monotonic() < deadline, f"second did not start: {result.message}"
-        time.sleep(1)
+    def second_started() -> Result:
+        result = harness.reconciler.reconcile(ENV, harness.source.fetch())
+        assert result.health_status == "Healthy", result.message
+        return result
+    result = eventually(second_started, 120, 1, "second to start")
     assert result.result != "error", result.message
     assert harness.cluster(f"{ENV}_demo") is None
     second = harness.cluster(f"{ENV}_second")

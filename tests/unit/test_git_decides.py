@@ -19,6 +19,7 @@ from reconciler.pipeline.target import Observation
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon, waves
 from tests.conftest import GitRemote, state_files
+from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
 
 TESTDATA = Path(__file__).parent.parent / "testdata"
@@ -458,10 +459,8 @@ def test_a_preview_and_every_api_route_write_nothing_and_run_no_cron_slot(
         routes = ["/", "/environments/a", "/ui/app.js", "/api/v1/environments", "/api/v1/environments/a",
                   "/api/v1/environments/a/history", "/api/v1/environments/a/runs"]
         assert all(page.get(route, Message()).code == 200 for route in routes)
-        deadline = time.monotonic() + 20
-        while json.loads(page.get("/api/v1/environments/a/plan", Message()).body)["status"] != "ready":
-            assert time.monotonic() < deadline, "the plan was never computed"
-            time.sleep(0.1)
+        eventually(lambda: json.loads(page.get("/api/v1/environments/a/plan", Message()).body)["status"] == "ready",
+                   20, 0.1, "the plan to be computed")
     finally:
         made.worker.stop()
 

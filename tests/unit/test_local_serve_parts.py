@@ -6,7 +6,6 @@ from __future__ import annotations
 import http.client
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from reconciler.targets.local import endpoints, serve
 from reconciler.targets.local.endpoints import Endpoint
+from tests.eventually import eventually
 
 
 def answering(text: str) -> ThreadingHTTPServer:
@@ -82,17 +82,15 @@ def test_the_address_refuses_before_it_has_a_route_and_is_bounded(upstreams: tup
         with socket.create_connection(("127.0.0.1", endpoint.port), timeout=5) as third:
             assert third.recv(1) == b""  # beyond MAX_CONNECTIONS
         held[0].close()
-        deadline = time.monotonic() + 5
-        while True:  # a slot comes free once the relay of the closed connection ends
+        def served() -> bool:  # a slot comes free once the relay of the closed connection ends
             fresh = http.client.HTTPConnection("127.0.0.1", endpoint.port, timeout=5)
             try:
-                assert get(fresh) == "old"
-                break
+                return get(fresh) == "old"
             except (ConnectionError, http.client.HTTPException):
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+                return False
             finally:
                 fresh.close()
+        eventually(served, 5, 0.1, "a free connection slot")
         held[1].close()
     finally:
         endpoint.close()

@@ -10,7 +10,7 @@ import threading
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -27,6 +27,7 @@ from reconciler.service.config import load
 from reconciler.service.plans import MIN_AGE, Plans
 from reconciler.service.worker import Worker
 from tests.conftest import GitRemote, write_neighbours
+from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,13 +63,10 @@ class Setup:
 
     def current(self, timeout: float = 10.0):
         """Ask until the plan is current (as the page does), then return it."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def current() -> Any:
             plan, current = self.plans.get("a", self.reconciled_at("a"))
-            if current:
-                return plan
-            time.sleep(0.05)
-        raise AssertionError("no current plan in time")
+            return plan if current else None
+        return eventually(current, timeout, 0.05, "a current plan")
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@ makes them, plan and apply one object, read and patch live objects as other fiel
 from __future__ import annotations
 
 import copy
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from kubernetes import client
@@ -20,6 +19,7 @@ from reconciler.model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VA
 from reconciler.pipeline.target import ApplyContext
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.target import KubernetesTarget
+from tests.eventually import eventually
 
 TESTDATA = Path(__file__).resolve().parents[2] / "testdata" / "kube"
 ENV = "t"
@@ -77,7 +77,7 @@ class Kit:
         def seen() -> bool:
             live = self.observe(obj).get(obj.ref)
             return live is not None and live.manifest["metadata"]["resourceVersion"] == version
-        assert eventually(seen), f"the cache never showed {obj.ref} at resourceVersion {version}"
+        eventually(seen, 10, 0.05, f"the cache to show {obj.ref} at resourceVersion {version}")
 
     def plan(self, obj: DesiredObject) -> PlanItem:
         env = self.environment(obj)
@@ -136,16 +136,6 @@ def managers(obj: dict[str, Any], field: str | None = None) -> dict[str, str]:
         if field is None or f"f:{field}" in spec:
             out[entry["manager"]] = entry["operation"]
     return out
-
-
-def eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
-    """The first truthy result of `check`, polled until `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
 
 
 def worker(group: dict[str, Any]) -> dict[str, Any]:

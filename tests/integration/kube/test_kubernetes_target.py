@@ -15,7 +15,8 @@ from reconciler.model import (Action, EnvironmentSpec, Outcome, PlanItem, Render
                               job_submission_id)
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.target import KubernetesTarget
-from target_kit import ENV, Kit, desired, eventually, load, managers
+from tests.eventually import eventually
+from target_kit import ENV, Kit, desired, load, managers
 
 pytestmark = pytest.mark.kube
 
@@ -180,7 +181,8 @@ def test_steady_state_observe_reads_watch_caches_and_sends_no_list_or_get(kit: K
     kit.custom.patch_namespaced_custom_object(
         "ray.io", "v1", kit.namespace, "rayclusters", "demo", {"metadata": {"labels": {"seen": "yes"}}},
         _content_type="application/merge-patch+json")
-    assert eventually(lambda: kit.observe(cluster, settings)[cluster.ref].labels.get("seen") == "yes")
+    eventually(lambda: kit.observe(cluster, settings)[cluster.ref].labels.get("seen") == "yes", 10, 0.05,
+               "the label set by someone else in the cache")
 
     assert (kit.requests("list"), kit.requests("get")) == (lists, gets)
     assert kit.requests("watch") >= 3
@@ -204,8 +206,11 @@ def test_ready_workers_per_group_come_from_the_worker_pods_cache(kit: Kit) -> No
         condition = {"type": "Ready", "status": "True" if ready else "False"}
         kit.core.patch_namespaced_pod_status(name, kit.namespace, {"status": {"conditions": [condition]}})
 
-    assert eventually(lambda: kit.observe(cluster)[cluster.ref].workers == {"cpu": 2}), \
-        kit.observe(cluster)[cluster.ref].workers
+    def two_ready_workers() -> bool:
+        workers = kit.observe(cluster)[cluster.ref].workers
+        assert workers == {"cpu": 2}, workers
+        return True
+    eventually(two_ready_workers, 10, 0.05, "the ready worker Pods in the cache")
     assert kit.requests("list") == lists
 
 
@@ -217,7 +222,7 @@ def test_watch_lists_again_when_its_resource_version_has_expired(kit: Kit) -> No
 
     informer.restart_from("1")  # as after a long disconnection: the server no longer has that history
 
-    assert eventually(lambda: kit.requests("list") == lists + 1)
+    eventually(lambda: kit.requests("list") == lists + 1, 10, 0.05, "the watch to list again")
     kit.apply(cluster, Action.CREATE)
     assert cluster.ref in kit.observe(cluster)
 

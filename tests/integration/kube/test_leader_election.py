@@ -23,6 +23,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GitRemote, free_port
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.kube
 ENVIRONMENT = """\
@@ -107,12 +108,9 @@ def start(remote: GitRemote, tmp_path: Path, kube_control_plane: kube_controlpla
 
 
 def wait_for(what: str, check: Callable[[], bool], replicas: list[Replica], timeout: float = 30) -> float:
-    """Poll `check` every 0.1s; the seconds it took."""
+    """Poll `check` every 0.1s; the seconds it took. Fails with the replicas' log tails."""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out waiting for {what}\n" + "\n".join(r.tail() for r in replicas))
-        time.sleep(0.1)
+    eventually(check, timeout, 0.1, lambda: f"{what}\n" + "\n".join(r.tail() for r in replicas))
     return time.monotonic() - started
 
 
@@ -132,8 +130,9 @@ def test_only_the_leader_reconciles_and_a_killed_leader_is_replaced_within_the_l
     leader, follower = one_leader(a, b)
 
     before = leader.reconciles()
-    time.sleep(3)
-    assert leader.reconciles() > before > 0, "the leader reconciles every second"
+    assert before > 0
+    wait_for("the leader to reconcile three more times (every second)", lambda: leader.reconciles() >= before + 3,
+             [a, b])
     assert not follower.has_samples("ray_gitops_reconcile_total"), "the follower reconciles nothing"
     assert not follower.has_samples("ray_gitops_git_requests_total"), "nor fetches"
     assert (follower.status("/readyz"), follower.status("/healthz")) == (200, 200), "a follower is Ready"

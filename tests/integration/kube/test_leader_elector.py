@@ -16,6 +16,7 @@ from kubernetes import client, config
 
 from reconciler.kubeapi import Kube
 from reconciler.service.leader import LeaderElectionOptions, LeaderElector
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.kube
 LEASE = "ray-gitops"
@@ -258,7 +259,7 @@ def test_threads_elect_one_leader_and_a_stop_hands_over_within_a_retry_period(
         try:
             for e in electors:
                 e.start()
-            wait_for(lambda: sum(e.is_leader() for e in electors) == 1, 5)
+            eventually(lambda: sum(e.is_leader() for e in electors) == 1, 5, 0.02, "one leader")
             time.sleep(1)  # several renewals later, still exactly one
             leaders = [e for e in electors if e.is_leader()]
             assert len(leaders) == 1
@@ -266,15 +267,9 @@ def test_threads_elect_one_leader_and_a_stop_hands_over_within_a_retry_period(
             started = time.monotonic()
             leaders[0].stop(release=True)
             rest = [e for e in electors if e is not leaders[0]]
-            wait_for(lambda: sum(e.is_leader() for e in rest) == 1, 3)
+            eventually(lambda: sum(e.is_leader() for e in rest) == 1, 3, 0.02, "a new leader")
             assert time.monotonic() - started < timing["lease_duration"], "released, not expired"
         finally:
             for e in electors:
                 e.stop(release=False)
 
-
-def wait_for(check: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)

@@ -42,7 +42,6 @@ import shlex
 import shutil
 import subprocess
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -62,6 +61,7 @@ from reconciler.errors import PermanentError
 from reconciler.model import ENVIRONMENT_LABEL, Action, LedgerSnapshot, Outcome
 from reconciler.targets.kubernetes.target import KubernetesTarget
 from target_kit import ENV, Kit, desired, load
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.kube
 
@@ -316,16 +316,6 @@ def token_client(plane: kube_controlplane.ControlPlane, namespace: str, name: st
     return api_client
 
 
-def settled(check: Callable[[], bool], timeout: float = 10.0) -> bool:
-    """Poll `check` until it holds: the RBAC authorizer sees new roles and bindings through its own watch."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
 # -- fixtures ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def kubectl_path() -> Path:
@@ -460,13 +450,13 @@ def variant(request: pytest.FixtureRequest, applied: subprocess.CompletedProcess
         if name == "impersonation":
             proc = kubectl("apply", "-k", str(overlays["impersonation"]))
             assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
-        assert settled(lambda: installed(name == "impersonation")), f"{name}: the authorizer never saw it"
+        eventually(lambda: installed(name == "impersonation"), 10, 0.1, f"{name}: the authorizer to see it")
         yield name
         if name == "impersonation":
             proc = kubectl("apply", "-k", str(MANIFESTS))
             assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
             kubectl("delete", "clusterrole", "ray-gitops-impersonate", "--ignore-not-found")
-            assert settled(lambda: installed(False)), "the base applied again is not direct"
+            eventually(lambda: installed(False), 10, 0.1, "the base applied again to be direct")
 
 
 @pytest.fixture

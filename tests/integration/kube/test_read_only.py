@@ -7,7 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from kubernetes import client
 
 from tests.conftest import GitRemote
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 
 pytestmark = [pytest.mark.kube, pytest.mark.e2e]
 WRITES = ("apply", "create", "update", "delete")
@@ -58,11 +58,8 @@ def test_the_status_page_api_and_every_look_command_write_nothing(kube_control_p
                           "/api/v1/environments/k/history", "/api/v1/environments/k/runs"):
                 with urllib.request.urlopen(base + route, timeout=10) as answer:
                     assert answer.status == 200, route
-            deadline = time.monotonic() + 30
-            while json.loads(urllib.request.urlopen(base + "/api/v1/environments/k/plan", timeout=10).read())[
-                    "status"] != "ready":
-                assert time.monotonic() < deadline, "the page's plan was never computed"
-                time.sleep(0.2)
+            eventually(lambda: json.loads(urllib.request.urlopen(base + "/api/v1/environments/k/plan", timeout=10)
+                                          .read())["status"] == "ready", 30, 0.2, "the page's plan to be computed")
             for command in (["plan"], ["diff"], ["render"], ["diff", "-o", "json"]):
                 done = subprocess.run([sys.executable, "-m", "reconciler", *command, "--repo", remote.url,
                                        "--environment", "k", "--state-dir", str(state)],

@@ -29,6 +29,7 @@ from reconciler.pipeline.ledger import Ledger
 from reconciler.service.shards import shard_of
 from tests.conftest import GitRemote
 from tests.daemon import DaemonProcess
+from tests.eventually import eventually
 
 pytestmark = [pytest.mark.kube, pytest.mark.e2e]
 N = 300
@@ -113,13 +114,10 @@ def values(core: client.CoreV1Api, namespace: str) -> dict[str, str]:
 
 
 def wait(what: str, check: Callable[[], bool], replicas: list[Replica], timeout: float) -> float:
-    """Poll `check` every 0.25 s; the seconds it took."""
+    """Poll `check` every 0.25 s; the seconds it took. Fails with the replicas' log tails."""
     started = time.monotonic()
-    while not check():
-        if time.monotonic() - started > timeout:
-            tails = "\n".join(f"--- {r.name} ---\n{r.log.read_text()[-3000:]}" for r in replicas)
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{tails}")
-        time.sleep(0.25)
+    eventually(check, timeout, 0.25, lambda: what + "".join(f"\n--- {r.name} ---\n{r.log.read_text()[-3000:]}"
+                                                             for r in replicas))
     return time.monotonic() - started
 
 

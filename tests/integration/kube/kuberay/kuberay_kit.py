@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from kubernetes import client
+
+from tests.eventually import eventually
 
 GROUP, VERSION = "ray.io", "v1"
 APPLY_PATCH = "application/apply-patch+yaml"
@@ -104,14 +105,11 @@ def workers(pods: list[client.V1Pod]) -> list[client.V1Pod]:
 
 def wait_until(what: str, observe: Callable[[], T], done: Callable[[T], bool], timeout: float = WAIT_S) -> T:
     """Observe until ``done(observation)``; on timeout fail with the last observation."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def check() -> tuple[T]:
         observed = observe()
-        if done(observed):
-            return observed
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}; last observed:\n{observed}")
-        time.sleep(0.25)
+        assert done(observed), f"last observed:\n{observed}"
+        return (observed,)  # truthy even when the observation is not
+    return eventually(check, timeout, 0.25, what)[0]
 
 
 def cluster_ready(status: dict[str, Any], workers_ready: int) -> bool:

@@ -1,4 +1,5 @@
-"""Fixtures for tests against a real kube-apiserver + etcd (envtest-style) with the KubeRay CRDs."""
+"""Fixtures for tests against a real kube-apiserver + etcd (envtest-style) with the KubeRay CRDs, shared by
+tests/integration/kube/ and the target behaviour suite beside it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "controlplane"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "controlplane"))
+sys.path.insert(0, str(Path(__file__).resolve().parent / "kube"))  # its kits (target_kit), for kube/kuberay/ too
 
 import kube_controlplane
 

@@ -1,0 +1,291 @@
+"""One behaviour suite for every target: the same tests (create, update, prune, drift healed, a job run once,
+an environment's removal) on the in-memory target and on the Kubernetes target (the real API server, marked
+`kube`). Real Git and the real pipeline in both; only what the test reads of the target, and how someone else
+edits it, differ, behind `Subject`."""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from prometheus_client import CollectorRegistry
+
+from reconciler.metrics import Metrics
+from reconciler.model import Action, LiveObject, ObjectRef, job_submission_id
+from reconciler.pipeline.ledger import Ledger
+from reconciler.pipeline.reconcile import Pipeline, Result
+from reconciler.pipeline.source import GitSource
+from reconciler.service.config import derived
+from reconciler.targets import Cluster, Registry, Runtime
+from tests.conftest import GitRemote
+from tests.eventually import eventually
+from tests.memory import MemoryTarget, pipeline
+
+ENV = "t"
+TESTDATA = Path(__file__).resolve().parents[1] / "testdata"
+PLURALS = {"RayCluster": "rayclusters", "RayJob": "rayjobs"}
+
+
+class Subject:
+    """A target under test: the environment's `spec.target`, its pipeline, and what a test reads and does
+    beside the daemon (read a live object, edit it as someone else, finish a job as the operator would)."""
+
+    namespace: str
+    target_yaml: str
+    source: GitSource
+    reconciler: Pipeline
+
+    def live(self, kind: str, name: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def edit(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        """Merge `spec` into the live object's spec, as `kubectl edit` would."""
+        raise NotImplementedError
+
+    def run(self, name: str) -> str:
+        """The run id of the live RayJob `name`."""
+        raise NotImplementedError
+
+    def finish(self, kind: str, name: str, run: str) -> None:
+        """The job's run `run` ended successfully (the operator writes the status)."""
+        raise NotImplementedError
+
+    def delete(self, kind: str, name: str) -> None:
+        """Someone else (a finished RayJob's TTL) deletes the object."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class Memory(Subject):
+    def __init__(self, source: GitSource, state: Path) -> None:
+        self.namespace, self.target_yaml, self.source = "default", "{local: {}}", source
+        self.target = MemoryTarget()
+        self.reconciler = pipeline(source, state, self.target)
+
+    def _ref(self, kind: str, name: str) -> ObjectRef:
+        return ObjectRef("" if kind == "ConfigMap" else "ray.io", kind, self.namespace, name)
+
+    def live(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self.target.objects.get(self._ref(kind, name))
+        return found.manifest if found else None
+
+    def edit(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        ref = self._ref(kind, name)
+        edited = copy.deepcopy(self.target.objects[ref].manifest)
+        edited["spec"] = merged(edited["spec"], spec)
+        edited["metadata"]["managedFields"] = [{"manager": "kubectl-edit", "operation": "Update",
+                                                "fieldsV1": {"f:spec": {}}}]
+        self.target.objects[ref] = LiveObject(ref, edited, self.target.objects[ref].status)
+
+    def run(self, name: str) -> str:
+        return str(self.target.objects[self._ref("RayJob", name)].status["jobId"])
+
+    def finish(self, kind: str, name: str, run: str) -> None:
+        pass  # the in-memory target's jobs end as they are submitted
+
+    def delete(self, kind: str, name: str) -> None:
+        del self.target.objects[self._ref(kind, name)]
+
+
+class Kubernetes(Subject):
+    def __init__(self, source: GitSource, state: Path, plane: Any, namespace: str) -> None:
+        self.namespace, self.target_yaml = namespace, f"{{kubernetes: {{namespace: {namespace}}}}}"
+        self.source = source
+        metrics = Metrics(CollectorRegistry())
+        self.targets = Registry(Runtime(state, metrics, clusters={
+            "default": Cluster("default", str(plane.kubeconfig), plane.context)},
+            ledger_key=derived(b"the-installation-key-of-at-least-32-bytes", "ledger-copies")))
+        self.reconciler = Pipeline(source, Ledger(state), metrics, self.targets)
+        self.api_client = plane.api_client()
+        self.core, self.custom = client.CoreV1Api(self.api_client), client.CustomObjectsApi(self.api_client)
+
+    def live(self, kind: str, name: str) -> dict[str, Any] | None:
+        found: Any
+        try:
+            if kind == "ConfigMap":
+                found = self.api_client.sanitize_for_serialization(
+                    self.core.read_namespaced_config_map(name, self.namespace))
+            else:
+                found = self.custom.get_namespaced_custom_object("ray.io", "v1", self.namespace, PLURALS[kind], name)
+            return dict(found)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def edit(self, kind: str, name: str, spec: dict[str, Any]) -> None:
+        live = self.live(kind, name)
+        assert live is not None
+        self.custom.patch_namespaced_custom_object(  # workerGroupSpecs is atomic: the whole list, edited
+            "ray.io", "v1", self.namespace, PLURALS[kind], name, {"spec": merged(live["spec"], spec)},
+            field_manager="kubectl-edit", _content_type="application/merge-patch+json")
+
+    def run(self, name: str) -> str:
+        live = self.live("RayJob", name)
+        assert live is not None
+        return str(live["spec"]["jobId"])
+
+    def delete(self, kind: str, name: str) -> None:
+        self.custom.delete_namespaced_custom_object("ray.io", "v1", self.namespace, PLURALS[kind], name)
+
+    def finish(self, kind: str, name: str, run: str) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            "ray.io", "v1", self.namespace, PLURALS[kind], name,
+            {"status": {"jobId": run, "jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}})
+
+    def close(self) -> None:
+        self.targets.close()
+        self.api_client.close()
+
+
+def merged(spec: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """`spec` with `change` merged in; lists of worker groups merged by groupName."""
+    out = copy.deepcopy(spec)
+    for key, value in change.items():
+        if key == "workerGroupSpecs":
+            groups = {g["groupName"]: g for g in out[key]}
+            for group in value:
+                groups[group["groupName"]].update(group)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(params=["memory", pytest.param("kubernetes", marks=pytest.mark.kube)])
+def subject(request: pytest.FixtureRequest, remote: GitRemote, tmp_path: Path) -> Iterator[Subject]:
+    source = GitSource(remote.url, "main", tmp_path / "git", Metrics(CollectorRegistry()).git_request)
+    made: Subject
+    if request.param == "memory":
+        made = Memory(source, tmp_path / "state")
+    else:
+        made = Kubernetes(source, tmp_path / "state", request.getfixturevalue("kube_control_plane"),
+                          request.getfixturevalue("kube_namespace"))
+    remote.write(f"environments/{ENV}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
+                 f"metadata: {{name: {ENV}}}\nspec: {{target: {made.target_yaml}, interval: 5s, prune: true}}\n")
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def cluster(replicas: int = 1) -> str:
+    return (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", str(replicas))
+
+
+SETTINGS = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\ndata: {mode: fast}\n"
+
+
+def reconcile(subject: Subject, remote: GitRemote, message: str | None = None) -> Result:
+    """Commit what the test wrote (if `message`), then reconcile the environment at Git's head."""
+    if message:
+        remote.commit(message)
+    result = subject.reconciler.reconcile(ENV, subject.source.fetch())
+    assert result.result != "error", result.message
+    return result
+
+
+def actions(result: Result) -> list[tuple[str, str, Action]]:
+    return sorted((item.ref.kind, item.ref.name, item.action) for item, _ in result.outcomes)
+
+
+def replicas(subject: Subject) -> int:
+    live = subject.live("RayCluster", "demo")
+    assert live is not None
+    return int(live["spec"]["workerGroupSpecs"][0]["replicas"])
+
+
+def test_objects_in_git_are_created_with_the_environment_label(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster())
+    remote.write(f"environments/{ENV}/settings.yaml", SETTINGS)
+    result = reconcile(subject, remote, "a cluster and its settings")
+    assert (result.result, result.sync_status) == ("success", "Synced")
+    assert actions(result) == [("ConfigMap", "settings", Action.CREATE), ("RayCluster", "demo", Action.CREATE)]
+    settings = subject.live("ConfigMap", "settings")
+    assert settings is not None and settings["data"] == {"mode": "fast"}
+    assert settings["metadata"]["labels"]["gitops.ray.io/environment"] == ENV
+    assert replicas(subject) == 1
+    assert reconcile(subject, remote).result == "noop"
+
+
+def test_a_change_in_git_updates_the_object_in_place(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster(1))
+    reconcile(subject, remote, "one worker")
+    first = subject.live("RayCluster", "demo")
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster(3))
+    result = reconcile(subject, remote, "three workers")
+    assert actions(result) == [("RayCluster", "demo", Action.UPDATE)]
+    assert replicas(subject) == 3
+    after = subject.live("RayCluster", "demo")
+    assert first is not None and after is not None
+    assert after["metadata"].get("uid") == first["metadata"].get("uid")  # the same object, not recreated
+
+
+def test_an_object_removed_from_git_is_pruned_and_only_it(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster())
+    remote.write(f"environments/{ENV}/settings.yaml", SETTINGS)
+    reconcile(subject, remote, "a cluster and its settings")
+    remote.remove(f"environments/{ENV}/settings.yaml")
+    result = reconcile(subject, remote, "no settings")
+    assert actions(result) == [("ConfigMap", "settings", Action.DELETE)]
+    assert subject.live("ConfigMap", "settings") is None
+    assert subject.live("RayCluster", "demo") is not None
+
+
+def test_a_hand_edit_is_set_back_to_git(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster(1))
+    reconcile(subject, remote, "one worker")
+    subject.edit("RayCluster", "demo", {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 4}]})
+    assert replicas(subject) == 4
+    healed: list[Result] = []
+
+    def heals() -> bool:  # the Kubernetes target sees the edit through its watch, a moment later
+        healed.append(reconcile(subject, remote))
+        return replicas(subject) == 1
+    eventually(heals, 10, 0.1, "the hand edit to be set back")
+    assert ("RayCluster", "demo", Action.UPDATE) in actions(healed[-1])
+    assert reconcile(subject, remote).result == "noop"
+
+
+def test_a_job_runs_once_even_when_its_finished_object_is_deleted(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster())
+    remote.write(f"environments/{ENV}/job.yaml", (TESTDATA / "rayjob.yaml").read_text())
+    result = reconcile(subject, remote, "a cluster and a job on it")
+    assert ("RayJob", "count", Action.SUBMIT) in actions(result)
+    run = subject.run("count")
+    assert run == job_submission_id(ENV, "count", yaml.safe_load((TESTDATA / "rayjob.yaml").read_text()))
+
+    subject.finish("RayJob", "count", run)
+
+    def recorded() -> bool:  # the Kubernetes target sees the status through its watch, a moment later
+        reconcile(subject, remote)
+        ledger = subject.reconciler.ledger.load(ENV)
+        return ledger is not None and ledger.finished == {run: "succeeded"}
+    eventually(recorded, 10, 0.1, "the run to be recorded as finished")
+    subject.delete("RayJob", "count")  # as its TTL does
+    assert reconcile(subject, remote).outcomes == []  # finished: not submitted again
+    assert subject.live("RayJob", "count") is None
+
+    remote.write(f"environments/{ENV}/settings.yaml", SETTINGS)  # a new revision: the job is still done
+    result = reconcile(subject, remote, "settings")
+    assert actions(result) == [("ConfigMap", "settings", Action.CREATE)]
+    assert subject.live("RayJob", "count") is None
+
+
+def test_an_environment_removed_from_git_has_its_objects_pruned(subject: Subject, remote: GitRemote) -> None:
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster())
+    remote.write(f"environments/{ENV}/settings.yaml", SETTINGS)
+    reconcile(subject, remote, "a cluster and its settings")
+    remote.repo.git.rm("-r", "-q", f"environments/{ENV}")
+    gone = remote.commit("the environment leaves")
+    result = subject.reconciler.remove(ENV, subject.source.fetch())
+    assert (result.sync_status, result.message) == ("Removed", f"removed from Git at {gone[:12]}: 2 object(s) pruned")
+    assert subject.live("RayCluster", "demo") is None and subject.live("ConfigMap", "settings") is None
