@@ -326,8 +326,10 @@ def parse_time(value: Any) -> float | None:
 
 
 def parse_duration(text: str | float | int) -> float:
-    """`90s`, `5m`, `1h30m`, `500ms` or a bare number of seconds -> seconds."""
+    """`90s`, `5m`, `1h30m`, `500ms` or a bare number of seconds (0 or more, finite) -> seconds."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
+        if not 0 <= text < float("inf"):
+            raise ValueError(f"not a duration: {text!r} (a number of seconds, 0 or more)")
         return float(text)
     value = str(text).strip()
     if re.fullmatch(r"\d+(\.\d+)?", value):

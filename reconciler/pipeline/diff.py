@@ -42,7 +42,7 @@ def remove_pointer(doc: Any, pointer: str) -> None:
                 return
             children = [node[k] for k in keys]
         elif isinstance(node, list):
-            indexes = range(len(node)) if head == "*" else [int(head)] if head.isdigit() and int(head) < len(node) else []
+            indexes = range(len(node)) if head == "*" else [int(head)] if head.isdecimal() and int(head) < len(node) else []
             if not tail:
                 for i in sorted(indexes, reverse=True):
                     del node[i]

@@ -304,7 +304,7 @@ def _field(pointer: str, doc: Any) -> str:
     node, field = doc, ""
     for part in jsonpointer.JsonPointer(pointer).parts:
         if isinstance(node, list):
-            index = len(node) - 1 if part == "-" else int(part) if part.isdigit() else -1
+            index = len(node) - 1 if part == "-" else int(part) if part.isdecimal() else -1
             field, node = f"{field}[{index}]", node[index] if 0 <= index < len(node) else None
         else:
             field, node = _at(field, part), node.get(part) if isinstance(node, dict) else None

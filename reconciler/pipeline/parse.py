@@ -180,8 +180,8 @@ class _Builder:
                     merged.update(source)
                 continue
             if tag != _STR:
-                shown = key.value if isinstance(key, ScalarEvent) else "a list, map or alias"
-                raise _Refused(path, f"key {shown!r} is not a string (quote it)", key.start_mark)
+                shown = f"key {key.value!r}" if isinstance(key, ScalarEvent) else "a key that is a list, map or alias"
+                raise _Refused(path, f"{shown} is not a string (quote it)", key.start_mark)
             field = f"{path}.{key.value}" if path else key.value
             if key.value in out:
                 raise _Refused(field, "duplicate key (a second value would silently replace the first)",

@@ -293,7 +293,7 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(CONCURRENCY_ANNOTATION), f"metadata.annotations.{CONCURRENCY_ANNOTATION}",
              set(CONCURRENCY_POLICIES))
     deadline = annotations.get(STARTING_DEADLINE_ANNOTATION)
-    if deadline is not None and not (isinstance(deadline, str) and deadline.isdigit()):
+    if deadline is not None and not (isinstance(deadline, str) and deadline.isdecimal()):
         c.fail(f"metadata.annotations.{STARTING_DEADLINE_ANNOTATION}", f"must be a whole number of seconds as a "
                f"string (e.g. \"600\"), got {short(deadline)}")
     if kind == "RayCluster":

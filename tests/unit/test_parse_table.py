@@ -133,8 +133,6 @@ def test_a_non_scalar_key_is_refused_naming_the_mapping() -> None:
     assert "is not a string" in error.reason
 
 
-@pytest.mark.xfail(strict=True, reason="the message quotes the description as if it were the key: "
-                   "\"key 'a list, map or alias' is not a string\"")
 def test_a_non_scalar_key_is_described_not_quoted() -> None:
     _, [error] = parse.documents("data:\n  ? [a, b]\n  : x\n", FILE)
     assert "'a list, map or alias'" not in error.reason

@@ -119,8 +119,6 @@ def test_environment_errors_name_file_object_and_field(doc: Any, errors: list[tu
         assert error.path == path and words in error.reason, error
 
 
-@pytest.mark.xfail(strict=True, reason="a bare negative number is accepted as spec.interval (parse_duration takes any "
-                   "number); the daemon's schedule then treats the environment as always due")
 def test_a_negative_interval_is_refused() -> None:
     spec, errors = validate.environment(environment(interval=-30), ENV_FILE, "prod", TARGETS)
     assert spec is None and [e.path for e in errors] == ["spec.interval"]
@@ -358,8 +356,6 @@ def test_the_targets_own_check_runs_only_on_an_object_that_passed() -> None:
                                                               "held at the cap")
 
 
-@pytest.mark.xfail(strict=True, reason="str.isdigit() accepts digits such as '²' that float() cannot read: validation "
-                   "passes the annotation and the local cron controller's Policy.of raises ValueError on it")
 def test_a_deadline_that_is_not_a_plain_number_is_refused() -> None:
     doc = raycronjob() | {"metadata": {"name": "nightly", "annotations": {STARTING_DEADLINE_ANNOTATION: "6²"}}}
     errors, _ = validate.ray_object(doc, FILE, 0, PROD, ALL_KINDS)

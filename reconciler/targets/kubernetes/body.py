@@ -105,7 +105,7 @@ def keep_live(body: Any, live: Any, pointer: str) -> None:
         if isinstance(mine, dict) and isinstance(theirs, dict):
             keys = list(mine) if head == "*" else [head]
         elif isinstance(mine, list) and isinstance(theirs, list):
-            keys = list(range(len(mine))) if head == "*" else [int(head)] if head.isdigit() else []
+            keys = list(range(len(mine))) if head == "*" else [int(head)] if head.isdecimal() else []
             keys = [k for k in keys if k < len(mine)]
         else:
             return
