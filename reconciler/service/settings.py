@@ -306,9 +306,27 @@ class Fields:
         "Secret). Read at start.")
 
 
-def declared() -> Iterator[tuple[Field[Any], Setting]]:
-    """Each field of `Fields` with its `Setting`, in declaration order."""
-    for each in fields(Fields):
+# The settings by concern, as `run --help` and the reference list them (every field in exactly one group).
+GROUPS: dict[str, tuple[str, ...]] = {
+    "Git": ("repo", "branch", "interval", "verify_commits", "trusted_keys", "verify_allow_rewrite"),
+    "Reconciling": ("environments", "once", "concurrency", "dependency_timeout", "removal_max_fraction", "state_dir",
+                    "installation_key_file"),
+    "HTTP: metrics, health, the status page and webhooks": (
+        "metrics_address", "ui", "allowed_hosts", "webhook_secret", "webhook_secret_file", "webhook_max_body"),
+    "Kubernetes": ("kubeconfig", "kube_context", "clusters", "default_service_account", "kube_api_qps",
+                   "kube_api_burst"),
+    "Replicas: leader election and shards": (
+        "leader_election", "leader_election_namespace", "leader_election_id", "leader_election_lease_duration",
+        "leader_election_renew_deadline", "leader_election_retry_period", "shards"),
+    "Notifications": ("notify_urls", "notify_urls_file"),
+    "Logs": ("log_format", "log_level"),
+}
+
+
+def declared(group: str | None = None) -> Iterator[tuple[Field[Any], Setting]]:
+    """Each field of `Fields` with its `Setting`: of `group` in its order, else all in declaration order."""
+    by_name = {each.name: each for each in fields(Fields)}
+    for each in (by_name[name] for name in GROUPS[group]) if group else by_name.values():
         yield each, each.metadata["setting"]
 
 
@@ -321,12 +339,16 @@ def flag(name: str, how: Setting) -> str | None:
 
 
 def add_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
-    """The flags of the settings `names` (None: all) on `parser`; a flag not given is None (not set)."""
-    for each, how in declared():
-        option = flag(each.name, how)
-        if option and (names is None or each.name in names):
-            parser.add_argument(option, dest=each.name, help=argparse.SUPPRESS if how.hidden else how.help,
-                                **how.cli)
+    """The flags of the settings `names` on `parser`, or of all of them in their groups (None); a flag not given is
+    None (not set)."""
+    places = [(parser, declared())] if names is not None else [
+        (parser.add_argument_group(f"{group} settings"), declared(group)) for group in GROUPS]
+    for place, settings in places:
+        for each, how in settings:
+            option = flag(each.name, how)
+            if option and (names is None or each.name in names):
+                place.add_argument(option, dest=each.name, help=argparse.SUPPRESS if how.hidden else how.help,
+                                   **how.cli)
 
 
 def shown(each: Field[Any], how: Setting) -> str:
@@ -348,13 +370,15 @@ def markdown() -> str:
                   "An empty variable counts as unset. A true/false setting takes `true`/`false`, `1`/`0` or "
                   "`yes`/`no`; anything else is an error naming the setting, as is an unknown key in the config "
                   "file. Durations take `ms`, `s`, `m` and `h` (`1h30m`) or a number of seconds.")
-    lines = ["# Settings", "", made, "", precedence, "",
-             "| key | flag | environment variable | default | meaning |", "|---|---|---|---|---|"]
-    for each, how in declared():
-        option = flag(each.name, how)
-        shown_flag = "(none)" if option is None else f"`{option}`" + (" (hidden)" if how.hidden else "")
-        lines.append(f"| `{each.name}` | {shown_flag} | `{env_var(each.name)}` | {shown(each, how)} | "
-                     f"{how.meaning()} |")
+    lines = ["# Settings", "", made, "", precedence]
+    for group in GROUPS:
+        lines += ["", f"## {group}", "", "| key | flag | environment variable | default | meaning |",
+                  "|---|---|---|---|---|"]
+        for each, how in declared(group):
+            option = flag(each.name, how)
+            shown_flag = "(none)" if option is None else f"`{option}`" + (" (hidden)" if how.hidden else "")
+            lines.append(f"| `{each.name}` | {shown_flag} | `{env_var(each.name)}` | {shown(each, how)} | "
+                         f"{how.meaning()} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,6 +32,14 @@ def test_every_setting_has_help_a_variable_and_a_flag_unless_it_says_why_not() -
         assert settings.env_var(each.name) == "RAY_GITOPS_" + each.name.upper()
 
 
+def test_every_setting_is_in_exactly_one_group_and_run_help_lists_the_groups() -> None:
+    grouped = [name for names in settings.GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(each.name for each, _ in settings.declared())  # each once, none left out
+    text = run_parser().format_help()
+    assert [group for group in settings.GROUPS if f"{group} settings:" in text] == list(settings.GROUPS)
+    assert all(f"## {group}" in settings.markdown() for group in settings.GROUPS)
+
+
 def test_run_takes_every_declared_flag_and_lists_the_visible_ones_with_help() -> None:
     run = run_parser()
     by_flag = {option: action for action in run._actions for option in action.option_strings}
