@@ -1,10 +1,12 @@
 """One behaviour suite for every target: the same tests (create, update, prune, drift healed, a job run once,
-an environment's removal) on the in-memory target and on the Kubernetes target (the real API server, marked
-`kube`). Real Git and the real pipeline in both; only what the test reads of the target, and how someone else
-edits it, differ, behind `Subject`."""
+an environment's removal) on the in-memory target, the local target (real Ray processes, marked `ray`) and the
+Kubernetes target (the real API server, marked `kube`). Real Git and the real pipeline in each; only what the test
+reads of the target, how someone else changes it, and how long a change takes to show differ, behind `Subject`."""
 from __future__ import annotations
 
 import copy
+import os
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,12 @@ from reconciler.metrics import Metrics
 from reconciler.model import Action, LiveObject, ObjectRef, job_submission_id
 from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline, Result
+from reconciler.pipeline.render import render
 from reconciler.pipeline.source import GitSource
 from reconciler.service.config import derived
 from reconciler.targets import Cluster, Registry, Runtime
+from reconciler.targets.local.runtime import LocalRayCluster
+from reconciler.targets.local.target import LocalTarget
 from tests.conftest import GitRemote
 from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
@@ -43,9 +48,17 @@ class Subject:
     def live(self, kind: str, name: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
+    timeout = 10.0  # seconds a change by someone else may take to show, and to be set back
+
     def edit(self, kind: str, name: str, spec: dict[str, Any]) -> None:
         """Merge `spec` into the live object's spec, as `kubectl edit` would."""
         raise NotImplementedError
+
+    def drift(self) -> int:
+        """Someone else moves the RayCluster `demo` (one `cpu` worker in Git) away from Git; the workers it then
+        has. Kubernetes and in memory: `kubectl edit` to 4 replicas."""
+        self.edit("RayCluster", "demo", {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 4}]})
+        return 4
 
     def run(self, name: str) -> str:
         """The run id of the live RayJob `name`."""
@@ -102,7 +115,7 @@ class Kubernetes(Subject):
         self.targets = Registry(Runtime(state, metrics, clusters={
             "default": Cluster("default", str(plane.kubeconfig), plane.context)},
             ledger_key=derived(b"the-installation-key-of-at-least-32-bytes", "ledger-copies")))
-        self.reconciler = Pipeline(source, Ledger(state), metrics, self.targets)
+        self.reconciler = Pipeline(source, Ledger(state), metrics, self.targets, checkouts=state / "checkouts")
         self.api_client = plane.api_client()
         self.core, self.custom = client.CoreV1Api(self.api_client), client.CustomObjectsApi(self.api_client)
 
@@ -145,6 +158,58 @@ class Kubernetes(Subject):
         self.api_client.close()
 
 
+class Local(Subject):
+    """The local target: real Ray clusters (the live state is what the target observes of them)."""
+
+    timeout = 120.0  # Ray reports a killed worker node dead, and starts its replacement, within this
+
+    def __init__(self, source: GitSource, state: Path) -> None:
+        self.namespace, self.target_yaml, self.source, self.state = "default", "{local: {}}", source, state
+        self.target = LocalTarget(state)
+        self.reconciler = pipeline(source, state, self.target)
+
+    def _ref(self, kind: str, name: str) -> ObjectRef:
+        return ObjectRef("" if kind == "ConfigMap" else "ray.io", kind, self.namespace, name)
+
+    def _observed(self, ref: ObjectRef) -> LiveObject | None:
+        """What the target observes of `ref` (rendered as the environment was last applied: it may be gone)."""
+        revision = self.source.revision(self.reconciler.ledger.load(ENV).last_applied or self.source.fetch().sha)
+        rendered = render(revision.tree, ENV, revision.sha, self.reconciler.targets)
+        return self.target.observe(rendered, {ref}, frozenset()).live.get(ref)
+
+    def live(self, kind: str, name: str) -> dict[str, Any] | None:
+        found = self._observed(self._ref(kind, name))
+        return found.manifest if found else None
+
+    def drift(self) -> int:
+        """A worker node of `demo` dies (killed by someone else): Ray reports none left."""
+        cluster = LocalRayCluster.adopt(f"{ENV}_demo", self.state / "local" / "clusters")
+        assert cluster is not None
+        [worker] = cluster.worker_pids()["cpu"]
+        os.killpg(worker, signal.SIGKILL)
+        return 0
+
+    def run(self, name: str) -> str:
+        found = self._observed(self._ref("RayJob", name))
+        assert found is not None
+        return str(found.status["jobId"])
+
+    def finish(self, kind: str, name: str, run: str) -> None:  # the job really runs: wait for Ray to end it
+        eventually(lambda: (self._observed(self._ref(kind, name)) or LiveObject(self._ref(kind, name), {}, {}))
+                   .status.get("jobStatus") == "SUCCEEDED", self.timeout, 1, f"the run {run} to succeed")
+
+    def delete(self, kind: str, name: str) -> None:
+        self.target.store.forget(ENV, self._ref(kind, name))
+
+    def close(self) -> None:
+        self.target.close(workloads=True)
+        clusters = self.state / "local" / "clusters"
+        for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
+            left = LocalRayCluster.adopt(record.parent.name, clusters)
+            if left is not None:
+                left.stop()
+
+
 def merged(spec: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     """`spec` with `change` merged in; lists of worker groups merged by groupName."""
     out = copy.deepcopy(spec)
@@ -160,12 +225,15 @@ def merged(spec: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@pytest.fixture(params=["memory", pytest.param("kubernetes", marks=pytest.mark.kube)])
+@pytest.fixture(params=["memory", pytest.param("local", marks=pytest.mark.ray),
+                        pytest.param("kubernetes", marks=pytest.mark.kube)])
 def subject(request: pytest.FixtureRequest, remote: GitRemote, tmp_path: Path) -> Iterator[Subject]:
     source = GitSource(remote.url, "main", tmp_path / "git", Metrics(CollectorRegistry()).git_request)
     made: Subject
     if request.param == "memory":
         made = Memory(source, tmp_path / "state")
+    elif request.param == "local":
+        made = Local(source, tmp_path / "state")
     else:
         made = Kubernetes(source, tmp_path / "state", request.getfixturevalue("kube_control_plane"),
                           request.getfixturevalue("kube_namespace"))
@@ -243,15 +311,15 @@ def test_an_object_removed_from_git_is_pruned_and_only_it(subject: Subject, remo
 def test_a_hand_edit_is_set_back_to_git(subject: Subject, remote: GitRemote) -> None:
     remote.write(f"environments/{ENV}/raycluster.yaml", cluster(1))
     reconcile(subject, remote, "one worker")
-    subject.edit("RayCluster", "demo", {"workerGroupSpecs": [{"groupName": "cpu", "replicas": 4}]})
-    assert replicas(subject) == 4
+    drifted = subject.drift()
+    eventually(lambda: replicas(subject) == drifted, subject.timeout, 0.2, "the change to show")
     healed: list[Result] = []
 
-    def heals() -> bool:  # the Kubernetes target sees the edit through its watch, a moment later
+    def heals() -> bool:  # Kubernetes sees the edit through its watch, Ray a dead node, a moment later
         healed.append(reconcile(subject, remote))
         return replicas(subject) == 1
-    eventually(heals, 10, 0.1, "the hand edit to be set back")
-    assert ("RayCluster", "demo", Action.UPDATE) in actions(healed[-1])
+    eventually(heals, subject.timeout, 0.1, "the hand edit to be set back")
+    assert any(("RayCluster", "demo", Action.UPDATE) in actions(result) for result in healed)
     assert reconcile(subject, remote).result == "noop"
 
 
@@ -269,7 +337,7 @@ def test_a_job_runs_once_even_when_its_finished_object_is_deleted(subject: Subje
         reconcile(subject, remote)
         ledger = subject.reconciler.ledger.load(ENV)
         return ledger is not None and ledger.finished == {run: "succeeded"}
-    eventually(recorded, 10, 0.1, "the run to be recorded as finished")
+    eventually(recorded, subject.timeout, 0.1, "the run to be recorded as finished")
     subject.delete("RayJob", "count")  # as its TTL does
     assert reconcile(subject, remote).outcomes == []  # finished: not submitted again
     assert subject.live("RayJob", "count") is None
