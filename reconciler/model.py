@@ -11,7 +11,9 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Generic, Protocol
+
+from typing_extensions import TypeVar  # `default=`: typing's TypeVar has it from Python 3.13
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
@@ -220,7 +222,9 @@ class PlanItem:
 class TargetOptions(Protocol):
     """A target's typed, frozen options (each target defines and validates its own)."""
 
-    namespace: str  # where objects without a namespace go
+    @property
+    def namespace(self) -> str:
+        """Where objects without a namespace go."""
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -230,12 +234,17 @@ class TargetOptions(Protocol):
         """What identifies one connection: environments with equal values share one target instance."""
 
 
+# The options type of the specs below: a target's code sees its own options class (`EnvironmentSpec[LocalOptions]`),
+# the pipeline any target's (a bare `EnvironmentSpec` is `EnvironmentSpec[TargetOptions]`).
+OptionsT_co = TypeVar("OptionsT_co", bound=TargetOptions, covariant=True, default=TargetOptions)
+
+
 @dataclass(frozen=True)
-class TargetSpec:
+class TargetSpec(Generic[OptionsT_co]):
     """Where an environment is applied: a registered target kind and its options."""
 
     kind: str
-    options: TargetOptions
+    options: OptionsT_co
 
     @property
     def namespace(self) -> str:
@@ -253,11 +262,11 @@ class Patch:
 
 
 @dataclass(frozen=True)
-class EnvironmentSpec:
+class EnvironmentSpec(Generic[OptionsT_co]):
     """The parsed `environment.yaml` of one environment."""
 
     name: str
-    target: TargetSpec
+    target: TargetSpec[OptionsT_co]
     interval: float = 60.0
     prune: bool = True
     suspend: bool = False
@@ -271,10 +280,10 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
-class RenderedEnvironment:
+class RenderedEnvironment(Generic[OptionsT_co]):
     """An environment at one revision: its settings and the objects Git wants."""
 
-    spec: EnvironmentSpec
+    spec: EnvironmentSpec[OptionsT_co]
     objects: tuple[DesiredObject, ...]
     revision: str = ""
 

@@ -150,7 +150,7 @@ class KubernetesTarget:
         return informer.get(ref.namespace, ref.name)
 
     # -- Target protocol -----------------------------------------------------------------------------
-    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+    def observe(self, rendered: RenderedEnvironment[KubernetesOptions], refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
         """Live objects from the caches. A pending run whose RayJob is gone was deleted (its TTL, `DeleteSelf`,
         a person) before it was seen to end: reported `DELETED`, it is never re-created."""
@@ -184,7 +184,7 @@ class KubernetesTarget:
                    and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
         return Observation(live, tuple(deleted) + self._cron_runs(rendered))
 
-    def _cron_runs(self, rendered: RenderedEnvironment) -> tuple[RunReport, ...]:
+    def _cron_runs(self, rendered: RenderedEnvironment[KubernetesOptions]) -> tuple[RunReport, ...]:
         """The runs of the environment's RayCronJobs: the RayJobs KubeRay made for them (counted by the
         pipeline like any run; never in the inventory, so never pruned)."""
         crons = {(d.ref.namespace, d.ref.name) for d in rendered.objects if d.ref.kind == "RayCronJob"}
@@ -209,8 +209,9 @@ class KubernetesTarget:
             self._no_pods.add(namespace)
             return None
 
-    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
-        dry_runs = self.writer(_options(rendered.spec)).dry_runs
+    def expected(self, rendered: RenderedEnvironment[KubernetesOptions],
+                 live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        dry_runs = self.writer(rendered.spec.target.options).dry_runs
         out = {}
         for desired in rendered.objects:
             current = live.get(desired.ref)
@@ -219,10 +220,9 @@ class KubernetesTarget:
                                                      rendered.spec.ignore)
         return out
 
-    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+    def apply(self, item: PlanItem, context: ApplyContext[KubernetesOptions]) -> Outcome:
         ref = item.ref
         options = context.options
-        assert isinstance(options, KubernetesOptions)
         writer = self.writer(options)
         if item.action == Action.DELETE:
             self._delete(writer, ref, wait=0)
@@ -251,15 +251,14 @@ class KubernetesTarget:
         if owner != environment:
             raise PermanentError(f"{ref}: belongs to environment {owner} (one object, one environment): not applied")
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext[KubernetesOptions],
                      reason: str = "") -> None:
-        assert isinstance(context.options, KubernetesOptions)
         self.recorder.record(self.writer(context.options).kube, item.ref, lambda: self._uid(item.ref), outcome,
                              f"{message} (revision {context.revision[:12]})", context.environment, reason)
 
-    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
+    def report_warning(self, spec: EnvironmentSpec[KubernetesOptions], reason: str, message: str) -> None:
         ref = ObjectRef("", "ConfigMap", spec.target.namespace, ledger_name(spec.name))
-        self.recorder.record(self.writer(_options(spec)).kube, ref, lambda: self._uid(ref), Outcome.FAILED,
+        self.recorder.record(self.writer(spec.target.options).kube, ref, lambda: self._uid(ref), Outcome.FAILED,
                              message, spec.name, reason)
 
     def _uid(self, ref: ObjectRef) -> str:
@@ -290,12 +289,12 @@ class KubernetesTarget:
         if wait:
             writer.applier.wait_gone(ref, uid, wait)
 
-    def watches(self, spec: EnvironmentSpec) -> bool:
+    def watches(self, spec: EnvironmentSpec[KubernetesOptions]) -> bool:
         """Whether every change someone else makes to the environment's objects and Ray Pods reaches `on_change`
         (the daemon's; not with Pods we may not list)."""
         return self.on_change is not None and not self._no_pods
 
-    def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
+    def load_ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> LedgerSnapshot | None:
         """The environment's ledger copy; None when there is none, or when it is unverifiable (forged, or signed
         with another key: reported once, in the log and as a Warning Event, and never obeyed)."""
         try:
@@ -326,15 +325,15 @@ class KubernetesTarget:
                     found.append(snapshot.verified)
         return found
 
-    def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
+    def save_ledger(self, spec: EnvironmentSpec[KubernetesOptions], snapshot: LedgerSnapshot) -> None:
         self._ledger(spec).save(snapshot)
 
-    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+    def drop_ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> None:
         self._ledger(spec).delete()
         with self._lock:
             self._ledgers.pop((spec.name, spec.target.namespace), None)
 
-    def _ledger(self, spec: EnvironmentSpec) -> ConfigMapLedger:
+    def _ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> ConfigMapLedger:
         """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
         ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET;
         written as the environment's writer."""
@@ -346,7 +345,7 @@ class KubernetesTarget:
                 return self._informer("ConfigMap", namespace).get(namespace, ref.name)
             except PermanentError:
                 return self.applier.get(ref)
-        kube = self.writer(_options(spec)).kube
+        kube = self.writer(spec.target.options).kube
         with self._lock:
             if (environment, namespace) not in self._ledgers:
                 self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment,
@@ -363,9 +362,3 @@ class KubernetesTarget:
             informer.stop()
         if self._owns_client:
             self.api_client.close()
-
-
-def _options(spec: EnvironmentSpec) -> KubernetesOptions:
-    options = spec.target.options
-    assert isinstance(options, KubernetesOptions)
-    return options
