@@ -164,7 +164,8 @@ class ThrottledRefresh:
             self._last = now
             self.hook(configuration)
             if configuration.refresh_api_key_hook is not self:  # the loader put its new hook in place
-                self.hook, configuration.refresh_api_key_hook = configuration.refresh_api_key_hook, self
+                # the client types the hook as None, its default: it is a callable once set
+                self.hook, configuration.refresh_api_key_hook = configuration.refresh_api_key_hook, self  # type: ignore[assignment]
 
 
 class RateLimiter:

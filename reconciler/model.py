@@ -50,7 +50,9 @@ class ObjectRef:
     def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
         api_version = str(manifest.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
-        meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
+        meta = manifest.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         return cls(group, str(manifest.get("kind", "")), str(meta.get("namespace") or default_namespace),
                    str(meta.get("name", "")))
 
@@ -302,7 +304,8 @@ class LedgerSnapshot:
 def desired_workers(group: dict[str, Any]) -> int:
     """clamp(replicas, minReplicas, maxReplicas) x numOfHosts, as KubeRay computes a group's pods."""
     low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
-    return min(max(group.get("replicas", 0), low), high) * group.get("numOfHosts", 1)
+    workers: int = min(max(group.get("replicas", 0), low), high) * group.get("numOfHosts", 1)  # validated integers
+    return workers
 
 
 def spec_hash(manifest: Manifest, length: int = 10) -> str:

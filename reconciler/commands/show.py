@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 from prometheus_client import CollectorRegistry
@@ -187,7 +188,7 @@ def _time(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
 
 
-def _table(rows: list[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
+def _table(rows: Sequence[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
     """Aligned columns; `details[i]` are indented lines printed under data row i."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
 

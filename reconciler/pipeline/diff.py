@@ -114,8 +114,8 @@ def normalize(manifest: Manifest, ignore: Iterable[str] = ()) -> Manifest:
 def _key(item: Any) -> str | None:
     if isinstance(item, dict):
         for name in ("groupName", "name"):
-            if isinstance(item.get(name), str):
-                return item[name]
+            if isinstance(key := item.get(name), str):
+                return key
     return None
 
 

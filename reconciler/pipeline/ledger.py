@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterator, Mapping, NamedTuple
+from typing import Any, Iterator, Mapping, NamedTuple
 
 from ..model import (TERMINAL_JOB_STATUSES, Action, Health, HistoryResult, LedgerSnapshot, ObjectRef, Outcome,
                      RunResult, SyncStatus)
@@ -132,7 +132,7 @@ class EnvironmentState:
     health_status: Health
     message: str
     updated_at: float
-    detail: dict
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -403,13 +403,13 @@ def _fill_changes(db: sqlite3.Connection) -> None:
     db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
-def _run(row: tuple) -> JobRun:
+def _run(row: tuple[Any, ...]) -> JobRun:
     """A `job_runs` row read by `load` and `runs` (submission_id, job, spec_hash, status, result, ...)."""
     submission_id, job, spec_hash, status, result, start_time, end_time, submitted_at = row
     return JobRun(submission_id, job, spec_hash, status, RunResult(result) if result else None, start_time, end_time,
                   submitted_at)
 
 
-def _state(row: tuple) -> EnvironmentState:
+def _state(row: tuple[Any, ...]) -> EnvironmentState:
     return EnvironmentState(row[0], row[1], row[2], SyncStatus(row[3]), Health(row[4]), row[5], row[6],
                             json.loads(row[7] or "{}"))

@@ -134,7 +134,8 @@ def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None =
 def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
     """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
     is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
-    out, placed = [], set()
+    out: list[list[str]] = []
+    placed: set[str] = set()
     while len(placed) < len(graph):
         wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
                                                                                  for d in deps))

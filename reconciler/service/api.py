@@ -57,7 +57,7 @@ class Api:
             return 200, self.plan(state)
         if view in LIMITS:
             try:
-                limit = int((query.get("limit") or [LIMITS[view]])[0])
+                limit = int(query["limit"][0]) if query.get("limit") else LIMITS[view]
             except ValueError:
                 limit = 0
             if not 1 <= limit <= MAX_LIMIT:

@@ -33,6 +33,7 @@ under `_lock` for the loop to act on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -323,10 +324,10 @@ class Daemon:
             return
         before = self._reported.get(name)
         event = notify.transition(before, result.sync_status, result.revision, result.result == ReconcileResult.SUCCESS)
-        self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
+        reported = self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
         if event:
             self.notifier.notify(event, name, result.sync_status, result.health_status.value,
-                                 self._reported[name][1], before[1] if before else "", head, result.message)
+                                 reported[1], before[1] if before else "", head, result.message)
 
     def _reach(self, name: str, reached: tuple[str, str]) -> bool:
         """`name` is at (revision, health): when that is new, a promotion may go ahead and its dependents look now
@@ -390,7 +391,7 @@ class Daemon:
         for name in skipped:
             self.metrics.reconcile_skipped.labels(name).inc()
         for name, future in futures.items():
-            future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
+            future.add_done_callback(functools.partial(self._finished, name, revision, self._generation))
         self._advanced(revision, same)
 
     def _remove(self, name: str, revision: Revision) -> Result:
