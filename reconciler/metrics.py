@@ -7,10 +7,18 @@ Per-object gauges are replaced as a whole per environment, so deleted objects le
 from __future__ import annotations
 
 import threading
-from typing import Mapping, TypeVar
+from collections.abc import Mapping
+from typing import TypeVar
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
-                               ProcessCollector)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from .model import Health, SyncStatus
 

@@ -9,9 +9,10 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Generic, Protocol
+from typing import Any, Generic, Protocol
 
 from typing_extensions import TypeVar  # `default=`: typing's TypeVar has it from Python 3.13
 
@@ -47,7 +48,7 @@ class ObjectRef:
         return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
 
     @classmethod
-    def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
+    def of(cls, manifest: Manifest, default_namespace: str = "") -> ObjectRef:
         api_version = str(manifest.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
         meta = manifest.get("metadata")
@@ -155,7 +156,7 @@ class Health(enum.StrEnum):
     DEGRADED = "Degraded"
 
     @staticmethod
-    def worst(healths: "list[Health]") -> "Health":
+    def worst(healths: list[Health]) -> Health:
         """The least healthy (Healthy when empty)."""
         order = list(Health)
         return max(healths, key=order.index, default=Health.HEALTHY)

@@ -13,9 +13,9 @@ import argparse
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import git
 
@@ -255,7 +255,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     for sha, subject in done.reverted:
         print(f"  {sha[:12]} {subject}" if args.restore else f"reverted {sha[:12]} {subject}")
     print(done.diff.rstrip("\n") or f"(no net change under {'the repository' if args.all_paths else path})")
-    where = f"pushed to origin/{args.branch}" if done.pushed else f"not pushed (git push origin {args.branch} or --push)"
+    where = (f"pushed to origin/{args.branch}" if done.pushed
+             else f"not pushed (git push origin {args.branch} or --push)")
     made = "1 restore commit" if args.restore else f"{len(done.reverted)} revert commit(s)"
     print(f"{made} {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; {where}")
     return 0

@@ -11,8 +11,8 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 from prometheus_client import CollectorRegistry
@@ -193,10 +193,10 @@ def _table(rows: Sequence[tuple[str, ...]], details: list[list[str]] | None = No
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     print(line(rows[0]))
-    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]]):
+    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]], strict=True):
         print(line(row))
         for text in extra:
             print(f"  {text}")

@@ -16,14 +16,24 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
-from ..model import (TERMINAL_JOB_STATUSES, Action, Health, HistoryResult, LedgerSnapshot, ObjectRef, Outcome,
-                     RunResult, SyncStatus)
+from ..model import (
+    TERMINAL_JOB_STATUSES,
+    Action,
+    Health,
+    HistoryResult,
+    LedgerSnapshot,
+    ObjectRef,
+    Outcome,
+    RunResult,
+    SyncStatus,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,

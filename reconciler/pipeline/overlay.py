@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterator, Mapping, TypeGuard
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeGuard
 
 import jsonpatch
 import jsonpointer

@@ -8,14 +8,23 @@ to run out ends the render with an error naming the file (and object and field) 
 """
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import kuberay
 from ..errors import InvalidEnvironment, ValidationError
-from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
-                     EnvironmentSpec, ObjectRef, Patch, RenderedEnvironment, TargetSpec)
+from ..model import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REVISION_ANNOTATION,
+    DesiredObject,
+    EnvironmentSpec,
+    ObjectRef,
+    Patch,
+    RenderedEnvironment,
+    TargetSpec,
+)
 from . import budgets, overlay, parse, validate
 from .source import FileTree
 
@@ -127,8 +136,9 @@ def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None =
     doc = next((d for d in docs if d is not None), None)
     spec = doc.get("spec") if isinstance(doc, dict) else None
     entries = spec.get("dependsOn") if isinstance(spec, dict) else None
-    return tuple(e["environment"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("environment"), str)) \
-        if isinstance(entries, list) and not errors else ()
+    if not isinstance(entries, list) or errors:
+        return ()
+    return tuple(e["environment"] for e in entries if isinstance(e, dict) and isinstance(e.get("environment"), str))
 
 
 def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:

@@ -14,18 +14,28 @@ facts are `reconciler.kuberay`'s.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, runtime_checkable
 
 from typing_extensions import TypeVar
 
-from ..model import (EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, OptionsT_co, PlanItem,
-                     RenderedEnvironment, TargetOptions)
+from ..model import (
+    EnvironmentSpec,
+    LedgerSnapshot,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+    OptionsT_co,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    TargetOptions,
+)
 from . import parse
 from .diff import hide_secret_values as hide_secret_values, strip as strip
 from .validate import Checker as Checker, TargetCatalog, dns_label as dns_label, short as short
-
 
 # The options a target takes: each target's own class (`Target[KubernetesOptions]`, no isinstance asserts). The
 # registry pairs an environment's options with the target kind that parsed them, so `Targets.get` gives `Target[Any]`.

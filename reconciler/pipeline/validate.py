@@ -9,16 +9,32 @@ from __future__ import annotations
 import re
 import reprlib
 import zoneinfo
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from croniter import croniter
 
 from ..errors import ValidationError
 from ..kuberay import KINDS, Kind, submitter_command
-from ..model import (CONCURRENCY_ANNOTATION, CONCURRENCY_POLICIES, ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL,
-                     MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION,
-                     SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch,
-                     TargetOptions, TargetSpec, parse_duration, parse_quantity)
+from ..model import (
+    CONCURRENCY_ANNOTATION,
+    CONCURRENCY_POLICIES,
+    ENVIRONMENT_LABEL,
+    LEDGER_PREFIX,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    ON_CHANGE_ANNOTATION,
+    ON_TEMPLATE_CHANGE_ANNOTATION,
+    RECONCILE_ANNOTATION,
+    SSA_ANNOTATION,
+    STARTING_DEADLINE_ANNOTATION,
+    EnvironmentSpec,
+    Patch,
+    TargetOptions,
+    TargetSpec,
+    parse_duration,
+    parse_quantity,
+)
 from . import parse
 from .budgets import MAX_REPORTED, Budget
 
@@ -54,10 +70,10 @@ class TargetCatalog(Protocol):
     target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
-    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str,
+    def options(self, kind: str, raw: Mapping[str, Any], check: Checker, path: str,
                 environment: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
-    def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
+    def check(self, kind: str, doc: dict[str, Any], check: Checker, environment: EnvironmentSpec) -> None: ...
 
 
 class Checker:

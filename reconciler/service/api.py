@@ -8,7 +8,8 @@ commits are asked of the page's worker, and an answer says when one is still bei
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..model import Action, HistoryResult, ObjectRef, SyncStatus
 from ..pipeline.ledger import EnvironmentState, LastChange, Ledger

@@ -97,7 +97,7 @@ class Daemon:
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
-        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, never changed)
+        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, not changed)
         self._inputs: dict[str, Inputs] = {}  # environment -> what its last reconcile read, if it may be advanced
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
@@ -435,7 +435,8 @@ class Daemon:
                                       f"(--environment {' --environment '.join(names)}); select it too")
         removable = self._removals(revision, names)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
-            results = dict(zip(removable, pool.map(lambda n: self.pipeline.remove(n, revision), removable)))
+            removed = pool.map(lambda n: self.pipeline.remove(n, revision), removable)
+            results = dict(zip(removable, removed, strict=True))
             results.update(self._in_order(pool, revision, graph))
         for result in results.values():
             log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
@@ -456,7 +457,7 @@ class Daemon:
 
         def run(names: list[str]) -> None:  # each result without its objects: a thousand would be kept till the end
             results.update(zip(names, pool.map(lambda n: replace(self.pipeline.reconcile(n, revision), outcomes=[],
-                                                                 inputs=frozenset()), names)))
+                                                                 inputs=frozenset()), names), strict=True))
         for wave in waves(graph):
             run(wave)
             waiting = [n for n in wave if results[n].sync_status == SyncStatus.WAITING]

@@ -13,10 +13,10 @@ import io
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import Callable, Mapping
 
 from ..metrics import Metrics
 

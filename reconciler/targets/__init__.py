@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Generic, Mapping
+from typing import Any, Generic
 
 from .. import kuberay
 from ..errors import RayGitopsError, TemporaryError
 from ..metrics import Metrics
 from ..model import EnvironmentSpec, TargetOptions, TargetSpec
 from ..pipeline.target import Checker, OptionsT, Target
-from .kubernetes.options import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, KubernetesOptions, admit
+from .kubernetes.options import (
+    DEFAULT_CLUSTER as DEFAULT_CLUSTER,
+    PROTECTED_NAMESPACES,
+    Cluster,
+    KubernetesOptions,
+    admit,
+)
 from .local.options import LocalOptions, check_object as local_check
 
 log = logging.getLogger(__name__)
@@ -68,8 +75,8 @@ def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target[Kubernet
     cluster = (runtime.clusters or {}).get(options.cluster) or Cluster(options.cluster)
     return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst),
                             default_service_account=runtime.default_service_account, on_change=runtime.changed,
-                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster), owns_client=True,
-                            ledger_key=runtime.ledger_key)
+                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster),
+                            owns_client=True, ledger_key=runtime.ledger_key)
 
 
 def _admit_kubernetes(options: KubernetesOptions, environment: str, runtime: Runtime, check: Checker,

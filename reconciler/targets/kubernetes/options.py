@@ -8,8 +8,9 @@ namespaces and service accounts, are the daemon's settings (`Cluster`). No path 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...model import parse_duration
 from ...pipeline.target import Checker, dns_label, short

@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -20,8 +21,21 @@ from ...errors import PermanentError, RayGitopsError
 from ...kubeapi import ApiError, Kube, RateLimiter, resource
 from ...kuberay import cluster_spec_path
 from ...metrics import Metrics
-from ...model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest,
-                      ObjectRef, Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
+from ...model import (
+    ENVIRONMENT_LABEL,
+    LEDGER_PREFIX,
+    Action,
+    EnvironmentSpec,
+    LedgerSnapshot,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    job_submission_id,
+    parse_time,
+)
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
 from .apply import Applier, translate
@@ -75,7 +89,7 @@ class KubernetesTarget:
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
         self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
         self._pruned: dict[ObjectRef, str] = {}  # object -> uid of what we deleted, until its Event is written
-        self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one environment)
+        self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one env.)
         self._lock = threading.Lock()
 
     def _count(self, verb: str) -> None:
@@ -313,17 +327,19 @@ class KubernetesTarget:
             items = self._informer("ConfigMap", "").items() if "ConfigMap" not in self._namespaced else []
         except RayGitopsError:
             return []
-        found = []
-        for cm in items:
-            meta = cm.get("metadata") or {}
-            name, environment = str(meta.get("name")), str((meta.get("labels") or {}).get(ENVIRONMENT_LABEL) or "")
-            if name != ledger_name(environment):
-                continue
-            ledger = ConfigMapLedger(self.kube, str(meta.get("namespace")), environment, self.ledger_key, lambda: cm)
-            with contextlib.suppress(Unverifiable):
-                if (snapshot := ledger.load()) is not None and snapshot.verified:
-                    found.append(snapshot.verified)
-        return found
+        return [head for cm in items if (head := self._verified_head(cm))]
+
+    def _verified_head(self, cm: Manifest) -> str:
+        """The verified branch head a ConfigMap remembers when it is a signed ledger copy ("" otherwise)."""
+        meta = cm.get("metadata") or {}
+        name, environment = str(meta.get("name")), str((meta.get("labels") or {}).get(ENVIRONMENT_LABEL) or "")
+        if name != ledger_name(environment):
+            return ""
+        ledger = ConfigMapLedger(self.kube, str(meta.get("namespace")), environment, self.ledger_key, lambda: cm)
+        with contextlib.suppress(Unverifiable):
+            if (snapshot := ledger.load()) is not None:
+                return snapshot.verified
+        return ""
 
     def save_ledger(self, spec: EnvironmentSpec[KubernetesOptions], snapshot: LedgerSnapshot) -> None:
         self._ledger(spec).save(snapshot)

@@ -11,8 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
-                      RenderedEnvironment)
+from ...model import Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from ...pipeline.target import ApplyContext, Observation, RunReport, hide_secret_values
 from . import apply, control, cron, limits, observe, serve
 from .clusters import Clusters
@@ -76,7 +75,8 @@ class LocalTarget:
         never a preview."""
         return tuple(control.control(self.clusters, self.store, self.endpoints, spec.name))
 
-    def expected(self, rendered: RenderedEnvironment[LocalOptions], live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+    def expected(self, rendered: RenderedEnvironment[LocalOptions],
+                 live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
         """As the target holds them: the desired manifests themselves (a Secret's values as digests only), with
         `maxReplicas` clamped to the cap per group (as `observe` reports them)."""
         cap = self.clusters.limits.per_group(rendered.spec)[0]
