@@ -332,6 +332,7 @@ def levers(assets: Path, kubectl: list[str], work: Path, n: int = 300) -> list[t
     """What each kind of request of a first sync costs the server: `n` of each, from 4 threads, on a fresh control
     plane: (what, wall seconds, API server + etcd CPU ms per request)."""
     from concurrent.futures import ThreadPoolExecutor
+
     from reconciler.kubeapi import RESOURCES, Kube, connect
     from reconciler.model import ObjectRef, Outcome
     from reconciler.targets.kubernetes.events import event_body
@@ -349,9 +350,10 @@ def levers(assets: Path, kubectl: list[str], work: Path, n: int = 300) -> list[t
             ("apply (create) of a RayCluster", apply),
             ("dry-run apply of an unchanged RayCluster", lambda i: apply(i, dry_run=True)),
             ("apply of an unchanged RayCluster", apply),
-            ("Event (create)", lambda i: kube.request("create", "POST", f"/api/v1/namespaces/l-{i:03d}/events", body=
-                                                       event_body(ObjectRef("ray.io", "RayCluster", f"l-{i:03d}",
-                                                                            "train"), Outcome.CREATED, "created", "e"))),
+            ("Event (create)", lambda i: kube.request(
+                "create", "POST", f"/api/v1/namespaces/l-{i:03d}/events",
+                body=event_body(ObjectRef("ray.io", "RayCluster", f"l-{i:03d}", "train"), Outcome.CREATED, "created",
+                                "e"))),
             ("ledger ConfigMap (create)", lambda i: kube.request("create", "POST", cms.collection(f"l-{i:03d}"),
                                                                  body={
                 "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ray-gitops-ledger-e"},

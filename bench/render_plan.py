@@ -16,8 +16,8 @@ from unittest import mock
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from reconciler.pipeline import parse, planner, render  # noqa: E402
 from reconciler.model import LiveObject  # noqa: E402
+from reconciler.pipeline import parse, planner, render  # noqa: E402
 from reconciler.pipeline.source import DirectoryTree  # noqa: E402
 from tests.memory import TARGETS  # noqa: E402
 

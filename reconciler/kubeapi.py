@@ -12,8 +12,9 @@ import json
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import urllib3
 from kubernetes import client, config
@@ -70,15 +71,15 @@ class ApiError(RayGitopsError):
         self.status, self.reason, self.message, self.body = status, reason, message, body or {}
 
     @classmethod
-    def of(cls, status: int, data: bytes) -> "ApiError":
+    def of(cls, status: int, data: bytes) -> ApiError:
         try:
             body = json.loads(data)
         except ValueError:
             body = {}
         if not isinstance(body, dict):
             body = {}
-        return cls(status, str(body.get("reason") or ""), str(body.get("message") or data[:500].decode(errors="replace")),
-                   body)
+        message = body.get("message") or data[:500].decode(errors="replace")
+        return cls(status, str(body.get("reason") or ""), str(message), body)
 
     @property
     def causes(self) -> list[dict[str, str]]:
@@ -164,7 +165,8 @@ class ThrottledRefresh:
             self._last = now
             self.hook(configuration)
             if configuration.refresh_api_key_hook is not self:  # the loader put its new hook in place
-                self.hook, configuration.refresh_api_key_hook = configuration.refresh_api_key_hook, self
+                # the client types the hook as None, its default: it is a callable once set
+                self.hook, configuration.refresh_api_key_hook = configuration.refresh_api_key_hook, self  # type: ignore[assignment]
 
 
 class RateLimiter:
@@ -250,7 +252,8 @@ class Kube:
     def list(self, path: str, selector: str = "") -> dict[str, Any]:
         return self.request("list", "GET", path, [("labelSelector", selector)] if selector else [])
 
-    def watch(self, path: str, resource_version: str, selector: str = "", seconds: int = 300) -> urllib3.BaseHTTPResponse:
+    def watch(self, path: str, resource_version: str, selector: str = "",
+              seconds: int = 300) -> urllib3.BaseHTTPResponse:
         """An open watch stream from `resource_version` (the server ends it after `seconds`)."""
         query: list[tuple[str, Any]] = [("watch", "true"), ("resourceVersion", resource_version),
                                         ("allowWatchBookmarks", "true"), ("timeoutSeconds", seconds)]

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from .model import CONCURRENCY_ANNOTATION, STARTING_DEADLINE_ANNOTATION, Manifest
 
@@ -53,7 +54,8 @@ class Kind:
     string_maps: tuple[str, ...] = ()  # its top-level map[string]string fields
     gates: tuple[FeatureGate, ...] = ()
     newer_fields: tuple[tuple[str, str], ...] = ()  # (pointer, the KubeRay version that has it; the tests pin 1.6)
-    local_only: tuple[tuple[str, str], ...] = ()  # (annotation only the local target honours, the missing KubeRay field)
+    # (annotation only the local target honours, the missing KubeRay field)
+    local_only: tuple[tuple[str, str], ...] = ()
 
 
 KINDS: dict[str, Kind] = {k.name: k for k in (

@@ -7,11 +7,22 @@ Per-object gauges are replaced as a whole per environment, so deleted objects le
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
+from typing import TypeVar
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram, PlatformCollector,
-                               ProcessCollector)
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
 
 from .model import Health, SyncStatus
+
+Labels = TypeVar("Labels", bound=tuple[str, ...])  # a gauge's label values after the environment, of a fixed count
 
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LATENCY = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -108,7 +119,7 @@ class Metrics:
         if request_type == "fetch" and result == "success":
             self.git_last_fetch_success.set_to_current_time()
 
-    def replace(self, gauge: Gauge, environment: str, values: dict[tuple[str, ...], float]) -> None:
+    def replace(self, gauge: Gauge, environment: str, values: Mapping[Labels, float]) -> None:
         """Set `gauge` for `environment` to exactly `values` (labels after the environment)."""
         with self._lock:
             key = (gauge._name, environment)

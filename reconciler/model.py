@@ -9,9 +9,12 @@ import functools
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Callable, Protocol
+from typing import Any, Generic, Protocol
+
+from typing_extensions import TypeVar  # `default=`: typing's TypeVar has it from Python 3.13
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "ray-gitops"
@@ -45,10 +48,12 @@ class ObjectRef:
         return f"{self.kind}/{self.namespace}/{self.name}" if self.namespace else f"{self.kind}/{self.name}"
 
     @classmethod
-    def of(cls, manifest: Manifest, default_namespace: str = "") -> "ObjectRef":
+    def of(cls, manifest: Manifest, default_namespace: str = "") -> ObjectRef:
         api_version = str(manifest.get("apiVersion", ""))
         group = api_version.rpartition("/")[0]
-        meta = manifest.get("metadata") if isinstance(manifest.get("metadata"), dict) else {}
+        meta = manifest.get("metadata")
+        if not isinstance(meta, dict):
+            meta = {}
         return cls(group, str(manifest.get("kind", "")), str(meta.get("namespace") or default_namespace),
                    str(meta.get("name", "")))
 
@@ -151,7 +156,7 @@ class Health(enum.StrEnum):
     DEGRADED = "Degraded"
 
     @staticmethod
-    def worst(healths: "list[Health]") -> "Health":
+    def worst(healths: list[Health]) -> Health:
         """The least healthy (Healthy when empty)."""
         order = list(Health)
         return max(healths, key=order.index, default=Health.HEALTHY)
@@ -220,7 +225,9 @@ class PlanItem:
 class TargetOptions(Protocol):
     """A target's typed, frozen options (each target defines and validates its own)."""
 
-    namespace: str  # where objects without a namespace go
+    @property
+    def namespace(self) -> str:
+        """Where objects without a namespace go."""
 
     @property
     def namespaces(self) -> frozenset[str]:
@@ -230,12 +237,17 @@ class TargetOptions(Protocol):
         """What identifies one connection: environments with equal values share one target instance."""
 
 
+# The options type of the specs below: a target's code sees its own options class (`EnvironmentSpec[LocalOptions]`),
+# the pipeline any target's (a bare `EnvironmentSpec` is `EnvironmentSpec[TargetOptions]`).
+OptionsT_co = TypeVar("OptionsT_co", bound=TargetOptions, covariant=True, default=TargetOptions)
+
+
 @dataclass(frozen=True)
-class TargetSpec:
+class TargetSpec(Generic[OptionsT_co]):
     """Where an environment is applied: a registered target kind and its options."""
 
     kind: str
-    options: TargetOptions
+    options: OptionsT_co
 
     @property
     def namespace(self) -> str:
@@ -253,11 +265,11 @@ class Patch:
 
 
 @dataclass(frozen=True)
-class EnvironmentSpec:
+class EnvironmentSpec(Generic[OptionsT_co]):
     """The parsed `environment.yaml` of one environment."""
 
     name: str
-    target: TargetSpec
+    target: TargetSpec[OptionsT_co]
     interval: float = 60.0
     prune: bool = True
     suspend: bool = False
@@ -271,10 +283,10 @@ class EnvironmentSpec:
 
 
 @dataclass(frozen=True)
-class RenderedEnvironment:
+class RenderedEnvironment(Generic[OptionsT_co]):
     """An environment at one revision: its settings and the objects Git wants."""
 
-    spec: EnvironmentSpec
+    spec: EnvironmentSpec[OptionsT_co]
     objects: tuple[DesiredObject, ...]
     revision: str = ""
 
@@ -293,7 +305,8 @@ class LedgerSnapshot:
 def desired_workers(group: dict[str, Any]) -> int:
     """clamp(replicas, minReplicas, maxReplicas) x numOfHosts, as KubeRay computes a group's pods."""
     low, high = group.get("minReplicas", 0), group.get("maxReplicas", 2**31 - 1)
-    return min(max(group.get("replicas", 0), low), high) * group.get("numOfHosts", 1)
+    workers: int = min(max(group.get("replicas", 0), low), high) * group.get("numOfHosts", 1)  # validated integers
+    return workers
 
 
 def spec_hash(manifest: Manifest, length: int = 10) -> str:

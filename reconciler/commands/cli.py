@@ -15,9 +15,8 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-
-from typing import Callable
 
 from ..errors import ConfigError, InvalidEnvironment, RayGitopsError
 from ..service import settings

@@ -13,9 +13,9 @@ import argparse
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import git
 
@@ -77,8 +77,8 @@ def open_work_tree(path: Path, branch: str) -> git.Repo:
         current = "a detached HEAD" if repo.head.is_detached else f"branch {repo.active_branch.name}"
         raise RollbackError(f"{path}: on {current}, not {branch} (git switch {branch}, or pass --branch)")
     if repo.is_dirty(untracked_files=True):
-        changed = sorted({d.a_path for d in repo.index.diff(None)} | {d.a_path for d in repo.index.diff("HEAD")}
-                         | set(repo.untracked_files))
+        diffs = [*repo.index.diff(None), *repo.index.diff("HEAD")]
+        changed = sorted({name for d in diffs if (name := d.a_path or d.b_path)} | set(repo.untracked_files))
         raise RollbackError(f"{path}: uncommitted changes ({', '.join(changed[:10])}); commit or stash them first")
     return repo
 
@@ -142,7 +142,7 @@ def undone_by(repo: git.Repo, commit: git.Commit, environment: str) -> list[git.
             return []
         shas = repo.git.log("--format=%H", f"{trailers[0]}..{commit.hexsha}~1", "--", env_path(environment)).split()
         return [repo.commit(sha) for sha in shas]
-    return [repo.commit(sha) for sha in REVERTS.findall(commit.message) if _known(repo, sha)]
+    return [repo.commit(sha) for sha in REVERTS.findall(_text(commit.message)) if _known(repo, sha)]
 
 
 def refuse_reapplying(repo: git.Repo, environment: str, base: str, commits: list[git.Commit]) -> None:
@@ -151,9 +151,9 @@ def refuse_reapplying(repo: git.Repo, environment: str, base: str, commits: list
     for commit in commits:
         again = [c for c in undone_by(repo, commit, environment) if descends(repo, c.hexsha, base)]
         if again:
-            named = ", ".join(f"{c.hexsha[:12]} ({c.summary})" for c in again[:5])
-            raise RollbackError(f"this would undo {commit.hexsha[:12]} ({commit.summary}), which is itself a rollback: "
-                                f"undoing it re-applies {named}; pass --reapply if that is what you want, or "
+            named = ", ".join(f"{c.hexsha[:12]} ({_text(c.summary)})" for c in again[:5])
+            raise RollbackError(f"this would undo {commit.hexsha[:12]} ({_text(commit.summary)}), which is itself a "
+                                f"rollback: undoing it re-applies {named}; pass --reapply if that is what you want, or "
                                 f"--to an earlier revision to roll back further")
 
 
@@ -183,7 +183,12 @@ def rollback(path: Path, environment: str, options: RollbackOptions = RollbackOp
             raise RollbackError(f"the rollback commit(s) are on local {options.branch} but the push was refused: "
                                 f"{exc.stderr.strip().splitlines()[-1] if exc.stderr.strip() else exc}; "
                                 f"git pull --rebase, check, then git push") from None
-    return Rollback(base, [(c.hexsha, c.summary) for c in commits], old, new, diff, options.push)
+    return Rollback(base, [(c.hexsha, _text(c.summary)) for c in commits], old, new, diff, options.push)
+
+
+def _text(message: str | bytes) -> str:
+    """A commit message or summary: gitpython decodes it (errors replaced); bytes only for an unknown encoding."""
+    return message if isinstance(message, str) else message.decode("utf-8", "replace")
 
 
 def _known(repo: git.Repo, sha: str) -> bool:
@@ -218,7 +223,7 @@ def _revert(aside: git.Repo, commits: list[git.Commit]) -> None:
         except git.GitCommandError:
             conflicts = tuple(aside.git.diff("--name-only", "--diff-filter=U").split())
             aside.git.revert("--abort")
-            raise RollbackError(f"reverting {commit.hexsha[:12]} ({commit.summary}) conflicts with later "
+            raise RollbackError(f"reverting {commit.hexsha[:12]} ({_text(commit.summary)}) conflicts with later "
                                 f"changes in {', '.join(conflicts) or 'the work tree'}; nothing was changed "
                                 f"(revert by hand, or choose a later --to, or --restore)", conflicts) from None
 
@@ -231,8 +236,8 @@ def _restore(aside: git.Repo, environment: str, base: str, commits: list[git.Com
         aside.git.checkout(base, "--", path)
     if not aside.git.diff("--cached", "--name-only", "HEAD").strip():
         return
-    listed = "\n".join(f"  {c.hexsha[:12]} {c.summary}" for c in commits)
-    subject = aside.commit(base).summary
+    listed = "\n".join(f"  {c.hexsha[:12]} {_text(c.summary)}" for c in commits)
+    subject = _text(aside.commit(base).summary)
     aside.git.commit("-q", "-m", f"Restore {path} to {base[:12]} ({subject})",
                      "-m", f"Undoes, in one commit:\n{listed}", "--trailer", f"{RESTORE_TRAILER}: {base}")
 
@@ -250,7 +255,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     for sha, subject in done.reverted:
         print(f"  {sha[:12]} {subject}" if args.restore else f"reverted {sha[:12]} {subject}")
     print(done.diff.rstrip("\n") or f"(no net change under {'the repository' if args.all_paths else path})")
-    where = f"pushed to origin/{args.branch}" if done.pushed else f"not pushed (git push origin {args.branch} or --push)"
+    where = (f"pushed to origin/{args.branch}" if done.pushed
+             else f"not pushed (git push origin {args.branch} or --push)")
     made = "1 restore commit" if args.restore else f"{len(done.reverted)} revert commit(s)"
     print(f"{made} {done.old_head[:12]}..{done.new_head[:12]} on {args.branch}; {where}")
     return 0

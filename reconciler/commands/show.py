@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -187,15 +188,15 @@ def _time(seconds: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds)) if seconds else ""
 
 
-def _table(rows: list[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
+def _table(rows: Sequence[tuple[str, ...]], details: list[list[str]] | None = None) -> None:
     """Aligned columns; `details[i]` are indented lines printed under data row i."""
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
 
     def line(row: tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+        return "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
 
     print(line(rows[0]))
-    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]]):
+    for row, extra in zip(rows[1:], details or [[] for _ in rows[1:]], strict=True):
         print(line(row))
         for text in extra:
             print(f"  {text}")

@@ -14,7 +14,8 @@ import hashlib
 import hmac
 import re
 import secrets
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import yaml
 from deepdiff import DeepDiff
@@ -42,7 +43,8 @@ def remove_pointer(doc: Any, pointer: str) -> None:
                 return
             children = [node[k] for k in keys]
         elif isinstance(node, list):
-            indexes = range(len(node)) if head == "*" else [int(head)] if head.isdecimal() and int(head) < len(node) else []
+            indexes = (range(len(node)) if head == "*"
+                       else [int(head)] if head.isdecimal() and int(head) < len(node) else [])
             if not tail:
                 for i in sorted(indexes, reverse=True):
                     del node[i]
@@ -114,8 +116,8 @@ def normalize(manifest: Manifest, ignore: Iterable[str] = ()) -> Manifest:
 def _key(item: Any) -> str | None:
     if isinstance(item, dict):
         for name in ("groupName", "name"):
-            if isinstance(item.get(name), str):
-                return item[name]
+            if isinstance(key := item.get(name), str):
+                return key
     return None
 
 
@@ -127,7 +129,7 @@ def keyed(node: Any) -> Any:
     if isinstance(node, list):
         keys = [_key(item) for item in node]
         if node and None not in keys and len(set(keys)) == len(keys):
-            return {f"[{key}]": keyed(item) for key, item in zip(keys, node)}
+            return {f"[{key}]": keyed(item) for key, item in zip(keys, node, strict=True)}
         return [keyed(item) for item in node]
     return node
 

@@ -10,7 +10,6 @@ from typing import Any
 
 from ..model import Health, LiveObject, desired_workers, parse_time
 
-
 # RayJob: jobDeploymentStatus -> health (jobStatus decides for Complete).
 JOB_DEPLOYMENT_HEALTH = {
     **dict.fromkeys(("", "New", "Initializing", "Running", "Retrying", "Waiting"), Health.PROGRESSING),

@@ -16,14 +16,24 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Iterator, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
-from ..model import (TERMINAL_JOB_STATUSES, Action, Health, HistoryResult, LedgerSnapshot, ObjectRef, Outcome,
-                     RunResult, SyncStatus)
+from ..model import (
+    TERMINAL_JOB_STATUSES,
+    Action,
+    Health,
+    HistoryResult,
+    LedgerSnapshot,
+    ObjectRef,
+    Outcome,
+    RunResult,
+    SyncStatus,
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS inventory (env TEXT, grp TEXT, kind TEXT, namespace TEXT, name TEXT,
@@ -132,7 +142,7 @@ class EnvironmentState:
     health_status: Health
     message: str
     updated_at: float
-    detail: dict
+    detail: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -403,13 +413,13 @@ def _fill_changes(db: sqlite3.Connection) -> None:
     db.executemany("INSERT INTO changes VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
 
 
-def _run(row: tuple) -> JobRun:
+def _run(row: tuple[Any, ...]) -> JobRun:
     """A `job_runs` row read by `load` and `runs` (submission_id, job, spec_hash, status, result, ...)."""
     submission_id, job, spec_hash, status, result, start_time, end_time, submitted_at = row
     return JobRun(submission_id, job, spec_hash, status, RunResult(result) if result else None, start_time, end_time,
                   submitted_at)
 
 
-def _state(row: tuple) -> EnvironmentState:
+def _state(row: tuple[Any, ...]) -> EnvironmentState:
     return EnvironmentState(row[0], row[1], row[2], SyncStatus(row[3]), Health(row[4]), row[5], row[6],
                             json.loads(row[7] or "{}"))

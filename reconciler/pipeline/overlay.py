@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Iterator, Mapping, TypeGuard
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeGuard
 
 import jsonpatch
 import jsonpointer
@@ -182,7 +183,8 @@ def substitute(node: Any, variables: Mapping[str, Any] | None, budget: Budget) -
     `variables` None (no `spec.substitute`): nothing is substituted. Raises `Undefined`, naming every field
     with an undefined variable (the first `MAX_REPORTED`, then how many more), before anything is changed."""
     if variables is not None:
-        undefined, more = [], 0
+        undefined: list[OverlayError] = []
+        more = 0
         for path, text in _strings(node, ""):
             names = _missing(text, variables)
             if names and len(undefined) < MAX_REPORTED:

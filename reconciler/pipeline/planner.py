@@ -8,15 +8,30 @@ prune guards.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Mapping
 
 from .. import kuberay
 from ..kuberay import Changes
-from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION,
-                    ON_TEMPLATE_CHANGE_ANNOTATION, PRUNE_ANNOTATION, RECONCILE_ANNOTATION, SSA_ANNOTATION, Action,
-                    DesiredObject, Flag, LiveObject, Manifest, ObjectRef, PlanItem, RenderedEnvironment,
-                    job_submission_id)
+from ..model import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    ON_CHANGE_ANNOTATION,
+    ON_TEMPLATE_CHANGE_ANNOTATION,
+    PRUNE_ANNOTATION,
+    RECONCILE_ANNOTATION,
+    SSA_ANNOTATION,
+    Action,
+    DesiredObject,
+    Flag,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+    PlanItem,
+    RenderedEnvironment,
+    job_submission_id,
+)
 from . import diff
 
 
@@ -62,9 +77,8 @@ def _left_alone(environment: str, desired: DesiredObject, current: LiveObject | 
     if current is not None and (other := owner(current)) and other != environment:
         return PlanItem(desired.ref, Action.SKIP, f"belongs to environment {other} (one object, one environment): not "
                         f"applied; remove it from one of them", desired, flags=frozenset({Flag.OWNED_ELSEWHERE}))
-    for source, annotations in (("Git", desired.annotations), ("the live object", current.annotations if current
-                                                                else {})):
-        if annotations.get(RECONCILE_ANNOTATION) == "disabled":
+    for source, marks in (("Git", desired.annotations), ("the live object", current.annotations if current else {})):
+        if marks.get(RECONCILE_ANNOTATION) == "disabled":
             return PlanItem(desired.ref, Action.SKIP, f"{RECONCILE_ANNOTATION}: disabled on {source}: left alone",
                             desired, flags=frozenset({Flag.LEFT_ALONE}))
     if current is not None and desired.annotations.get(SSA_ANNOTATION) == "IfNotPresent":

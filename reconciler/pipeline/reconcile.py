@@ -20,15 +20,31 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..errors import InvalidEnvironment, PermanentError, RayGitopsError, TemporaryError, Unreachable
 from ..metrics import Metrics
-from ..model import (REVISION_ANNOTATION, Action, Flag, Health, HistoryResult, LedgerSnapshot, LiveObject,
-                     ObjectRef, Outcome, PlanItem, ReconcileResult, RenderedEnvironment, SyncStatus,
-                     job_submission_id, parse_time, spec_hash)
+from ..model import (
+    REVISION_ANNOTATION,
+    Action,
+    Flag,
+    Health,
+    HistoryResult,
+    LedgerSnapshot,
+    LiveObject,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    ReconcileResult,
+    RenderedEnvironment,
+    SyncStatus,
+    job_submission_id,
+    parse_time,
+    spec_hash,
+)
 from . import planner
 from .diff import changed_by
 from .ledger import Applied, Change, EnvironmentState, JobRun, Ledger, Record
@@ -64,7 +80,7 @@ class Result:
     interval: float = 60.0
     revision: str = ""  # the revision the environment is on after this reconcile
     depends_on: tuple[str, ...] = ()
-    claimed: tuple[str, ...] = ()  # environments whose objects it newly found (or no longer finds) in Git beside its own
+    claimed: tuple[str, ...] = ()  # environments whose objects it newly found (or no longer finds) beside its own
     inputs: Inputs = frozenset()  # what it read of the revision (`source.Reads`)
     quiet: bool = False  # Synced, Healthy, nothing running, and watched: nothing to do until something moves
 
@@ -360,7 +376,8 @@ class Pipeline:
         """The dependencies the environment waits for before it may apply `revision` (none: it may): a revision
         that changes what it renders waits until each dependency has applied it (or a later one) and is Healthy.
         `promotion_waiting` is 1 for each of those and 0 for its other dependencies."""
-        name, waiting = rendered.spec.name, {(d,): 0.0 for d in rendered.spec.depends_on}
+        name = rendered.spec.name
+        waiting: dict[tuple[str, ...], float] = {(d,): 0.0 for d in rendered.spec.depends_on}
         if rendered.spec.depends_on and loaded.last_applied != revision.sha and not (
                 loaded.last_applied and self._renders_alike(rendered, loaded.last_applied)):
             for dependency in rendered.spec.depends_on:
@@ -572,7 +589,7 @@ class Pipeline:
         return Result(name, ReconcileResult.NOOP, SyncStatus.SUSPENDED, Health.UNKNOWN, reason, interval=interval)
 
 
-def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict]:
+def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict[str, Any]]:
     """The rendered objects without the revision annotation (what a new commit alone changes)."""
     out = {}
     for desired in rendered.objects:

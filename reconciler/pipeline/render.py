@@ -8,14 +8,23 @@ to run out ends the render with an error naming the file (and object and field) 
 """
 from __future__ import annotations
 
-from typing import Any
-
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import kuberay
 from ..errors import InvalidEnvironment, ValidationError
-from ..model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, DesiredObject,
-                     EnvironmentSpec, ObjectRef, Patch, RenderedEnvironment, TargetSpec)
+from ..model import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REVISION_ANNOTATION,
+    DesiredObject,
+    EnvironmentSpec,
+    ObjectRef,
+    Patch,
+    RenderedEnvironment,
+    TargetSpec,
+)
 from . import budgets, overlay, parse, validate
 from .source import FileTree
 
@@ -127,14 +136,16 @@ def depends_on(tree: FileTree, environment: str, budget: budgets.Budget | None =
     doc = next((d for d in docs if d is not None), None)
     spec = doc.get("spec") if isinstance(doc, dict) else None
     entries = spec.get("dependsOn") if isinstance(spec, dict) else None
-    return tuple(e["environment"] for e in entries or [] if isinstance(e, dict) and isinstance(e.get("environment"), str)) \
-        if isinstance(entries, list) and not errors else ()
+    if not isinstance(entries, list) or errors:
+        return ()
+    return tuple(e["environment"] for e in entries if isinstance(e, dict) and isinstance(e.get("environment"), str))
 
 
 def waves(graph: dict[str, tuple[str, ...]]) -> list[list[str]]:
     """`graph`'s environments (name -> the ones it depends on) in waves: each after every one it depends on that
     is in the graph. What a cycle leaves goes last (its validation reports the cycle)."""
-    out, placed = [], set()
+    out: list[list[str]] = []
+    placed: set[str] = set()
     while len(placed) < len(graph):
         wave = sorted(n for n, deps in graph.items() if n not in placed and all(d in placed or d not in graph
                                                                                  for d in deps))

@@ -12,12 +12,26 @@ from __future__ import annotations
 import logging
 import re
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..kuberay import cluster_spec, worker_groups
 from ..metrics import Metrics
-from ..model import (JOB_STATUSES, Action, Flag, Health, LiveObject, ObjectRef, Outcome, PlanItem,
-                     RenderedEnvironment, RunResult, SyncStatus, desired_workers, job_submission_id)
+from ..model import (
+    JOB_STATUSES,
+    Action,
+    Flag,
+    Health,
+    LiveObject,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    RunResult,
+    SyncStatus,
+    desired_workers,
+    job_submission_id,
+)
 from . import health
 from .ledger import EnvironmentState, JobRun, Ledger, Record
 from .source import Revision

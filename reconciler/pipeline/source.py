@@ -25,10 +25,11 @@ import stat
 import tarfile
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from types import MappingProxyType
-from typing import Callable, Iterable, Iterator, Mapping, Protocol
+from typing import Protocol
 from urllib.parse import unquote
 
 import git

@@ -14,15 +14,32 @@ facts are `reconciler.kuberay`'s.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, runtime_checkable
 
-from ..model import (EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
-                     RenderedEnvironment, TargetOptions)
+from typing_extensions import TypeVar
+
+from ..model import (
+    EnvironmentSpec,
+    LedgerSnapshot,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+    OptionsT_co,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    TargetOptions,
+)
 from . import parse
 from .diff import hide_secret_values as hide_secret_values, strip as strip
 from .validate import Checker as Checker, TargetCatalog, dns_label as dns_label, short as short
+
+# The options a target takes: each target's own class (`Target[KubernetesOptions]`, no isinstance asserts). The
+# registry pairs an environment's options with the target kind that parsed them, so `Targets.get` gives `Target[Any]`.
+OptionsT = TypeVar("OptionsT", bound=TargetOptions, contravariant=True, default=TargetOptions)
 
 
 def yaml_field(value: str) -> Any:
@@ -32,13 +49,13 @@ def yaml_field(value: str) -> Any:
 
 
 @dataclass(frozen=True)
-class ApplyContext:
+class ApplyContext(Generic[OptionsT_co]):
     """What an apply may need beyond the plan item: the revision and its files on disk."""
 
     environment: str
     revision: str
     materialize: Callable[[str], Path]  # repository path -> exported directory of that revision
-    options: TargetOptions  # the environment's own (a target instance serves several environments)
+    options: OptionsT_co  # the environment's own (a target instance serves several environments)
     ignore: tuple[str, ...] = ()  # the environment's `ignore` pointers: their live values are kept
 
 
@@ -62,20 +79,21 @@ class Observation:
     runs: tuple[RunReport, ...] = ()
 
 
-class Target(Protocol):
-    """A place where environments live."""
+class Target(Protocol[OptionsT]):
+    """A place where environments live, with options of its own type."""
 
     kind: str
 
-    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+    def observe(self, rendered: RenderedEnvironment[OptionsT], refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
         """Live state of `refs`; for `pending_runs` (submitted, not seen to end) whatever the target knows."""
 
-    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+    def expected(self, rendered: RenderedEnvironment[OptionsT],
+                 live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
         """Each desired object that exists live, as the target would store it if applied now (Kubernetes:
         a server-side dry-run apply, so CRD defaults and quantity formats never show as drift)."""
 
-    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+    def apply(self, item: PlanItem, context: ApplyContext[OptionsT]) -> Outcome:
         """Carry out one plan item (create/update/recreate/delete/submit); raise on failure."""
 
     def close(self, workloads: bool) -> None:
@@ -84,50 +102,51 @@ class Target(Protocol):
 
 
 @runtime_checkable
-class KeepsLedger(Protocol):
+class KeepsLedger(Protocol[OptionsT]):
     """A target that keeps a copy of each environment's ledger (Kubernetes: a ConfigMap), so a daemon with
     an empty state dir, or a new leader, knows its inventory and finished runs."""
 
-    def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None: ...
-    def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None: ...
-    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+    def load_ledger(self, spec: EnvironmentSpec[OptionsT]) -> LedgerSnapshot | None: ...
+    def save_ledger(self, spec: EnvironmentSpec[OptionsT], snapshot: LedgerSnapshot) -> None: ...
+    def drop_ledger(self, spec: EnvironmentSpec[OptionsT]) -> None:
         """The environment left Git and nothing of it is left: its copy goes too."""
 
 
 @runtime_checkable
-class Controls(Protocol):
+class Controls(Protocol[OptionsT]):
     """A target that is also the operator of what it applies (the local target: RayCronJob slots, a finished
     run's status, clean-ups after runs). `control` is its loop's step for one environment; the pipeline calls it
     before it observes, in a reconcile only (a preview never acts). It answers reports of runs it ended without
     running them (RayCronJob slots missed)."""
 
-    def control(self, spec: EnvironmentSpec) -> tuple[RunReport, ...]: ...
+    def control(self, spec: EnvironmentSpec[OptionsT]) -> tuple[RunReport, ...]: ...
 
 
 @runtime_checkable
-class Watches(Protocol):
+class Watches(Protocol[OptionsT]):
     """A target that tells the daemon (its `changed` callback) of every change someone else makes to an
     environment's objects and Ray Pods (Kubernetes: its watches). An environment it watches that is Synced and
     Healthy with nothing running needs no reconcile until Git or the watch says something moved."""
 
-    def watches(self, spec: EnvironmentSpec) -> bool: ...
+    def watches(self, spec: EnvironmentSpec[OptionsT]) -> bool: ...
 
 
 @runtime_checkable
-class ReportsEvents(Protocol):
+class ReportsEvents(Protocol[OptionsT]):
     """A target that tells its users what was done to an object, or what keeps an environment from Git
     (Kubernetes: an Event; a Warning on the environment's ledger ConfigMap); never raises."""
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext[OptionsT],
                      reason: str = "") -> None: ...
-    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None: ...
+    def report_warning(self, spec: EnvironmentSpec[OptionsT], reason: str, message: str) -> None: ...
 
 
 class Targets(TargetCatalog, Protocol):
     """The registry of target kinds (what validation asks) and their live instances."""
 
-    def get(self, spec: EnvironmentSpec) -> Target:
-        """The live target for the environment (one per connection, built on first use)."""
+    def get(self, spec: EnvironmentSpec) -> Target[Any]:
+        """The live target for the environment (one per connection, built on first use), of the kind whose parser
+        made `spec`'s options."""
 
     def close(self, workloads: bool) -> None:
         """Close every target built (see `Target.close`)."""

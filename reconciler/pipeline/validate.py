@@ -9,21 +9,38 @@ from __future__ import annotations
 import re
 import reprlib
 import zoneinfo
-from typing import Any, Callable, Mapping, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from croniter import croniter
 
 from ..errors import ValidationError
-from ..kuberay import KINDS, submitter_command
-from ..model import (CONCURRENCY_ANNOTATION, CONCURRENCY_POLICIES, ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL,
-                     MANAGED_BY_VALUE, ON_CHANGE_ANNOTATION, ON_TEMPLATE_CHANGE_ANNOTATION, RECONCILE_ANNOTATION,
-                     SSA_ANNOTATION, STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch,
-                     TargetOptions, TargetSpec, parse_duration, parse_quantity)
+from ..kuberay import KINDS, Kind, submitter_command
+from ..model import (
+    CONCURRENCY_ANNOTATION,
+    CONCURRENCY_POLICIES,
+    ENVIRONMENT_LABEL,
+    LEDGER_PREFIX,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    ON_CHANGE_ANNOTATION,
+    ON_TEMPLATE_CHANGE_ANNOTATION,
+    RECONCILE_ANNOTATION,
+    SSA_ANNOTATION,
+    STARTING_DEADLINE_ANNOTATION,
+    EnvironmentSpec,
+    Patch,
+    TargetOptions,
+    TargetSpec,
+    parse_duration,
+    parse_quantity,
+)
 from . import parse
 from .budgets import MAX_REPORTED, Budget
 
 ENVIRONMENT_API_VERSION = "gitops.ray.io/v1alpha1"
-_API_KINDS = frozenset((k.api_version, k.name) for k in KINDS.values())
+# (apiVersion, kind) -> its Kind; looked up with a document's raw values, whatever their types
+_API_KINDS: dict[tuple[Any, Any], Kind] = {(k.api_version, k.name): k for k in KINDS.values()}
 DELETION_POLICIES = {"DeleteCluster", "DeleteWorkers", "DeleteSelf", "DeleteNone"}
 _DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 _DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -53,10 +70,10 @@ class TargetCatalog(Protocol):
     target's caps)."""
 
     def names(self) -> tuple[str, ...]: ...
-    def options(self, kind: str, raw: Mapping[str, Any], check: "Checker", path: str,
+    def options(self, kind: str, raw: Mapping[str, Any], check: Checker, path: str,
                 environment: str) -> TargetOptions | None: ...
     def kinds(self, kind: str) -> frozenset[str]: ...
-    def check(self, kind: str, doc: dict[str, Any], check: "Checker", environment: EnvironmentSpec) -> None: ...
+    def check(self, kind: str, doc: dict[str, Any], check: Checker, environment: EnvironmentSpec) -> None: ...
 
 
 class Checker:
@@ -248,9 +265,12 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     environment's target; `target_check`: the target's own checks, run on an object that passed these;
     `budget`: the render's, which parsing `runtimeEnvYAML` spends from."""
     kind, api_version = doc.get("kind"), doc.get("apiVersion")
-    meta = doc.get("metadata") if isinstance(doc.get("metadata"), dict) else {}
+    meta = doc.get("metadata")
+    if not isinstance(meta, dict):
+        meta = {}
     c = Checker(file, index, f"{kind}/{meta.get('name', '?')}", budget)
-    if (api_version, kind) not in _API_KINDS:
+    known = _API_KINDS.get((api_version, kind))
+    if known is None:
         c.fail("kind", f"unsupported object {api_version}/{kind}: expected one of "
                + ", ".join(f"{a} {k}" for a, k in sorted(_API_KINDS)))
         return c.errors, []
@@ -288,7 +308,7 @@ def ray_object(doc: dict[str, Any], file: str, index: int, environment: Environm
     c.one_of(annotations.get(RECONCILE_ANNOTATION), f"metadata.annotations.{RECONCILE_ANNOTATION}",
              {"disabled", "enabled"})
     c.one_of(annotations.get(SSA_ANNOTATION), f"metadata.annotations.{SSA_ANNOTATION}", {"IfNotPresent"})
-    for field_name in KINDS[kind].string_maps:
+    for field_name in known.string_maps:
         c.string_map(doc.get(field_name), field_name, "Kubernetes'", secret=kind == "Secret")
     c.one_of(annotations.get(CONCURRENCY_ANNOTATION), f"metadata.annotations.{CONCURRENCY_ANNOTATION}",
              set(CONCURRENCY_POLICIES))

@@ -8,7 +8,8 @@ commits are asked of the page's worker, and an answer says when one is still bei
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from ..model import Action, HistoryResult, ObjectRef, SyncStatus
 from ..pipeline.ledger import EnvironmentState, LastChange, Ledger
@@ -57,7 +58,7 @@ class Api:
             return 200, self.plan(state)
         if view in LIMITS:
             try:
-                limit = int((query.get("limit") or [LIMITS[view]])[0])
+                limit = int(query["limit"][0]) if query.get("limit") else LIMITS[view]
             except ValueError:
                 limit = 0
             if not 1 <= limit <= MAX_LIMIT:

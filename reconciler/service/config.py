@@ -10,9 +10,10 @@ import hashlib
 import hmac
 import os
 import secrets
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import yaml
 
@@ -138,7 +139,8 @@ def _make_key(path: Path) -> None:
         fresh.unlink()
 
 
-def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ, config_file: Path | None = None) -> Settings:
+def load(flags: Mapping[str, Any], environ: Mapping[str, str] = os.environ,
+         config_file: Path | None = None) -> Settings:
     """Merge the three sources by the declarations (`settings.Fields`); unknown config-file keys are an error naming
     the file and key, a bad value one naming the setting."""
     coercers = {each.name: how.coerce for each, how in settings.declared()}

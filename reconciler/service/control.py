@@ -15,9 +15,10 @@ import socket
 import socketserver
 import struct
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from ..errors import ConfigError
 
@@ -124,7 +125,7 @@ def _check_length(where: Path) -> None:
 
 
 class _Handler(socketserver.StreamRequestHandler):
-    server: "ControlServer"
+    server: ControlServer
 
     def handle(self) -> None:
         uid = struct.unpack("3i", self.connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
@@ -207,7 +208,7 @@ def request(state_dir: Path, names: list[str], timeout: float) -> dict[str, Any]
         try:
             with conn.makefile("rb") as reply:
                 line = reply.readline()
-        except socket.timeout:
+        except TimeoutError:
             raise TimeoutError(f"no answer from the daemon within {timeout:g} s") from None
     if not line:
         raise NoDaemon(f"the daemon of state dir {state_dir} closed the connection (stopping?)")

@@ -33,6 +33,7 @@ under `_lock` for the loop to act on.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -96,7 +97,7 @@ class Daemon:
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
-        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, never changed)
+        self.graph: dict[str, tuple[str, ...]] = {}  # the same at the head, for the page (replaced whole, not changed)
         self._inputs: dict[str, Inputs] = {}  # environment -> what its last reconcile read, if it may be advanced
         self._reached: dict[str, tuple[str, str]] = {}  # environment -> (revision, health) last reported
         self._guards: dict[str, threading.Lock] = {}  # environment -> held while it reconciles or is previewed
@@ -323,10 +324,10 @@ class Daemon:
             return
         before = self._reported.get(name)
         event = notify.transition(before, result.sync_status, result.revision, result.result == ReconcileResult.SUCCESS)
-        self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
+        reported = self._reported[name] = (result.sync_status, result.revision or (before[1] if before else ""))
         if event:
             self.notifier.notify(event, name, result.sync_status, result.health_status.value,
-                                 self._reported[name][1], before[1] if before else "", head, result.message)
+                                 reported[1], before[1] if before else "", head, result.message)
 
     def _reach(self, name: str, reached: tuple[str, str]) -> bool:
         """`name` is at (revision, health): when that is new, a promotion may go ahead and its dependents look now
@@ -390,7 +391,7 @@ class Daemon:
         for name in skipped:
             self.metrics.reconcile_skipped.labels(name).inc()
         for name, future in futures.items():
-            future.add_done_callback(lambda f, n=name, r=revision, g=self._generation: self._finished(n, r, g, f))
+            future.add_done_callback(functools.partial(self._finished, name, revision, self._generation))
         self._advanced(revision, same)
 
     def _remove(self, name: str, revision: Revision) -> Result:
@@ -434,7 +435,8 @@ class Daemon:
                                       f"(--environment {' --environment '.join(names)}); select it too")
         removable = self._removals(revision, names)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
-            results = dict(zip(removable, pool.map(lambda n: self.pipeline.remove(n, revision), removable)))
+            removed = pool.map(lambda n: self.pipeline.remove(n, revision), removable)
+            results = dict(zip(removable, removed, strict=True))
             results.update(self._in_order(pool, revision, graph))
         for result in results.values():
             log.info("environment %s: %s, sync %s, health %s", result.environment, result.result,
@@ -455,7 +457,7 @@ class Daemon:
 
         def run(names: list[str]) -> None:  # each result without its objects: a thousand would be kept till the end
             results.update(zip(names, pool.map(lambda n: replace(self.pipeline.reconcile(n, revision), outcomes=[],
-                                                                 inputs=frozenset()), names)))
+                                                                 inputs=frozenset()), names), strict=True))
         for wave in waves(graph):
             run(wave)
             waiting = [n for n in wave if results[n].sync_status == SyncStatus.WAITING]

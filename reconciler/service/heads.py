@@ -12,8 +12,9 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 log = logging.getLogger(__name__)
 LARGEST = 65536 + 64 * 1024  # bytes read ahead at most: http.server refuses longer request lines and heads itself

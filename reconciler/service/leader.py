@@ -25,9 +25,10 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from ..errors import ConfigError
 from ..kubeapi import ApiError, Kube, connect
@@ -297,4 +298,4 @@ class _Conflict(Exception):
 
 def _micro_time() -> str:
     """Now as a Kubernetes MicroTime (RFC 3339, always 6 fractional digits)."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

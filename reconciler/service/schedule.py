@@ -12,8 +12,8 @@ environment never runs twice at the same time.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
 
 FIRST_BACKOFF = 5.0
 RESYNC = 600.0  # seconds: a quiet environment is still reconciled this often (a watch event may be lost)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..model import parse_duration
 
@@ -223,12 +224,12 @@ class Fields:
         shown_default="`0`",
         doc="Client-side rate limit per API server (a token bucket, as client-go's). `0` (the default): no "
         "client-side limit; the server's API Priority and Fairness paces us, and a 429 is retried after its "
-        "Retry-After (see [Request pacing](targets.md#request-pacing)). Set it (Flux uses 50, burst 300) for an API server "
-        "without APF.")
+        "Retry-After (see [Request pacing](targets.md#request-pacing)). Set it (Flux uses 50, burst 300) for an API "
+        "server without APF.")
     kube_api_burst: int = setting(300, whole(1), "Kubernetes requests in a burst above --kube-api-qps (default 300)",
                                   doc="Kubernetes requests in a burst above `kube_api_qps`.")
-    log_format: str = setting("text", text, "log output: text or json (default text)", doc="Log output: `text` or `json`.",
-                              cli={"choices": ["text", "json"]})
+    log_format: str = setting("text", text, "log output: text or json (default text)",
+                              doc="Log output: `text` or `json`.", cli={"choices": ["text", "json"]})
     log_level: str = setting("info", text, "log level (default info)", doc="Log level.",
                              cli={"choices": ["debug", "info", "warning", "error"]})
     leader_election: bool = setting(
@@ -253,8 +254,8 @@ class Fields:
         0, whole(0, " (0: off)"), "split the environments among this many shard Leases, each replica reconciling its "
         "share (default 0: off; not with --leader-election)", shown_default="`0` (off)",
         doc="Split the environments among this many shard Leases, each replica reconciling the environments of the "
-        "shards it holds (see [Sharded replicas](operations.md#sharded-replicas)). The Leases live in `leader_election_namespace` and "
-        "are named after `leader_election_id`. Not together with `leader_election`.")
+        "shards it holds (see [Sharded replicas](operations.md#sharded-replicas)). The Leases live in "
+        "`leader_election_namespace` and are named after `leader_election_id`. Not together with `leader_election`.")
     kubeconfig: str = setting(
         "", text, "kubeconfig of the Lease and of the cluster `default` (default: in-cluster, else $KUBECONFIG or "
         "~/.kube/config)", shown_default="in-cluster, else `$KUBECONFIG` or `~/.kube/config`",
@@ -265,8 +266,8 @@ class Fields:
     clusters: Mapping[str, Cluster] = setting(
         dict, cluster_map, "the Kubernetes clusters environments may name, and who may use each", flag=None,
         shown_default="one cluster, `default` (above)",
-        doc="The Kubernetes clusters environments may name, and who may use each (see [Clusters](operations.md#clusters)). "
-        "Best set in the `--config` file; the variable holds YAML.")
+        doc="The Kubernetes clusters environments may name, and who may use each (see "
+        "[Clusters](operations.md#clusters)). Best set in the `--config` file; the variable holds YAML.")
     webhook_secret: str = setting(
         "", text, "shared secret for POST /hooks/git", flag=None, repr=False,
         doc="Shared secret for `POST /hooks/git`; without it (or the file) the endpoint answers 404. Never logged; no "
@@ -282,8 +283,9 @@ class Fields:
         0.5, fraction, "share of the environments that may leave Git in one revision and have their objects pruned; "
         "more is refused (default 0.5; 1: no guard)",
         doc="The removal guard: when more than this share of the environments the ledger knows (and more than one), "
-        "or all of them, leave Git in one revision, none is removed (see [What Git controls](user-guide.md#what-git-controls)). `1` "
-        "turns the guard off: how a repository of one environment removes it.")
+        "or all of them, leave Git in one revision, none is removed (see "
+        "[What Git controls](user-guide.md#what-git-controls)). `1` turns the guard off: how a repository of one "
+        "environment removes it.")
     dependency_timeout: float = setting(
         600.0, duration, "--once: how long each dependsOn link may take to be Healthy at the revision before its "
         "dependents are given up, exit 1 (default 10m)", shown_default="`10m`",

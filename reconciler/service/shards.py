@@ -22,8 +22,9 @@ import logging
 import math
 import random
 import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import quote
 
 from ..errors import ConfigError

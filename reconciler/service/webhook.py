@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import logging
 import math
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import Message
 from pathlib import Path
-from typing import BinaryIO, Callable, Mapping
 
 from ..metrics import Metrics
 
@@ -92,7 +93,7 @@ class Receiver:
             log.warning(message + " (more are counted in ray_gitops_webhook_requests_total, logged once a "
                         "minute)", *args)
 
-    def handle(self, headers: Message, body: BinaryIO) -> tuple[int, bytes]:
+    def handle(self, headers: Message, body: io.BufferedIOBase) -> tuple[int, bytes]:
         """One request: (status, response body). Reads at most `max_body` bytes."""
         try:
             length = int(headers.get("Content-Length", ""))

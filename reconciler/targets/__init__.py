@@ -10,17 +10,24 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Generic
 
 from .. import kuberay
 from ..errors import RayGitopsError, TemporaryError
 from ..metrics import Metrics
 from ..model import EnvironmentSpec, TargetOptions, TargetSpec
-from ..pipeline.target import Checker, Target
-from .kubernetes.options import DEFAULT_CLUSTER, PROTECTED_NAMESPACES, Cluster, KubernetesOptions, admit
+from ..pipeline.target import Checker, OptionsT, Target
+from .kubernetes.options import (
+    DEFAULT_CLUSTER as DEFAULT_CLUSTER,
+    PROTECTED_NAMESPACES,
+    Cluster,
+    KubernetesOptions,
+    admit,
+)
 from .local.options import LocalOptions, check_object as local_check
 
 log = logging.getLogger(__name__)
@@ -44,32 +51,32 @@ class Runtime:
 
 
 @dataclass(frozen=True)
-class TargetType:
-    """One kind of target."""
+class TargetType(Generic[OptionsT]):
+    """One kind of target: its options parser, and the rest typed by what that parser returns."""
 
     name: str
-    options: Callable[[Mapping[str, Any], Checker, str], TargetOptions | None]  # (raw, checker, path)
+    options: Callable[[Mapping[str, Any], Checker, str], OptionsT | None]  # (raw, checker, path)
     kinds: frozenset[str]
-    build: Callable[[Any, Runtime], Target]  # (its options, runtime)
+    build: Callable[[OptionsT, Runtime], Target[OptionsT]]  # (its options, runtime)
     # (object, checker, environment): what the target refuses beyond the common checks (local: caps, auth)
     check: Callable[[Mapping[str, Any], Checker, EnvironmentSpec], None] | None = None
     # (options, environment, runtime, checker, path): what the daemon's settings refuse (Kubernetes: clusters)
-    admit: Callable[[Any, str, Runtime, Checker, str], None] | None = None
+    admit: Callable[[OptionsT, str, Runtime, Checker, str], None] | None = None
 
 
-def _local(options: LocalOptions, runtime: Runtime) -> Target:
+def _local(options: LocalOptions, runtime: Runtime) -> Target[LocalOptions]:
     from .local.target import LocalTarget
     return LocalTarget(runtime.state_dir)
 
 
-def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target:
+def _kubernetes(options: KubernetesOptions, runtime: Runtime) -> Target[KubernetesOptions]:
     from ..kubeapi import RateLimiter, connect
     from .kubernetes.target import KubernetesTarget
     cluster = (runtime.clusters or {}).get(options.cluster) or Cluster(options.cluster)
     return KubernetesTarget(options, runtime.metrics, limiter=RateLimiter(runtime.kube_api_qps, runtime.kube_api_burst),
                             default_service_account=runtime.default_service_account, on_change=runtime.changed,
-                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster), owns_client=True,
-                            ledger_key=runtime.ledger_key)
+                            api_client=connect(cluster.kubeconfig, cluster.context, cluster.in_cluster),
+                            owns_client=True, ledger_key=runtime.ledger_key)
 
 
 def _admit_kubernetes(options: KubernetesOptions, environment: str, runtime: Runtime, check: Checker,
@@ -77,9 +84,11 @@ def _admit_kubernetes(options: KubernetesOptions, environment: str, runtime: Run
     admit(options, environment, runtime.clusters, runtime.protected, check, path)
 
 
-TYPES: dict[str, TargetType] = {t.name: t for t in (
-    TargetType("local", LocalOptions.parse, kuberay.NAMES, _local, local_check),
-    TargetType("kubernetes", KubernetesOptions.parse, kuberay.NAMES, _kubernetes, admit=_admit_kubernetes),
+# Each kind typed by its own options; by name, any kind's (the registry meets each kind's options only with it).
+TYPES: dict[str, TargetType[Any]] = {t.name: t for t in (
+    TargetType[LocalOptions]("local", LocalOptions.parse, kuberay.NAMES, _local, local_check),
+    TargetType[KubernetesOptions]("kubernetes", KubernetesOptions.parse, kuberay.NAMES, _kubernetes,
+                                  admit=_admit_kubernetes),
 )}
 
 
@@ -87,9 +96,9 @@ class Registry:
     """Target kinds and live instances (one per kind and connection); thread-safe. `types` replaces the
     built-in kinds (tests use an in-memory target)."""
 
-    def __init__(self, runtime: Runtime, types: Mapping[str, TargetType] = TYPES) -> None:
+    def __init__(self, runtime: Runtime, types: Mapping[str, TargetType[Any]] = TYPES) -> None:
         self.runtime, self._types = runtime, dict(types)
-        self._targets: dict[tuple[Any, ...], Future[Target]] = {}
+        self._targets: dict[tuple[Any, ...], Future[Target[Any]]] = {}
         self._lock = threading.Lock()  # around `_targets` only: a target is built outside it
         self._builder = ThreadPoolExecutor(max_workers=4, thread_name_prefix="connect")
 
@@ -113,7 +122,7 @@ class Registry:
         if (target_check := self._types[kind].check) is not None:
             target_check(doc, check, environment)
 
-    def get(self, spec: EnvironmentSpec) -> Target:
+    def get(self, spec: EnvironmentSpec) -> Target[Any]:
         """The target of `spec`'s connection, built once (connecting reads credentials). The build runs on a thread
         of its own and is waited for at most `connect_timeout` seconds, and never under a lock another environment
         needs: a connection that hangs fails its environments alone (TemporaryError), and is tried again."""
@@ -132,7 +141,7 @@ class Registry:
     def verified_heads(self) -> list[str]:
         """The verified branch heads the ledger copies on every configured Kubernetes cluster remember (for a
         daemon that lost its state dir: strict signatures then still refuse a rollback of history)."""
-        found = []
+        found: list[str] = []
         for name in (self.runtime.clusters or {}):
             spec = EnvironmentSpec(f"cluster-{name}", TargetSpec("kubernetes", KubernetesOptions("default", name)))
             try:

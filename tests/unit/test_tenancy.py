@@ -60,6 +60,9 @@ def errors(root: Path, name: str, clusters: dict[str, Cluster] | None = CLUSTERS
     pytest.param("team-a", "kubernetes: {cluster: prod, namespace: team-a, serviceAccountName: cluster-admin}",
                  "service account cluster-admin is not allowed on cluster prod (allowed: ray-gitops-tenant)",
                  id="service-account"),
+    pytest.param("team-a", "kubernetes: {cluster: prod, namespace: team-a, namespaces: [~]}",
+                 "spec.target.kubernetes.namespaces[0]: must be a DNS-1123 label (a-z, 0-9, '-'), got None",
+                 id="empty-namespace"),
 ])
 def test_the_daemons_clusters_decide_who_may_use_which_namespace_and_account(tmp_path: Path, name: str, target: str,
                                                                            message: str) -> None:

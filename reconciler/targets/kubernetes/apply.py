@@ -84,7 +84,8 @@ class Applier:
                 if (exc.field_conflict and shared and not force
                         and only_worker_groups(ref.kind, [f for _, f in exc.conflicts()])):
                     log.info("%s: taking the worker group list from %s (live replicas kept, resourceVersion %s)",
-                             ref, ", ".join(sorted({m for m, _ in exc.conflicts()})), body["metadata"]["resourceVersion"])
+                             ref, ", ".join(sorted({m for m, _ in exc.conflicts()})),
+                             body["metadata"]["resourceVersion"])
                     force = True
                     continue
                 if exc.field_conflict:

@@ -102,6 +102,7 @@ def keep_live(body: Any, live: Any, pointer: str) -> None:
 
     def walk(mine: Any, theirs: Any, rest: list[str]) -> None:
         head, tail = rest[0], rest[1:]
+        keys: list[Any]  # a mapping's keys, or a list's indexes
         if isinstance(mine, dict) and isinstance(theirs, dict):
             keys = list(mine) if head == "*" else [head]
         elif isinstance(mine, list) and isinstance(theirs, list):

@@ -17,7 +17,8 @@ import collections
 import json
 import logging
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from kubernetes.watch.watch import iter_resp_lines
 
@@ -88,7 +89,7 @@ class Informer:
         self._expected: list[Callable[[], bool | None]] = []  # each: met / not yet / cannot tell (None)
 
     # -- lifecycle -----------------------------------------------------------------------------------
-    def start(self) -> "Informer":
+    def start(self) -> Informer:
         """LIST now (so the first read is complete), then follow the WATCH in a daemon thread."""
         self._list()
         self._thread = threading.Thread(target=self._run, name=f"watch {self.path}", daemon=True)

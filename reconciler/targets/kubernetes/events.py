@@ -12,7 +12,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ...kubeapi import ApiError, Kube, RateLimiter
 from ...model import ENVIRONMENT_LABEL, ObjectRef, Outcome
@@ -26,7 +26,7 @@ QUEUE_SIZE = 4096  # Events waiting to be written (a first sync of 1000 objects 
 
 def event_body(ref: ObjectRef, outcome: Outcome, message: str, environment: str, reason: str = "") -> dict:
     """A core/v1 Event about `ref` (type Warning for failures; `reason` defaults to the outcome's)."""
-    now = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1", "kind": "Event",
         "metadata": {"name": f"{ref.name}.{secrets.token_hex(8)}", "namespace": ref.namespace,

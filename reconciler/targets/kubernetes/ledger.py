@@ -13,12 +13,20 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ...errors import PermanentError, TemporaryError
 from ...kubeapi import RESOURCES, ApiError, Kube
-from ...model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, MANAGED_BY_LABEL, MANAGED_BY_VALUE, LedgerSnapshot,
-                      Manifest, ObjectRef)
+from ...model import (
+    ENVIRONMENT_LABEL,
+    LEDGER_PREFIX,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    LedgerSnapshot,
+    Manifest,
+    ObjectRef,
+)
 
 MAX_RUNS = 500  # newest runs kept; a ConfigMap holds at most 1 MiB
 Reader = Callable[[], Manifest | None]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from ...kubeapi import RESOURCES, Resource
 from ...kuberay import cluster_spec_path, worker_groups

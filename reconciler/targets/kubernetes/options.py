@@ -8,8 +8,9 @@ namespaces and service accounts, are the daemon's settings (`Cluster`). No path 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...model import parse_duration
 from ...pipeline.target import Checker, dns_label, short
@@ -89,10 +90,12 @@ class KubernetesOptions:
                        "service account): name a cluster of the daemon's settings instead, `cluster: <name>` (see the "
                        "README, \"Clusters\"; environments without it use the cluster `default`)")
         namespace = c.string(raw.get("namespace"), f"{path}.namespace", required=True)
-        others = []
+        others: list[str] = []
         for i, other in enumerate([namespace, *c.sequence(raw.get("namespaces"), f"{path}.namespaces")]):
             field = f"{path}.namespace" if i == 0 else f"{path}.namespaces[{i - 1}]"
-            if other is not None and (not isinstance(other, str) or not dns_label(other)):
+            if i == 0 and other is None:
+                continue  # required: `c.string` said so
+            if not isinstance(other, str) or not dns_label(other):  # an empty entry too (it was let through)
                 c.fail(field, f"must be a DNS-1123 label (a-z, 0-9, '-'), got {short(other)}")
             elif i:
                 others.append(other)

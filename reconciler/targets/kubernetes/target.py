@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes import client as k8s
 
@@ -20,8 +21,21 @@ from ...errors import PermanentError, RayGitopsError
 from ...kubeapi import ApiError, Kube, RateLimiter, resource
 from ...kuberay import cluster_spec_path
 from ...metrics import Metrics
-from ...model import (ENVIRONMENT_LABEL, LEDGER_PREFIX, Action, EnvironmentSpec, LedgerSnapshot, LiveObject, Manifest,
-                      ObjectRef, Outcome, PlanItem, RenderedEnvironment, job_submission_id, parse_time)
+from ...model import (
+    ENVIRONMENT_LABEL,
+    LEDGER_PREFIX,
+    Action,
+    EnvironmentSpec,
+    LedgerSnapshot,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    job_submission_id,
+    parse_time,
+)
 from ...pipeline.target import ApplyContext, Observation, RunReport
 from . import events, observe
 from .apply import Applier, translate
@@ -75,7 +89,7 @@ class KubernetesTarget:
         self._no_pods: set[str] = set()  # namespaces whose Pods we may not list (RBAC)
         self._namespaced: set[str] = set()  # kinds we may not list cluster-wide: one cache per namespace
         self._pruned: dict[ObjectRef, str] = {}  # object -> uid of what we deleted, until its Event is written
-        self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one environment)
+        self._owners: dict[ObjectRef, str] = {}  # object -> the environment that writes it (one object, one env.)
         self._lock = threading.Lock()
 
     def _count(self, verb: str) -> None:
@@ -150,7 +164,7 @@ class KubernetesTarget:
         return informer.get(ref.namespace, ref.name)
 
     # -- Target protocol -----------------------------------------------------------------------------
-    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+    def observe(self, rendered: RenderedEnvironment[KubernetesOptions], refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
         """Live objects from the caches. A pending run whose RayJob is gone was deleted (its TTL, `DeleteSelf`,
         a person) before it was seen to end: reported `DELETED`, it is never re-created."""
@@ -184,7 +198,7 @@ class KubernetesTarget:
                    and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
         return Observation(live, tuple(deleted) + self._cron_runs(rendered))
 
-    def _cron_runs(self, rendered: RenderedEnvironment) -> tuple[RunReport, ...]:
+    def _cron_runs(self, rendered: RenderedEnvironment[KubernetesOptions]) -> tuple[RunReport, ...]:
         """The runs of the environment's RayCronJobs: the RayJobs KubeRay made for them (counted by the
         pipeline like any run; never in the inventory, so never pruned)."""
         crons = {(d.ref.namespace, d.ref.name) for d in rendered.objects if d.ref.kind == "RayCronJob"}
@@ -209,8 +223,9 @@ class KubernetesTarget:
             self._no_pods.add(namespace)
             return None
 
-    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
-        dry_runs = self.writer(_options(rendered.spec)).dry_runs
+    def expected(self, rendered: RenderedEnvironment[KubernetesOptions],
+                 live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+        dry_runs = self.writer(rendered.spec.target.options).dry_runs
         out = {}
         for desired in rendered.objects:
             current = live.get(desired.ref)
@@ -219,10 +234,9 @@ class KubernetesTarget:
                                                      rendered.spec.ignore)
         return out
 
-    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+    def apply(self, item: PlanItem, context: ApplyContext[KubernetesOptions]) -> Outcome:
         ref = item.ref
         options = context.options
-        assert isinstance(options, KubernetesOptions)
         writer = self.writer(options)
         if item.action == Action.DELETE:
             self._delete(writer, ref, wait=0)
@@ -251,15 +265,14 @@ class KubernetesTarget:
         if owner != environment:
             raise PermanentError(f"{ref}: belongs to environment {owner} (one object, one environment): not applied")
 
-    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext,
+    def report_event(self, item: PlanItem, outcome: Outcome, message: str, context: ApplyContext[KubernetesOptions],
                      reason: str = "") -> None:
-        assert isinstance(context.options, KubernetesOptions)
         self.recorder.record(self.writer(context.options).kube, item.ref, lambda: self._uid(item.ref), outcome,
                              f"{message} (revision {context.revision[:12]})", context.environment, reason)
 
-    def report_warning(self, spec: EnvironmentSpec, reason: str, message: str) -> None:
+    def report_warning(self, spec: EnvironmentSpec[KubernetesOptions], reason: str, message: str) -> None:
         ref = ObjectRef("", "ConfigMap", spec.target.namespace, ledger_name(spec.name))
-        self.recorder.record(self.writer(_options(spec)).kube, ref, lambda: self._uid(ref), Outcome.FAILED,
+        self.recorder.record(self.writer(spec.target.options).kube, ref, lambda: self._uid(ref), Outcome.FAILED,
                              message, spec.name, reason)
 
     def _uid(self, ref: ObjectRef) -> str:
@@ -290,12 +303,12 @@ class KubernetesTarget:
         if wait:
             writer.applier.wait_gone(ref, uid, wait)
 
-    def watches(self, spec: EnvironmentSpec) -> bool:
+    def watches(self, spec: EnvironmentSpec[KubernetesOptions]) -> bool:
         """Whether every change someone else makes to the environment's objects and Ray Pods reaches `on_change`
         (the daemon's; not with Pods we may not list)."""
         return self.on_change is not None and not self._no_pods
 
-    def load_ledger(self, spec: EnvironmentSpec) -> LedgerSnapshot | None:
+    def load_ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> LedgerSnapshot | None:
         """The environment's ledger copy; None when there is none, or when it is unverifiable (forged, or signed
         with another key: reported once, in the log and as a Warning Event, and never obeyed)."""
         try:
@@ -314,27 +327,29 @@ class KubernetesTarget:
             items = self._informer("ConfigMap", "").items() if "ConfigMap" not in self._namespaced else []
         except RayGitopsError:
             return []
-        found = []
-        for cm in items:
-            meta = cm.get("metadata") or {}
-            name, environment = str(meta.get("name")), str((meta.get("labels") or {}).get(ENVIRONMENT_LABEL) or "")
-            if name != ledger_name(environment):
-                continue
-            ledger = ConfigMapLedger(self.kube, str(meta.get("namespace")), environment, self.ledger_key, lambda: cm)
-            with contextlib.suppress(Unverifiable):
-                if (snapshot := ledger.load()) is not None and snapshot.verified:
-                    found.append(snapshot.verified)
-        return found
+        return [head for cm in items if (head := self._verified_head(cm))]
 
-    def save_ledger(self, spec: EnvironmentSpec, snapshot: LedgerSnapshot) -> None:
+    def _verified_head(self, cm: Manifest) -> str:
+        """The verified branch head a ConfigMap remembers when it is a signed ledger copy ("" otherwise)."""
+        meta = cm.get("metadata") or {}
+        name, environment = str(meta.get("name")), str((meta.get("labels") or {}).get(ENVIRONMENT_LABEL) or "")
+        if name != ledger_name(environment):
+            return ""
+        ledger = ConfigMapLedger(self.kube, str(meta.get("namespace")), environment, self.ledger_key, lambda: cm)
+        with contextlib.suppress(Unverifiable):
+            if (snapshot := ledger.load()) is not None:
+                return snapshot.verified
+        return ""
+
+    def save_ledger(self, spec: EnvironmentSpec[KubernetesOptions], snapshot: LedgerSnapshot) -> None:
         self._ledger(spec).save(snapshot)
 
-    def drop_ledger(self, spec: EnvironmentSpec) -> None:
+    def drop_ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> None:
         self._ledger(spec).delete()
         with self._lock:
             self._ledgers.pop((spec.name, spec.target.namespace), None)
 
-    def _ledger(self, spec: EnvironmentSpec) -> ConfigMapLedger:
+    def _ledger(self, spec: EnvironmentSpec[KubernetesOptions]) -> ConfigMapLedger:
         """The ledger ConfigMap `ray-gitops-ledger-<env>` in the environment's namespace, first read from the
         ConfigMap cache (it carries the ownership label: one LIST serves every environment), else by a GET;
         written as the environment's writer."""
@@ -346,7 +361,7 @@ class KubernetesTarget:
                 return self._informer("ConfigMap", namespace).get(namespace, ref.name)
             except PermanentError:
                 return self.applier.get(ref)
-        kube = self.writer(_options(spec)).kube
+        kube = self.writer(spec.target.options).kube
         with self._lock:
             if (environment, namespace) not in self._ledgers:
                 self._ledgers[(environment, namespace)] = ConfigMapLedger(kube, namespace, environment,
@@ -363,9 +378,3 @@ class KubernetesTarget:
             informer.stop()
         if self._owns_client:
             self.api_client.close()
-
-
-def _options(spec: EnvironmentSpec) -> KubernetesOptions:
-    options = spec.target.options
-    assert isinstance(options, KubernetesOptions)
-    return options

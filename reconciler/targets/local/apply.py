@@ -4,11 +4,12 @@ deploy its Serve applications; record what was applied."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...errors import PermanentError, RayGitopsError, TemporaryError
-from ...model import Action, ObjectRef, Outcome, PlanItem, TERMINAL_JOB_STATUSES, job_submission_id
+from ...model import TERMINAL_JOB_STATUSES, Action, ObjectRef, Outcome, PlanItem, job_submission_id
 from ...pipeline.target import ApplyContext, yaml_field
 from . import serve
 from .clusters import Clusters, template_hash

@@ -18,15 +18,21 @@ import copy
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from croniter import croniter
 
 from ...errors import RayGitopsError
-from ...model import (CONCURRENCY_ANNOTATION, STARTING_DEADLINE_ANNOTATION, TERMINAL_JOB_STATUSES, LiveObject,
-                      Manifest, ObjectRef)
+from ...model import (
+    CONCURRENCY_ANNOTATION,
+    STARTING_DEADLINE_ANNOTATION,
+    TERMINAL_JOB_STATUSES,
+    LiveObject,
+    Manifest,
+    ObjectRef,
+)
 from ...pipeline.target import RunReport
 from .apply import submit
 from .clusters import Clusters
@@ -164,11 +170,11 @@ def _start(clusters: Clusters, environment: str, ref: ObjectRef, record: Record,
 
 
 def _zone(spec: dict[str, Any]) -> tzinfo:
-    return ZoneInfo(spec["timeZone"]) if spec.get("timeZone") else timezone.utc
+    return ZoneInfo(spec["timeZone"]) if spec.get("timeZone") else UTC
 
 
 def _when(slot: float) -> str:
-    return datetime.fromtimestamp(slot, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(slot, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def observe(clusters: Clusters, ref: ObjectRef, record: Record) -> tuple[LiveObject, list[RunReport]]:
@@ -186,6 +192,6 @@ def observe(clusters: Clusters, ref: ObjectRef, record: Record) -> tuple[LiveObj
 
 def _live(ref: ObjectRef, record: Record) -> LiveObject:
     last = record.get("last_slot")
-    status = {"lastScheduleTime": datetime.fromtimestamp(last, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")} \
+    status = {"lastScheduleTime": datetime.fromtimestamp(last, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")} \
         if last and record.get("runs") else {}
     return LiveObject(ref, record["manifest"], status)

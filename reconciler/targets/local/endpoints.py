@@ -78,10 +78,10 @@ def _pump(a: socket.socket, b: socket.socket) -> None:
     peer = {a: b, b: a}
     with selectors.DefaultSelector() as selector:
         for sock in peer:
-            selector.register(sock, selectors.EVENT_READ)
+            selector.register(sock, selectors.EVENT_READ, sock)  # data: the socket, typed (fileobj is any file)
         while selector.get_map():
             for key, _ in selector.select():
-                sock: socket.socket = key.fileobj  # type: ignore[assignment]
+                sock = key.data
                 data = sock.recv(_CHUNK)
                 if data:
                     peer[sock].sendall(data)

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...kuberay import cluster_spec, cluster_spec_path, dotted
 from ...model import EnvironmentSpec, desired_workers

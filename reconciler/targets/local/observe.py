@@ -85,10 +85,10 @@ def rayservice(clusters: Clusters, ref: ObjectRef, record: Record, cap: int) -> 
     active cluster is not running."""
     active, pending = record.get("active"), record.get("pending")
     cluster = clusters.get(active["cluster"]) if active else None
-    if cluster is None:
+    if not active or cluster is None:
         return None
     upcoming = clusters.get(pending["cluster"]) if pending else None
-    goal = pending if upcoming is not None else active
+    goal = pending if pending and upcoming is not None else active
     manifest = copy.deepcopy(record["manifest"])
     manifest["spec"]["rayClusterConfig"] = copy.deepcopy(goal["spec"])
     if goal["config"] or "serveConfigV2" in manifest["spec"]:

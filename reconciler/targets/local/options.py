@@ -1,8 +1,9 @@
 """`spec.target.local` of an environment: parsed and checked here, by the target itself."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from ...kuberay import KINDS, dotted, job_spec, submitter_command
 from ...model import EnvironmentSpec

@@ -22,8 +22,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .dashboard import Dashboard
-from .nodes import (MARKER_ENV, NODE_LABEL, TOKEN_FILE, LocalRayError, Node, NodeSpec,
-                    allocate_ports, command_line, node_environment, start_ticks, sweep, write_token)
+from .nodes import (
+    MARKER_ENV,
+    NODE_LABEL,
+    TOKEN_FILE,
+    LocalRayError,
+    Node,
+    NodeSpec,
+    allocate_ports,
+    command_line,
+    node_environment,
+    start_ticks,
+    sweep,
+    write_token,
+)
 
 
 class LocalRayCluster:

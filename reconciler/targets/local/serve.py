@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ...pipeline.target import yaml_field
 from .runtime import LocalRayCluster
+
 
 def cluster_name(environment: str, name: str, spec: dict[str, Any], revision: str) -> str:
     """A new local cluster of a RayService (as KubeRay's `<name>-raycluster-<suffix>`): one name per

@@ -11,8 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from ...model import (Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem,
-                      RenderedEnvironment)
+from ...model import Action, EnvironmentSpec, LiveObject, Manifest, ObjectRef, Outcome, PlanItem, RenderedEnvironment
 from ...pipeline.target import ApplyContext, Observation, RunReport, hide_secret_values
 from . import apply, control, cron, limits, observe, serve
 from .clusters import Clusters
@@ -34,7 +33,7 @@ class LocalTarget:
         self._persist: dict[str, bool] = {}  # environment -> keep its processes when the daemon stops
         self._lock = threading.Lock()
 
-    def observe(self, rendered: RenderedEnvironment, refs: set[ObjectRef],
+    def observe(self, rendered: RenderedEnvironment[LocalOptions], refs: set[ObjectRef],
                 pending_runs: frozenset[str]) -> Observation:
         """Objects as applied, with live state from Ray (reads only). A pending run Ray no longer knows is not
         reported: its RayJob looks absent, so the run is submitted again (same submission id). A pending run
@@ -42,7 +41,7 @@ class LocalTarget:
         environment = rendered.spec.name
         options = rendered.spec.target.options
         with self._lock:
-            self._persist[environment] = isinstance(options, LocalOptions) and options.persist
+            self._persist[environment] = options.persist
         cap = self.clusters.limits.per_group(rendered.spec)[0]
         live: dict[ObjectRef, LiveObject] = {}
         runs: list[RunReport] = []
@@ -70,19 +69,20 @@ class LocalTarget:
                                       status.get("endTime")))
         return Observation(live, tuple(runs))
 
-    def control(self, spec: EnvironmentSpec) -> tuple[RunReport, ...]:
+    def control(self, spec: EnvironmentSpec[LocalOptions]) -> tuple[RunReport, ...]:
         """The operator's own step for the environment's applied objects (`control`): cron slots, a finished
         run's status, clean-ups after runs, a RayService's switch to its new cluster. Only a reconcile calls it,
         never a preview."""
         return tuple(control.control(self.clusters, self.store, self.endpoints, spec.name))
 
-    def expected(self, rendered: RenderedEnvironment, live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
+    def expected(self, rendered: RenderedEnvironment[LocalOptions],
+                 live: dict[ObjectRef, LiveObject]) -> dict[ObjectRef, Manifest]:
         """As the target holds them: the desired manifests themselves (a Secret's values as digests only), with
         `maxReplicas` clamped to the cap per group (as `observe` reports them)."""
         cap = self.clusters.limits.per_group(rendered.spec)[0]
         return {d.ref: limits.clamp(hide_secret_values(d.manifest), cap) for d in rendered.objects if d.ref in live}
 
-    def apply(self, item: PlanItem, context: ApplyContext) -> Outcome:
+    def apply(self, item: PlanItem, context: ApplyContext[LocalOptions]) -> Outcome:
         environment, ref = context.environment, item.ref
         if item.action == Action.DELETE:
             if ref.kind == "RayService":
