@@ -8,8 +8,17 @@ from prometheus_client import CollectorRegistry
 
 from reconciler.errors import Unreachable
 from reconciler.metrics import Metrics
-from reconciler.model import (Action, EnvironmentSpec, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem,
-                              RenderedEnvironment, job_submission_id)
+from reconciler.model import (
+    Action,
+    EnvironmentSpec,
+    LedgerSnapshot,
+    LiveObject,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    job_submission_id,
+)
 from reconciler.pipeline.ledger import Ledger
 from reconciler.pipeline.reconcile import Pipeline
 from reconciler.pipeline.source import GitSource

@@ -19,10 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kubernetes import client
-
 import kube_controlplane
 from kube_controlplane import ControlPlane, ControlPlaneError, Process, free_port, http_ok
+from kubernetes import client
 
 BUILD_SCRIPT = kube_controlplane.HERE / "build-operator.sh"
 FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"

@@ -5,8 +5,8 @@ import hashlib
 import hmac
 import http.client
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 
@@ -118,6 +118,7 @@ def test_without_a_secret_the_endpoint_does_not_exist(remote: GitRemote, start: 
 def test_idle_connections_are_bounded_timed_out_and_disconnects_leave_no_traceback(
         remote: GitRemote, start: Callable[..., Daemon]) -> None:
     import socket
+
     from reconciler.service.http import MAX_CONNECTIONS, TIMEOUT
     remote.write(f"environments/{ENV}/environment.yaml", ENVIRONMENT)
     first = remote.commit("an environment with no objects")

@@ -9,9 +9,18 @@ from typing import Any
 import pytest
 
 from reconciler.model import APPLIED_ANNOTATION, REVISION_ANNOTATION, DesiredObject, ObjectRef, job_submission_id
-from reconciler.targets.kubernetes.body import (apply_body, as_applied, carries_live_scale, fingerprint, forced,
-                                                keep_live, only_worker_groups, same_run, without_precondition,
-                                                worker_group_fields)
+from reconciler.targets.kubernetes.body import (
+    apply_body,
+    as_applied,
+    carries_live_scale,
+    fingerprint,
+    forced,
+    keep_live,
+    only_worker_groups,
+    same_run,
+    without_precondition,
+    worker_group_fields,
+)
 
 ENV = "prod"
 MANAGER = "ray-gitops"

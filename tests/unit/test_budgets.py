@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml

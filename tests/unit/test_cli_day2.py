@@ -8,8 +8,8 @@ import pytest
 
 from reconciler.commands.cli import main
 from reconciler.pipeline.source import GitSource
-from tests.conftest import GitRemote
 from reconciler.targets.local.target import LocalTarget
+from tests.conftest import GitRemote
 from tests.memory import MemoryTarget, pipeline
 from tests.unit.test_reconcile import cluster_yaml, env_yaml
 

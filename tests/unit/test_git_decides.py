@@ -359,9 +359,10 @@ def test_a_hand_edit_is_set_back_counted_and_reported_with_who_made_it(setup) ->
 ])
 def test_opt_outs_leave_an_edited_object_alone(annotations: dict, live_annotations: dict, action: str,
                                                reason: str) -> None:
+    import yaml
+
     from reconciler.model import DesiredObject, EnvironmentSpec, TargetSpec
     from reconciler.targets.local.options import LocalOptions
-    import yaml
     doc = yaml.safe_load(cluster_yaml())
     doc["metadata"].update(namespace="default", annotations=annotations,
                            labels={"app.kubernetes.io/managed-by": "ray-gitops", "gitops.ray.io/environment": "a"})
@@ -430,6 +431,7 @@ def test_a_preview_and_every_api_route_write_nothing_and_run_no_cron_slot(
     import json
     import time
     from email.message import Message
+
     from reconciler.commands.cli import main
     remote.write("environments/a/environment.yaml", env_yaml("a"))
     remote.write("environments/a/settings.yaml", configmap("settings"))

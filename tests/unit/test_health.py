@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.pipeline import health
 from reconciler.model import Health, LiveObject, ObjectRef
+from reconciler.pipeline import health
 
 STATUSES = Path(__file__).parent.parent / "testdata" / "unit" / "health"
 

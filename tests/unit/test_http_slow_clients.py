@@ -9,16 +9,15 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from email.message import Message
-from typing import Callable, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler.errors import ConfigError
 from reconciler.metrics import Metrics
-from reconciler.service import http as server_http
-from reconciler.service import webhook
+from reconciler.service import http as server_http, webhook
 from reconciler.service.config import load
 from reconciler.service.http import Endpoints, Response
 

@@ -3,20 +3,26 @@ strategies, feature-gate warnings; and the local target's cron schedule (due slo
 from __future__ import annotations
 
 import copy
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from reconciler.commands.cli import main
-from reconciler.model import (CONCURRENCY_ANNOTATION, STARTING_DEADLINE_ANNOTATION, Action, DesiredObject,
-                              EnvironmentSpec, ObjectRef, RenderedEnvironment, TargetSpec)
+from reconciler.model import (
+    CONCURRENCY_ANNOTATION,
+    STARTING_DEADLINE_ANNOTATION,
+    Action,
+    DesiredObject,
+    EnvironmentSpec,
+    ObjectRef,
+    RenderedEnvironment,
+    TargetSpec,
+)
 from reconciler.pipeline import planner
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.local import cron
-from reconciler.targets.local.clusters import Clusters
-from reconciler.targets.local.store import ObjectStore
 from tests.conftest import GitRemote
 from tests.unit.test_reconcile import env_yaml
 from tests.unit.test_render import REMOVE, dump, edited, errors_of, fixture, write_environment
@@ -125,7 +131,7 @@ def test_the_local_target_plans_a_cron_job_without_kuberays_warnings(
 
 
 def _at(text: str) -> float:
-    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp()
+    return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
 def test_due_slots_follow_the_schedule_and_its_time_zone() -> None:

@@ -26,8 +26,8 @@ from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.target import ApplyContext
 from reconciler.targets.local.clusters import Clusters
 from reconciler.targets.local.limits import Limits, clamp, cluster_nodes, machine_cpus
-from reconciler.targets.local.target import LocalTarget
 from reconciler.targets.local.nodes import start_ticks
+from reconciler.targets.local.target import LocalTarget
 from tests.conftest import GitRemote
 from tests.memory import TARGETS, MemoryTarget, pipeline
 from tests.unit.test_render import TESTDATA, dump, edited, errors_of, write_environment

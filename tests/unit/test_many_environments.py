@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from reconciler.service.config import Settings
-from reconciler.service.daemon import Daemon
 from reconciler.errors import InvalidEnvironment
+from reconciler.kubeapi import RateLimiter
 from reconciler.metrics import Metrics
 from reconciler.pipeline.render import list_environments, render
 from reconciler.pipeline.source import GitSource
-from reconciler.kubeapi import RateLimiter
+from reconciler.service.config import Settings
+from reconciler.service.daemon import Daemon
 from tests.conftest import GitRemote
 from tests.memory import MemoryTarget, pipeline
 from tests.unit.test_reconcile import cluster_yaml, commit_job_environment, env_yaml
@@ -205,7 +205,9 @@ def test_an_answer_that_says_when_to_come_back_is_retried_after_it_and_others_ar
     import http.server
     import threading
     import time as clock
+
     import yaml
+
     from reconciler.kubeapi import RETRIES, ApiError, Kube, connect
     answers: list[tuple[int, dict[str, str]]] = []
     seen: list[float] = []

@@ -10,7 +10,6 @@ import pytest
 from reconciler.model import job_submission_id, parse_duration, parse_quantity, spec_hash
 
 
-
 @pytest.mark.parametrize("text, seconds", [
     pytest.param("90s", 90.0, id="seconds"),
     pytest.param("5m", 300.0, id="minutes"),

@@ -8,8 +8,17 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler.model import (Action, DesiredObject, EnvironmentSpec, LiveObject, ObjectRef, PlanItem,
-                              RenderedEnvironment, TargetSpec, job_submission_id)
+from reconciler.model import (
+    Action,
+    DesiredObject,
+    EnvironmentSpec,
+    LiveObject,
+    ObjectRef,
+    PlanItem,
+    RenderedEnvironment,
+    TargetSpec,
+    job_submission_id,
+)
 from reconciler.pipeline.planner import PlanOptions, plan
 
 TESTDATA = Path(__file__).parent.parent / "testdata" / "unit"
@@ -174,6 +183,7 @@ def without_gpu() -> dict[str, Any]:
 
 def test_a_removed_worker_group_that_still_has_nodes_is_scaled_to_zero_where_it_was() -> None:
     from dataclasses import replace
+
     from reconciler.pipeline.planner import drain
     on_target = replace(live(CLUSTER), oldest_nodes={"headgroup": 1.0, "cpu": 1.0, "gpu": 2.0})
     planned, draining = drain(environment(without_gpu()), {ref(CLUSTER): on_target}, {}, 1000.0)

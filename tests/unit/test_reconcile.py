@@ -8,8 +8,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from reconciler.metrics import Metrics
-from reconciler.model import (Action, LedgerSnapshot, LiveObject, ObjectRef, Outcome, PlanItem, RenderedEnvironment,
-                             RunResult)
+from reconciler.model import (
+    Action,
+    LedgerSnapshot,
+    LiveObject,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    RunResult,
+)
 from reconciler.pipeline.ledger import Record
 from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.target import ApplyContext, Observation

@@ -145,6 +145,7 @@ def test_ray_nodes_get_none_of_the_daemons_settings_or_secrets(tmp_path: Path) -
 def test_a_stuck_reconcile_is_reported_on_its_environment_and_a_stalled_daemon_fails_its_liveness(
         tmp_path: Path) -> None:
     from concurrent.futures import Future
+
     from reconciler.service import daemon as daemon_module
     from reconciler.service.config import Settings
     from reconciler.service.daemon import Daemon

@@ -8,8 +8,16 @@ from typing import Any
 
 import pytest
 
-from reconciler.model import (CONCURRENCY_ANNOTATION, ENVIRONMENT_LABEL, MANAGED_BY_LABEL, ON_CHANGE_ANNOTATION,
-                              STARTING_DEADLINE_ANNOTATION, EnvironmentSpec, Patch, TargetSpec)
+from reconciler.model import (
+    CONCURRENCY_ANNOTATION,
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    ON_CHANGE_ANNOTATION,
+    STARTING_DEADLINE_ANNOTATION,
+    EnvironmentSpec,
+    Patch,
+    TargetSpec,
+)
 from reconciler.pipeline import validate
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from tests.memory import TARGETS

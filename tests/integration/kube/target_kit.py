@@ -11,11 +11,23 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
 
-from reconciler.pipeline import planner
 from reconciler.metrics import Metrics
-from reconciler.model import (ENVIRONMENT_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, REVISION_ANNOTATION, Action,
-                              DesiredObject, EnvironmentSpec, LiveObject, ObjectRef, Outcome, PlanItem,
-                              RenderedEnvironment, TargetSpec)
+from reconciler.model import (
+    ENVIRONMENT_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    REVISION_ANNOTATION,
+    Action,
+    DesiredObject,
+    EnvironmentSpec,
+    LiveObject,
+    ObjectRef,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    TargetSpec,
+)
+from reconciler.pipeline import planner
 from reconciler.pipeline.target import ApplyContext
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.target import KubernetesTarget

@@ -7,11 +7,11 @@ import copy
 from typing import Any
 
 import pytest
-
-from reconciler.kuberay import cluster_spec
-from reconciler.errors import PermanentError
-from reconciler.model import Action, Outcome
 from target_kit import Kit, desired, load, managers, worker
+
+from reconciler.errors import PermanentError
+from reconciler.kuberay import cluster_spec
+from reconciler.model import Action, Outcome
 
 pytestmark = pytest.mark.kube
 AUTOSCALER = "ray-autoscaler"  # a non-apply manager, as the Ray autoscaler's JSON patches are

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import base64
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from kubernetes import client
+from target_kit import ENV, Kit, desired, load, managers
 
-from reconciler.pipeline import diff, planner
 from reconciler.errors import PermanentError
-from reconciler.model import (Action, EnvironmentSpec, Outcome, PlanItem, RenderedEnvironment, TargetSpec,
-                              job_submission_id)
+from reconciler.model import (
+    Action,
+    EnvironmentSpec,
+    Outcome,
+    PlanItem,
+    RenderedEnvironment,
+    TargetSpec,
+    job_submission_id,
+)
+from reconciler.pipeline import diff, planner
 from reconciler.targets.kubernetes.options import KubernetesOptions
 from reconciler.targets.kubernetes.target import KubernetesTarget
 from tests.eventually import eventually
-from target_kit import ENV, Kit, desired, load, managers
 
 pytestmark = pytest.mark.kube
 

@@ -53,14 +53,14 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import CollectorRegistry
+from target_kit import ENV, Kit, desired, load
 
 from reconciler.commands import cli
-from reconciler.service import config
-from reconciler.metrics import Metrics
 from reconciler.errors import PermanentError
+from reconciler.metrics import Metrics
 from reconciler.model import ENVIRONMENT_LABEL, Action, LedgerSnapshot, Outcome
+from reconciler.service import config
 from reconciler.targets.kubernetes.target import KubernetesTarget
-from target_kit import ENV, Kit, desired, load
 from tests.eventually import eventually
 
 pytestmark = pytest.mark.kube

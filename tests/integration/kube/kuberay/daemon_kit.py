@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client
 from kuberay_kit import cluster_pods, pod_ready, raycluster_spec, workers
+from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import GitRemote

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, new_loop, raycluster, raycronjob, rayjob
+from kuberay_kit import cluster_pods, cluster_services, get, pod_ready, workers
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kuberay_kit import cluster_pods, cluster_services, get, pod_ready, workers
 
 from reconciler.model import parse_time
 from reconciler.pipeline.reconcile import WAIT_RECHECK

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, environment, new_loop, raycluster
+from kuberay_kit import cluster_pods, delete, get, pod_ready, raycluster_spec, workers
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kuberay_kit import cluster_pods, delete, get, pod_ready, raycluster_spec, workers
 
 pytestmark = [pytest.mark.kube, pytest.mark.operator, pytest.mark.e2e]
 

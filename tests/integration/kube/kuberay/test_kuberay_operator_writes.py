@@ -8,8 +8,6 @@ import json
 from typing import Any
 
 import pytest
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 from kuberay_kit import (
     MANAGER,
     apply,
@@ -23,6 +21,8 @@ from kuberay_kit import (
     wait_until,
     workers,
 )
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 pytestmark = [pytest.mark.kube, pytest.mark.operator]
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import kuberay_stack
 import pytest
-from kubernetes import client
 from kuberay_kit import (
     apply,
     cluster_pods,
@@ -24,6 +23,7 @@ from kuberay_kit import (
     wait_until,
     workers,
 )
+from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.operator]
 

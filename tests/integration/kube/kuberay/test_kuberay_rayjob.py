@@ -15,7 +15,6 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from kubernetes import client
 from kuberay_kit import (
     apply,
     cluster_pods,
@@ -26,6 +25,7 @@ from kuberay_kit import (
     raycluster_spec,
     wait_until,
 )
+from kubernetes import client
 
 pytestmark = [pytest.mark.kube, pytest.mark.operator]
 
