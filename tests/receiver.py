@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-import pytest
 
 
 class Receiver:
@@ -43,11 +40,3 @@ class Receiver:
     def slack(self) -> list[str]:
         with self.lock:
             return [b["text"] for p, b in self.received if p.startswith("/services/")]
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    got = Receiver()
-    yield got
-    got.server.shutdown()
-    got.server.server_close()

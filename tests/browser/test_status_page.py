@@ -114,7 +114,7 @@ def _cells(driver: Any) -> dict[str, dict[str, str]]:
         return Array.from(document.querySelectorAll("#environments tbody tr")).filter((r) => !r.hidden)
           .map((r) => [r.dataset.environment, ...["target", "revision", "sync", "health"]
             .map((c) => r.querySelector("td." + c).innerText)]);""")
-    return {name: dict(zip(("target", "revision", "sync", "health"), texts)) for name, *texts in rows}
+    return {name: dict(zip(("target", "revision", "sync", "health"), texts, strict=True)) for name, *texts in rows}
 
 
 def _bar(driver: Any, cluster: str, group: str) -> dict[str, Any] | None:

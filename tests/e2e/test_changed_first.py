@@ -86,7 +86,7 @@ def test_a_push_reconciles_the_environments_whose_inputs_changed_and_moves_the_o
         before = reconciles(daemon)
         sha = push(remote, daemon, what, files)
         daemon.wait_for(f"every environment on the revision that changes {what}",
-                        lambda: on(sha) == set(NAMES), timeout=30)
+                        lambda sha=sha: on(sha) == set(NAMES), timeout=30)
         after = reconciles(daemon)
         assert {n for n in NAMES if after[n] != before[n]} == changed, what
         assert all(after[n] == before[n] + 1 for n in changed), what

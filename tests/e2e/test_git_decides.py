@@ -63,7 +63,7 @@ def test_an_environment_removed_from_git_is_pruned_and_reported_removed(remote: 
             assert (history[0]["revision"], history[0]["result"]) == (gone, "removed")
             write_neighbours(remote, ("team-5",), interval="1s")
             back = remote.commit(f"team-5 is back ({attempt})")
-            daemon.wait_for("team-5 back", lambda: status(state)["team-5"]["revision"] == back, timeout=30)
+            daemon.wait_for("team-5 back", lambda back=back: status(state)["team-5"]["revision"] == back, timeout=30)
         print(f"environment removed from Git -> its objects pruned: median {sorted(times)[1]:.2f}s "
               f"({', '.join(f'{t:.2f}' for t in times)}; Git poll 1s)")
         assert all(records(state, team) for team in TEAMS)

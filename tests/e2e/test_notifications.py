@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import NEIGHBOURS, GitRemote, free_port, write_neighbours
 from tests.daemon import DaemonProcess
-from tests.receiver import Receiver, receiver  # noqa: F401 (a fixture)
+from tests.receiver import Receiver
 
 pytestmark = [pytest.mark.e2e]
 ENV = "told"

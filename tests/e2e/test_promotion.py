@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
-from tests.receiver import Receiver, receiver  # noqa: F401 (a fixture)
+from tests.receiver import Receiver
 from tests.unit.test_promotion import environment, settings
 
 pytestmark = [pytest.mark.e2e]
@@ -28,7 +28,7 @@ def history(state: Path, env: str) -> list[dict]:
 
 def test_one_base_commit_rolls_through_the_chain_in_order(remote: GitRemote, tmp_path: Path) -> None:
     remote.write("bases/app/settings.yaml", settings("1"))
-    for env, deps in zip(CHAIN, ((), ("dev",), ("staging",))):
+    for env, deps in zip(CHAIN, ((), ("dev",), ("staging",)), strict=True):
         remote.write(f"environments/{env}/environment.yaml", environment(env, *deps).replace(
             "  base: bases/app", "  interval: 1h\n  base: bases/app"))
     first = remote.commit("version 1")
@@ -61,7 +61,7 @@ def test_the_page_shows_the_chain_in_order_with_what_each_step_waits_for_and_the
         remote: GitRemote, tmp_path: Path, receiver: Receiver) -> None:
     """... and the chain's notifications say who waits and who was promoted."""
     remote.write("bases/app/settings.yaml", settings("1"))
-    for env, deps in zip(CHAIN, ((), ("dev",), ("staging",))):
+    for env, deps in zip(CHAIN, ((), ("dev",), ("staging",)), strict=True):
         remote.write(f"environments/{env}/environment.yaml", environment(env, *deps).replace(
             "  base: bases/app", "  interval: 1h\n  base: bases/app"))
     write_neighbours(remote, interval="1h")

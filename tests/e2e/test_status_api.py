@@ -117,7 +117,7 @@ def test_objects_carry_the_health_the_last_reconcile_saw(site: Site) -> None:
 
 def test_the_plan_is_what_diff_prints_and_hides_secret_values(site: Site) -> None:
     plan = site.daemon.plan("beta")
-    for attempt in range(3):  # `diff` fetches into the daemon's Git cache: a fetch at that moment may clash
+    for _ in range(3):  # `diff` fetches into the daemon's Git cache: a fetch at that moment may clash
         diff = cli("diff", "--repo", site.remote.url, "--environment", "beta", "--state-dir", str(site.state),
                    "-o", "json")
         if diff.returncode == 1:

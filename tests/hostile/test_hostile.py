@@ -2,7 +2,8 @@
 to escape their environment, exhaust the daemon or crash it. Each case asserts the exit code, a message naming
 file, object and field, bounds on time and peak memory, and that nothing outside the environment
 was written; the daemon, under a 4 GiB address-space cap, runs every case at once as environments of one
-repository beside a good one, which stays Synced while probes and 40 slow connections are answered. `pytest tests/hostile -s` prints the table (case, command, exit code, message, wall time, CPU time,
+repository beside a good one, which stays Synced while probes and 40 slow connections are answered.
+`pytest tests/hostile -s` prints the table (case, command, exit code, message, wall time, CPU time,
 peak memory)."""
 from __future__ import annotations
 
@@ -104,7 +105,8 @@ CASES = {
         {"c.yaml": CONFIGMAP % "" + "---\n" + LAUGHS},
         r"environments/team-a/c\.yaml#1: [a-i](\[\d\])+: expands to more than 200000 values"),
     "alias-bomb-in-a-typed-field": Case(
-        {"c.yaml": CLUSTER.replace("metadata: {name: demo}", "metadata: {name: demo}\nx-anchors: " + BOMB) % "[*e, *e, *e]"},
+        {"c.yaml": CLUSTER.replace("metadata: {name: demo}", "metadata: {name: demo}\nx-anchors: " + BOMB)
+         % "[*e, *e, *e]"},
         r"environments/team-a/c\.yaml#0: spec\.workerGroupSpecs\[0\]\.maxReplicas(\[\d\])+: expands to more"),
     "duplicate-key": Case(
         {"c.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  name: other\ndata: {a: b}\n"},

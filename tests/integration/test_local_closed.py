@@ -26,7 +26,8 @@ from tests.sockets import Listener, listeners, processes
 pytestmark = pytest.mark.ray
 
 DRIVER = ('python -c "import os, ray, time; ray.init(); print(\'task says\', ray.get(ray.remote(lambda: 42).remote()), '
-          '\'daemon settings seen:\', sorted(k for k in os.environ if k in (\'RAY_GITOPS_WEBHOOK_SECRET\', \'KUBECONFIG\')), '
+          '\'daemon settings seen:\', '
+          'sorted(k for k in os.environ if k in (\'RAY_GITOPS_WEBHOOK_SECRET\', \'KUBECONFIG\')), '
           'flush=True); time.sleep(300)" closed-driver')
 SECRETS = {"RAY_GITOPS_WEBHOOK_SECRET": "the-daemons-webhook-secret", "KUBECONFIG": "/etc/the-daemons/kubeconfig"}
 # One cheap call per gRPC service; an empty request is a valid protobuf message.

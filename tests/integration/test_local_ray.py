@@ -40,7 +40,8 @@ time.sleep(600)
 
 
 def running_job(cluster: LocalRayCluster, submission_id: str) -> None:
-    eventually(lambda: cluster.dashboard.job_info(submission_id)["status"] == "RUNNING", 60, 0.5, f"job {submission_id} to run")
+    eventually(lambda: cluster.dashboard.job_info(submission_id)["status"] == "RUNNING", 60, 0.5,
+               f"job {submission_id} to run")
 
 
 def finished_job(cluster: LocalRayCluster, submission_id: str) -> dict:
@@ -161,7 +162,8 @@ def test_a_cluster_survives_a_kill_9_of_the_daemon_that_started_it_and_is_adopte
 
 def test_two_clusters_at_once_each_run_a_job(alpha: LocalRayCluster, beta: LocalRayCluster | None) -> None:
     assert beta is not None and beta.dashboard_url != alpha.dashboard_url
-    assert alpha.dashboard.submit_job("on-alpha", PRINT_RESOURCES) and beta.dashboard.submit_job("on-beta", PRINT_RESOURCES)
+    assert alpha.dashboard.submit_job("on-alpha", PRINT_RESOURCES)
+    assert beta.dashboard.submit_job("on-beta", PRINT_RESOURCES)
     for cluster, job in ((alpha, "on-alpha"), (beta, "on-beta")):
         info = finished_job(cluster, job)
         assert info["status"] == "SUCCEEDED", f"{job}: {info['message']}"

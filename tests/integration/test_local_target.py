@@ -80,7 +80,8 @@ def cluster_yaml(replicas: int, memory: str = "1Gi", extra: str = "") -> str:
 
 
 def test_job_with_its_own_cluster_runs_from_working_dir_then_shuts_the_cluster_down(harness: Harness) -> None:
-    harness.remote.write("jobs/hello/main.py", "import ray\nray.init()\nprint(ray.get(ray.remote(lambda: 42).remote()))\n")
+    harness.remote.write("jobs/hello/main.py",
+                         "import ray\nray.init()\nprint(ray.get(ray.remote(lambda: 42).remote()))\n")
     harness.remote.write(f"environments/{ENV}/job.yaml", """\
 apiVersion: ray.io/v1
 kind: RayJob

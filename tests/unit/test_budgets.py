@@ -20,8 +20,9 @@ from reconciler.pipeline.render import render
 from reconciler.pipeline.source import DirectoryTree
 from tests.memory import TARGETS
 
-ENVIRONMENT: dict[str, Any] = {"apiVersion": "gitops.ray.io/v1alpha1", "kind": "Environment", "metadata": {"name": "team-a"},
-               "spec": {"target": {"kubernetes": {"namespace": "team-a", "namespaces": ["shared"]}}}}
+ENVIRONMENT: dict[str, Any] = {"apiVersion": "gitops.ray.io/v1alpha1", "kind": "Environment",
+                               "metadata": {"name": "team-a"},
+                               "spec": {"target": {"kubernetes": {"namespace": "team-a", "namespaces": ["shared"]}}}}
 SECRET = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "db"},
           "stringData": {"password": "hunter2-s3cret"}}
 

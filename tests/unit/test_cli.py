@@ -47,7 +47,8 @@ def test_validate_prints_a_warning_and_still_exits_0(tmp_path: Path, capsys: pyt
 def test_diff_exits_1_with_changes_and_2_on_invalid_input(remote: GitRemote, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture[str]) -> None:
     remote.write("environments/e2e/environment.yaml", (TESTDATA / "environment-local.yaml").read_text())
-    remote.write("environments/e2e/raycluster.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1"))
+    remote.write("environments/e2e/raycluster.yaml",
+                 (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "1"))
     remote.commit("one cluster")
     args = ["diff", "--repo", remote.url, "--environment", "e2e", "--state-dir", str(tmp_path / "state")]
 
@@ -112,6 +113,7 @@ def test_run_never_prints_credentials_from_the_repository_url(tmp_path: Path) ->
     assert "s3cret" not in proc.stdout + proc.stderr and "tok/en" not in proc.stdout + proc.stderr
     assert "git fetch of https://127.0.0.1:9/none.git branch main failed" in proc.stderr
     stored = "".join(p.read_text(errors="replace") for p in tmp_path.rglob("*") if p.is_file())
-    assert "s3cret" not in stored and "https://127.0.0.1:9/none.git" in next((tmp_path / "git").glob("*/config")).read_text()
+    assert "s3cret" not in stored
+    assert "https://127.0.0.1:9/none.git" in next((tmp_path / "git").glob("*/config")).read_text()
     assert {oct(p.stat().st_mode & 0o777) for p in tmp_path.rglob("*") if p.is_file()} <= {"0o600", "0o700"}
     assert oct(tmp_path.stat().st_mode & 0o777) == "0o700"

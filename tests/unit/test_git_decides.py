@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -412,7 +413,9 @@ def test_an_ignored_field_keeps_its_live_value_in_the_apply_body(pointer: str, e
 
 def test_who_changed_a_field_comes_from_managed_fields() -> None:
     from reconciler.pipeline.diff import changed_by
-    entry = lambda manager, fields, **extra: {"manager": manager, "operation": "Update", "fieldsV1": fields, **extra}
+
+    def entry(manager: str, fields: dict[str, Any], **extra: str) -> dict[str, Any]:
+        return {"manager": manager, "operation": "Update", "fieldsV1": fields, **extra}
     live = {"metadata": {"managedFields": [
         entry("ray-gitops", {"f:spec": {"f:workerGroupSpecs": {}}}, time="2026-12-04T10:00:00Z"),
         entry("kubectl-edit", {"f:spec": {"f:workerGroupSpecs": {}}}, time="2026-12-04T11:00:00Z"),

@@ -43,7 +43,8 @@ def cron_doc(**spec: Any) -> dict[str, Any]:
                  id="cron-schedule"),
     pytest.param(cron_doc(timeZone="Mars/Olympus"), "RayCronJob/hourly: spec.timeZone: ", "is not an IANA time zone",
                  id="cron-time-zone"),
-    pytest.param(cron_doc(jobTemplate={**JOB["spec"], "ttlSecondsAfterFinished": 60, "shutdownAfterJobFinishes": False}),
+    pytest.param(cron_doc(jobTemplate={**JOB["spec"], "ttlSecondsAfterFinished": 60,
+                                       "shutdownAfterJobFinishes": False}),
                  "RayCronJob/hourly: spec.jobTemplate.ttlSecondsAfterFinished: ", "requires shutdownAfterJobFinishes",
                  id="cron-template-checked-as-a-rayjob"),
     pytest.param(edited("rayjob.yaml", {"spec.deletionStrategy": {"deletionRules": [
@@ -57,8 +58,8 @@ def cron_doc(**spec: Any) -> dict[str, Any]:
                  id="rule-policy"),
     pytest.param(edited("rayjob.yaml", {"spec.shutdownAfterJobFinishes": REMOVE, "spec.ttlSecondsAfterFinished": REMOVE,
                                         "spec.deletionStrategy": {"deletionRules": [
-                                            {"policy": "DeleteSelf", "condition": {"jobStatus": "FAILED",
-                                                                                   "jobDeploymentStatus": "Failed"}}]}}),
+                                            {"policy": "DeleteSelf",
+                                             "condition": {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}}]}}),
                  "RayJob/train: spec.deletionStrategy.deletionRules[0].condition: ",
                  "exactly one of jobStatus or jobDeploymentStatus", id="rule-condition"),
     pytest.param(edited("rayjob.yaml", {"spec.deletionStrategy": {"onSuccess": {"policy": "DeleteSelf"}}}),
@@ -82,7 +83,8 @@ def test_new_fields_are_checked_as_their_crds_say(tmp_path: Path, doc: dict, whe
 def test_valid_deletion_rules_and_a_cron_job_render(tmp_path: Path) -> None:
     job = edited("rayjob.yaml", {"spec.shutdownAfterJobFinishes": REMOVE, "spec.ttlSecondsAfterFinished": REMOVE,
                                  "spec.deletionStrategy": {"deletionRules": [
-                                     {"policy": "DeleteCluster", "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 30}},
+                                     {"policy": "DeleteCluster",
+                                      "condition": {"jobStatus": "SUCCEEDED", "ttlSeconds": 30}},
                                      {"policy": "DeleteSelf", "condition": {"jobDeploymentStatus": "Failed"}}]}})
     tree = write_environment(tmp_path, {"x.yaml": dump(job, cron_doc(timeZone="Europe/Paris"))})
     from reconciler.pipeline.render import render
@@ -154,7 +156,8 @@ def test_due_slots_follow_the_schedule_and_its_time_zone() -> None:
     pytest.param({"deletionStrategy": {"deletionRules": [
         {"policy": "DeleteSelf", "condition": {"jobDeploymentStatus": "Failed", "ttlSeconds": 5}}]}},
         {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed"}, [(1005.0, "DeleteSelf")], id="rule-on-deployment"),
-    pytest.param({"deletionStrategy": {"onSuccess": {"policy": "DeleteNone"}, "onFailure": {"policy": "DeleteCluster"}}},
+    pytest.param({"deletionStrategy": {"onSuccess": {"policy": "DeleteNone"},
+                                       "onFailure": {"policy": "DeleteCluster"}}},
                  {"jobStatus": "FAILED"}, [(1000.0, "DeleteCluster")], id="legacy"),
     pytest.param({}, {"jobStatus": "SUCCEEDED"}, [], id="nothing"),
 ])

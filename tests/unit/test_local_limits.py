@@ -257,7 +257,8 @@ class ClampingTarget(MemoryTarget):
 
 
 def test_a_clamp_is_said_once_in_the_log_and_shown_in_status_plan_and_metrics(
-        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        capsys: pytest.CaptureFixture[str]) -> None:
     """Through the reconcile stage: the warning is logged once (not at every cycle), the status detail of the object
     carries it, `raycluster_workers{state="max"}` shows the effective bound, and `plan` prints the unchanged object
     with its warning."""

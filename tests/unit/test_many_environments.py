@@ -60,7 +60,8 @@ def test_twenty_environments_reconciled_concurrently_each_get_only_their_own_obj
 
 
 def _git(repo: Path, *args: str, data: bytes | None = None) -> str:
-    return subprocess.run(["git", "-C", str(repo), *args], input=data, capture_output=True, check=True).stdout.decode().strip()
+    done = subprocess.run(["git", "-C", str(repo), *args], input=data, capture_output=True, check=True)
+    return done.stdout.decode().strip()
 
 
 def _tree(repo: Path, entries: list[tuple[str, bytes, str]]) -> str:
@@ -82,7 +83,8 @@ def commit_odd_entries(remote: GitRemote) -> str:
     inner = _tree(repo, [("100644", b"x.yaml", blob)])
     link = _git(repo, "hash-object", "-w", "--stdin", data=b"../good/settings.yaml")
     bad = _tree(repo, [("40000", b"..", inner), ("40000", ".g\u200cit".encode(), inner),
-                       ("100644", b"environment.yaml", _git(repo, "rev-parse", "HEAD:environments/bad/environment.yaml")),
+                       ("100644", b"environment.yaml",
+                        _git(repo, "rev-parse", "HEAD:environments/bad/environment.yaml")),
                        ("120000", b"link.yaml", link), ("100644", b"settings.yaml", blob),
                        ("160000", b"vendor", _git(repo, "rev-parse", "HEAD"))])
     envs = _tree(repo, [("40000", b"bad", bad), ("40000", b"good", _git(repo, "rev-parse", "HEAD:environments/good"))])

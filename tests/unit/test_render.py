@@ -133,7 +133,8 @@ def env_file(edits: dict[str, Any]) -> str:
         "metadata.annotations": {"gitops.ray.io/on-change": "always"}}))},
                  "environments/prod/job.yaml#0: RayJob/train: metadata.annotations.gitops.ray.io/on-change: ",
                  "must be one of ignore, rerun, got 'always'", id="bad-on-change-annotation"),
-    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"metadata.name": REMOVE, "metadata.generateName": "train-"}))},
+    pytest.param({"job.yaml": dump(edited("rayjob.yaml", {"metadata.name": REMOVE,
+                                                         "metadata.generateName": "train-"}))},
                  "environments/prod/job.yaml#0: RayJob/?: metadata.generateName: ",
                  "a GitOps object needs a stable metadata.name: ray-gitops knows an object by its name to diff it, "
                  "prune it and never run it twice", id="generate-name-says-why-a-name-is-needed"),

@@ -41,7 +41,8 @@ def test_defaults_fill_undefined_or_empty_variables_and_a_quoted_value_stays_a_s
   - target: {kind: ConfigMap, name: settings}
     patch: [{op: add, path: /data/added, value: '${N}'}]
 """)
-    remote.write("environments/e/c.yaml", (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "${WORKERS:=2}"))
+    remote.write("environments/e/c.yaml",
+                 (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "${WORKERS:=2}"))
     remote.write("environments/e/m.yaml", """apiVersion: v1
 kind: ConfigMap
 metadata: {name: settings}
@@ -76,7 +77,8 @@ def test_a_bare_whole_variable_still_takes_the_variables_type(remote: GitRemote,
     code, [cluster], err = render(remote, capsys)
 
     assert code == 0, err
-    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 3 and cluster["spec"]["enableInTreeAutoscaling"] is True
+    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 3
+    assert cluster["spec"]["enableInTreeAutoscaling"] is True
 
 
 def test_every_undefined_variable_of_an_object_is_reported(remote: GitRemote,

@@ -299,7 +299,7 @@ def test_the_daemon_reconciles_and_advances_only_the_environments_of_its_shards(
     zero, one = ({e for e in names if shard_of(e, 3) == n} for n in (0, 1))
     assert zero and one
 
-    def turn(gained: set[int] = set()) -> None:
+    def turn(gained: frozenset[int] = frozenset()) -> None:
         with daemon._lock:
             daemon._gained |= gained
         with ThreadPoolExecutor(4) as pool:
@@ -319,7 +319,7 @@ def test_the_daemon_reconciles_and_advances_only_the_environments_of_its_shards(
         assert applied() == zero and {s.environment for s in daemon.ledger.states()} == zero
 
         owned.shards = {1}  # shard 0 handed over, shard 1 taken
-        turn(gained={1})
+        turn(gained=frozenset({1}))
         assert applied() == zero | one
         assert daemon.metrics.environments_owned.labels("test")._value.get() == len(one)
 
@@ -330,7 +330,7 @@ def test_the_daemon_reconciles_and_advances_only_the_environments_of_its_shards(
         assert {newest(e)[0] for e in zero} != {notes}
 
         owned.shards = {0, 1}
-        turn(gained={0})  # shard 0 back: reconciled at once, never advanced on what it read before
+        turn(gained=frozenset({0}))  # shard 0 back: reconciled at once, never advanced on what it read before
         assert all(newest(e)[0] == notes and newest(e)[1] != ADVANCED for e in zero)
     finally:
         daemon.targets.close()

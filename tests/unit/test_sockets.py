@@ -44,7 +44,7 @@ def bound() -> Iterator[dict[tuple[str, int], bool]]:
 
 
 def test_listeners_finds_each_listening_socket_with_its_address(bound: dict[tuple[str, int], bool]) -> None:
-    mine = {(str(l.address), l.port): l.loopback for l in listeners([os.getpid()])}
+    mine = {(str(listener.address), listener.port): listener.loopback for listener in listeners([os.getpid()])}
     assert mine == bound
     assert {False, True} <= set(mine.values())
 

@@ -54,8 +54,8 @@ def errors(root: Path, name: str, clusters: dict[str, Cluster] | None = CLUSTERS
     pytest.param("team-a", "kubernetes: {cluster: prod, namespace: ray-x}",
                  "namespace ray-x is not allowed on cluster prod (allowed: team-*, kube-system)", id="namespace"),
     pytest.param("team-a", "kubernetes: {namespace: kube-system}",
-                 "namespace kube-system is protected (kube-node-lease, kube-public, kube-system): the daemon's settings "
-                 "must list it by name for cluster default", id="protected"),
+                 "namespace kube-system is protected (kube-node-lease, kube-public, kube-system): "
+                 "the daemon's settings must list it by name for cluster default", id="protected"),
     pytest.param("team-a", "kubernetes: {cluster: prod, namespace: kube-system}", "", id="protected-but-listed"),
     pytest.param("team-a", "kubernetes: {cluster: prod, namespace: team-a, serviceAccountName: cluster-admin}",
                  "service account cluster-admin is not allowed on cluster prod (allowed: ray-gitops-tenant)",
@@ -84,7 +84,8 @@ def test_clusters_come_from_the_config_file_and_the_default_one_from_the_kubecon
         "prod": Cluster("prod", "/etc/ray-gitops/prod.yaml", "prod", False, ("team-*",), ("team-*",), ("*",)),
         "local": Cluster("local", in_cluster=True)}
     assert load({"kubeconfig": "/k", "kube_context": "c", "default_service_account": "ray-gitops-tenant"},
-                {}).kube_clusters() == {"default": Cluster("default", "/k", "c", service_accounts=("ray-gitops-tenant",))}
+                {}).kube_clusters() == {"default": Cluster("default", "/k", "c",
+                                                           service_accounts=("ray-gitops-tenant",))}
     config.write_text("clusters:\n  prod: {kubeconfg: /x}\n")
     with pytest.raises(Exception, match="setting clusters: cluster prod: unknown keys kubeconfg"):
         load({}, {}, config)

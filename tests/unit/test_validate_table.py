@@ -123,7 +123,7 @@ def test_environment_errors_name_file_object_and_field(doc: Any, errors: list[tu
     assert spec is None
     assert [(e.file, e.document, e.object) for e in got] == [(ENV_FILE, None, "Environment/prod")] * len(got)
     assert len(got) == len(errors), got
-    for error, (path, words) in zip(got, errors):
+    for error, (path, words) in zip(got, errors, strict=True):
         assert error.path == path and words in error.reason, error
 
 
@@ -341,7 +341,7 @@ def test_object_errors_name_file_document_object_and_field(doc: dict[str, Any], 
     got, _ = validate.ray_object(doc, FILE, 2, PROD, ALL_KINDS)
     assert [(e.file, e.document, e.object) for e in got] == [(FILE, 2, obj)] * len(got)
     assert len(got) == len(errors), got
-    for error, (path, words) in zip(got, errors):
+    for error, (path, words) in zip(got, errors, strict=True):
         assert error.path == path and words in error.reason, error
 
 

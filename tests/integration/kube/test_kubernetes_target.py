@@ -273,7 +273,8 @@ def test_without_cluster_wide_list_rights_each_namespace_gets_its_own_watch(kit:
     namespaces = _namespaces(kit, 2)
     rbac = client.RbacAuthorizationV1Api(kit.api_client)
     kit.core.create_namespaced_service_account(kit.namespace, {"metadata": {"name": "limited"}})
-    rules = [{"apiGroups": ["ray.io"], "resources": ["rayclusters"], "verbs": ["get", "list", "watch", "patch", "create"]},
+    rules = [{"apiGroups": ["ray.io"], "resources": ["rayclusters"],
+              "verbs": ["get", "list", "watch", "patch", "create"]},
              {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch", "patch"]},
              {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]}]
     user = f"system:serviceaccount:{kit.namespace}:limited"

@@ -213,7 +213,7 @@ def readme_table(heading: str, first_header: str) -> list[dict[str, str]]:
         if not line.startswith("|"):
             break
         assert len(cells(line)) == len(header), line
-        rows.append(dict(zip(header, cells(line))))
+        rows.append(dict(zip(header, cells(line), strict=True)))
     assert rows, f"README {heading}: empty table"
     return rows
 

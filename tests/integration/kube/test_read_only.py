@@ -27,8 +27,10 @@ def objects(api_client: client.ApiClient, namespace: str) -> dict[str, str]:
     core, custom = client.CoreV1Api(api_client), client.CustomObjectsApi(api_client)
     found = {f"ConfigMap/{c.metadata.name}": c.metadata.resource_version
              for c in core.list_namespaced_config_map(namespace).items}
-    found |= {f"Secret/{s.metadata.name}": s.metadata.resource_version for s in core.list_namespaced_secret(namespace).items}
-    found |= {f"Event/{e.metadata.name}": e.metadata.resource_version for e in core.list_namespaced_event(namespace).items}
+    found |= {f"Secret/{s.metadata.name}": s.metadata.resource_version
+              for s in core.list_namespaced_secret(namespace).items}
+    found |= {f"Event/{e.metadata.name}": e.metadata.resource_version
+              for e in core.list_namespaced_event(namespace).items}
     for plural in ("rayclusters", "rayjobs"):
         for item in custom.list_namespaced_custom_object("ray.io", "v1", namespace, plural)["items"]:
             found[f"{plural}/{item['metadata']['name']}"] = item["metadata"]["resourceVersion"]

@@ -68,9 +68,9 @@ spec:
     def reconcile(self) -> Result:
         """Reconcile the three environments concurrently; check the neighbours; `k`'s result."""
         revision = self.source.fetch()
+        envs = (ENV, *NEIGHBOURS)
         with ThreadPoolExecutor(3) as pool:
-            results = dict(zip((ENV, *NEIGHBOURS), pool.map(lambda env: self.reconciler.reconcile(env, revision),
-                                                              (ENV, *NEIGHBOURS))))
+            results = dict(zip(envs, pool.map(lambda env: self.reconciler.reconcile(env, revision), envs), strict=True))
         for env, ns in self.neighbours.items():
             assert results[env].result != "error", results[env].message
             clusters = self.api.list_namespaced_custom_object("ray.io", "v1", ns, "rayclusters")["items"]
@@ -252,7 +252,8 @@ def test_plan_from_an_empty_state_dir_still_sees_prunes_through_the_cluster_ledg
     key = tmp_path / "installation-key"  # the daemon's key file (a mounted Secret): a fresh machine reads it too
     key.write_bytes(INSTALLATION_KEY)
     config = tmp_path / "ray-gitops.yaml"
-    config.write_text(f"installation_key_file: {key}\nclusters:\n  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
+    config.write_text(f"installation_key_file: {key}\nclusters:\n"
+                      f"  default: {{kubeconfig: '{kube_control_plane.kubeconfig}', "
                       f"context: {kube_control_plane.context}}}\n")
     args = ["plan", "--repo", harness.remote.url, "--environment", ENV, "--state-dir", str(tmp_path / "fresh"),
             "--config", str(config)]

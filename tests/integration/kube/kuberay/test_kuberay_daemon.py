@@ -357,7 +357,8 @@ def test_a_raycronjob_from_git_runs_on_schedule_its_runs_are_counted_never_prune
     made = loop.wait("the operator: a RayJob for the first slot", lambda: len(_cron_runs(loop)) >= 1, timeout=90)
     run = _cron_runs(loop)[0]
     cron = get(loop.api_client, loop.namespace, "RayCronJob", "nightly")
-    assert [(o["kind"], o["uid"]) for o in run["metadata"]["ownerReferences"]] == [("RayCronJob", cron["metadata"]["uid"])]
+    owners = [(o["kind"], o["uid"]) for o in run["metadata"]["ownerReferences"]]
+    assert owners == [("RayCronJob", cron["metadata"]["uid"])]
     assert "app.kubernetes.io/managed-by" not in run["metadata"].get("labels", {}), "the operator's, not ours"
 
     counted = loop.wait("ray-gitops counted the first run (Failed: no Ray head)", lambda: (loop.metric(

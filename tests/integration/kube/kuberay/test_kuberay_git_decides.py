@@ -80,8 +80,8 @@ def test_a_hand_edit_is_healed_with_an_event_naming_its_manager_and_a_deleted_cl
         loop.wait("replicas set back to 1 and one worker Pod left", lambda: _live(loop)["spec"][
             "workerGroupSpecs"][0]["replicas"] == 1 and len(_worker_pods(loop)) == 1, timeout=30, poll=0.1)
         healed.append(time.monotonic() - started)
-        loop.wait("the correction counted", lambda: loop.metric("ray_gitops_drift_corrections_total", environment=ENV,
-                                                                 kind="RayCluster") == attempt + 1, timeout=15)
+        loop.wait("the correction counted", lambda attempt=attempt: loop.metric(
+            "ray_gitops_drift_corrections_total", environment=ENV, kind="RayCluster") == attempt + 1, timeout=15)
     managers = {e["manager"]: e["operation"] for e in _live(loop)["metadata"]["managedFields"]
                 if "f:workerGroupSpecs" in (e.get("fieldsV1") or {}).get("f:spec", {})}
     assert managers == {"ray-gitops": "Apply"}, "the field's ownership is taken back"
@@ -97,8 +97,8 @@ def test_a_hand_edit_is_healed_with_an_event_naming_its_manager_and_a_deleted_cl
         uid = _live(loop)["metadata"]["uid"]
         delete(loop.api_client, loop.namespace, "RayCluster", "train")
         started = time.monotonic()
-        loop.wait("the RayCluster re-created", lambda: _live(loop).get("metadata", {}).get("uid") not in (None, uid),
-                  timeout=30, poll=0.1)
+        loop.wait("the RayCluster re-created",
+                  lambda uid=uid: _live(loop).get("metadata", {}).get("uid") not in (None, uid), timeout=30, poll=0.1)
         recreated.append(time.monotonic() - started)
         loop.wait("its worker Ready again", lambda: len([p for p in _worker_pods(loop) if pod_ready(p)]) == 1
                   and not [p for p in _worker_pods(loop) if p.metadata.deletion_timestamp], timeout=60)
@@ -116,7 +116,7 @@ def test_a_renamed_worker_group_leaves_no_pod_of_the_old_group(loop: Loop, kuber
         sha = loop.commit(f"rename {old} to {new}", raycluster=_grouped("train", new))
         started = time.monotonic()
 
-        def drained() -> bool:
+        def drained(old: str = old, new: str = new, sha: str = sha) -> bool:
             state = loop.status()[ENV]
             if "draining" in (state["detail"].get("clusters", {}).get("train") or {}):
                 seen_draining.append(old)
@@ -145,7 +145,7 @@ def test_an_environment_removed_from_git_takes_its_objects_and_pods_with_it(loop
         loop.wait("the RayCluster and every Pod of it gone", lambda: not _live(loop) and not cluster_pods(
             loop.api_client, loop.namespace, "train"), timeout=60, poll=0.1)
         times.append(time.monotonic() - started)
-        loop.wait("Removed in status", lambda: (lambda row: (row["sync_status"], row["revision"]))(
+        loop.wait("Removed in status", lambda gone=gone: (lambda row: (row["sync_status"], row["revision"]))(
             loop.status()[ENV]) == ("Removed", gone), timeout=15)
         assert not [c for c in core.list_namespaced_config_map(loop.namespace).items
                     if c.metadata.name == f"ray-gitops-ledger-{ENV}"], "its ledger copy goes too"
@@ -181,7 +181,8 @@ def test_two_environments_naming_one_object_both_report_it_and_nothing_flips(loo
     versions = set()
     for _ in range(2):  # the one refused is Failed: it backs off (5 s, 10 s, ...)
         refused = loop.reconciles(other, "error")
-        loop.wait(f"another reconcile of {other}", lambda: loop.reconciles(other, "error") > refused, timeout=60)
+        loop.wait(f"another reconcile of {other}", lambda refused=refused: loop.reconciles(other, "error") > refused,
+                  timeout=60)
         loop.cycles(1, owner)
         shared = core.read_namespaced_config_map("shared", shared_ns)
         versions.add(shared.metadata.resource_version)
