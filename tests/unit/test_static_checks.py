@@ -1,8 +1,7 @@
 """The code's types and lint are checked with every test run: mypy and ruff, configured in pyproject.toml.
 
-ruff checks `reconciler/` and `bench/` (the tests are not linted yet); mypy checks `reconciler/`, strict for the
-pipeline and the model. mypy keeps its cache in the repository's `.mypy_cache/` (ignored by Git), so a second run
-takes a few seconds.
+ruff checks `reconciler/`, `bench/` and `tests/`; mypy checks `reconciler/`, strict for the pipeline and the model.
+mypy keeps its cache in the repository's `.mypy_cache/` (ignored by Git), so a second run takes a few seconds.
 """
 from __future__ import annotations
 
@@ -17,8 +16,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
-def test_ruff_finds_nothing_in_the_code_and_the_benchmarks() -> None:
-    result = _run("ruff", "check", "--no-cache", "--output-format", "concise", "reconciler", "bench")
+def test_ruff_finds_nothing_in_the_code_the_benchmarks_and_the_tests() -> None:
+    result = _run("ruff", "check", "--no-cache", "--output-format", "concise", "reconciler", "bench", "tests")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
