@@ -56,6 +56,17 @@ def state_files(state: Path) -> dict[Path, bytes]:
             for data in [p.read_bytes()] if data or not p.name.endswith("-wal")}
 
 
+def stop_local_clusters(state_dir: Path) -> None:
+    """Stop, by PID, every local Ray cluster recorded under `state_dir` (what a test, failed or killed, left
+    running)."""
+    from reconciler.targets.local.runtime import LocalRayCluster  # Ray's processes, only where a test has them
+    clusters = state_dir / "local" / "clusters"
+    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
+        cluster = LocalRayCluster.adopt(record.parent.name, clusters)
+        if cluster is not None:
+            cluster.stop()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from reconciler.targets.local.runtime import LocalRayCluster
 from tests.daemon import DaemonProcess
 from tests.eventually import eventually
 
@@ -49,15 +48,6 @@ class StatusDaemon(DaemonProcess):
             plan: dict[str, Any] = self.api(f"/environments/{name}/plan")
             return plan if plan["status"] == "ready" else None
         return eventually(ready, timeout, 0.3, f"the plan of {name}")
-
-
-def stop_local_clusters(state_dir: Path) -> None:
-    """Stop, by PID, every local Ray cluster recorded under `state_dir` (what a failed test left running)."""
-    clusters = state_dir / "local" / "clusters"
-    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-        cluster = LocalRayCluster.adopt(record.parent.name, clusters)
-        if cluster is not None:
-            cluster.stop()
 
 
 def ray_environment(name: str) -> dict[str, str]:

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from reconciler.model import job_submission_id
-from tests.conftest import GitRemote, write_neighbours
-from tests.statuspage import StatusDaemon, ray_environment, stop_local_clusters
+from tests.conftest import GitRemote, stop_local_clusters, write_neighbours
+from tests.statuspage import StatusDaemon, ray_environment
 
 pytestmark = [pytest.mark.browser, pytest.mark.e2e, pytest.mark.ray]
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.targets.local.runtime import LocalRayCluster
-from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.conftest import NEIGHBOURS, GitRemote, stop_local_clusters, write_neighbours
 from tests.daemon import DaemonProcess
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
@@ -25,11 +25,7 @@ def start_daemon(repo: str, state_dir: Path, log: Path) -> DaemonProcess:
 def state_dir(tmp_path: Path):
     state = tmp_path / "state"
     yield state
-    clusters = state / "local" / "clusters"  # stop whatever a failed test left running, by PID
-    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-        cluster = LocalRayCluster.adopt(record.parent.name, clusters)
-        if cluster is not None:
-            cluster.stop()
+    stop_local_clusters(state)
 
 
 def cluster_yaml(replicas: int) -> str:

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from reconciler.model import job_submission_id
-from tests.conftest import GitRemote, write_neighbours
-from tests.statuspage import StatusDaemon, ray_environment, stop_local_clusters
+from tests.conftest import GitRemote, stop_local_clusters, write_neighbours
+from tests.statuspage import StatusDaemon, ray_environment
 
 pytestmark = [pytest.mark.e2e, pytest.mark.ray]
 ENV = "train"

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.targets.local.runtime import LocalRayCluster
-from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.conftest import NEIGHBOURS, GitRemote, stop_local_clusters, write_neighbours
 from tests.daemon import DaemonProcess
 from tests.faults.drill import LedgerView, assert_clean_logs, kill9, seeded_rng, stop_leftovers, wait_for_line
 
@@ -68,15 +68,6 @@ def submissions(cluster: LocalRayCluster) -> Counter[str]:
         jobs = json.loads(resp.read())
     return Counter(re.sub(rf"^{ENV}-(.*)-[0-9a-f]{{10}}$", r"\1", j["submission_id"])
                    for j in jobs if j.get("type") == "SUBMISSION")
-
-
-def stop_clusters(state: Path) -> None:
-    """Stop, by the PIDs in their records, the Ray clusters the daemons left (a kill -9 leaves them)."""
-    clusters = state / "local" / "clusters"
-    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-        cluster = LocalRayCluster.adopt(record.parent.name, clusters)
-        if cluster is not None:
-            cluster.stop()
 
 
 def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitRemote, tmp_path: Path) -> None:
@@ -166,7 +157,7 @@ def test_kill9_during_rayjob_submissions_runs_each_job_exactly_once(remote: GitR
     finally:
         if daemon is not None:
             kill9(daemon)
-        stop_clusters(state)
+        stop_local_clusters(state)  # a kill -9 leaves them
         remote.repo.close()
         left = stop_leftovers(tmp_path)
     assert not left, f"processes left running under {tmp_path}: {left}"

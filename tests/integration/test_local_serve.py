@@ -15,23 +15,19 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
 import requests
-from prometheus_client import CollectorRegistry
 
-from reconciler.metrics import Metrics
 from reconciler.model import Outcome
 from reconciler.pipeline.reconcile import Result
-from reconciler.pipeline.source import GitSource
 from reconciler.targets.local.nodes import MARKER_ENV
-from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
-from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.conftest import GitRemote
 from tests.eventually import eventually
+from tests.localharness import LocalHarness
 from tests.memory import pipeline
 from tests.sockets import listeners, processes
 
@@ -82,41 +78,21 @@ def service(greeting: str, cpus: int = 1) -> str:
     return SERVICE.replace("GREETING", greeting).replace("CPUS", str(cpus))
 
 
-class Harness:
+class Harness(LocalHarness):
     """Environment `s` (the RayService) on the local target, reconciled at once with two neighbours."""
 
     def __init__(self, remote: GitRemote, state: Path) -> None:
-        self.remote, self.state = remote, state
-        self.metrics = Metrics(CollectorRegistry())
-        self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
-        self.target = LocalTarget(state)
-        self.reconciler = pipeline(self.source, state, self.target, self.metrics)
+        super().__init__(remote, state, ENV)
         remote.write(f"environments/{ENV}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
                      f"metadata: {{name: {ENV}}}\nspec: {{target: {{local: {{}}}}, interval: 2s}}\n")
         remote.write("services/greeter/greeter.py", APP)
-        write_neighbours(remote)
-
-    def reconcile(self) -> Result:
-        revision = self.source.fetch()
-        with ThreadPoolExecutor(3) as pool:
-            result, *neighbours = pool.map(lambda env: self.reconciler.reconcile(env, revision), (ENV, *NEIGHBOURS))
-        assert result.result != "error", result.message
-        assert all(n.result != "error" for n in neighbours), [n.message for n in neighbours]
-        return result
 
     def until(self, what: str, check: Callable[[Result], bool], timeout: float = 150) -> Result:
-        def reconciled() -> Result:
-            result = self.reconcile()
-            assert check(result), f"{result.health_status} {result.message}"
-            return result
-        return eventually(reconciled, timeout, 1, what)
+        return super().until(what, check, timeout)
 
     @property
     def record(self) -> dict:
         return json.loads((self.state / "local" / "objects" / ENV / "RayService.default.greeter.json").read_text())
-
-    def cluster(self, name: str) -> LocalRayCluster | None:
-        return LocalRayCluster.adopt(name, self.state / "local" / "clusters")
 
     @property
     def detail(self) -> dict:
@@ -128,11 +104,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
     root = tmp_path_factory.mktemp("serve")
     h = Harness(GitRemote(root), root / "state")
     yield h
-    h.target.close(workloads=True)
-    clusters = h.state / "local" / "clusters"
-    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-        if (left := h.cluster(record.parent.name)) is not None:
-            left.stop()
+    h.close()
 
 
 def ask(url: str) -> str:

@@ -4,24 +4,20 @@ from __future__ import annotations
 import json
 import os
 import signal
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from reconciler.metrics import Metrics
 from reconciler.model import Outcome
 from reconciler.pipeline.reconcile import Result
 from reconciler.pipeline.render import render
-from reconciler.pipeline.source import GitSource
 from reconciler.targets.local.limits import Limits
 from reconciler.targets.local.observe import cluster_name
-from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
-from tests.conftest import NEIGHBOURS, GitRemote, write_neighbours
+from tests.conftest import GitRemote
 from tests.eventually import eventually
+from tests.localharness import LocalHarness
 from tests.memory import TARGETS, pipeline
 
 pytestmark = pytest.mark.ray
@@ -29,48 +25,20 @@ TESTDATA = Path(__file__).parent.parent / "testdata"
 ENV = "t"
 
 
-class Harness:
+class Harness(LocalHarness):
     """Environment `t` on the local target, reconciled at once with two neighbours (ConfigMaps)."""
 
     def __init__(self, remote: GitRemote, state: Path) -> None:
-        self.remote, self.state = remote, state
-        self.metrics = Metrics(CollectorRegistry())
-        self.source = GitSource(remote.url, "main", state / "git", self.metrics.git_request)
-        self.target = LocalTarget(state)
-        self.reconciler = pipeline(self.source, state, self.target, self.metrics)
+        super().__init__(remote, state, ENV)
         remote.write(f"environments/{ENV}/environment.yaml",
                      (TESTDATA / "environment-local.yaml").read_text().replace("name: e2e", f"name: {ENV}"))
-        write_neighbours(remote)
-
-    def reconcile(self) -> Result:
-        revision = self.source.fetch()
-        with ThreadPoolExecutor(3) as pool:
-            result, *neighbours = pool.map(lambda env: self.reconciler.reconcile(env, revision), (ENV, *NEIGHBOURS))
-        assert result.result != "error", result.message
-        assert all(n.result != "error" for n in neighbours), [n.message for n in neighbours]
-        return result
-
-    def until(self, what: str, check: Callable[[Result], bool], timeout: float = 120) -> Result:
-        def reconciled() -> Result:
-            result = self.reconcile()
-            assert check(result), f"{result.health_status} {result.message}"
-            return result
-        return eventually(reconciled, timeout, 1, what)
-
-    def cluster(self, name: str) -> LocalRayCluster | None:
-        return LocalRayCluster.adopt(name, self.state / "local" / "clusters")
 
 
 @pytest.fixture
-def harness(remote: GitRemote, tmp_path: Path):
+def harness(remote: GitRemote, tmp_path: Path) -> Iterator[Harness]:
     h = Harness(remote, tmp_path / "state")
     yield h
-    h.target.close(workloads=True)
-    clusters = h.state / "local" / "clusters"
-    for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-        left = LocalRayCluster.adopt(record.parent.name, clusters)
-        if left is not None:
-            left.stop()
+    h.close()
 
 
 def cluster_yaml(replicas: int, memory: str = "1Gi", extra: str = "") -> str:

@@ -27,7 +27,7 @@ from reconciler.service.config import derived
 from reconciler.targets import Cluster, Registry, Runtime
 from reconciler.targets.local.runtime import LocalRayCluster
 from reconciler.targets.local.target import LocalTarget
-from tests.conftest import GitRemote
+from tests.conftest import GitRemote, stop_local_clusters
 from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
 
@@ -203,11 +203,7 @@ class Local(Subject):
 
     def close(self) -> None:
         self.target.close(workloads=True)
-        clusters = self.state / "local" / "clusters"
-        for record in clusters.glob("*/cluster.json") if clusters.exists() else []:
-            left = LocalRayCluster.adopt(record.parent.name, clusters)
-            if left is not None:
-                left.stop()
+        stop_local_clusters(self.state)
 
 
 def merged(spec: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
