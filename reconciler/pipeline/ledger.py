@@ -99,6 +99,13 @@ class Record:
             return self
         return self._with_run(JobRun(submission_id, job, spec_hash, "PENDING", submitted_at=time.time()))
 
+    def unclaimed(self, submission_ids: set[str]) -> Record:
+        """Without the runs `submission_ids` that have not ended (claimed for a submission that was not made)."""
+        if not any(i in self.runs and not self.runs[i].result for i in submission_ids):
+            return self
+        return replace(self, runs=MappingProxyType({i: run for i, run in self.runs.items()
+                                                    if i not in submission_ids or run.result}))
+
     def seen(self, submission_id: str, job: str, status: str, start_time: float | None = None,
              end_time: float | None = None, spec_hash: str = "") -> tuple[Record, JobRun | None]:
         """A run's status as a target reports it; the run too when this report is the first to see it end
@@ -286,6 +293,8 @@ class Ledger:
                 db.executemany("INSERT INTO inventory VALUES (?,?,?,?,?)",
                                [(environment, r.group, r.kind, r.namespace, r.name) for r in after.inventory])
             changed = [run for key, run in after.runs.items() if before.runs.get(key) != run]
+            db.executemany("DELETE FROM job_runs WHERE env=? AND submission_id=?",  # claims of submissions not made
+                           [(environment, key) for key in before.runs if key not in after.runs])
             db.executemany("INSERT OR REPLACE INTO job_runs VALUES (?,?,?,?,?,?,?,?,?)",
                            [(environment, r.submission_id, r.job, r.spec_hash, r.status, r.result, r.submitted_at,
                              r.start_time, r.end_time) for r in changed])

@@ -99,7 +99,12 @@ class Preview:
 
 
 class Interrupted(TemporaryError):
-    """The daemon is stopping: the rest of this reconcile is left for the next start."""
+    """The daemon is stopping: the rest of this reconcile is left for the next start (`outcomes`: what was
+    applied before)."""
+
+    def __init__(self, message: str, outcomes: list[tuple[PlanItem, Outcome]]) -> None:
+        super().__init__(message)
+        self.outcomes = outcomes
 
 
 @dataclass
@@ -319,8 +324,13 @@ class Pipeline:
         done.ended = []
         context = ApplyContext(name, revision.sha, lambda path: self._export(revision, path),
                                rendered.spec.target.options, rendered.spec.ignore)
-        done.outcomes, done.errors = self._apply(rendered, done.items, target, context,
-                                                 {r: done.live.get(r) for r in drifted})
+        try:
+            done.outcomes, done.errors = self._apply(rendered, done.items, target, context,
+                                                     {r: done.live.get(r) for r in drifted})
+        except Interrupted as stop:
+            self.ledger.commit(name, done.persisted, _unclaimed(name, done.items, stop.outcomes, done.record))
+            raise
+        done.record = _unclaimed(name, done.items, done.outcomes, done.record)
         if done.outcomes:
             done.live, done.record, more = self._observe(rendered, target, done.record)
             done.ended += more
@@ -492,7 +502,7 @@ class Pipeline:
                 continue
             if self.stopping.is_set():
                 left = sum(1 for i in items[index:] if i.action in CHANGES)
-                raise Interrupted(f"stopping: {left} change(s) left for the next start")
+                raise Interrupted(f"stopping: {left} change(s) left for the next start", outcomes)
             try:
                 outcome = target.apply(item, context)
             except Unreachable as exc:  # the others would fail alike: one line, the rest wait for the next cycle
@@ -607,6 +617,18 @@ def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:
     live, or in the target's copy) gets its spec hash."""
     return {job_submission_id(rendered.spec.name, d.ref.name, d.manifest): spec_hash(d.manifest)
             for d in rendered.objects if d.ref.kind == "RayJob"}
+
+
+def _unclaimed(name: str, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], record: Record) -> Record:
+    """`record` without the claims of the runs whose submission failed or was not made (the target refused it, it
+    was unreachable, the daemon is stopping): their RayJobs do not exist, so a later look must not take them for
+    runs deleted before they were seen to end (never re-run); they are claimed again when submitted again. A
+    RayJob the target did create despite an error is found live, and its run recorded, by the next look."""
+    made = {item.ref for item, outcome in outcomes if outcome != Outcome.FAILED}
+    runs = {job_submission_id(name, item.ref.name, item.desired.manifest) for item in items
+            if item.action in CREATES and item.ref.kind == "RayJob" and item.desired is not None
+            and item.ref not in made}
+    return record.unclaimed(runs)
 
 
 def _changes(outcomes: list[tuple[PlanItem, Outcome]], errors: dict[ObjectRef, str]) -> tuple[Change, ...]:

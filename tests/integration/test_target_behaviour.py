@@ -4,8 +4,10 @@ Kubernetes target (the real API server, marked `kube`). Real Git and the real pi
 reads of the target, how someone else changes it, and how long a change takes to show differ, behind `Subject`."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import secrets
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -353,3 +355,31 @@ def test_an_environment_removed_from_git_has_its_objects_pruned(subject: Subject
     result = subject.reconciler.remove(ENV, subject.source.fetch())
     assert (result.sync_status, result.message) == ("Removed", f"removed from Git at {gone[:12]}: 2 object(s) pruned")
     assert subject.live("RayCluster", "demo") is None and subject.live("ConfigMap", "settings") is None
+
+
+@pytest.mark.kube
+def test_on_kubernetes_a_job_refused_for_a_missing_namespace_is_submitted_once_it_exists(
+        remote: GitRemote, tmp_path: Path, kube_control_plane: Any) -> None:
+    namespace = f"later-{secrets.token_hex(4)}"  # not made yet: the API server refuses the objects (404)
+    source = GitSource(remote.url, "main", tmp_path / "git", Metrics(CollectorRegistry()).git_request)
+    subject = Kubernetes(source, tmp_path / "state", kube_control_plane, namespace)
+    remote.write(f"environments/{ENV}/environment.yaml", "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\n"
+                 f"metadata: {{name: {ENV}}}\nspec: {{target: {subject.target_yaml}, prune: true}}\n")
+    remote.write(f"environments/{ENV}/raycluster.yaml", cluster())
+    remote.write(f"environments/{ENV}/job.yaml", (TESTDATA / "rayjob.yaml").read_text())
+    remote.commit("a cluster and a job in a namespace that comes later")
+    try:
+        refused = subject.reconciler.reconcile(ENV, source.fetch())
+        assert refused.result == "error" and "not found" in refused.message
+        assert subject.reconciler.ledger.load(ENV).finished == {}  # not taken for a run deleted unseen
+
+        subject.core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+        eventually(lambda: reconcile(subject, remote) and subject.live("RayJob", "count"), subject.timeout, 0.2,
+                   "the RayJob to be submitted")
+        run = job_submission_id(ENV, "count", yaml.safe_load((TESTDATA / "rayjob.yaml").read_text()))
+        assert subject.run("count") == run
+        assert subject.reconciler.ledger.load(ENV).pending == frozenset({run})
+    finally:
+        subject.close()
+        with kube_control_plane.api_client() as api_client, contextlib.suppress(ApiException):  # made or not
+            client.CoreV1Api(api_client).delete_namespace(namespace)

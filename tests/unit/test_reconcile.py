@@ -193,6 +193,44 @@ def test_on_kubernetes_a_run_deleted_before_it_was_seen_to_end_is_not_recreated(
     assert sample(metrics, "ray_gitops_rayjob_runs_total", environment="a", job="count", result="succeeded") is None
 
 
+def test_a_submission_the_target_refused_is_made_again_not_taken_for_a_deleted_run(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    target.reports_deleted_runs = True  # as on Kubernetes: a pending run without its RayJob is reported DELETED
+    revision = commit_job_environment(remote, source)
+    target.failing = {"count"}  # e.g. its namespace does not exist yet
+    assert reconciler.reconcile("a", revision).result == "error"
+    assert ledger.load("a").finished == {} and ledger.load("a").pending == frozenset()
+
+    target.failing = set()
+    reconciler.reconcile("a", revision)
+
+    assert [c for c in target.calls if c[1] == "count"] == [("submit", "count"), ("submit", "count")]
+    assert list(ledger.load("a").finished.values()) == ["succeeded"]
+
+
+def test_a_submission_left_by_a_stop_is_made_at_the_next_start(setup) -> None:
+    remote, source, ledger, metrics, target, reconciler = setup
+    target.reports_deleted_runs = True
+    revision = commit_job_environment(remote, source)
+    apply = target.apply
+
+    def stop_after_the_cluster(item: PlanItem, context: ApplyContext) -> Outcome:
+        outcome = apply(item, context)
+        reconciler.stopping.set()  # SIGTERM while the RayCluster is applied: the RayJob is left for later
+        return outcome
+
+    target.apply = stop_after_the_cluster  # type: ignore[method-assign]
+    assert reconciler.reconcile("a", revision).message.startswith("stopping: 1 change(s) left")
+    assert ledger.load("a").pending == frozenset() and ledger.load("a").finished == {}
+
+    target.apply = apply  # type: ignore[method-assign]
+    restarted = pipeline(source, Path(ledger.path).parent, target, metrics)
+    restarted.reconcile("a", revision)
+
+    assert [c for c in target.calls if c[1] == "count"] == [("submit", "count")]
+    assert list(ledger.load("a").finished.values()) == ["succeeded"]
+
+
 def test_target_kept_ledger_is_written_on_change_only_and_adopted_by_a_fresh_daemon(setup, tmp_path: Path) -> None:
     remote, source, ledger, metrics, target, reconciler = setup
     revision = commit_job_environment(remote, source)
