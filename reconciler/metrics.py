@@ -19,6 +19,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from .model import Health, SyncStatus
 
@@ -27,6 +29,47 @@ Labels = TypeVar("Labels", bound=tuple[str, ...])  # a gauge's label values afte
 _SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 _LATENCY = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 _JOB = (1, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600)
+
+
+class EnvironmentGauge(Collector):
+    """A gauge whose series are set as a whole per environment (`replace`) and dropped with it (`forget`), held
+    as plain values and turned into a family only when scraped: a prometheus_client child costs about 750 bytes
+    a series, and a thousand environments hold tens of thousands of series (workers per group and state, job and
+    Serve statuses)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: list[str], namespace: str,
+                 registry: CollectorRegistry) -> None:
+        self._name = f"{namespace}_{name}"
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)  # the environment first
+        self._values: dict[str, dict[tuple[str, ...], float]] = {}
+        self._lock = threading.Lock()
+        registry.register(self)
+
+    def replace(self, environment: str, values: Mapping[Labels, float]) -> None:
+        """The environment's series are exactly `values` (labels after the environment) from now on."""
+        series = {tuple(str(label) for label in labels): float(value) for labels, value in values.items()}
+        with self._lock:
+            if series:
+                self._values[environment] = series
+            else:
+                self._values.pop(environment, None)
+
+    def forget(self, environment: str) -> None:
+        with self._lock:
+            self._values.pop(environment, None)
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)]
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        with self._lock:
+            samples = [([environment, *labels], value) for environment, series in self._values.items()
+                       for labels, value in series.items()]
+        for labels, value in samples:
+            family.add_metric(labels, value)
+        return [family]
 
 
 class Metrics:
@@ -40,9 +83,9 @@ class Metrics:
             PlatformCollector(registry=registry)
             GCCollector(registry=registry)
         ns = "ray_gitops"
-        self.environment_info = Gauge("environment_info", "1 per environment, with its sync and health status",
-                                      ["environment", "target", "revision", "sync_status", "health_status"],
-                                      namespace=ns, registry=registry)
+        self.environment_info = EnvironmentGauge(
+            "environment_info", "1 per environment, with its sync and health status",
+            ["environment", "target", "revision", "sync_status", "health_status"], namespace=ns, registry=registry)
         self.reconcile_total = Counter("reconcile_total", "Reconciles by result (success/noop/error)",
                                        ["environment", "result"], namespace=ns, registry=registry)
         self.reconcile_skipped = Counter("reconcile_skipped_total", "Interval reconciles a quiet environment skipped "
@@ -65,15 +108,17 @@ class Metrics:
         self.drift_corrections = Counter("drift_corrections_total", "Drifted objects set back to Git (hand edits, "
                                          "another applier, a deleted object)", ["environment", "kind"], namespace=ns,
                                          registry=registry)
-        self.drifted_objects = Gauge("drifted_objects", "Objects whose live state differs from the applied revision",
-                                     ["environment", "kind"], namespace=ns, registry=registry)
-        self.raycluster_workers = Gauge("raycluster_workers", "Workers per group: desired/min/max/ready/available",
-                                        ["environment", "cluster", "group", "state"], namespace=ns, registry=registry)
-        self.raycluster_state = Gauge("raycluster_state", "1 for the cluster's current state",
-                                      ["environment", "cluster", "state"], namespace=ns, registry=registry)
-        self.rayjob_status = Gauge("rayjob_status", "1 for the job's current run status",
-                                   ["environment", "job", "status"], namespace=ns, registry=registry)
-        self.rayservice_application_status = Gauge(
+        self.drifted_objects = EnvironmentGauge(
+            "drifted_objects", "Objects whose live state differs from the applied revision", ["environment", "kind"],
+            namespace=ns, registry=registry)
+        self.raycluster_workers = EnvironmentGauge(
+            "raycluster_workers", "Workers per group: desired/min/max/ready/available",
+            ["environment", "cluster", "group", "state"], namespace=ns, registry=registry)
+        self.raycluster_state = EnvironmentGauge("raycluster_state", "1 for the cluster's current state",
+                                                 ["environment", "cluster", "state"], namespace=ns, registry=registry)
+        self.rayjob_status = EnvironmentGauge("rayjob_status", "1 for the job's current run status",
+                                              ["environment", "job", "status"], namespace=ns, registry=registry)
+        self.rayservice_application_status = EnvironmentGauge(
             "rayservice_application_status", "1 for the current Ray Serve status of each application of a "
             "RayService (on its active cluster)", ["environment", "service", "application", "status"],
             namespace=ns, registry=registry)
@@ -81,9 +126,9 @@ class Metrics:
                                    ["environment", "job", "result"], namespace=ns, registry=registry)
         self.rayjob_duration = Histogram("rayjob_duration_seconds", "Duration of finished RayJob runs",
                                          ["environment", "job"], namespace=ns, registry=registry, buckets=_JOB)
-        self.promotion_waiting = Gauge("promotion_waiting", "1 while an environment waits for a dependency to be "
-                                       "Healthy at the revision it would apply", ["environment", "dependency"],
-                                       namespace=ns, registry=registry)
+        self.promotion_waiting = EnvironmentGauge(
+            "promotion_waiting", "1 while an environment waits for a dependency to be Healthy at the revision it would "
+            "apply", ["environment", "dependency"], namespace=ns, registry=registry)
         self.reconcile_stuck = Gauge("reconcile_stuck", "1 while an environment's reconcile has been running for more "
                                      "than 10 minutes (its environment alone is stuck)", ["environment"],
                                      namespace=ns, registry=registry)
@@ -107,8 +152,6 @@ class Metrics:
         self.notifications = Counter("notifications_total", "Notifications of environment state changes by result "
                                      "(sent/failed after retries/dropped: queue full)", ["result"], namespace=ns,
                                      registry=registry)
-        self._lock = threading.Lock()
-        self._series: dict[tuple[str, str], set[tuple[str, ...]]] = {}
 
     def git_request(self, request_type: str, result: str, seconds: float) -> None:
         if request_type == "verify":  # a head that failed signature verification (counted once per head)
@@ -119,28 +162,22 @@ class Metrics:
         if request_type == "fetch" and result == "success":
             self.git_last_fetch_success.set_to_current_time()
 
-    def replace(self, gauge: Gauge, environment: str, values: Mapping[Labels, float]) -> None:
+    def replace(self, gauge: EnvironmentGauge, environment: str, values: Mapping[Labels, float]) -> None:
         """Set `gauge` for `environment` to exactly `values` (labels after the environment)."""
-        with self._lock:
-            key = (gauge._name, environment)
-            for stale in self._series.get(key, set()) - set(values):
-                gauge.remove(environment, *stale)
-            for labels, value in values.items():
-                gauge.labels(environment, *labels).set(value)
-            self._series[key] = set(values)
+        gauge.replace(environment, values)
 
     def forget(self, environment: str) -> None:
         """Remove every series of `environment` (it left Git): gauges, counters and histograms alike."""
-        with self._lock:
-            for key in [k for k in self._series if k[1] == environment]:
-                del self._series[key]
-            for family in self.__dict__.values():
-                labels = getattr(family, "_labelnames", ())
-                if "environment" not in labels:
-                    continue
-                index = labels.index("environment")
-                for values in [v for v in list(family._metrics) if v[index] == environment]:  # the family's series
-                    family.remove(*values)
+        for family in self.__dict__.values():
+            if isinstance(family, EnvironmentGauge):
+                family.forget(environment)
+                continue
+            labels = getattr(family, "_labelnames", ())
+            if "environment" not in labels:
+                continue
+            index = labels.index("environment")
+            for values in [v for v in list(family._metrics) if v[index] == environment]:  # the family's series
+                family.remove(*values)
 
     def environment_status(self, environment: str, target: str, revision: str, sync: SyncStatus,
                            health: Health) -> None:
