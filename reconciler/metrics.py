@@ -37,6 +37,8 @@ class EnvironmentGauge(Collector):
     a series, and a thousand environments hold tens of thousands of series (workers per group and state, job and
     Serve statuses)."""
 
+    _type = "gauge"  # as prometheus_client's metrics say theirs (what lists of the exported metrics read)
+
     def __init__(self, name: str, documentation: str, labelnames: list[str], namespace: str,
                  registry: CollectorRegistry) -> None:
         self._name = f"{namespace}_{name}"
