@@ -151,6 +151,8 @@ CONFIGMAP = owned(fixture("configmap.yaml"))
                  edit(SERVICE, spec__upgradeStrategy={"type": "None"}), Action.UPDATE,
                  f"{SERVICE_IMAGE_PATH} changed; upgradeStrategy None: KubeRay keeps serving on the current cluster "
                  "(pending restart)", id="rayservice-cluster-change-under-upgrade-strategy-none-is-pending-restart"),
+    pytest.param(edit(SERVICE, spec__upgradeStrategy={"type": "None"}), SERVICE, Action.UPDATE,
+                 "changed in place: spec.upgradeStrategy", id="rayservice-switched-to-upgrade-strategy-none-alone"),
 ])
 def test_object_plan(git: dict[str, Any], on_target: dict[str, Any] | None, action: Action, reason: str) -> None:
     item = plan_one(git, on_target)
