@@ -3,10 +3,10 @@
 One RayService, `greeter`, lives through the module's tests in order: deployed from Git on a local cluster and
 answering on its loopback address; a `serveConfigV2` change applied in place (same cluster, a new answer); its
 address back on its port after a restart of the daemon; a cluster change under `upgradeStrategy: NewCluster`,
-polled all along: the old cluster answers until the new
-one's applications run, not one request fails, then the old cluster stops. Apart, on a RayService of its own: a
-cluster change under `upgradeStrategy: None` keeps the cluster and stays reported as pending restart. The Serve application is a tiny
-deployment in the test's Git repository, loaded through `import_path` from a `working_dir` exported from the
+polled all along: the old cluster answers until the new one's applications run, not one request fails, then the
+old cluster stops. Apart, on a RayService of its own: a cluster change under `upgradeStrategy: None` keeps the
+cluster and stays reported as pending restart. The Serve application is a tiny deployment in the test's Git
+repository, loaded through `import_path` from a `working_dir` exported from the
 revision; it answers with its greeting (Serve's `user_config`) and its cluster's GCS address.
 """
 from __future__ import annotations
