@@ -150,21 +150,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _details(detail: dict) -> list[str]:
-    """One line per cluster (workers ready/desired per group) and per job (status of its run)."""
+    """One line per cluster (workers ready/desired per group) and per job (status of its run), and the pending
+    restarts of clusters and RayServices."""
     lines = []
     for name, cluster in sorted((detail.get("clusters") or {}).items()):
         groups = ", ".join(f"{g} {c.get('ready', 0)}/{c.get('desired', 0)}"
                            for g, c in sorted((cluster.get("groups") or {}).items()))
         lines.append(f"RayCluster {name}: {cluster.get('health', '')}; workers ready/desired: {groups or 'none'}")
-        restart = cluster.get("pendingRestart") or {}
-        if restart:
-            lines.append(f"RayCluster {name}: pending restart: {', '.join(sorted(restart))} still run the old template "
-                         f"(changed {_time(min(restart.values()))})")
+        lines += _pending_restart("RayCluster", name, cluster)
+    for name, service in sorted((detail.get("services") or {}).items()):
+        lines += _pending_restart("RayService", name, service)
     for name, job in sorted((detail.get("jobs") or {}).items()):
         lines.append(f"RayJob {name}: {job.get('status') or 'no run yet'} ({job.get('health', '')})")
     if detail.get("signer"):
         lines.append(f"signed by {detail['signer']}")
     return lines
+
+
+def _pending_restart(kind: str, name: str, detail: dict) -> list[str]:
+    """The line that says which groups still run the old template of a cluster or RayService, if any do."""
+    restart = detail.get("pendingRestart") or {}
+    return [f"{kind} {name}: pending restart: {', '.join(sorted(restart))} still run the old template "
+            f"(changed {_time(min(restart.values()))})"] if restart else []
 
 
 def cmd_history(args: argparse.Namespace) -> int:

@@ -113,6 +113,9 @@ def _object(desired: DesiredObject, wanted: Manifest, current: LiveObject | None
         return item(Action.RECREATE, f"{changed} changed; {ON_TEMPLATE_CHANGE_ANNOTATION}=recreate")
     if desired.ref.kind == "RayService":
         strategy = kuberay.value_at(desired.manifest, "/spec/upgradeStrategy/type") or "NewCluster"
+        if strategy == "None" and restart and not any(p.startswith("spec.rayClusterConfig") for p in restart):
+            # the RayService's own fields (upgradeStrategy, delays) change no cluster: nothing waits for a restart
+            return item(Action.UPDATE, f"changed in place: {', '.join(paths)}")
         return item(Action.UPDATE, f"{changed} changed; " + {
             "None": "upgradeStrategy None: KubeRay keeps serving on the current cluster (pending restart)",
             "NewClusterWithIncrementalUpgrade": "KubeRay shifts traffic to a new cluster step by step "

@@ -40,7 +40,7 @@ log = logging.getLogger("reconciler.pipeline.reconcile")  # the pipeline's one l
 CLUSTER_STATES = ("ready", "provisioning", "suspended", "failed")
 SERVE_STATUSES = tuple(health.SERVE_APPLICATION_HEALTH)  # Ray Serve's application statuses
 HEAD_GROUP = "headgroup"  # KubeRay's `ray.io/group` of the head node
-_GROUP_PATH = re.compile(r"spec\.(?:headGroupSpec|workerGroupSpecs\[([^]]+)\])(?:\.([^.\[]+))?")
+_GROUP_PATH = re.compile(r"spec\.(?:rayClusterConfig\.)?(?:headGroupSpec|workerGroupSpecs\[([^]]+)\])(?:\.([^.\[]+))?")
 NODE_DEFINITION = ("template", "rayStartParams", "numOfHosts")  # what a group's existing nodes were started from
 
 
@@ -139,8 +139,7 @@ class Reporter:
         application), and their series: workers per group, cluster states, job and Serve statuses."""
         name = rendered.spec.name
         previous = self.ledger.state(name)
-        report = _Health(name, record, (previous.detail.get("clusters") or {}) if previous else {}, draining or {},
-                         self.clock())
+        report = _Health(name, record, previous.detail if previous else {}, draining or {}, self.clock())
         for desired in rendered.objects:
             report.add(desired.ref, desired.manifest, desired.warnings, live.get(desired.ref),
                        [(i, o) for i, o in outcomes if i.ref == desired.ref])
@@ -152,7 +151,8 @@ class Reporter:
 
 
 class _Health:
-    """One environment's health report, object by object (`Reporter.health`)."""
+    """One environment's health report, object by object (`Reporter.health`); `before`: the previous report's
+    detail (what it carries on: pending restarts)."""
 
     def __init__(self, name: str, record: Record, before: dict[str, Any],
                  draining: dict[ObjectRef, dict[str, float]], now: float) -> None:
@@ -191,10 +191,23 @@ class _Health:
         if ref.kind == "RayService":
             service = _service(obj)
             self.detail["services"][ref.name] = {"health": obj_health.value, **service}
+            if restart := self._service_restart(ref, manifest, obj, applied, service["activeCluster"]):
+                self.detail["services"][ref.name]["pendingRestart"] = restart
             self.applications.update({(ref.name, app, s): float(s == app_status) for app, app_status in
                                       service["applications"].items() for s in SERVE_STATUSES})
         if ref.kind == "RayCluster":
             self._cluster(ref, manifest, obj, obj_health, applied)
+
+    def _service_restart(self, ref: ObjectRef, manifest: dict[str, Any], obj: LiveObject | None,
+                         applied: list[tuple[PlanItem, Outcome]], active: str) -> dict[str, float]:
+        """A RayService's pending restart. Under `upgradeStrategy: None` a cluster spec change starts no new
+        cluster and KubeRay leaves the active one's spec as it was, so node ages say nothing: the mark lasts until
+        another cluster is active (e.g. the strategy went back to NewCluster) or ray-gitops recreates the object."""
+        if obj is None:
+            return {}
+        earlier = (self.before.get("services") or {}).get(ref.name) or {}
+        replaced = bool(active and earlier.get("activeCluster") and earlier["activeCluster"] != active)
+        return _pending_restart(manifest, applied, None if replaced else earlier.get("pendingRestart"), self.now)
 
     def _cluster(self, ref: ObjectRef, manifest: dict[str, Any], obj: LiveObject | None, obj_health: Health,
                  applied: list[tuple[PlanItem, Outcome]]) -> None:
@@ -206,8 +219,10 @@ class _Health:
             self.workers.update({(ref.name, group, k): float(v) for k, v in counts.items()})
         cluster: dict[str, Any] = {"health": obj_health.value, "groups": groups}
         self.detail["clusters"][ref.name] = cluster
-        restart = _pending_restart(manifest, obj, applied, (self.before.get(ref.name) or {}).get("pendingRestart"),
-                                   self.now)
+        before = ((self.before.get("clusters") or {}).get(ref.name) or {}).get("pendingRestart")
+        restart = _pending_restart(manifest, applied, before, self.now) if obj else {}
+        if obj and obj.oldest_nodes is not None:  # a group is restarted once all its nodes are newer than the change
+            restart = {g: t for g, t in restart.items() if g in obj.oldest_nodes and obj.oldest_nodes[g] < t - 1}
         if restart:
             cluster["pendingRestart"] = restart
         if self.draining.get(ref) and obj_health != Health.DEGRADED:  # a removed group scales to 0 first
@@ -231,22 +246,19 @@ def _restarted_groups(manifest: dict[str, Any], changes: tuple[str, ...]) -> set
     return named or {HEAD_GROUP, *worker_groups(manifest)}
 
 
-def _pending_restart(manifest: dict[str, Any], obj: LiveObject | None, applied: list[tuple[PlanItem, Outcome]],
-                     before: dict[str, Any] | None, now: float) -> dict[str, float]:
-    """group -> when a pod-template change was applied to it without a restart, while that group still has a
-    node started before then. Carried from the previous report; cleared when ray-gitops (re)creates the cluster,
-    and per group once the target shows that all its nodes are newer (its clock and ours: creation times have
-    one-second resolution, so a node is older only if it started more than a second before the change)."""
+def _pending_restart(manifest: dict[str, Any], applied: list[tuple[PlanItem, Outcome]], before: dict[str, Any] | None,
+                     now: float) -> dict[str, float]:
+    """group -> when a pod-template change was applied to it without a restart (a RayCluster's, or a RayService's
+    cluster spec under `upgradeStrategy: None`): carried from the previous report (`before`), set by this one's
+    CONFIGURED changes flagged PENDING_RESTART, cleared when ray-gitops (re)creates the object. The callers clear
+    it further from what the target shows (node ages; a RayService's new cluster): creation times have one-second
+    resolution, so a node is older only if it started more than a second before the change."""
     pending = {str(g): float(t) for g, t in (before or {}).items()}
     for item, outcome in applied:
         if outcome in (Outcome.CREATED, Outcome.RECREATED):
             pending = {}
         elif outcome == Outcome.CONFIGURED and Flag.PENDING_RESTART in item.flags:
             pending.update(dict.fromkeys(_restarted_groups(manifest, item.changes), now))
-    if obj is None:
-        return {}
-    if obj.oldest_nodes is not None:
-        pending = {g: t for g, t in pending.items() if g in obj.oldest_nodes and obj.oldest_nodes[g] < t - 1}
     return pending
 
 

@@ -3,9 +3,10 @@
 One RayService, `greeter`, lives through the module's tests in order: deployed from Git on a local cluster and
 answering on its loopback address; a `serveConfigV2` change applied in place (same cluster, a new answer); its
 address back on its port after a restart of the daemon; a cluster change under `upgradeStrategy: NewCluster`,
-polled all along: the old cluster answers until the new
-one's applications run, not one request fails, then the old cluster stops. The Serve application is a tiny
-deployment in the test's Git repository, loaded through `import_path` from a `working_dir` exported from the
+polled all along: the old cluster answers until the new one's applications run, not one request fails, then the
+old cluster stops. Apart, on a RayService of its own: a cluster change under `upgradeStrategy: None` keeps the
+cluster and stays reported as pending restart. The Serve application is a tiny deployment in the test's Git
+repository, loaded through `import_path` from a `working_dir` exported from the
 revision; it answers with its greeting (Serve's `user_config`) and its cluster's GCS address.
 """
 from __future__ import annotations
@@ -239,3 +240,35 @@ def test_a_cluster_change_moves_to_a_new_cluster_without_a_failed_request(harnes
     assert set(answers[:switched]) == {f"bonjour from {old_cluster.gcs_address}"} and switched > 0
     assert set(answers[switched:]) == {f"hi from {new.gcs_address}"}
     assert harness.detail["activeCluster"] == pending and harness.record.get("retiring") == []
+
+
+def test_a_cluster_change_under_upgrade_strategy_none_keeps_the_cluster_and_stays_pending_restart(
+        tmp_path: Path) -> None:
+    """None: no new cluster starts; the same head (same PID) goes on serving the application, and the RayService
+    is reported pending restart after the reconcile that applied the change, while the next plans are in sync."""
+    h = Harness(GitRemote(tmp_path), tmp_path / "state")
+    try:
+        def never_upgraded(text: str) -> str:
+            return text.replace("spec:\n", "spec:\n  upgradeStrategy: {type: None}\n", 1)
+
+        h.remote.write(f"environments/{ENV}/service.yaml", never_upgraded(service("hello")))
+        h.remote.commit("a RayService that is never moved to a new cluster")
+        h.until("the application to run", lambda r: r.health_status == "Healthy")
+        active = h.record["active"]["cluster"]
+        cluster = h.cluster(active)
+        assert cluster is not None
+        head = json.loads((h.state / "local" / "clusters" / active / "cluster.json").read_text())["head"]["pid"]
+
+        h.remote.write(f"environments/{ENV}/service.yaml", never_upgraded(service("hello", cpus=2)))
+        h.remote.commit("a bigger head")
+        [(item, outcome)] = h.reconcile().outcomes
+        assert outcome == Outcome.CONFIGURED and "pending restart" in item.reason, item.reason
+        assert h.reconcile().outcomes == []  # the next plan is in sync ...
+        assert list(h.detail.get("pendingRestart") or {}) == ["headgroup"], h.detail  # ... and it stays pending
+
+        assert h.record["active"]["cluster"] == active and "pending" not in h.record
+        assert json.loads((h.state / "local" / "clusters" / active / "cluster.json").read_text())["head"][
+            "pid"] == head
+        assert ask(h.detail["url"]) == f"hello from {cluster.gcs_address}"
+    finally:
+        h.close()

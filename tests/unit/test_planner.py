@@ -12,6 +12,7 @@ from reconciler.model import (
     Action,
     DesiredObject,
     EnvironmentSpec,
+    Flag,
     LiveObject,
     ObjectRef,
     PlanItem,
@@ -104,6 +105,9 @@ NEW_IMAGE = {"spec__workerGroupSpecs__0__template__spec__containers__0__image": 
 IMAGE_PATH = "spec.workerGroupSpecs[cpu].template.spec.containers[ray-worker].image"
 RECREATING_CLUSTER = owned(fixture("raycluster.yaml"), annotations={"gitops.ray.io/on-template-change": "recreate"})
 SERVICE = owned(fixture("rayservice.yaml"))
+SERVICE_IMAGE = {"spec__rayClusterConfig__workerGroupSpecs__0__template__spec__containers__0__image":
+                 "rayproject/ray:2.61.0"}
+SERVICE_IMAGE_PATH = "spec.rayClusterConfig.workerGroupSpecs[cpu].template.spec.containers[ray-worker].image"
 CONFIGMAP = owned(fixture("configmap.yaml"))
 
 
@@ -140,12 +144,22 @@ CONFIGMAP = owned(fixture("configmap.yaml"))
                  id="template-change-with-null-upgrade-strategy"),
     pytest.param(edit(SERVICE, spec__serveConfigV2="applications: []\n"), SERVICE, Action.UPDATE,
                  "changed in place: spec.serveConfigV2", id="rayservice-serve-config-changed-in-place"),
+    pytest.param(edit(SERVICE, **SERVICE_IMAGE), SERVICE, Action.UPDATE,
+                 f"{SERVICE_IMAGE_PATH} changed; KubeRay upgrades the RayService to a new cluster",
+                 id="rayservice-cluster-change-upgrades-to-a-new-cluster"),
+    pytest.param(edit(SERVICE, spec__upgradeStrategy={"type": "None"}, **SERVICE_IMAGE),
+                 edit(SERVICE, spec__upgradeStrategy={"type": "None"}), Action.UPDATE,
+                 f"{SERVICE_IMAGE_PATH} changed; upgradeStrategy None: KubeRay keeps serving on the current cluster "
+                 "(pending restart)", id="rayservice-cluster-change-under-upgrade-strategy-none-is-pending-restart"),
+    pytest.param(edit(SERVICE, spec__upgradeStrategy={"type": "None"}), SERVICE, Action.UPDATE,
+                 "changed in place: spec.upgradeStrategy", id="rayservice-switched-to-upgrade-strategy-none-alone"),
 ])
 def test_object_plan(git: dict[str, Any], on_target: dict[str, Any] | None, action: Action, reason: str) -> None:
     item = plan_one(git, on_target)
 
     assert (item.action, item.ref) == (action, ref(git))
     assert item.reason.startswith(reason), item.reason
+    assert (Flag.PENDING_RESTART in item.flags) == ("pending restart" in reason), item.flags
     assert item.desired is not None and item.desired.manifest is git
 
 

@@ -30,6 +30,8 @@ from reconciler.service.worker import Worker
 from tests.conftest import GitRemote, write_neighbours
 from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
+from tests.unit.test_local_limits import GROUP, WHY, small_cluster
+from tests.unit.test_render import dump
 
 ROOT = Path(__file__).resolve().parents[2]
 UI = ROOT / "reconciler" / "service" / "ui"
@@ -234,3 +236,23 @@ def test_a_partly_failed_reconcile_shows_what_it_applied_and_what_failed(setup) 
     assert {str(ref): (c.change.action.value, c.change.error) for ref, c in changes.items()} == {
         "ConfigMap/default/settings": ("update", ""),
         "ConfigMap/default/other": ("update", "ConfigMap/default/other update failed: refused by the target")}
+
+
+def test_the_environment_api_carries_each_objects_warnings(setup) -> None:
+    """A RayCluster whose `maxReplicas` the local target clamps: the page's API shows the warning on the object."""
+    s = setup()
+    s.remote.write("environments/a/c.yaml", dump(small_cluster(**{"spec.workerGroupSpecs.0.maxReplicas": 10**6})))
+    s.remote.commit("a cluster with an autoscaler bound above the cap")
+    s.head = s.source.fetch()
+    assert s.pipeline.reconcile("a", s.head).result == "success"
+    api = Api(s.pipeline.ledger, s.source, s.plans, Commits(s.worker, s.source.revision), lambda: s.head,
+              list, lambda: True, dict)
+
+    status, document = api.answer(f"{PREFIX}environments/a", {})
+
+    assert status == 200
+    assert {row["object"]: row["warnings"] for row in document["objects"]} == {
+        "ConfigMap/default/settings": [],
+        "RayCluster/default/demo": [f"spec.workerGroupSpecs[0].maxReplicas: 1000000 is above the local target's limit "
+                                    f"of {GROUP} workers per group {WHY}: clamped to {GROUP} (maxReplicas only bounds "
+                                    f"the autoscaler)"]}
