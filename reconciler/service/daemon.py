@@ -48,7 +48,7 @@ from ..model import Health, ReconcileResult, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, depends_on, list_environments, waves
+from ..pipeline.render import ROOT, depends_on, in_git, list_environments, waves
 from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
 from . import control, http, notify, webhook
@@ -275,16 +275,20 @@ class Daemon:
     def environments(self, revision: Revision) -> list[str]:
         """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
         found = list_environments(revision.tree)
-        wanted = list(self.settings.environments) or found
-        gone = {s.environment for s in self.ledger.states()} - set(found)  # left Git: removed, not reconciled
+        known = {s.environment for s in self.ledger.states()}
+        # an environment whose directory is still there but whose environment.yaml cannot be read is reconciled
+        # (it fails, naming the file), never taken for removed
+        present = sorted({*found, *(name for name in known - set(found) if in_git(revision.tree, name))})
+        wanted = list(self.settings.environments) or present
+        gone = known - set(present)  # left Git: removed, not reconciled
         if revision.sha != self._listed:
             self._listed = revision.sha
             self.graph = {name: depends_on(revision.tree, name) for name in wanted if name in found}
             for name in wanted:
-                if name not in found and name not in gone:
+                if name not in present and name not in gone:
                     log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
             for path, reason in revision.tree.problems(ROOT):
-                if path.count("/") < 2 or path.split("/")[1] not in found:
+                if path.count("/") < 2 or path.split("/")[1] not in present:
                     log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
         return [name for name in wanted if name not in gone]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from reconciler.metrics import Metrics
 from reconciler.model import Action, LiveObject, ObjectRef, Outcome, RenderedEnvironment
 from reconciler.pipeline import planner
 from reconciler.pipeline.ledger import Applied, Change, Ledger
-from reconciler.pipeline.source import GitSource
+from reconciler.pipeline.source import MAX_FILE_BYTES, GitSource
 from reconciler.pipeline.target import Observation
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon, waves
@@ -179,6 +180,49 @@ def test_run_once_removes_an_environment_that_left_git_and_the_guard_holds_a_mas
     assert {ref.name for ref in target.objects} == {"a-settings", "c-settings"}
     assert again.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
     assert [s.sync_status.value for s in again.ledger.states()] == ["Synced", "Removed", "Synced"]
+
+
+def unreadable_environment_yaml(remote: GitRemote, case: str) -> None:
+    """Make c's environment.yaml a file the revision holds but cannot read."""
+    path = remote.work_path / "environments/c/environment.yaml"
+    path.unlink()
+    if case == "symlink":
+        path.symlink_to("../a/environment.yaml")
+    else:  # over MAX_FILE_BYTES
+        path.write_text(env_yaml("c") + "#" + "x" * MAX_FILE_BYTES + "\n")
+
+
+@pytest.mark.parametrize("case, reason", [
+    pytest.param("symlink", "symbolic links are not followed", id="symlink"),
+    pytest.param("oversized", "file is ", id="oversized"),
+])
+def test_an_environment_whose_environment_yaml_cannot_be_read_fails_and_nothing_is_pruned(
+        remote: GitRemote, tmp_path: Path, case: str, reason: str) -> None:
+    """Its directory is still in Git: it is broken, not removed (the daemon's turn and run --once)."""
+    target = MemoryTarget()
+    for env in ("a", "b", "c"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("three")
+    assert daemon(remote, tmp_path, target).run_once()
+    unreadable_environment_yaml(remote, case)
+    remote.commit("c's environment.yaml cannot be read")
+    calls = len(target.calls)
+
+    def failed_and_nothing_pruned(looked: Daemon) -> None:
+        state = looked.ledger.state("c")
+        assert state.sync_status == "Failed" and f"environments/c/environment.yaml: {reason}" in state.message
+        assert looked.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
+        assert {ref.name for ref in target.objects} == {"a-settings", "b-settings", "c-settings"}
+        assert len(target.calls) == calls
+
+    serving = daemon(remote, tmp_path, target)
+    with ThreadPoolExecutor(2) as pool:
+        serving._submit(pool, serving.source.fetch())
+    failed_and_nothing_pruned(serving)
+    once = daemon(remote, tmp_path, target)
+    assert not once.run_once()  # c failed again
+    failed_and_nothing_pruned(once)
 
 
 class SlowTarget(MemoryTarget):
