@@ -428,12 +428,16 @@ class Daemon:
         """Reconcile every selected environment once, a `dependsOn` chain in order: a dependent runs once its
         dependencies are Healthy at the revision, each link waiting at most `dependency_timeout`. Remove the
         environments that left Git. True only if everything succeeded and nothing is left waiting; a dependency
-        that is not selected is a ConfigError (exit 2), never a silent wait."""
+        that does not exist or is not selected is a ConfigError (exit 2), never a silent wait."""
         revision = self.source.fetch()
         names = self.environments(revision)
         graph = {name: depends_on(revision.tree, name) for name in names}
+        found = set(list_environments(revision.tree))
         for name, dependencies in graph.items():
             for dependency in dependencies:
+                if dependency not in found:
+                    raise ConfigError(f"environment {name} depends on {dependency}, which does not exist under "
+                                      f"{ROOT}/ at revision {revision.short}")
                 if dependency not in names:
                     raise ConfigError(f"environment {name} depends on {dependency}, which is not selected "
                                       f"(--environment {' --environment '.join(names)}); select it too")

@@ -291,6 +291,17 @@ def test_a_dependency_that_is_not_selected_is_an_error_not_a_wait(remote: GitRem
         result.message
 
 
+def test_a_dependency_that_does_not_exist_is_an_error_that_says_so(remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.errors import ConfigError
+    remote.write("environments/prod/environment.yaml", env_yaml("prod", depends_on=("staging",)))
+    remote.write("environments/prod/settings.yaml", configmap("prod"))
+    remote.commit("prod depends on staging, which is not there")
+    once = daemon(remote, tmp_path, MemoryTarget())
+    with pytest.raises(ConfigError, match="environment prod depends on staging, which does not exist under "
+                                          "environments/ at revision [0-9a-f]{12}$"):
+        once.run_once()
+
+
 def test_waves_put_each_environment_after_its_dependencies() -> None:
     assert waves({"prod": ("staging",), "staging": ("dev",), "dev": (), "other": ()}) == [
         ["dev", "other"], ["staging"], ["prod"]]
