@@ -93,7 +93,7 @@ class Daemon:
         self._stuck: set[str] = set()  # environments whose reconcile runs longer than STUCK
         self._selected: list[str] = []  # the environments in Git (within --environment) at the last turn
         self._shown: list[str] = []  # those and the ones the ledger knows (removed, or held by the removal guard)
-        self._refusal = ""  # the revision whose removals the guard refused (reported once)
+        self._refusal: frozenset[str] = frozenset()  # the environments whose removal the guard refused (said once)
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
@@ -405,7 +405,8 @@ class Daemon:
     def _removals(self, revision: Revision, present: list[str]) -> list[str]:
         """The environments that left Git at `revision` (known to the ledger, not yet removed, within
         `--environment`) and may be removed now. When the removal guard refuses them, none is: the refusal is
-        reported once per revision (log, `removals_refused`, each one's status)."""
+        reported once (log, `removals_refused`, each one's status) until a revision resolves it, whatever commits
+        come meanwhile (it is keyed on what vanished, not on the revision)."""
         scope = set(self.settings.environments)
         states = [s for s in self.ledger.states() if not scope or s.environment in scope]
         self._shown = sorted({*present, *(s.environment for s in states)})
@@ -414,10 +415,10 @@ class Daemon:
         refused = planner.removal_refused(known, vanished, self.settings.removal_max_fraction)
         self.metrics.removals_refused.set(len(vanished) if refused else 0)
         if not refused:
-            self._refusal = ""
+            self._refusal = frozenset()
             return sorted(vanished)
-        if self._refusal != revision.sha:
-            self._refusal = revision.sha
+        if self._refusal != vanished:
+            self._refusal = frozenset(vanished)
             log.error("removal refused at revision %s: %s (%s); nothing is pruned", revision.short, refused,
                       ", ".join(sorted(vanished)))
             for name in sorted(vanished):

@@ -225,6 +225,36 @@ def test_an_environment_whose_environment_yaml_cannot_be_read_fails_and_nothing_
     failed_and_nothing_pruned(once)
 
 
+def test_a_refused_removal_is_reported_once_until_a_revision_resolves_it(
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = MemoryTarget()
+    for env in ("a", "b", "c"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("three")
+    assert daemon(remote, tmp_path, target).run_once()
+    remote.repo.git.rm("-r", "-q", "environments/b", "environments/c")
+    held = remote.commit("b and c leave")
+    serving = daemon(remote, tmp_path, target)
+
+    def turn() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            serving._submit(pool, serving.source.fetch())
+
+    turn()
+    remote.write("NOTES.md", "a commit that resolves nothing\n")
+    remote.commit("notes")
+    turn()
+    assert caplog.text.count("removal refused at revision") == 1
+    assert serving.ledger.state("b").message.startswith(f"removal refused: left Git at {held[:12]}")
+
+    remote.write("environments/b/environment.yaml", env_yaml("b"))
+    remote.commit("b is back: c alone leaves (b's removal resolved)")
+    turn()
+    assert {ref.name for ref in target.objects} == {"a-settings", "b-settings"}
+    assert serving.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
+
+
 class SlowTarget(MemoryTarget):
     """A RayCluster becomes ready only after it was observed `after` times (Pods take a while)."""
 
