@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,12 @@ from reconciler.pipeline import planner
 from reconciler.pipeline.ledger import Applied, Change, Ledger
 from reconciler.pipeline.source import MAX_FILE_BYTES, GitSource
 from reconciler.pipeline.target import Observation
+from reconciler.service.api import PREFIX, Api
+from reconciler.service.commits import Commits
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon, waves
+from reconciler.service.plans import Plans
+from reconciler.service.worker import Worker
 from tests.conftest import GitRemote, state_files
 from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
@@ -77,6 +82,10 @@ def test_the_removal_guard_refuses_most_or_all_environments_at_once(known: set[s
 def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_removed(setup) -> None:
     remote, source, target, metrics, reconciler = setup
     two_environments(remote, source, reconciler)
+    remote.write("environments/b/job.yaml", (TESTDATA / "rayjob.yaml").read_text().replace(
+        "name: count", "name: b-count").replace("ray.io/cluster: demo", "ray.io/cluster: b-demo"))
+    remote.commit("b runs a RayJob")
+    assert reconciler.reconcile("b", source.fetch()).sync_status == "Synced"
     target.saved["b"] = target.saved["b"]  # its copy of the ledger exists
     remote.repo.git.rm("-r", "-q", "environments/b")
     gone = remote.commit("b leaves")
@@ -84,9 +93,9 @@ def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_
     result = reconciler.remove("b", source.fetch())
 
     assert (result.sync_status, result.message) == (
-        "Removed", f"removed from Git at {gone[:12]}: 2 object(s) pruned")
+        "Removed", f"removed from Git at {gone[:12]}: 3 object(s) pruned")
     assert sorted(ref.name for ref in target.objects) == ["a-demo", "a-settings"]
-    assert ("delete", "b-demo") in target.calls and ("delete", "b-settings") in target.calls
+    assert {("delete", name) for name in ("b-demo", "b-settings", "b-count")} <= set(target.calls)
     state = reconciler.ledger.state("b")
     assert (state.sync_status, state.revision) == ("Removed", gone)
     assert reconciler.ledger.history("b")[0][:1] + reconciler.ledger.history("b")[0][3:4] == (gone, "removed")
@@ -95,6 +104,12 @@ def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_
                if s.labels.get("environment") == "b"]
     assert samples == []  # its series went; a's stay
     assert metrics.registry.get_sample_value("ray_gitops_reconcile_total", {"environment": "a", "result": "success"})
+    api = Api(reconciler.ledger, source, Plans(Worker(), reconciler.preview, lambda: None, lambda _: threading.Lock(),
+                                               lambda _: 0.0),
+              Commits(Worker(), source.revision), lambda: None, list, lambda: True, dict)
+    status, document = api.answer(f"{PREFIX}environments", {})
+    assert status == 200 and {(row["environment"], row["sync_status"], row["revision"])
+                              for row in document["environments"]} >= {("b", "Removed", gone)}
 
 
 def test_prune_false_at_its_last_revision_keeps_the_objects_and_says_so(setup) -> None:
@@ -127,6 +142,21 @@ def test_an_environment_suspended_in_git_at_its_last_revision_is_not_removed(set
 
     assert result.sync_status == "Suspended" and "nothing is pruned" in reconciler.ledger.state("b").message
     assert len(target.calls) == calls
+
+
+def test_ray_gitops_suspend_holds_a_removal(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    reconciler.ledger.suspend("b", "incident")  # what `ray-gitops suspend --environment b` records
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    remote.commit("b leaves")
+    calls = len(target.calls)
+
+    result = reconciler.remove("b", source.fetch())
+
+    assert result.sync_status == "Suspended" and "suspended by `ray-gitops suspend`" in result.message
+    assert reconciler.ledger.state("b").sync_status == "Suspended"
+    assert len(target.calls) == calls and {"b-demo", "b-settings"} <= {ref.name for ref in target.objects}
 
 
 def test_a_removal_that_cannot_prune_is_failed_and_tried_again(setup) -> None:
