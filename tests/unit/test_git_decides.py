@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -462,6 +463,25 @@ def test_a_hand_edit_is_set_back_counted_and_reported_with_who_made_it(setup) ->
     assert target.events[-1] == ("demo", "DriftCorrected", "drift corrected: spec.workerGroupSpecs[cpu].replicas set "
                                  "back to Git's value (changed by kubectl-edit)")
     assert reconciler.reconcile("a", revision).result == "noop"  # corrected once, then nothing to do
+
+
+def test_a_burst_of_changes_seen_by_the_watch_forces_one_drift_check_after_the_debounce(
+        remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.service.daemon import DEBOUNCE
+    made = daemon(remote, tmp_path, MemoryTarget())
+    made._selected = ["a", "b"]
+    forced: list[set[str]] = []
+    made.schedule.force = lambda names: forced.append(set(names))  # type: ignore[method-assign]
+
+    started = time.monotonic()
+    for name in ("a", "a", "b", "a", "not-mine"):
+        made.changed(name)
+    assert forced == [] and not made.wake.is_set()  # not before DEBOUNCE
+
+    eventually(lambda: forced, 5 * DEBOUNCE, 0.05, "the drift check to be forced")
+    assert time.monotonic() - started >= DEBOUNCE and made.wake.is_set()
+    time.sleep(DEBOUNCE / 2)
+    assert forced == [{"a", "b"}]  # one check for the burst, of this daemon's environments only
 
 
 @pytest.mark.parametrize("annotations, live_annotations, action, reason", [
