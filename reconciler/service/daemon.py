@@ -48,7 +48,7 @@ from ..model import Health, ReconcileResult, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, depends_on, in_git, list_environments, waves
+from ..pipeline.render import ENVIRONMENT_FILE, ROOT, depends_on, in_git, list_environments, waves
 from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
 from . import control, http, notify, webhook
@@ -433,15 +433,15 @@ class Daemon:
         revision = self.source.fetch()
         names = self.environments(revision)
         graph = {name: depends_on(revision.tree, name) for name in names}
-        found = set(list_environments(revision.tree))
         for name, dependencies in graph.items():
-            for dependency in dependencies:
-                if dependency not in found:
-                    raise ConfigError(f"environment {name} depends on {dependency}, which does not exist under "
-                                      f"{ROOT}/ at revision {revision.short}")
-                if dependency not in names:
-                    raise ConfigError(f"environment {name} depends on {dependency}, which is not selected "
-                                      f"(--environment {' --environment '.join(names)}); select it too")
+            for dependency in (d for d in dependencies if d not in names):
+                if not in_git(revision.tree, dependency):
+                    why = f"does not exist under {ROOT}/ at revision {revision.short}"
+                elif self.settings.environments:
+                    why = f"is not selected (--environment {' --environment '.join(names)}); select it too"
+                else:
+                    why = f"has no readable {ROOT}/{dependency}/{ENVIRONMENT_FILE} at revision {revision.short}"
+                raise ConfigError(f"environment {name} depends on {dependency}, which {why}")
         removable = self._removals(revision, names)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
             removed = pool.map(lambda n: self.pipeline.remove(n, revision), removable)

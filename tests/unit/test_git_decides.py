@@ -362,6 +362,12 @@ def test_a_dependency_that_does_not_exist_is_an_error_that_says_so(remote: GitRe
                                           "environments/ at revision [0-9a-f]{12}$"):
         once.run_once()
 
+    remote.write("environments/staging/environment.yml", env_yaml("staging"))  # not environment.yaml
+    remote.commit("staging, misnamed")
+    with pytest.raises(ConfigError, match="environment prod depends on staging, which has no readable "
+                                          "environments/staging/environment.yaml at revision"):
+        daemon(remote, tmp_path, MemoryTarget()).run_once()
+
 
 def test_waves_put_each_environment_after_its_dependencies() -> None:
     assert waves({"prod": ("staging",), "staging": ("dev",), "dev": (), "other": ()}) == [
