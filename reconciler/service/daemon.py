@@ -429,7 +429,7 @@ class Daemon:
         """Reconcile every selected environment once, a `dependsOn` chain in order: a dependent runs once its
         dependencies are Healthy at the revision, each link waiting at most `dependency_timeout`. Remove the
         environments that left Git. True only if everything succeeded and nothing is left waiting; a dependency
-        that does not exist or is not selected is a ConfigError (exit 2), never a silent wait."""
+        that does not exist, cannot be read or is not selected is a ConfigError (exit 2), never a silent wait."""
         revision = self.source.fetch()
         names = self.environments(revision)
         graph = {name: depends_on(revision.tree, name) for name in names}
