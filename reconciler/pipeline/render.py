@@ -39,6 +39,13 @@ def list_environments(tree: FileTree) -> list[str]:
     return sorted(names)
 
 
+def in_git(tree: FileTree, environment: str) -> bool:
+    """`environments/<environment>/` is still in the revision: a file, or an entry that could not be read (a
+    symbolic link, a file over the size limits). A broken environment has not left Git: it fails, nothing is pruned."""
+    directory = f"{ROOT}/{environment}"
+    return any(True for _ in tree.files(directory)) or any(True for _ in tree.problems(directory))
+
+
 @dataclass(frozen=True)
 class _UnknownTarget:
     """Stands in while `environment.yaml` is broken, so the object files are still checked."""
@@ -68,8 +75,10 @@ def render(tree: FileTree, environment: str, revision: str, targets: validate.Ta
         raise InvalidEnvironment(validate.short(environment), [ValidationError(
             f"{ROOT}/{validate.short(environment)}", "an environment name must be a DNS-1123 label (a-z, 0-9, '-', "
             "at most 63 characters): it becomes a label value and part of object names")])
-    if not tree.exists(env_file):
-        raise InvalidEnvironment(environment, [ValidationError(env_file, "file not found")])
+    if not tree.exists(env_file):  # why it could not be read (a symbolic link, too large), if it is there
+        unread = [ValidationError(path, reason) for path, reason in tree.problems(directory)]
+        missing = [] if any(e.file == env_file for e in unread) else [ValidationError(env_file, "file not found")]
+        raise InvalidEnvironment(environment, missing + unread)
     budget = budgets.Budget()
     docs, errors = _read(tree, env_file, budget)
     present = [d for d in docs if d is not None]

@@ -48,7 +48,7 @@ from ..model import Health, ReconcileResult, SyncStatus
 from ..pipeline import planner
 from ..pipeline.ledger import Ledger
 from ..pipeline.reconcile import Pipeline, Result
-from ..pipeline.render import ROOT, depends_on, list_environments, waves
+from ..pipeline.render import ENVIRONMENT_FILE, ROOT, depends_on, in_git, list_environments, waves
 from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
 from . import control, http, notify, webhook
@@ -93,7 +93,7 @@ class Daemon:
         self._stuck: set[str] = set()  # environments whose reconcile runs longer than STUCK
         self._selected: list[str] = []  # the environments in Git (within --environment) at the last turn
         self._shown: list[str] = []  # those and the ones the ledger knows (removed, or held by the removal guard)
-        self._refusal = ""  # the revision whose removals the guard refused (reported once)
+        self._refusal: frozenset[str] = frozenset()  # the environments whose removal the guard refused (said once)
         self._listed = ""  # the revision whose environments were last listed (and logged)
         self._running: dict[str, Future[Result]] = {}
         self._depends_on: dict[str, tuple[str, ...]] = {}  # environment -> the ones it waits for
@@ -275,16 +275,20 @@ class Daemon:
     def environments(self, revision: Revision) -> list[str]:
         """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
         found = list_environments(revision.tree)
-        wanted = list(self.settings.environments) or found
-        gone = {s.environment for s in self.ledger.states()} - set(found)  # left Git: removed, not reconciled
+        known = {s.environment for s in self.ledger.states()}
+        # an environment whose directory is still there but whose environment.yaml cannot be read is reconciled
+        # (it fails, naming the file), never taken for removed
+        present = sorted({*found, *(name for name in known - set(found) if in_git(revision.tree, name))})
+        wanted = list(self.settings.environments) or present
+        gone = known - set(present)  # left Git: removed, not reconciled
         if revision.sha != self._listed:
             self._listed = revision.sha
             self.graph = {name: depends_on(revision.tree, name) for name in wanted if name in found}
             for name in wanted:
-                if name not in found and name not in gone:
+                if name not in present and name not in gone:
                     log.error("environment %s: not found under environments/ at revision %s", name, revision.short)
             for path, reason in revision.tree.problems(ROOT):
-                if path.count("/") < 2 or path.split("/")[1] not in found:
+                if path.count("/") < 2 or path.split("/")[1] not in present:
                     log.error("%s: %s (revision %s; ignored)", path, reason, revision.short)
         return [name for name in wanted if name not in gone]
 
@@ -401,7 +405,8 @@ class Daemon:
     def _removals(self, revision: Revision, present: list[str]) -> list[str]:
         """The environments that left Git at `revision` (known to the ledger, not yet removed, within
         `--environment`) and may be removed now. When the removal guard refuses them, none is: the refusal is
-        reported once per revision (log, `removals_refused`, each one's status)."""
+        reported once (log, `removals_refused`, each one's status) until a revision resolves it, whatever commits
+        come meanwhile (it is keyed on what vanished, not on the revision)."""
         scope = set(self.settings.environments)
         states = [s for s in self.ledger.states() if not scope or s.environment in scope]
         self._shown = sorted({*present, *(s.environment for s in states)})
@@ -410,10 +415,10 @@ class Daemon:
         refused = planner.removal_refused(known, vanished, self.settings.removal_max_fraction)
         self.metrics.removals_refused.set(len(vanished) if refused else 0)
         if not refused:
-            self._refusal = ""
+            self._refusal = frozenset()
             return sorted(vanished)
-        if self._refusal != revision.sha:
-            self._refusal = revision.sha
+        if self._refusal != vanished:
+            self._refusal = frozenset(vanished)
             log.error("removal refused at revision %s: %s (%s); nothing is pruned", revision.short, refused,
                       ", ".join(sorted(vanished)))
             for name in sorted(vanished):
@@ -424,15 +429,19 @@ class Daemon:
         """Reconcile every selected environment once, a `dependsOn` chain in order: a dependent runs once its
         dependencies are Healthy at the revision, each link waiting at most `dependency_timeout`. Remove the
         environments that left Git. True only if everything succeeded and nothing is left waiting; a dependency
-        that is not selected is a ConfigError (exit 2), never a silent wait."""
+        that does not exist, cannot be read or is not selected is a ConfigError (exit 2), never a silent wait."""
         revision = self.source.fetch()
         names = self.environments(revision)
         graph = {name: depends_on(revision.tree, name) for name in names}
         for name, dependencies in graph.items():
-            for dependency in dependencies:
-                if dependency not in names:
-                    raise ConfigError(f"environment {name} depends on {dependency}, which is not selected "
-                                      f"(--environment {' --environment '.join(names)}); select it too")
+            for dependency in (d for d in dependencies if d not in names):
+                if not in_git(revision.tree, dependency):
+                    why = f"does not exist under {ROOT}/ at revision {revision.short}"
+                elif self.settings.environments:
+                    why = f"is not selected (--environment {' --environment '.join(names)}); select it too"
+                else:
+                    why = f"has no readable {ROOT}/{dependency}/{ENVIRONMENT_FILE} at revision {revision.short}"
+                raise ConfigError(f"environment {name} depends on {dependency}, which {why}")
         removable = self._removals(revision, names)
         with ThreadPoolExecutor(max_workers=self.settings.concurrency, thread_name_prefix="env") as pool:
             removed = pool.map(lambda n: self.pipeline.remove(n, revision), removable)

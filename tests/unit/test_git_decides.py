@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import copy
 import sqlite3
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +18,14 @@ from reconciler.metrics import Metrics
 from reconciler.model import Action, LiveObject, ObjectRef, Outcome, RenderedEnvironment
 from reconciler.pipeline import planner
 from reconciler.pipeline.ledger import Applied, Change, Ledger
-from reconciler.pipeline.source import GitSource
+from reconciler.pipeline.source import MAX_FILE_BYTES, GitSource
 from reconciler.pipeline.target import Observation
+from reconciler.service.api import PREFIX, Api
+from reconciler.service.commits import Commits
 from reconciler.service.config import Settings
 from reconciler.service.daemon import Daemon, waves
+from reconciler.service.plans import Plans
+from reconciler.service.worker import Worker
 from tests.conftest import GitRemote, state_files
 from tests.eventually import eventually
 from tests.memory import MemoryTarget, pipeline
@@ -76,6 +83,10 @@ def test_the_removal_guard_refuses_most_or_all_environments_at_once(known: set[s
 def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_removed(setup) -> None:
     remote, source, target, metrics, reconciler = setup
     two_environments(remote, source, reconciler)
+    remote.write("environments/b/job.yaml", (TESTDATA / "rayjob.yaml").read_text().replace(
+        "name: count", "name: b-count").replace("ray.io/cluster: demo", "ray.io/cluster: b-demo"))
+    remote.commit("b runs a RayJob")
+    assert reconciler.reconcile("b", source.fetch()).sync_status == "Synced"
     target.saved["b"] = target.saved["b"]  # its copy of the ledger exists
     remote.repo.git.rm("-r", "-q", "environments/b")
     gone = remote.commit("b leaves")
@@ -83,9 +94,9 @@ def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_
     result = reconciler.remove("b", source.fetch())
 
     assert (result.sync_status, result.message) == (
-        "Removed", f"removed from Git at {gone[:12]}: 2 object(s) pruned")
+        "Removed", f"removed from Git at {gone[:12]}: 3 object(s) pruned")
     assert sorted(ref.name for ref in target.objects) == ["a-demo", "a-settings"]
-    assert ("delete", "b-demo") in target.calls and ("delete", "b-settings") in target.calls
+    assert {("delete", name) for name in ("b-demo", "b-settings", "b-count")} <= set(target.calls)
     state = reconciler.ledger.state("b")
     assert (state.sync_status, state.revision) == ("Removed", gone)
     assert reconciler.ledger.history("b")[0][:1] + reconciler.ledger.history("b")[0][3:4] == (gone, "removed")
@@ -94,6 +105,12 @@ def test_an_environment_removed_from_git_has_what_it_applied_pruned_and_reports_
                if s.labels.get("environment") == "b"]
     assert samples == []  # its series went; a's stay
     assert metrics.registry.get_sample_value("ray_gitops_reconcile_total", {"environment": "a", "result": "success"})
+    api = Api(reconciler.ledger, source, Plans(Worker(), reconciler.preview, lambda: None, lambda _: threading.Lock(),
+                                               lambda _: 0.0),
+              Commits(Worker(), source.revision), lambda: None, list, lambda: True, dict)
+    status, document = api.answer(f"{PREFIX}environments", {})
+    assert status == 200 and {(row["environment"], row["sync_status"], row["revision"])
+                              for row in document["environments"]} >= {("b", "Removed", gone)}
 
 
 def test_prune_false_at_its_last_revision_keeps_the_objects_and_says_so(setup) -> None:
@@ -126,6 +143,21 @@ def test_an_environment_suspended_in_git_at_its_last_revision_is_not_removed(set
 
     assert result.sync_status == "Suspended" and "nothing is pruned" in reconciler.ledger.state("b").message
     assert len(target.calls) == calls
+
+
+def test_ray_gitops_suspend_holds_a_removal(setup) -> None:
+    remote, source, target, metrics, reconciler = setup
+    two_environments(remote, source, reconciler)
+    reconciler.ledger.suspend("b", "incident")  # what `ray-gitops suspend --environment b` records
+    remote.repo.git.rm("-r", "-q", "environments/b")
+    remote.commit("b leaves")
+    calls = len(target.calls)
+
+    result = reconciler.remove("b", source.fetch())
+
+    assert result.sync_status == "Suspended" and "suspended by `ray-gitops suspend`" in result.message
+    assert reconciler.ledger.state("b").sync_status == "Suspended"
+    assert len(target.calls) == calls and {"b-demo", "b-settings"} <= {ref.name for ref in target.objects}
 
 
 def test_a_removal_that_cannot_prune_is_failed_and_tried_again(setup) -> None:
@@ -179,6 +211,79 @@ def test_run_once_removes_an_environment_that_left_git_and_the_guard_holds_a_mas
     assert {ref.name for ref in target.objects} == {"a-settings", "c-settings"}
     assert again.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
     assert [s.sync_status.value for s in again.ledger.states()] == ["Synced", "Removed", "Synced"]
+
+
+def unreadable_environment_yaml(remote: GitRemote, case: str) -> None:
+    """Make c's environment.yaml a file the revision holds but cannot read."""
+    path = remote.work_path / "environments/c/environment.yaml"
+    path.unlink()
+    if case == "symlink":
+        path.symlink_to("../a/environment.yaml")
+    else:  # over MAX_FILE_BYTES
+        path.write_text(env_yaml("c") + "#" + "x" * MAX_FILE_BYTES + "\n")
+
+
+@pytest.mark.parametrize("case, reason", [
+    pytest.param("symlink", "symbolic links are not followed", id="symlink"),
+    pytest.param("oversized", "file is ", id="oversized"),
+])
+def test_an_environment_whose_environment_yaml_cannot_be_read_fails_and_nothing_is_pruned(
+        remote: GitRemote, tmp_path: Path, case: str, reason: str) -> None:
+    """Its directory is still in Git: it is broken, not removed (the daemon's turn and run --once)."""
+    target = MemoryTarget()
+    for env in ("a", "b", "c"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("three")
+    assert daemon(remote, tmp_path, target).run_once()
+    unreadable_environment_yaml(remote, case)
+    remote.commit("c's environment.yaml cannot be read")
+    calls = len(target.calls)
+
+    def failed_and_nothing_pruned(looked: Daemon) -> None:
+        state = looked.ledger.state("c")
+        assert state.sync_status == "Failed" and f"environments/c/environment.yaml: {reason}" in state.message
+        assert looked.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
+        assert {ref.name for ref in target.objects} == {"a-settings", "b-settings", "c-settings"}
+        assert len(target.calls) == calls
+
+    serving = daemon(remote, tmp_path, target)
+    with ThreadPoolExecutor(2) as pool:
+        serving._submit(pool, serving.source.fetch())
+    failed_and_nothing_pruned(serving)
+    once = daemon(remote, tmp_path, target)
+    assert not once.run_once()  # c failed again
+    failed_and_nothing_pruned(once)
+
+
+def test_a_refused_removal_is_reported_once_until_a_revision_resolves_it(
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = MemoryTarget()
+    for env in ("a", "b", "c"):
+        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
+        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
+    remote.commit("three")
+    assert daemon(remote, tmp_path, target).run_once()
+    remote.repo.git.rm("-r", "-q", "environments/b", "environments/c")
+    held = remote.commit("b and c leave")
+    serving = daemon(remote, tmp_path, target)
+
+    def turn() -> None:
+        with ThreadPoolExecutor(2) as pool:
+            serving._submit(pool, serving.source.fetch())
+
+    turn()
+    remote.write("NOTES.md", "a commit that resolves nothing\n")
+    remote.commit("notes")
+    turn()
+    assert caplog.text.count("removal refused at revision") == 1
+    assert serving.ledger.state("b").message.startswith(f"removal refused: left Git at {held[:12]}")
+
+    remote.write("environments/b/environment.yaml", env_yaml("b"))
+    remote.commit("b is back: c alone leaves (b's removal resolved)")
+    turn()
+    assert {ref.name for ref in target.objects} == {"a-settings", "b-settings"}
+    assert serving.metrics.registry.get_sample_value("ray_gitops_removals_refused") == 0
 
 
 class SlowTarget(MemoryTarget):
@@ -245,6 +350,23 @@ def test_a_dependency_that_is_not_selected_is_an_error_not_a_wait(remote: GitRem
     result = serving.pipeline.reconcile("prod", serving.source.fetch())
     assert result.sync_status == "Failed" and "depends on staging, which this daemon does not reconcile" in \
         result.message
+
+
+def test_a_dependency_that_does_not_exist_is_an_error_that_says_so(remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.errors import ConfigError
+    remote.write("environments/prod/environment.yaml", env_yaml("prod", depends_on=("staging",)))
+    remote.write("environments/prod/settings.yaml", configmap("prod"))
+    remote.commit("prod depends on staging, which is not there")
+    once = daemon(remote, tmp_path, MemoryTarget())
+    with pytest.raises(ConfigError, match="environment prod depends on staging, which does not exist under "
+                                          "environments/ at revision [0-9a-f]{12}$"):
+        once.run_once()
+
+    remote.write("environments/staging/environment.yml", env_yaml("staging"))  # not environment.yaml
+    remote.commit("staging, misnamed")
+    with pytest.raises(ConfigError, match="environment prod depends on staging, which has no readable "
+                                          "environments/staging/environment.yaml at revision"):
+        daemon(remote, tmp_path, MemoryTarget()).run_once()
 
 
 def test_waves_put_each_environment_after_its_dependencies() -> None:
@@ -347,6 +469,25 @@ def test_a_hand_edit_is_set_back_counted_and_reported_with_who_made_it(setup) ->
     assert target.events[-1] == ("demo", "DriftCorrected", "drift corrected: spec.workerGroupSpecs[cpu].replicas set "
                                  "back to Git's value (changed by kubectl-edit)")
     assert reconciler.reconcile("a", revision).result == "noop"  # corrected once, then nothing to do
+
+
+def test_a_burst_of_changes_seen_by_the_watch_forces_one_drift_check_after_the_debounce(
+        remote: GitRemote, tmp_path: Path) -> None:
+    from reconciler.service.daemon import DEBOUNCE
+    made = daemon(remote, tmp_path, MemoryTarget())
+    made._selected = ["a", "b"]
+    forced: list[set[str]] = []
+    made.schedule.force = lambda names: forced.append(set(names))  # type: ignore[method-assign]
+
+    started = time.monotonic()
+    for name in ("a", "a", "b", "a", "not-mine"):
+        made.changed(name)
+    assert forced == [] and not made.wake.is_set()  # not before DEBOUNCE
+
+    eventually(lambda: forced, 5 * DEBOUNCE, 0.05, "the drift check to be forced")
+    assert time.monotonic() - started >= DEBOUNCE and made.wake.is_set()
+    time.sleep(DEBOUNCE / 2)
+    assert forced == [{"a", "b"}]  # one check for the burst, of this daemon's environments only
 
 
 @pytest.mark.parametrize("annotations, live_annotations, action, reason", [

@@ -52,6 +52,25 @@ def test_first_fetch_failure_is_a_temporary_error_without_credentials(tmp_path: 
     assert "s3cret" not in (source.cache_dir / "config").read_text()
 
 
+def test_each_repository_url_has_a_git_cache_of_its_own_and_one_that_follows_another_is_refused(
+        remote: GitRemote, tmp_path: Path) -> None:
+    import git
+    remote.write("environments/x/a.yaml", "a: 1\n")
+    first = remote.commit("first")
+    other = GitRemote(tmp_path / "other")
+    other.write("environments/x/a.yaml", "a: 2\n")
+    second = other.commit("other")
+    one, two = (GitSource(url, "main", tmp_path / "cache") for url in (remote.url, other.url))
+
+    assert (one.fetch().sha, two.fetch().sha) == (first, second)
+    assert one.cache_dir != two.cache_dir and one.cache_dir.parent == two.cache_dir.parent
+
+    git.Repo(one.cache_dir).remotes.origin.set_url(other.url)  # a cache that follows another repository
+    with pytest.raises(TemporaryError, match="follows .*, not .*; remove it"):
+        GitSource(remote.url, "main", tmp_path / "cache").fetch()
+    assert git.Repo(one.cache_dir).remotes.origin.url == other.url  # refused, never repointed
+
+
 @pytest.mark.parametrize("url, clean, user, password", [
     ("https://tok@github.example/x.git", "https://github.example/x.git", "tok", ""),
     ("https://u:p@ss/w:rd@host:8443/org/x.git", "https://host:8443/org/x.git", "u", "p@ss/w:rd"),
