@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import yaml
-from deepdiff import DeepDiff
 
 from ..kuberay import KINDS
 from ..model import APPLIED_ANNOTATION, MANAGED_BY_VALUE, REVISION_ANNOTATION, Manifest
@@ -152,6 +151,8 @@ def changed_paths(old: Any, new: Any) -> list[str]:
     a whole when they do not."""
     if old == new:
         return []
+    from deepdiff import DeepDiff  # here, not at the top: it loads numpy and pydantic (0.15 s), and a first sync
+    # (every object created) never compares two versions
     found: set[str] = set()
     for report, nodes in DeepDiff(keyed(old), keyed(new), view="tree", verbose_level=2).items():
         for node in nodes:

@@ -39,6 +39,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -51,16 +52,16 @@ from ..pipeline.reconcile import Pipeline, Result
 from ..pipeline.render import ENVIRONMENT_FILE, ROOT, depends_on, in_git, list_environments, waves
 from ..pipeline.source import GitSource, Inputs, Revision, redact, unchanged
 from ..targets import Registry
-from . import control, http, notify, webhook
-from .api import Api
+from . import control, notify, webhook
 from .commits import Commits
 from .config import Settings
 from .leader import LeaderElectionOptions, LeaderElector, lease_client
-from .page import StatusPage
-from .plans import Plans
 from .schedule import Schedule
 from .shards import Shards, shard_of
 from .worker import Worker
+
+if TYPE_CHECKING:
+    from .page import StatusPage
 
 log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 20.0  # seconds a stop waits for the running reconciles (each stops after the object it applies)
@@ -128,6 +129,9 @@ class Daemon:
         """The status page and its API (off with `ui: false`); plans are previewed by a pipeline of their own."""
         if not self.settings.ui:
             return None
+        from .api import Api  # only a serving daemon has a page: `run --once` does not load it
+        from .page import StatusPage
+        from .plans import Plans
         previews = Pipeline(self.source, self.ledger, self.metrics, self.targets, scope=self._scope())
         plans = Plans(self.worker, previews.preview, lambda: self.head, self._guard, self._reconciled_at)
         return StatusPage(Api(self.ledger, self.source, plans, self.commits, lambda: self.head,
@@ -480,6 +484,7 @@ class Daemon:
         """Run until `stop()`: poll Git every `interval`, reconcile what is due (only while leading). False when
         a reconcile was still running SHUTDOWN_GRACE seconds after the stop (its thread is left behind: the
         caller should end the process without waiting for it)."""
+        from . import http  # only a serving daemon listens
         page = self._page()
         server = http.serve(self.settings.host_port, http.Endpoints(self.registry, self.healthy, self.ready,
                                                                      self.hooks, page, self.settings.allowed_hosts))
