@@ -27,8 +27,8 @@ from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 
 # Per command: CPU seconds (user + system, the same on a loaded machine), peak RSS, and wall seconds with room for
-# a machine shared with other work. Measured here: at most 1.4 s of wall time, 1.0 s of CPU and 114 MiB (the
-# revision of 57 MiB; 66 MiB for every other case).
+# a machine shared with other work. Measured here (41 cases): at most 1.9 s of wall time, 1.0 s of CPU and 79 MiB
+# (72 MiB for the revision of 57 MiB).
 CPU_SECONDS, MIB, SECONDS = 2.0, 200.0, 10.0
 LOCAL = "apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\nmetadata: {name: team-a}\nspec: {target: {local: {}}}\n"
 KUBE = ("apiVersion: gitops.ray.io/v1alpha1\nkind: Environment\nmetadata: {name: team-a}\n"
