@@ -35,7 +35,7 @@ from urllib.parse import unquote
 import git
 
 from ..errors import TemporaryError
-from .verify import Verifier, descends
+from .verify import Verdict, Verifier, descends
 
 log = logging.getLogger(__name__)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -469,10 +469,20 @@ class GitSource:
         if self.verifier is not None:
             last = self._heads.last_verified(self.url, self.branch) if self._heads is not None else None
             last = last or ((self._current.sha, self._current.signer) if self._current else None)
-            if last is None and self._heads is not None:  # a lost state dir: what the targets remember
-                newest = self._newest(repo, self._heads.recalled())
+            strict = self.verifier.mode == "strict"
+            recalled = self._heads.recalled() if last is None and self._heads is not None else []
+            if recalled:  # a lost state dir: what the targets remember
+                newest = self._newest(repo, recalled)
+                if not newest and strict:  # not in the branch's history (a force-push): a server may still serve it
+                    self._fetch_commits(repo, recalled)
+                    newest = self._newest(repo, recalled)
                 last = (newest, "") if newest else None
-            verdict = self.verifier.check(repo, sha, last[0] if last else "")
+            if strict and recalled and last is None and not self.verifier.allow_rewrite:
+                verdict = Verdict(failure=f"{sha[:12]}: the last verified head {recalled[0][:12]} (remembered by the "
+                                          "cluster's ledger) is not in the branch's history: a rewrite or rollback; "
+                                          "the daemon setting verify_allow_rewrite accepts it")
+            else:
+                verdict = self.verifier.check(repo, sha, last[0] if last else "")
             if verdict.failure:
                 if self._current is None and last is not None:  # a restart: the last verified head stays applied
                     with contextlib.suppress(git.GitCommandError):  # gone from the cache: nothing to apply
@@ -502,6 +512,14 @@ class GitSource:
             if all(descends(repo, other, sha) for _, other in known):
                 return sha
         return max(known)[1] if known else ""
+
+    def _fetch_commits(self, repo: git.Repo, shas: list[str]) -> None:
+        """Fetch commits by id, into no ref; those the server does not serve are left out."""
+        for sha in dict.fromkeys(shas):
+            if re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", sha):
+                with contextlib.suppress(git.GitCommandError), \
+                        repo.git.custom_environment(**self._fetch_environment()):
+                    repo.git.fetch("--no-tags", "origin", sha)
 
     def revision(self, sha: str) -> Revision:
         """The snapshot of an earlier commit (an environment waiting for a promotion stays on its last

@@ -279,3 +279,18 @@ def test_an_identity_made_by_substitution_is_validated_as_final(tmp_path: Path, 
     errors = errors_of(tmp_path, {"c.yaml": yaml.safe_dump_all([first, second])}, env)
 
     assert [e for e in errors if e.startswith(error)] and len(errors) == 1, errors
+
+
+@pytest.mark.parametrize("patch", [
+    pytest.param({"kind": "Secret"}, id="kind"),
+    pytest.param({"metadata": {"name": "other"}}, id="name"),
+    pytest.param({"metadata": {"namespace": "shared"}}, id="namespace"),
+    pytest.param([{"op": "replace", "path": "/metadata/name", "value": "other"}], id="name-by-json-patch"),
+])
+def test_a_patch_may_not_change_an_objects_identity(tmp_path: Path, patch: Any) -> None:
+    env = environment(patches=[{"target": {"kind": "ConfigMap", "name": "settings"}, "patch": patch}])
+
+    errors = errors_of(tmp_path, {"c.yaml": yaml.safe_dump(configmap())}, env)
+
+    assert errors == ["environments/team-a/environment.yaml: ConfigMap/team-a/settings: spec.patches[0].patch: a patch "
+                      "may not change an object's kind, name or namespace"]

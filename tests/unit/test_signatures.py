@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.errors import TemporaryError
 from reconciler.metrics import Metrics
 from reconciler.pipeline.source import GitSource
 from reconciler.pipeline.verify import Verifier
@@ -246,3 +247,100 @@ def test_no_gpg_agent_outlives_the_daemon(stage, tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr
         assert applied_value(state) == value
         assert agents(state / "gnupg") == []
+
+
+class Recalled:
+    """The daemon's VerifiedHeads after its state dir was lost: nothing of its own, `heads` from the clusters'
+    ledger copies."""
+
+    def __init__(self, *heads: str) -> None:
+        self.heads = list(heads)
+
+    def last_verified(self, url: str, branch: str) -> tuple[str, str] | None:
+        return None
+
+    def record_verified(self, url: str, branch: str, revision: str, signer: str) -> None:
+        """Kept nowhere: each fresh source starts from `heads` alone."""
+
+    def recalled(self) -> list[str]:
+        return self.heads
+
+
+def fresh(remote: GitRemote, signers: Signers, state: Path, *recalled: str, allow_rewrite: bool = False) -> GitSource:
+    """A strict source on an empty state dir whose clusters remember `recalled`."""
+    return GitSource(remote.url, "main", state / "git", verifier=Verifier("strict", signers.keys, state, allow_rewrite),
+                     heads=Recalled(*recalled))
+
+
+def force_push(remote: GitRemote, sha: str) -> None:
+    """Reset the branch to `sha` and force-push it (a rollback of history)."""
+    remote.repo.git.reset("-q", "--hard", sha)
+    remote.repo.git.push("-q", "--force", "origin", "main")
+
+
+def test_strict_mode_refuses_a_rollback_of_history_unless_rewrites_are_allowed(stage, tmp_path: Path) -> None:
+    remote, signers, make = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    old = signers.commit("one", by="alice")
+    strict, reconciler, state = make("strict")
+    allowing = fresh(remote, signers, tmp_path / "allowing", allow_rewrite=True)
+    reconciler.reconcile("a", strict.fetch())
+    allowing.fetch()
+    remote.write("environments/a/settings.yaml", settings("two"))
+    new = signers.commit("two", by="alice")
+    reconciler.reconcile("a", strict.fetch())
+    allowing.fetch()
+
+    force_push(remote, old)
+    result = reconciler.reconcile("a", strict.fetch())
+
+    assert (result.sync_status, result.revision) == ("Unverified", new)
+    assert f"not a descendant of the last verified head {new[:12]}" in result.message
+    assert applied_value(state) == "two"
+    assert allowing.fetch().sha == old
+
+
+@pytest.mark.parametrize("served", [True, False], ids=["old-head-still-served", "old-head-pruned-on-the-server"])
+def test_strict_mode_after_a_lost_state_dir_refuses_a_rollback_past_the_recalled_head(
+        stage, tmp_path: Path, served: bool) -> None:
+    remote, signers, _ = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    old = signers.commit("one", by="alice")
+    remote.write("environments/a/settings.yaml", settings("two"))
+    verified = signers.commit("two", by="alice")
+    force_push(remote, old)
+    if not served:  # the rolled-back commit is gone from the server too: it cannot be fetched by id
+        bare = ["git", "-C", str(remote.bare_path)]
+        subprocess.run([*bare, "reflog", "expire", "--expire=now", "--all"], check=True)
+        subprocess.run([*bare, "gc", "-q", "--prune=now"], check=True)
+
+    lost = fresh(remote, signers, tmp_path / "lost", verified)
+
+    if served:  # fetched by id: the last verified head stays applied
+        assert lost.fetch().sha == verified
+        assert lost.unverified and lost.unverified[0] == old
+        assert f"not a descendant of the last verified head {verified[:12]}" in lost.unverified[1]
+    else:
+        with pytest.raises(TemporaryError) as refused:
+            lost.fetch()
+        assert str(refused.value).startswith(
+            f"revision {old[:12]} is not applied: {old[:12]}: the last verified head {verified[:12]} (remembered by "
+            "the cluster's ledger) is not in the branch's history")
+    assert fresh(remote, signers, tmp_path / "allowing", verified, allow_rewrite=True).fetch().sha == old
+
+
+def test_strict_mode_after_a_lost_state_dir_checks_every_commit_since_the_recalled_head(
+        stage, tmp_path: Path) -> None:
+    remote, signers, _ = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    verified = signers.commit("one", by="alice")
+    remote.write("environments/a/settings.yaml", settings("two"))
+    middle = signers.commit("two, unsigned")
+    remote.write("environments/a/settings.yaml", settings("three"))
+    head = signers.commit("three", by="bob")
+
+    lost = fresh(remote, signers, tmp_path / "lost", verified)
+    revision = lost.fetch()  # the recalled head stays applied
+
+    assert (revision.sha, lost.unverified) == (verified, (head, f"{middle[:12]}: not signed"))
+    assert fresh(remote, signers, tmp_path / "signed", middle).fetch().sha == head

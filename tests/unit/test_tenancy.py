@@ -14,6 +14,7 @@ from reconciler.errors import InvalidEnvironment, TemporaryError
 from reconciler.metrics import Metrics
 from reconciler.pipeline.render import render
 from reconciler.pipeline.source import DirectoryTree
+from reconciler.service import settings
 from reconciler.service.config import load
 from reconciler.targets import TYPES, Cluster, Registry, Runtime, TargetType
 from reconciler.targets.local.nodes import PRELOAD_DIR, node_environment
@@ -68,6 +69,18 @@ def test_the_daemons_clusters_decide_who_may_use_which_namespace_and_account(tmp
                                                                            message: str) -> None:
     found = errors(environment(tmp_path, name, target), name)
     assert (message in found) if message else found == ""
+
+
+def test_the_daemons_own_namespace_is_protected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    own = tmp_path / "serviceaccount-namespace"
+    own.write_text("ray-gitops\n")
+    monkeypatch.setattr(settings, "SERVICE_ACCOUNT_NAMESPACE", str(own))
+    runtime = load({"state_dir": str(tmp_path / "state")}, {}).runtime(Metrics(CollectorRegistry()))
+    root = environment(tmp_path, "team-a", "kubernetes: {namespace: ray-gitops}")
+    with pytest.raises(InvalidEnvironment) as refused:
+        render(DirectoryTree(root), "team-a", "", Registry(runtime))
+    assert "namespace ray-gitops is protected (kube-node-lease, kube-public, kube-system, ray-gitops)" in "\n".join(
+        str(e) for e in refused.value.errors)
 
 
 def test_without_the_daemons_settings_validate_checks_no_cluster_name(tmp_path: Path) -> None:
