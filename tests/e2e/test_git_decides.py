@@ -205,8 +205,14 @@ def unsigned_head_pushed(remote: GitRemote, signers: Signers, tmp_path: Path, re
             assert (told["sync_status"], told["revision"], told["message"]) == (
                 "Unverified", good, rows[env]["message"])
         assert records(state, "a")["ConfigMap.default.settings.json"]["manifest"]["data"] == {"owner": "a"}
-        print(f"unsigned head pushed -> every environment notified unverified after {took:.2f}s (Git poll 1s, "
-              "environment interval 1h)")
+        subprocess.run(["git", "-C", str(remote.work_path), "reset", "-q", "--hard", good], check=True)
+        subprocess.run(["git", "-C", str(remote.work_path), "push", "-q", "--force", "origin", "main"], check=True)
+        started = time.monotonic()
+        daemon.wait_for("Synced again", lambda: {row["sync_status"] for row in status(state).values()} == {"Synced"},
+                        timeout=10, poll=0.2)
+        back = time.monotonic() - started
+        print(f"unsigned head pushed -> every environment notified unverified after {took:.2f}s; the branch put back "
+              f"on the verified head -> Synced after {back:.2f}s (Git poll 1s, environment interval 1h)")
     finally:
         daemon.stop()
     assert daemon.proc.returncode == 0
