@@ -10,7 +10,8 @@ before adding it.
   time by the `jsonpatch` package (so no operation copies the whole object, and what `add`, `replace` and
   `copy` bring is counted before it is made).
 - `substitute`: `${VAR}` in string values from the environment's `spec.substitute`, and Flux's (envsubst's)
-  `${VAR:-default}` and `${VAR:=default}` (the default when VAR is undefined or empty); a value written
+  defaults: `${VAR-default}` and `${VAR=default}` (the default when VAR is undefined), `${VAR:-default}` and
+  `${VAR:=default}` (also when it is empty); a default naming a variable (`${A:-${B}}`) is an error; a value written
   bare as exactly one of these takes the variable's type, or the default's as YAML reads it (so
   `replicas: ${REPLICAS:=2}` stays a number), one written quoted stays a string (`parse.Quoted`);
   `$${VAR}` is a literal `${VAR}` (shell variables in entrypoints survive); an undefined variable is
@@ -39,7 +40,8 @@ LIST_KEYS = {"workerGroupSpecs": "groupName", "containers": "name", "initContain
 DELETE = "$patch"
 MAX_OPERATIONS = 100  # per JSON patch
 _OPERATIONS = ("add", "copy", "move", "remove", "replace", "test")
-_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?::[-=]([^}]*))?\}")  # $${..} literal, :-/:= default
+_VARIABLE = re.compile(r"\$(\$?)\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?)[-=]([^}]*))?\}")  # $${..}: literal; the
+# default's operator with or without its colon, then the default (literal text up to the first `}`)
 _MISSING = object()
 
 
@@ -54,7 +56,7 @@ class OverlayError(Exception):
 
 
 class Undefined(OverlayError):
-    """Every field of an object that names an undefined variable, one `OverlayError` each."""
+    """Every field of an object that names an undefined variable (or one in a default), one `OverlayError` each."""
 
     def __init__(self, errors: list[OverlayError]) -> None:
         super().__init__(errors[0].path, errors[0].reason)
@@ -181,15 +183,16 @@ def _shown(pointer: str) -> str:
 def substitute(node: Any, variables: Mapping[str, Any] | None, budget: Budget) -> Any:
     """`node` with `${VAR}` replaced in every string value (keys are left alone); in place in maps and lists.
     `variables` None (no `spec.substitute`): nothing is substituted. Raises `Undefined`, naming every field
-    with an undefined variable (the first `MAX_REPORTED`, then how many more), before anything is changed."""
+    with an undefined variable or a variable in a default (the first `MAX_REPORTED`, then how many more), before
+    anything is changed."""
     if variables is not None:
         undefined: list[OverlayError] = []
         more = 0
         for path, text in _strings(node, ""):
-            names = _missing(text, variables)
-            if names and len(undefined) < MAX_REPORTED:
-                undefined.append(OverlayError(path, _undefined(names)))
-            elif names:
+            reason = _nested(text) or _undefined(_missing(text, variables))
+            if reason and len(undefined) < MAX_REPORTED:
+                undefined.append(OverlayError(path, reason))
+            elif reason:
                 more += 1
         if more:
             undefined.append(OverlayError("", f"{more} more fields name undefined variables"))
@@ -212,12 +215,26 @@ def _strings(node: Any, path: str) -> Iterator[tuple[str, str]]:
 
 def _missing(text: str, variables: Mapping[str, Any]) -> list[str]:
     """The undefined variables `text` names without a default, each once."""
-    names = [m.group(2) for m in _VARIABLE.finditer(text) if not m.group(1) and m.group(3) is None
+    names = [m.group(2) for m in _VARIABLE.finditer(text) if not m.group(1) and m.group(4) is None
              and m.group(2) not in variables]
     return list(dict.fromkeys(names))
 
 
+def _nested(text: str) -> str:
+    """Why `text` cannot be substituted when a default names a variable (`${A:-${B}}`): a default is literal text
+    up to the first `}`, so it would come out as B's name and a stray `}`. "" when none does."""
+    found = next((m for m in _VARIABLE.finditer(text) if not m.group(1) and "${" in (m.group(4) or "")), None)
+    if found is None:
+        return ""
+    written = found.group(0)[:found.start(4) - found.start()]  # `${A:-`, as written (no value from the default)
+    return (f"{written}${{...}}}}: a default cannot name a variable (it is literal text up to the first }}); "
+            "write its value")
+
+
 def _undefined(names: list[str]) -> str:
+    """The reason for a field naming the undefined variables `names`; "" when there are none."""
+    if not names:
+        return ""
     shown = ", ".join(f"${{{n}}}" for n in names)
     return (f"{shown} {'is' if len(names) == 1 else 'are'} not defined in spec.substitute (write $${{{names[0]}}} for "
             f"a literal ${{{names[0]}}}, or ${{{names[0]}:-default}} for a default)")
@@ -264,10 +281,12 @@ def _text(match: re.Match[str], variables: Mapping[str, Any]) -> str:
 
 
 def _value(match: re.Match[str], variables: Mapping[str, Any], typed: bool) -> Any:
-    """The variable's value; its default (typed: as YAML reads it written bare) when it is undefined or empty.
-    `substitute` has made sure that a variable without a default is defined."""
-    value, default = variables.get(match.group(2)), match.group(3)
-    if default is not None and (value is None or value == ""):
+    """The variable's value; its default (typed: as YAML reads it written bare) when it is undefined, or with the
+    colon (`:-`, `:=`) also when it is empty, as envsubst and POSIX shells do. `substitute` has made sure that a
+    variable without a default is defined."""
+    name, colon, default = match.group(2), match.group(3), match.group(4)
+    value = variables.get(name)
+    if default is not None and (name not in variables or (colon and value == "")):
         return plain(default) if typed else default
     return value
 

@@ -441,6 +441,9 @@ class GitSource:
                 sha = repo.git.rev_parse("--verify", f"refs/remotes/origin/{self.branch}^{{commit}}").strip()
                 if self._current is None or self._current.sha != sha:
                     self._advance(repo, sha)
+                elif self.unverified is not None:  # the branch was put back on the applied (verified) head
+                    log.info("git: the branch head is %s again, the last verified revision", self._current.short)
+                    self.unverified = None
             except Exception as exc:  # git, the network, a corrupt cache, unreadable content: never fatal
                 self._observe("fetch", "error", time.monotonic() - started)
                 self._failed(exc)

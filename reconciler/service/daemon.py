@@ -538,16 +538,18 @@ class Daemon:
         return not left
 
     def _turn(self, pool: ThreadPoolExecutor, asks: list[control.Ask]) -> None:
-        """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again)
-        re-reports every environment at once. Nothing here may end the loop: repository content and Git failures
-        are only logged."""
-        failing = self.source.failure is not None
+        """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again) or
+        in the head's verification (a head refused, or verified again) re-reports every environment at once: the
+        revision handed out stays the same then, so the schedule alone would report it only at each interval.
+        Nothing here may end the loop: repository content and Git failures are only logged."""
+        failing, unverified = self.source.failure is not None, self.source.unverified
         try:
             revision = self.source.fetch()
             self._generation += 1
             self.head = revision
             self.commits.add(revision)
-            self._submit(pool, revision, failing != (self.source.failure is not None), asks)
+            changed = failing != (self.source.failure is not None) or unverified != self.source.unverified
+            self._submit(pool, revision, changed, asks)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
             self.asks.fail(asks, str(exc))

@@ -1,8 +1,9 @@
 """Git decides, with the daemon as a process on the local target (ConfigMaps, no Ray): an environment
-removed from Git is pruned and reported Removed; a `plan` of another repository on the daemon's state dir
-changes nothing the daemon does; a daemon restarted while the branch head does not verify goes on
-applying the last verified revision; `run --once` follows a dependsOn chain and refuses an unselected
-dependency. Each prints the time it measured."""
+removed from Git is pruned and reported Removed (with a `removed` notification); an unsigned head pushed to a
+running daemon is reported Unverified (and notified) at the next poll, not at each environment's interval; a
+`plan` of another repository on the daemon's state dir changes nothing the daemon does; a daemon restarted
+while the branch head does not verify goes on applying the last verified revision; `run --once` follows a
+dependsOn chain and refuses an unselected dependency. Each prints the time it measured."""
 from __future__ import annotations
 
 import json
@@ -17,6 +18,7 @@ import pytest
 from tests.conftest import GitRemote, write_neighbours
 from tests.daemon import DaemonProcess
 from tests.eventually import eventually
+from tests.receiver import Receiver
 from tests.unit.test_signatures import Signers, agents
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +40,13 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "reconciler", *args], capture_output=True, text=True, timeout=120)
 
 
-def test_an_environment_removed_from_git_is_pruned_and_reported_removed(remote: GitRemote, tmp_path: Path) -> None:
+def test_an_environment_removed_from_git_is_pruned_and_reported_removed(remote: GitRemote, tmp_path: Path,
+                                                                        receiver: Receiver) -> None:
     write_neighbours(remote, TEAMS, interval="1s")
     remote.commit("six environments")
     state, log = tmp_path / "state", tmp_path / "daemon.log"
-    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s"])
+    daemon = DaemonProcess(remote.url, state, log, ["--interval", "1s", "--notify-url",
+                                                    f"http://127.0.0.1:{receiver.port}/hook"])
     try:
         daemon.wait_for("/readyz", daemon.ready, timeout=60)
         assert records(state, "team-5")
@@ -61,6 +65,9 @@ def test_an_environment_removed_from_git_is_pruned_and_reported_removed(remote: 
             history = json.loads(cli("history", "--environment", "team-5", "--state-dir", str(state), "-o",
                                      "json").stdout)
             assert (history[0]["revision"], history[0]["result"]) == (gone, "removed")
+            daemon.wait_for("the removed notification", lambda gone=gone: any(
+                e["event"] == "removed" and e["attempted"] == gone for e in receiver.events("/hook", "team-5")),
+                            timeout=10)
             write_neighbours(remote, ("team-5",), interval="1s")
             back = remote.commit(f"team-5 is back ({attempt})")
             daemon.wait_for("team-5 back", lambda back=back: status(state)["team-5"]["revision"] == back, timeout=30)
@@ -159,6 +166,56 @@ def restarted_on_an_unverified_head(remote: GitRemote, signers: Signers, tmp_pat
         daemon.stop()
     assert daemon.proc.returncode == 0
     assert agents(state / "gnupg") == []
+
+
+@pytest.mark.skipif(not shutil.which("ssh-keygen"), reason="needs ssh-keygen")
+def test_an_unsigned_head_pushed_to_a_running_daemon_is_reported_unverified_at_the_next_poll(
+        remote: GitRemote, tmp_path: Path, receiver: Receiver) -> None:
+    signers = Signers(remote, tmp_path)
+    try:
+        unsigned_head_pushed(remote, signers, tmp_path, receiver)
+    finally:
+        signers.close()
+
+
+def unsigned_head_pushed(remote: GitRemote, signers: Signers, tmp_path: Path, receiver: Receiver) -> None:
+    envs = ("a", "b")
+    write_neighbours(remote, envs, interval="1h")  # not re-checked within the test: only the new state reports them
+    good = signers.commit("a and b, signed by bob", by="bob")
+    state, log = tmp_path / "state", tmp_path / "daemon.log"
+    daemon = DaemonProcess(remote.url, state, log, [
+        "--interval", "1s", "--verify-commits", "head", "--trusted-keys", str(signers.keys), "--notify-url",
+        f"http://127.0.0.1:{receiver.port}/hook"])
+    try:
+        daemon.wait_for("/readyz", daemon.ready, timeout=60)
+        daemon.wait_for("promoted", lambda: all(receiver.events("/hook", env) for env in envs), timeout=30)
+        remote.write("environments/a/settings.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
+                      "data: {owner: nobody}\n")
+        bad = signers.commit("an unsigned change")
+        started = time.monotonic()
+        daemon.wait_for("unverified notifications", lambda: all(
+            [e["event"] for e in receiver.events("/hook", env)][-1:] == ["unverified"] for env in envs),
+                        timeout=10, poll=0.1)
+        took = time.monotonic() - started
+        rows = status(state)
+        for env in envs:
+            assert (rows[env]["revision"], rows[env]["sync_status"]) == (good, "Unverified")
+            assert rows[env]["message"] == f"Unverified: {bad[:12]}: not signed"
+            told = receiver.events("/hook", env)[-1]
+            assert (told["sync_status"], told["revision"], told["message"]) == (
+                "Unverified", good, rows[env]["message"])
+        assert records(state, "a")["ConfigMap.default.settings.json"]["manifest"]["data"] == {"owner": "a"}
+        subprocess.run(["git", "-C", str(remote.work_path), "reset", "-q", "--hard", good], check=True)
+        subprocess.run(["git", "-C", str(remote.work_path), "push", "-q", "--force", "origin", "main"], check=True)
+        started = time.monotonic()
+        daemon.wait_for("Synced again", lambda: {row["sync_status"] for row in status(state).values()} == {"Synced"},
+                        timeout=10, poll=0.2)
+        back = time.monotonic() - started
+        print(f"unsigned head pushed -> every environment notified unverified after {took:.2f}s; the branch put back "
+              f"on the verified head -> Synced after {back:.2f}s (Git poll 1s, environment interval 1h)")
+    finally:
+        daemon.stop()
+    assert daemon.proc.returncode == 0
 
 
 def test_run_once_follows_a_depends_on_chain_and_refuses_a_dependency_not_selected(

@@ -66,6 +66,51 @@ data:
                                 "inline": "w-3-e", "literal": "${N:-x}", "merged": "3", "added": "3"}
 
 
+def test_defaults_without_a_colon_fill_only_undefined_variables(remote: GitRemote,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/e/environment.yaml", environment(substitute={"N": 3, "EMPTY": ""}))
+    remote.write("environments/e/c.yaml",
+                 (TESTDATA / "raycluster.yaml").read_text().replace("REPLICAS", "${WORKERS=2}"))
+    remote.write("environments/e/m.yaml", """apiVersion: v1
+kind: ConfigMap
+metadata: {name: settings}
+data:
+  mode: ${MODE-slow}
+  speed: ${SPEED=fast}
+  empty: ${EMPTY-unused}
+  assigned: ${EMPTY=unused}
+  n: '${N-0}'
+  inline: w-${EMPTY-e}-${EMPTY:-f}-${NONE-g}
+  literal: $${N-x}
+""")
+    remote.commit("colon-less defaults")
+
+    code, docs, err = render(remote, capsys)
+
+    assert code == 0, err
+    cluster, settings = docs
+    assert cluster["spec"]["workerGroupSpecs"][0]["replicas"] == 2
+    assert settings["data"] == {"mode": "slow", "speed": "fast", "empty": "", "assigned": "", "n": "3",
+                                "inline": "w--f-g", "literal": "${N-x}"}
+
+
+def test_a_variable_in_a_default_is_an_error_naming_the_file_object_and_field(
+        remote: GitRemote, capsys: pytest.CaptureFixture[str]) -> None:
+    remote.write("environments/e/environment.yaml", environment(substitute={"N": 3, "X": "x"}))
+    remote.write("environments/e/m.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: settings}\n"
+                 "data: {defined: '${N:-${X}}', undefined: 'a-${M=${X}}', fine: '${N}'}\n")
+    remote.commit("nested")
+
+    code, docs, err = render(remote, capsys)
+
+    assert (code, docs) == (1, [])
+    assert err.splitlines()[1:] == [
+        "  environments/e/m.yaml#0: ConfigMap/default/settings: data.defined: ${N:-${...}}: a default cannot name a "
+        "variable (it is literal text up to the first }); write its value",
+        "  environments/e/m.yaml#0: ConfigMap/default/settings: data.undefined: ${M=${...}}: a default cannot name a "
+        "variable (it is literal text up to the first }); write its value"]
+
+
 def test_a_bare_whole_variable_still_takes_the_variables_type(remote: GitRemote,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     remote.write("environments/e/environment.yaml", environment(substitute={"WORKERS": 3, "AUTO": True}))

@@ -190,6 +190,24 @@ def test_strict_mode_refuses_a_signed_head_over_an_unsigned_commit(stage) -> Non
     assert applied_value(state) == "three"
 
 
+def test_a_branch_put_back_on_the_verified_head_is_synced_again(stage) -> None:
+    remote, signers, make = stage
+    remote.write("environments/a/settings.yaml", settings("one"))
+    good = signers.commit("one", by="alice")
+    source, reconciler, state = make("head")
+    reconciler.reconcile("a", source.fetch())
+    remote.write("environments/a/settings.yaml", settings("two"))
+    signers.commit("two, unsigned")
+    assert reconciler.reconcile("a", source.fetch()).sync_status == "Unverified"
+
+    subprocess.run(["git", "-C", str(remote.work_path), "reset", "-q", "--hard", good], check=True)
+    subprocess.run(["git", "-C", str(remote.work_path), "push", "-q", "--force", "origin", "main"], check=True)
+    result = reconciler.reconcile("a", source.fetch())
+
+    assert (result.sync_status, result.revision, source.unverified) == ("Synced", good, None)
+    assert applied_value(state) == "one"
+
+
 def test_an_unverified_head_is_reported_to_the_target_once(stage, tmp_path: Path) -> None:
     remote, signers, make = stage
     remote.write("environments/a/settings.yaml", settings("one"))
