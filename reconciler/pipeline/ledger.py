@@ -367,6 +367,12 @@ class Ledger:
             rows = db.execute("SELECT * FROM environments ORDER BY env").fetchall()
         return [_state(row) for row in rows]
 
+    def sync_statuses(self) -> dict[str, SyncStatus]:
+        """Each known environment's sync status, without decoding the details: the daemon's loop asks every turn,
+        and at 1,000 environments `states()` took a fifth of a first cycle's CPU."""
+        with self._tx() as db:
+            return {env: SyncStatus(sync) for env, sync in db.execute("SELECT env, sync_status FROM environments")}
+
     def state(self, environment: str) -> EnvironmentState | None:
         with self._tx() as db:
             row = db.execute("SELECT * FROM environments WHERE env=?", (environment,)).fetchone()
