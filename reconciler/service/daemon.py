@@ -14,7 +14,8 @@ and a leader that loses the Lease schedules nothing new while its running reconc
 `shards`, every replica reconciles the environments of the shards it holds (`shards.py`), asking
 `owns()` as a leader asks `leading()`; a shard lost or handed over schedules nothing new.
 
-Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch`;
+Thread ownership: the main loop owns the schedule and is the only caller of `source.fetch` (every `interval`,
+or at the next turn once `fetch_now` is set: a webhook, an ask, a new term or shard);
 environment threads read only the fetched revision's immutable snapshot; `_finished` callbacks
 run in those threads and touch the schedule under `_lock`; the targets' watch threads call
 `changed`, which only records the environment under `_lock` and, after DEBOUNCE, forces it in the
@@ -83,6 +84,8 @@ class Daemon:
         self.targets = Registry(settings.runtime(self.metrics, self.changed, writes=True))
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        self.fetch_now = threading.Event()  # Git may have changed (a webhook, an ask, a new term): fetch at this turn
+        self._next_fetch = 0.0  # when the loop polls Git next (turns woken for a due environment do not fetch)
         self.pipeline = self._pipeline()
         self.schedule = Schedule()
         self.hooks = self._hooks()
@@ -175,7 +178,7 @@ class Daemon:
 
         def changed(leading: bool) -> None:
             gauge.set(float(leading))
-            self.wake.set()
+            self.trigger()
         return LeaderElector(options, changed)
 
     def _shards(self) -> Shards:
@@ -184,7 +187,7 @@ class Daemon:
         def changed(gained: set[int]) -> None:
             with self._lock:
                 self._gained |= gained
-            self.wake.set()
+            self.trigger()
         return Shards(self.settings.shards, options, self.running, changed, self.metrics)
 
     def running(self) -> set[str]:
@@ -199,6 +202,7 @@ class Daemon:
     def trigger(self) -> None:
         """Git changed (a verified webhook): fetch at once; the environments whose inputs changed are reconciled
         at once (`_advance`). Only wakes the loop: nothing is fetched or reconciled in the caller's (HTTP) thread."""
+        self.fetch_now.set()
         self.wake.set()
 
     # -- the last verified head (GitSource's VerifiedHeads) --------------------------------------------
@@ -279,7 +283,7 @@ class Daemon:
     def environments(self, revision: Revision) -> list[str]:
         """The environments to reconcile at `revision`; problems outside them are logged once per revision."""
         found = list_environments(revision.tree)
-        known = {s.environment for s in self.ledger.states()}
+        known = set(self.ledger.sync_statuses())
         # an environment whose directory is still there but whose environment.yaml cannot be read is reconciled
         # (it fails, naming the file), never taken for removed
         present = sorted({*found, *(name for name in known - set(found) if in_git(revision.tree, name))})
@@ -412,9 +416,9 @@ class Daemon:
         reported once (log, `removals_refused`, each one's status) until a revision resolves it, whatever commits
         come meanwhile (it is keyed on what vanished, not on the revision)."""
         scope = set(self.settings.environments)
-        states = [s for s in self.ledger.states() if not scope or s.environment in scope]
-        self._shown = sorted({*present, *(s.environment for s in states)})
-        known = {s.environment for s in states if s.sync_status != SyncStatus.REMOVED}
+        states = {env: sync for env, sync in self.ledger.sync_statuses().items() if not scope or env in scope}
+        self._shown = sorted({*present, *states})
+        known = {env for env, sync in states.items() if sync != SyncStatus.REMOVED}
         vanished = known - set(present)
         refused = planner.removal_refused(known, vanished, self.settings.removal_max_fraction)
         self.metrics.removals_refused.set(len(vanished) if refused else 0)
@@ -504,12 +508,13 @@ class Daemon:
                 asks = self.asks.take()  # made before this turn's fetch
                 leading = self._lead()
                 if leading:
-                    self._turn(pool, asks)
+                    self._turn(pool, asks, self._fetching(bool(asks)))
                 else:
                     self.asks.fail(asks, "this replica does not hold the leader Lease: ask the leader's daemon")
                 self._watch_running()
                 with self._lock:
-                    pause = self.schedule.sleep(self.settings.interval) if leading else self.settings.interval
+                    pause = self.schedule.sleep(self._next_fetch - time.monotonic()) if leading \
+                        else self.settings.interval
                     self._asleep_until = time.monotonic() + pause
                 self.wake.wait(pause)
         finally:
@@ -537,18 +542,32 @@ class Daemon:
             log.info("stopped")
         return not left
 
-    def _turn(self, pool: ThreadPoolExecutor, asks: list[control.Ask]) -> None:
-        """Fetch and schedule (`asks`: made before this fetch). A change in fetching (failing, or working again) or
-        in the head's verification (a head refused, or verified again) re-reports every environment at once: the
-        revision handed out stays the same then, so the schedule alone would report it only at each interval.
-        Nothing here may end the loop: repository content and Git failures are only logged."""
+    def _fetching(self, asked: bool) -> bool:
+        """Whether this turn fetches: every `interval`, and at once for a webhook, an ask or a new term. A turn woken
+        because an environment's own interval came (at 1,000 environments, one every 0.2 s) schedules at the
+        revision last fetched: a fetch each time cost more than the reconciles it served."""
+        now = time.monotonic()
+        if not (asked or self.fetch_now.is_set() or now >= self._next_fetch or self.head is None):
+            return False
+        self.fetch_now.clear()
+        self._next_fetch = now + self.settings.interval
+        return True
+
+    def _turn(self, pool: ThreadPoolExecutor, asks: list[control.Ask], fetch: bool) -> None:
+        """Fetch (when `fetch`) and schedule (`asks`: made before this fetch). A change in fetching (failing, or
+        working again) or in the head's verification (a head refused, or verified again) re-reports every
+        environment at once: the revision handed out stays the same then, so the schedule alone would report it
+        only at each interval. Nothing here may end the loop: repository content and Git failures are only logged."""
         failing, unverified = self.source.failure is not None, self.source.unverified
         try:
-            revision = self.source.fetch()
-            self._generation += 1
-            self.head = revision
-            self.commits.add(revision)
-            changed = failing != (self.source.failure is not None) or unverified != self.source.unverified
+            if fetch or self.head is None:
+                revision = self.source.fetch()
+                self._generation += 1
+                self.head = revision
+                self.commits.add(revision)
+                changed = failing != (self.source.failure is not None) or unverified != self.source.unverified
+            else:
+                revision, changed = self.head, False
             self._submit(pool, revision, changed, asks)
         except RayGitopsError as exc:  # no revision yet: the source logged it; retried next turn
             log.debug("%s", exc)
@@ -560,7 +579,7 @@ class Daemon:
     def _control(self) -> control.ControlServer | None:
         """The control socket, serving; None (logged) when it cannot be made: the daemon runs without it."""
         try:
-            sock = control.ControlServer(self.settings.state_dir, self.asks, self.wake.set)
+            sock = control.ControlServer(self.settings.state_dir, self.asks, self.trigger)
         except (ConfigError, OSError) as exc:
             log.error("`ray-gitops reconcile` is unavailable: %s", exc)
             return None
