@@ -183,14 +183,19 @@ def daemon(remote: GitRemote, tmp_path: Path, target: MemoryTarget, **settings) 
     return made
 
 
-def test_run_once_removes_an_environment_that_left_git_and_the_guard_holds_a_mass_removal(
-        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    target = MemoryTarget()
+def three_applied(remote: GitRemote, tmp_path: Path, target: MemoryTarget) -> None:
+    """Environments a, b and c, each with one ConfigMap, applied by `run --once`."""
     for env in ("a", "b", "c"):
         remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
         remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
     remote.commit("three")
     assert daemon(remote, tmp_path, target).run_once()
+
+
+def test_run_once_removes_an_environment_that_left_git_and_the_guard_holds_a_mass_removal(
+        remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    target = MemoryTarget()
+    three_applied(remote, tmp_path, target)
     remote.repo.git.rm("-r", "-q", "environments/b", "environments/c")
     held = remote.commit("b and c leave")
 
@@ -231,11 +236,7 @@ def test_an_environment_whose_environment_yaml_cannot_be_read_fails_and_nothing_
         remote: GitRemote, tmp_path: Path, case: str, reason: str) -> None:
     """Its directory is still in Git: it is broken, not removed (the daemon's turn and run --once)."""
     target = MemoryTarget()
-    for env in ("a", "b", "c"):
-        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
-        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
-    remote.commit("three")
-    assert daemon(remote, tmp_path, target).run_once()
+    three_applied(remote, tmp_path, target)
     unreadable_environment_yaml(remote, case)
     remote.commit("c's environment.yaml cannot be read")
     calls = len(target.calls)
@@ -259,11 +260,7 @@ def test_an_environment_whose_environment_yaml_cannot_be_read_fails_and_nothing_
 def test_a_refused_removal_is_reported_once_until_a_revision_resolves_it(
         remote: GitRemote, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     target = MemoryTarget()
-    for env in ("a", "b", "c"):
-        remote.write(f"environments/{env}/environment.yaml", env_yaml(env))
-        remote.write(f"environments/{env}/settings.yaml", configmap(f"{env}-settings"))
-    remote.commit("three")
-    assert daemon(remote, tmp_path, target).run_once()
+    three_applied(remote, tmp_path, target)
     remote.repo.git.rm("-r", "-q", "environments/b", "environments/c")
     held = remote.commit("b and c leave")
     serving = daemon(remote, tmp_path, target)
