@@ -124,7 +124,9 @@ def test_with_in_tree_autoscaling_an_existing_objects_groups_carry_the_live_repl
     git = make(group("cpu", 1), group("gpu", 0), autoscaling=True)
     stored = make(group("cpu", 5, scaleStrategy={"workersToDelete": ["cpu-x1"]}), autoscaling=True)
     stored["metadata"]["resourceVersion"] = "77"
+    before = copy.deepcopy(git)
     body = apply_body(ENV, desired(git), stored)
+    assert git == before  # Git's object is not changed
     spec = body
     for key in path:
         spec = spec[key]
@@ -148,7 +150,9 @@ def test_an_ignored_field_keeps_its_live_value_in_the_body_of_an_existing_object
     git = raycluster(group("cpu", 1), labels={"team": "ml"})
     stored = live(raycluster(group("cpu", 3), labels={"team": "ml", "cost-center": "42"}))
     ignore = ("/spec/workerGroupSpecs/*/replicas", "/metadata/labels/cost-center")
+    before = copy.deepcopy(git)
     body = apply_body(ENV, desired(git), stored, ignore)
+    assert git == before  # Git's object is not changed
     assert body["spec"]["workerGroupSpecs"][0]["replicas"] == 3
     assert body["metadata"]["labels"] == {"team": "ml", "cost-center": "42"}
     assert apply_body(ENV, desired(git), None, ignore)["spec"]["workerGroupSpecs"][0]["replicas"] == 1  # created

@@ -7,6 +7,7 @@ no request. A body the server refuses is returned as is: the real apply then rep
 """
 from __future__ import annotations
 
+import copy
 import json
 import threading
 
@@ -15,7 +16,7 @@ from ...kubeapi import ApiError, Kube, resource
 from ...model import DesiredObject, Manifest, ObjectRef
 from ...pipeline.target import hide_secret_values
 from .apply import is_rejection
-from .body import apply_body, as_applied, body_hash, without_precondition
+from .body import apply_body, as_applied, body_hash, without_precondition, written_only_by
 
 
 def _compact(manifest: Manifest) -> bytes:
@@ -52,7 +53,7 @@ class DryRuns:
         except ApiError as exc:
             if exc.status in (0, 429) or (exc.status >= 500 and not is_rejection(exc)):
                 raise TemporaryError(f"{ref}: dry-run apply failed: {exc}") from exc
-            stored = body
+            stored = copy.deepcopy(body)  # the body shares parts with the desired object
         stored = hide_secret_values(stored)
         with self._lock:
             self._cache[ref] = (key, _compact(stored))
@@ -61,7 +62,11 @@ class DryRuns:
     def remember(self, environment: str, desired: DesiredObject, stored: Manifest,
                  ignore: tuple[str, ...] = ()) -> None:
         """After a real apply: `stored` is what a dry-run of the same body over it returns, so the next
-        cycle needs none."""
+        cycle needs none. An object only we have written needs no entry (most creates): it carries the
+        fingerprint of the body, and `as_applied` says so next time without building a key now."""
+        if written_only_by(stored, self.manager):
+            self.forget(desired.ref)
+            return
         key, _ = self._key(environment, desired, stored, ignore)
         with self._lock:
             self._cache[desired.ref] = (key, _compact(hide_secret_values(stored)))

@@ -82,6 +82,26 @@ def test_expected_state_makes_an_unchanged_object_noop_and_is_not_dry_run_again(
     assert kit.requests("dryrun-apply") == 1  # same body, same live resourceVersion: cached
 
 
+def test_an_update_over_another_managers_fields_is_kept_and_not_dry_run_again(kit: Kit) -> None:
+    """Once another manager has written the object, its fingerprint cannot vouch for it: the apply's answer
+    is kept as the dry-run of its body, so the next plan sends no dry-run either."""
+    obj = desired(load("raycluster.yaml"), kit.namespace)
+    kit.sync(obj)
+    kit.custom.patch_namespaced_custom_object(
+        "ray.io", "v1", kit.namespace, "rayclusters", "demo", {"metadata": {"annotations": {"note": "x"}}},
+        _content_type="application/merge-patch+json")
+    kit.caught_up(obj)
+    changed = desired(load("raycluster.yaml"), kit.namespace)
+    changed.manifest["metadata"]["labels"]["team"] = "research"
+    item, outcome = kit.sync(changed)
+    assert (item.action, outcome) == (Action.UPDATE, Outcome.CONFIGURED)
+    assert kit.requests("dryrun-apply") == 1  # the plan's: the live object is not only ours
+    kit.caught_up(changed)
+
+    assert kit.plan(changed).action == Action.NOOP
+    assert kit.requests("dryrun-apply") == 1  # the apply's answer stood in for it
+
+
 def test_secret_changes_show_in_plans_but_their_values_never_do(kit: Kit) -> None:
     obj = desired(load("secret.yaml"), kit.namespace)
     kit.sync(obj)
