@@ -30,7 +30,6 @@ from ..model import (
     ObjectRef,
     PlanItem,
     RenderedEnvironment,
-    job_submission_id,
 )
 from . import diff
 
@@ -151,7 +150,7 @@ def _group_warnings(current: LiveObject, desired: DesiredObject) -> tuple[tuple[
 
 def _job(environment: str, desired: DesiredObject, wanted: Manifest, current: LiveObject | None,
          finished: Mapping[str, str], ignore: tuple[str, ...]) -> PlanItem:
-    run = job_submission_id(environment, desired.ref.name, desired.manifest)
+    run = desired.run_id(environment)
     if run in finished:
         if current is not None:  # its metadata (labels, annotations) still applies; its spec never again
             old, new = (diff.normalize({"metadata": m.get("metadata") or {}}) for m in (current.manifest, wanted))

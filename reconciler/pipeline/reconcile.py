@@ -41,9 +41,7 @@ from ..model import (
     ReconcileResult,
     RenderedEnvironment,
     SyncStatus,
-    job_submission_id,
     parse_time,
-    spec_hash,
 )
 from . import planner
 from .diff import changed_by
@@ -481,9 +479,7 @@ class Pipeline:
         """Own what is about to be created, and the runs about to be submitted, before doing it."""
         for item in items:
             if item.action in CREATES and item.ref.kind == "RayJob" and item.desired is not None:
-                manifest = item.desired.manifest
-                record = record.submitted(job_submission_id(name, item.ref.name, manifest), item.ref.name,
-                                          spec_hash(manifest))
+                record = record.submitted(item.desired.run_id(name), item.ref.name, item.desired.spec_hash)
         return record.with_inventory(record.inventory | {i.ref for i in items if i.action in CREATES})
 
     def _apply(self, rendered: RenderedEnvironment, items: list[PlanItem], target: Target, context: ApplyContext,
@@ -615,8 +611,7 @@ def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict[str, Any]]:
 def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:
     """Submission id -> spec hash of the run of each RayJob in Git: how a run the ledger did not record (found
     live, or in the target's copy) gets its spec hash."""
-    return {job_submission_id(rendered.spec.name, d.ref.name, d.manifest): spec_hash(d.manifest)
-            for d in rendered.objects if d.ref.kind == "RayJob"}
+    return {d.run_id(rendered.spec.name): d.spec_hash for d in rendered.objects if d.ref.kind == "RayJob"}
 
 
 def _unclaimed(name: str, items: list[PlanItem], outcomes: list[tuple[PlanItem, Outcome]], record: Record) -> Record:
@@ -625,7 +620,7 @@ def _unclaimed(name: str, items: list[PlanItem], outcomes: list[tuple[PlanItem, 
     runs deleted before they were seen to end (never re-run); they are claimed again when submitted again. A
     RayJob the target did create despite an error is found live, and its run recorded, by the next look."""
     made = {item.ref for item, outcome in outcomes if outcome != Outcome.FAILED}
-    runs = {job_submission_id(name, item.ref.name, item.desired.manifest) for item in items
+    runs = {item.desired.run_id(name) for item in items
             if item.action in CREATES and item.ref.kind == "RayJob" and item.desired is not None
             and item.ref not in made}
     return record.unclaimed(runs)

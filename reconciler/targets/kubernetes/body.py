@@ -34,7 +34,7 @@ import json
 from typing import Any
 
 from ...kuberay import AUTOSCALER_FIELDS, autoscaler_pointers, cluster_spec, cluster_spec_path, worker_groups
-from ...model import APPLIED_ANNOTATION, REVISION_ANNOTATION, DesiredObject, Manifest, job_submission_id
+from ...model import APPLIED_ANNOTATION, REVISION_ANNOTATION, DesiredObject, Manifest
 
 FORCE_ANNOTATION = "gitops.ray.io/force"
 
@@ -43,7 +43,7 @@ def apply_body(environment: str, desired: DesiredObject, live: Manifest | None,
                ignore: tuple[str, ...] = ()) -> Manifest:
     """The apply body of `desired`, given the live object (None: it is being created) and the environment's
     `ignore` pointers (an existing object keeps its live values there: ignored is never compared nor reverted)."""
-    run = job_submission_id(environment, desired.ref.name, desired.manifest) if desired.ref.kind == "RayJob" else ""
+    run = desired.run_id(environment) if desired.ref.kind == "RayJob" else ""
     mark = fingerprint(desired.manifest, ignore, run)
     if live is not None and (ignore or carries_live_scale(desired, live)):
         body = copy.deepcopy(desired.manifest)  # changed deep inside below

@@ -7,7 +7,6 @@ come from the Pods KubeRay labels `ray.io/cluster` and `ray.io/group` (the head'
 """
 from __future__ import annotations
 
-import copy
 from collections import Counter
 from collections.abc import Iterable
 from typing import Any
@@ -91,8 +90,8 @@ def ray_cluster_name(manifest: Manifest) -> str | None:
 
 def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, str, str]] | None,
                 oldest: dict[tuple[str, str, str], float] | None = None) -> LiveObject:
-    """A LiveObject from a cached manifest (copied: callers may change theirs); `ready` and `oldest` are None
-    when the Pods cannot be read."""
+    """A LiveObject from a manifest the cache handed out (each `Informer.get` decodes a new one, so it is the
+    caller's own); `ready` and `oldest` are None when the Pods cannot be read."""
     workers: dict[str, int] = {}
     nodes: dict[str, float] | None = None
     cluster = ray_cluster_name(manifest) if ready is not None and cluster_spec_path(ref.kind) else None
@@ -102,5 +101,5 @@ def live_object(ref: ObjectRef, manifest: Manifest, ready: Counter[tuple[str, st
     if cluster and oldest is not None:
         nodes = {group: created for (namespace, name, group), created in oldest.items()
                  if (namespace, name) == (ref.namespace, cluster)}
-    manifest = copy.deepcopy(hide_secret_values(manifest))  # no Secret value leaves the cache
+    manifest = hide_secret_values(manifest)  # no Secret value leaves the cache
     return LiveObject(ref, manifest, manifest.get("status") or {}, workers, nodes)

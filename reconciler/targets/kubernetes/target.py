@@ -33,7 +33,6 @@ from ...model import (
     Outcome,
     PlanItem,
     RenderedEnvironment,
-    job_submission_id,
     parse_time,
 )
 from ...pipeline.target import ApplyContext, Observation, RunReport
@@ -195,7 +194,7 @@ class KubernetesTarget:
                                                 None if found is None else observe.oldest_pods(found))
         deleted = [RunReport(run, d.ref.name, "DELETED") for d in rendered.objects
                    if d.ref.kind == "RayJob" and d.ref not in live
-                   and (run := job_submission_id(environment, d.ref.name, d.manifest)) in pending_runs]
+                   and (run := d.run_id(environment)) in pending_runs]
         return Observation(live, tuple(deleted) + self._cron_runs(rendered))
 
     def _cron_runs(self, rendered: RenderedEnvironment[KubernetesOptions]) -> tuple[RunReport, ...]:
