@@ -3,10 +3,10 @@
 For each N (default 30, 300, 1000) it makes a Git repository of N environments, each in its own
 namespace holding 1 RayCluster (2 worker groups, autoscaling on) and 2 RayJobs (one with
 `clusterSelector`, one with `rayClusterSpec`), and prints one table row:
-- first syncs, `--repeat` times each way on one control plane, each into fresh namespaces, rotating which
-  goes first: `kubectl apply --server-side -R -f` of the same rendered objects (kubectl of the API server's
-  release), `ray-gitops run --once`, and a daemon's first cycle (start to /readyz 200); medians, their
-  ratios, and the CPU seconds the API server and etcd spent on each;
+- first syncs, `--repeat` times each way, each on a fresh control plane, rotating which goes first:
+  `kubectl apply --server-side -R -f` of the same rendered objects (kubectl of the API server's release),
+  `ray-gitops run --once`, and a daemon's first cycle (start to /readyz 200); medians, their ratios, and
+  the CPU seconds the API server and etcd spent on each;
 - on a fresh control plane holding only one sync's objects (a daemon caches every object labelled as
   ray-gitops' on its clusters): the peak RSS of `run --once`; a daemon started there with a fresh state dir
   (a new Pod): seconds to ready and the writes it sent; then over 60 s idle (`--interval 10s`): its CPU,
@@ -242,36 +242,48 @@ class Daemon:
 WAYS = ("kubectl", "once", "daemon")
 
 
-def first_syncs(plane: kube_controlplane.ControlPlane, kubectl: list[str], work: Path, n: int,
+def first_syncs(assets: Path, kubectl: list[str], work: Path, n: int,
                 repeat: int) -> dict[str, list[tuple[float, float]]]:
-    """`repeat` first syncs of N environments each way, each into fresh namespaces, rotating which goes first:
-    (seconds, API server + etcd CPU seconds) per way."""
-    k = [*kubectl, "--kubeconfig", str(plane.kubeconfig)]
+    """`repeat` first syncs of N environments each way, rotating which goes first, each on a fresh control plane:
+    (seconds, API server + etcd CPU seconds) per way. A shared plane was unfair to ray-gitops: its caches list and
+    watch every object labelled as its own cluster-wide, so each later run paid for the earlier runs' objects
+    (kubectl reads none), and every run paid for a larger etcd."""
     out: dict[str, list[tuple[float, float]]] = {way: [] for way in WAYS}
     for r in range(repeat):
         for way in WAYS[r % len(WAYS):] + WAYS[:r % len(WAYS)]:
-            prefix, root = f"{way[0]}{r}-", work / f"{way}{r}"
-            repo = root / "repo"
-            repo.mkdir(parents=True)
-            write_repo(repo, n, prefix)
-            namespaces(k, prefix, n, work)
-            if way == "kubectl":
-                (root / "files").mkdir()
-                rendered_files(repo, root / "files", n, prefix)
-            cpu = server_cpu(plane)
-            if way == "kubectl":
-                seconds = timed_process([*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f",
-                                         str(root / "files")])[0]
-            elif way == "once":
-                seconds = timed_process(once_command(repo, root / "state"))[0]
-            else:
-                daemon = Daemon(repo, root / "state")
-                try:
-                    seconds = daemon.ready_after()
-                finally:
-                    daemon.stop()
-            out[way].append((seconds, server_cpu(plane) - cpu))
+            plane = kube_controlplane.ControlPlane.start(assets)
+            use_cluster(plane)
+            try:
+                out[way].append(first_sync(plane, [*kubectl, "--kubeconfig", str(plane.kubeconfig)],
+                                           work / f"{way}{r}", n, way))
+            finally:
+                plane.cleanup()
     return out
+
+
+def first_sync(plane: kube_controlplane.ControlPlane, k: list[str], root: Path, n: int,
+               way: str) -> tuple[float, float]:
+    """One first sync of N environments `way` (kubectl, once or daemon): seconds, API server + etcd CPU seconds."""
+    repo = root / "repo"
+    repo.mkdir(parents=True)
+    write_repo(repo, n, "b-")
+    namespaces(k, "b-", n, root)
+    if way == "kubectl":
+        (root / "files").mkdir()
+        rendered_files(repo, root / "files", n, "b-")
+    cpu = server_cpu(plane)
+    if way == "kubectl":
+        seconds = timed_process([*k, "apply", "--server-side", "--field-manager", "bench", "-R", "-f",
+                                 str(root / "files")])[0]
+    elif way == "once":
+        seconds = timed_process(once_command(repo, root / "state"))[0]
+    else:
+        daemon = Daemon(repo, root / "state")
+        try:
+            seconds = daemon.ready_after()
+        finally:
+            daemon.stop()
+    return seconds, server_cpu(plane) - cpu
 
 
 def once_command(repo: Path, state: Path) -> list[str]:
@@ -428,12 +440,7 @@ def main() -> None:
     for n in (int(x) for x in args.sizes.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
-            plane = kube_controlplane.ControlPlane.start(assets)
-            use_cluster(plane)
-            try:
-                syncs = first_syncs(plane, kubectl, work, n, args.repeat)
-            finally:
-                plane.cleanup()
+            syncs = first_syncs(assets, kubectl, work, n, args.repeat)
             medians = {way: (statistics.median(s for s, _ in v), statistics.median(c for _, c in v))
                        for way, v in syncs.items()}
             rows.append((n, medians, alone(assets, kubectl, work, n, args.pushes)))
