@@ -54,10 +54,12 @@ from .target import ApplyContext, Controls, KeepsLedger, ReportsEvents, RunRepor
 log = logging.getLogger(__name__)
 CHANGES = {Action.CREATE, Action.UPDATE, Action.RECREATE, Action.DELETE, Action.SUBMIT}
 CREATES = {Action.CREATE, Action.RECREATE, Action.SUBMIT}
-UNQUIET = ("RayCronJob", "RayService")  # slots come from the clock; Serve's health only from the status
+# never quiet: a RayCronJob's slots come from the clock; a RayService upgrades through RayClusters KubeRay makes,
+# which the watch (our objects only) does not see
+UNQUIET = ("RayCronJob", "RayService")
 FIRST_WRITES = {Action.CREATE, Action.SUBMIT}  # no Event: a new object is its own record (1 ms of server CPU each)
 # seconds: a waiting environment looks again this soon (a dependency moving also wakes it), and so does a
-# Progressing one (Pods becoming ready, a run starting), so that health and metrics follow within this long
+# Progressing one that is not quiet (Pods becoming ready, a run starting), so that health and metrics follow
 WAIT_RECHECK = 10.0
 
 
@@ -361,11 +363,9 @@ class Pipeline:
         interval = rendered.spec.interval
         if waiting or env_health == Health.PROGRESSING:
             interval = min(interval, WAIT_RECHECK)
-        quiet = (sync == SyncStatus.SYNCED and env_health == Health.HEALTHY and not done.record.pending
-                 and isinstance(target, Watches) and target.watches(rendered.spec)
-                 and not any(d.ref.kind in UNQUIET for d in rendered.objects))
         return Result(name, result, sync, env_health, message, done.outcomes, interval=interval,
-                      revision=revision.sha, depends_on=rendered.spec.depends_on, quiet=quiet, claimed=done.claimed)
+                      revision=revision.sha, depends_on=rendered.spec.depends_on,
+                      quiet=sync == SyncStatus.SYNCED and _quiet(rendered, target, env_health), claimed=done.claimed)
 
     def _applied(self, name: str, revision: Revision, done: _Pass, summary: str, message: str) -> Applied | None:
         """The pass's history row: its error, or its changes when it applied some or reached a new revision (none
@@ -606,6 +606,20 @@ def _objects(rendered: RenderedEnvironment) -> dict[ObjectRef, dict[str, Any]]:
 
 
 
+
+
+def _quiet(rendered: RenderedEnvironment, target: Target, health: Health) -> bool:
+    """Whether only a watch event or Git can change what the next reconcile of a Synced environment would find,
+    whatever its health: its target watches every object and the Ray Pods (a status change wakes it too), it
+    has no kind that moves with the clock (UNQUIET), and it is not Progressing through a `Recreate` upgrade's
+    grace (a status the operator may never update is trusted after RECREATE_GRACE_SECONDS)."""
+    if not (isinstance(target, Watches) and target.watches(rendered.spec)):
+        return False
+    if any(d.ref.kind in UNQUIET for d in rendered.objects):
+        return False
+    return health != Health.PROGRESSING or not any(
+        ((d.manifest.get("spec") or {}).get("upgradeStrategy") or {}).get("type") == "Recreate"
+        for d in rendered.objects)
 
 
 def _spec_hashes(rendered: RenderedEnvironment) -> dict[str, str]:

@@ -125,8 +125,8 @@ class Controls(Protocol[OptionsT]):
 @runtime_checkable
 class Watches(Protocol[OptionsT]):
     """A target that tells the daemon (its `changed` callback) of every change someone else makes to an
-    environment's objects and Ray Pods (Kubernetes: its watches). An environment it watches that is Synced and
-    Healthy with nothing running needs no reconcile until Git or the watch says something moved."""
+    environment's objects (their status included) and Ray Pods (Kubernetes: its watches). An environment it
+    watches that is Synced needs no reconcile until Git or the watch says something moved (`reconcile._quiet`)."""
 
     def watches(self, spec: EnvironmentSpec[OptionsT]) -> bool: ...
 

@@ -4,9 +4,9 @@ The daemon's main loop asks `due()` at every turn and reports back with `finishe
 environment runs at once for a new revision (unless the daemon `advance`d it there: nothing it reads
 changed), else every `interval` (its `spec.interval`) after its last reconcile; after errors it backs
 off exponentially (5 s doubling, at most `max_backoff`) or waits what the error asks (`retry_after`).
-A quiet environment (its target watches it, and it was Synced and Healthy with nothing running) skips
-its interval's reconcile until RESYNC has passed since its last one: a watch or Git `force`s it
-sooner. `force` runs an environment at once, or right after its running reconcile ends. One
+A quiet environment (it was Synced and its target watches it, statuses included: `reconcile._quiet`)
+skips its interval's reconcile until RESYNC has passed since its last one: a watch or Git `force`s
+it sooner. `force` runs an environment at once, or right after its running reconcile ends. One
 environment never runs twice at the same time.
 """
 from __future__ import annotations

@@ -5,8 +5,8 @@ The Kubernetes target reads live objects here instead of GETting each one every 
 thread follows the watch from the last resourceVersion (bookmarks included), re-lists on 410 Gone
 and reconnects with bounded backoff. The target's own writes are awaited (`expect_*`, `settle`),
 so the observe right after an apply sees it. A change someone else made (a watch event that is
-not one of our writes and changes more than status) is handed to `on_change`, so the daemon can
-look at its environment at once. Nothing here decides anything about the objects.
+not one of our writes: a hand edit, or the operator's status) is handed to `on_change`, so the daemon
+can look at its environment at once. Nothing here decides anything about the objects.
 
 Memory: each object is kept as its compact JSON text (a third of the dicts' size at N = 1,000); a read
 parses a fresh copy, which its caller owns.
@@ -258,7 +258,9 @@ class Informer:
                 self._items.pop(_key(obj), None)
             self._version = version or self._version
             self._cond.notify_all()
+        moved = _essence(old) != _essence(new)  # else at most its status moved: never one of our writes
         ours = version in self._ours or (kind == "DELETED" and meta.get("uid") in self._ours) or (
-            kind != "DELETED" and _written_by(new, self.manager))  # our write, seen before we noted its version
-        if self.on_change is not None and kind != "BOOKMARK" and not ours and _essence(old) != _essence(new):
+            moved and kind != "DELETED" and _written_by(new, self.manager))  # our write, seen before we noted it
+        if self.on_change is not None and kind != "BOOKMARK" and not ours and (
+                moved or (old or {}).get("status") != (new or {}).get("status")):
             self.on_change(new or old or {})

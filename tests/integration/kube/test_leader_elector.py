@@ -36,19 +36,31 @@ class Clock:
 
 
 class GatedClient(client.ApiClient):
-    """An ApiClient whose writes (POST/PUT) wait at `gate`, and whose requests fail while `cut` is set."""
+    """An ApiClient whose writes (POST/PUT) wait at `gate`, and whose requests fail while `cut` is set (at its
+    connection pool, where `Kube` sends every request)."""
 
     def __init__(self, configuration: client.Configuration, gate: threading.Barrier | None = None) -> None:
         super().__init__(configuration)
         self.gate = gate
         self.cut = False
+        self.rest_client.pool_manager = GatedPool(self, self.rest_client.pool_manager)
 
-    def call_api(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
-        if self.cut:
+
+class GatedPool:
+    """The client's urllib3 pool, behind its client's `cut` and `gate`."""
+
+    def __init__(self, owner: GatedClient, pool: Any) -> None:
+        self.owner, self.pool = owner, pool
+
+    def urlopen(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if self.owner.cut:
             raise OSError("connection cut by the test")
-        if self.gate is not None and method in ("POST", "PUT"):
-            self.gate.wait(timeout=10)
-        return super().call_api(method, url, *args, **kwargs)
+        if self.owner.gate is not None and method in ("POST", "PUT"):
+            self.owner.gate.wait(timeout=10)
+        return self.pool.urlopen(method, url, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.pool, name)
 
 
 @pytest.fixture
