@@ -103,15 +103,6 @@ class LiveObject:
     def annotations(self) -> dict[str, str]:
         return self.manifest.get("metadata", {}).get("annotations") or {}
 
-    @functools.cached_property
-    def spec_hash(self) -> str:
-        """`spec_hash(manifest)`, computed once: a RayJob's run id is needed several times in one reconcile."""
-        return spec_hash(self.manifest)
-
-    def run_id(self, environment: str) -> str:
-        """`job_submission_id` of this object in `environment`."""
-        return f"{environment}-{self.ref.name}-{self.spec_hash}"
-
 
 class Action(str, enum.Enum):
     """What the planner asks the target to do with one object."""

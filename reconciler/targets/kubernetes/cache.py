@@ -23,6 +23,7 @@ from typing import Any
 from kubernetes.watch.watch import iter_resp_lines
 
 from ...kubeapi import ApiError, Kube
+from .body import written_only_by
 
 log = logging.getLogger(__name__)
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -44,13 +45,6 @@ def _essence(obj: dict[str, Any] | None) -> Any:
     meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields",
                                                                               "generation")}
     return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
-
-
-def _written_by(obj: dict[str, Any] | None, manager: str) -> bool:
-    """Whether every write `obj` records (its managedFields, but the status subresource's) is `manager`'s."""
-    entries = ((obj or {}).get("metadata") or {}).get("managedFields") or []
-    return bool(manager and entries) and all(e.get("manager") == manager or e.get("subresource") == "status"
-                                             for e in entries)
 
 
 def _compact(obj: dict[str, Any]) -> bytes:
@@ -260,7 +254,8 @@ class Informer:
             self._cond.notify_all()
         moved = _essence(old) != _essence(new)  # else at most its status moved: never one of our writes
         ours = version in self._ours or (kind == "DELETED" and meta.get("uid") in self._ours) or (
-            moved and kind != "DELETED" and _written_by(new, self.manager))  # our write, seen before we noted it
+            moved and kind != "DELETED" and bool(self.manager)
+            and written_only_by(new or {}, self.manager))  # our write, seen before we noted its version
         if self.on_change is not None and kind != "BOOKMARK" and not ours and (
                 moved or (old or {}).get("status") != (new or {}).get("status")):
             self.on_change(new or old or {})
