@@ -82,7 +82,7 @@ class Result:
     depends_on: tuple[str, ...] = ()
     claimed: tuple[str, ...] = ()  # environments whose objects it newly found (or no longer finds) beside its own
     inputs: Inputs = frozenset()  # what it read of the revision (`source.Reads`)
-    quiet: bool = False  # Synced, Healthy, nothing running, and watched: nothing to do until something moves
+    quiet: bool = False  # Synced and watched (`_quiet`): nothing to do until the watch or Git says something moved
 
 
 @dataclass(frozen=True)
