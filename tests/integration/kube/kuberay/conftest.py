@@ -13,6 +13,7 @@ from pathlib import Path
 import kube_controlplane
 import kuberay_stack
 import pytest
+from daemon_kit import Loop, delete_namespaces, new_loop
 from kubernetes import client
 
 _BINARIES = pytest.StashKey[Path | kube_controlplane.ControlPlaneError]()
@@ -74,3 +75,18 @@ def kuberay_namespace(kuberay_client: client.ApiClient) -> Iterator[str]:
         yield name
     finally:
         core.delete_namespace(name)
+
+
+@pytest.fixture
+def loop(kuberay: kuberay_stack.OperatorStack, tmp_path: Path) -> Iterator[Loop]:
+    """A repository of the environment under test and its neighbours, and the daemon on it (`daemon_kit`);
+    the daemon stopped and the namespaces deleted afterwards."""
+    with kuberay.plane.api_client() as api_client:
+        made = new_loop(tmp_path, api_client, kuberay.plane.kubeconfig, kuberay.plane.context)
+        try:
+            yield made
+        finally:
+            try:
+                made.stop()
+            finally:
+                delete_namespaces(made)

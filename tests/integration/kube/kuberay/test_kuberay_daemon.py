@@ -7,12 +7,10 @@ test writes a status: what the daemon reports comes from what the operator and k
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, new_loop, raycluster, raycronjob, rayjob
+from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, raycluster, raycronjob, rayjob
 from kuberay_kit import cluster_pods, cluster_services, get, pod_ready, workers
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -23,19 +21,6 @@ from reconciler.pipeline.reconcile import WAIT_RECHECK
 pytestmark = [pytest.mark.kube, pytest.mark.operator, pytest.mark.e2e]
 SUBMITTER_FINISHED_TIMEOUT_S = 30  # KubeRay's grace after the submitter ends, without a Ray head
 READY = {"environment": ENV, "cluster": "train", "group": "workers", "state": "ready"}
-
-
-@pytest.fixture
-def loop(kuberay: Any, tmp_path: Path) -> Iterator[Loop]:
-    with kuberay.plane.api_client() as api_client:
-        made = new_loop(tmp_path, api_client, kuberay.plane.kubeconfig, kuberay.plane.context)
-        try:
-            yield made
-        finally:
-            try:
-                made.stop()
-            finally:
-                delete_namespaces(made)
 
 
 def _live(loop: Loop, kind: str, name: str) -> dict[str, Any]:

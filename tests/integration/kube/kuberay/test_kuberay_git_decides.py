@@ -10,31 +10,16 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, delete_namespaces, environment, new_loop, raycluster
+from daemon_kit import ENV, NEIGHBOURS, Loop, configmap, environment, raycluster
 from kuberay_kit import cluster_pods, delete, get, pod_ready, raycluster_spec, workers
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 pytestmark = [pytest.mark.kube, pytest.mark.operator, pytest.mark.e2e]
-
-
-@pytest.fixture
-def loop(kuberay: Any, tmp_path: Path) -> Iterator[Loop]:
-    with kuberay.plane.api_client() as api_client:
-        made = new_loop(tmp_path, api_client, kuberay.plane.kubeconfig, kuberay.plane.context)
-        try:
-            yield made
-        finally:
-            try:
-                made.stop()
-            finally:
-                delete_namespaces(made)
 
 
 def _live(loop: Loop, name: str = "train") -> dict[str, Any]:
