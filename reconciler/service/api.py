@@ -109,8 +109,10 @@ class Api:
                 "health_status": state.health_status.value if state else "", "waiting_for": waiting}
 
     def environment(self, state: EnvironmentState) -> dict[str, Any]:
-        """One environment's row and its objects: kind, health, last outcome and the pending action."""
-        return {**self._summary(state), "objects": self._objects(state)}
+        """One environment's row and its objects: kind, health, last outcome and the pending action; and, as in
+        `environments`, whether this replica leads and the Git source (the page's header and banners)."""
+        return {**self._summary(state), "objects": self._objects(state), "leading": self._leading(),
+                "source": self._source_info()}
 
     def history(self, state: EnvironmentState, limit: int) -> dict[str, Any]:
         """`history -o json` rows, newest first, each with its commit (when known) and the command that rolls

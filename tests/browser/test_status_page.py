@@ -185,6 +185,16 @@ def test_the_page_lists_environments_updates_without_reload_and_shows_workers_an
         assert _text(chrome, f"#history tr[data-revision='{first}']")
         print(f"screenshot: {_screenshot(chrome, 'status-page-environment.png')}")
 
+        assert _text(chrome, "[data-pending-restart]") is None
+        remote.write(f"environments/{ENV}/raycluster.yaml",
+                     files[f"environments/{ENV}/raycluster.yaml"].replace("memory: 1Gi", "memory: 2Gi"))
+        third = remote.commit("demo: more memory per cpu worker")
+        restart = _wait(chrome, "the cpu group's pending restart", lambda d: _text(
+            d, "[data-cluster='demo'] [data-pending-restart='cpu']"), 60)
+        assert "RayCluster demo: cpu still runs the old template (changed " in restart, restart
+        _wait(chrome, "the header's new head", lambda d: f"head {third[:12]}" in (_text(d, "#source") or ""), 10)
+        print(f"screenshot: {_screenshot(chrome, 'status-page-pending-restart.png')}")
+
         problems = [e for e in chrome.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
         assert problems == []  # no script error, no Content-Security-Policy violation
     finally:

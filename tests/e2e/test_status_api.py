@@ -97,6 +97,7 @@ def test_an_environment_lists_its_objects_with_health_last_action_and_pending_ac
     objects = {o["object"]: o for o in doc["objects"]}
 
     assert doc["sync_status"] == "Suspended" and doc["environment"] == "beta"
+    assert doc["leading"] is True and doc["source"]["head"]["sha"] == site.second  # the page's header
     assert list(objects) == ["ConfigMap/default/settings", "Secret/default/token"]
     for name, pending in (("ConfigMap/default/settings", "noop"), ("Secret/default/token", "update")):
         assert (objects[name]["health"], objects[name]["health_message"]) == (  # suspended: not looked at

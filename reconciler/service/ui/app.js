@@ -241,10 +241,24 @@
       "data-ready": group.ready, "data-desired": group.desired }, range, fill, desired);
   }
 
-  function drawClusters(clusters) {
+  // The groups of a RayCluster (or a RayService's cluster) that still run the pod template Git replaced, as
+  // `status` says it: KubeRay does not restart running Pods for a template change.
+  function pendingRestart(what, restart) {
+    const groups = Object.keys(restart || {}).sort();
+    if (!groups.length) return null;
+    return el("p", { class: "restart", "data-pending-restart": groups.join(" ") },
+      badge("pending restart", { "pending restart": "warn" }),
+      ` ${what}: ${groups.join(", ")} still run${groups.length === 1 ? "s" : ""} the old template (changed `,
+      time(Math.min(...groups.map((g) => restart[g]))), ")");
+  }
+
+  function drawClusters(clusters, services) {
     const names = Object.keys(clusters).sort();
+    const restarts = Object.keys(services).sort()
+      .map((name) => pendingRestart(`RayService ${name}`, services[name].pendingRestart));
     if (!names.length) {
-      $("clusters").replaceChildren(el("p", { class: "note", text: "No RayCluster in this environment." }));
+      $("clusters").replaceChildren(el("p", { class: "note", text: "No RayCluster in this environment." }),
+        ...restarts.filter(Boolean));
       return;
     }
     $("clusters").replaceChildren(...names.map((name) => {
@@ -252,6 +266,7 @@
       const groups = Object.keys(cluster.groups || {}).sort();
       return el("div", { class: "cluster", "data-cluster": name },
         el("h3", {}, `RayCluster ${name} `, badge(cluster.health, HEALTH)),
+        pendingRestart(`RayCluster ${name}`, cluster.pendingRestart),
         el("table", { class: "grid" },
           el("caption", { class: "sr-only", text: `Workers per group of RayCluster ${name}` }),
           el("thead", {}, el("tr", {},
@@ -268,7 +283,7 @@
         el("p", { class: "legend", "aria-hidden": "true" },
           el("span", { class: "swatch fill" }), "ready", el("span", { class: "swatch desired" }), "desired",
           el("span", { class: "swatch range" }), "min .. max"));
-    }));
+    }), ...restarts.filter(Boolean));
   }
 
   function drawJobs(jobs, runs) {
@@ -380,22 +395,23 @@
       moved ? getJSON(`${path}/runs`) : null, moved ? getJSON(`${path}/history`) : null]);
     state.updated = env.updated_at;
     state.revision = env.revision;
-    const { objects, ...summary } = env;
+    const { objects, source, leading, ...summary } = env;
+    drawSource(source, leading);
+    drawHistoryHint(name, source);
     if (changed("summary", summary)) drawSummary(env);
     if (changed("objects", objects)) drawObjects(objects);
-    const { clusters = {}, jobs = {} } = env.detail;
-    if (changed("clusters", clusters)) drawClusters(clusters);
+    const { clusters = {}, services = {}, jobs = {} } = env.detail;
+    if (changed("clusters", [clusters, services])) drawClusters(clusters, services);
     if (runs && changed("jobs", [jobs, runs.items])) drawJobs(jobs, runs.items);
     if (history && changed("history", history.items)) drawHistory(history, name);
     drawPlan(plan);
   }
 
-  async function describeSource(name) {
-    const doc = await getJSON("/environments");
-    drawSource(doc.source, doc.leading);
-    $("history-hint").textContent = `Each command reverts, in a clean clone of ${doc.source.repo} on branch ` +
-      `${doc.source.branch}, the commits after that revision that changed environments/${name}/. It pushes ` +
+  function drawHistoryHint(name, source) {
+    const hint = `Each command reverts, in a clean clone of ${source.repo} on branch ` +
+      `${source.branch}, the commits after that revision that changed environments/${name}/. It pushes ` +
       "nothing: review the new commit, then git push (or add --push). The daemon applies it like any commit.";
+    if ($("history-hint").textContent !== hint) $("history-hint").textContent = hint;
   }
 
   // -- the loop ----------------------------------------------------------------------------------------
@@ -430,7 +446,6 @@
       document.title = `${name} \u00b7 ray-gitops`;
       $("env-name").textContent = `Environment ${name}`;
       $("environment").hidden = false;
-      describeSource(name).catch(() => {});
     } else {
       $("overview").hidden = false;
       $("filter").addEventListener("input", applyFilter);
