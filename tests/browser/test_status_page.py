@@ -197,6 +197,11 @@ def test_the_page_lists_environments_updates_without_reload_and_shows_workers_an
 
         problems = [e for e in chrome.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
         assert problems == []  # no script error, no Content-Security-Policy violation
+
+        chrome.get(f"{base}/environments/gone")  # an old link (its 404 is logged as an error: checked above)
+        _wait(chrome, "the page of an environment that is not here", lambda d: "no environment 'gone'" in (
+            _text(d, "#env-missing") or ""))
+        _wait(chrome, "its header", lambda d: f"head {third[:12]}" in (_text(d, "#source") or ""), 10)
     finally:
         daemon.stop()
         stop_local_clusters(state)

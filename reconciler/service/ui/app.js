@@ -432,6 +432,7 @@
         $("env-missing").hidden = false;
         $("env-missing").textContent = `${error.message}.`;
         lost = "";
+        if (!drawn.has("source")) getJSON("/environments").then((doc) => drawSource(doc.source, doc.leading), () => {});
       } else {
         lost = error.message || "network error";
       }
