@@ -140,6 +140,9 @@ def test_the_page_lists_environments_updates_without_reload_and_shows_workers_an
     for path, text in files.items():
         remote.write(path, text)
     write_neighbours(remote, ("alpha", "beta"))
+    beta = remote.work_path / "environments/beta/environment.yaml"
+    remote.write("environments/beta/environment.yaml",
+                 beta.read_text().replace("interval: 2s}", "interval: 2s, dependsOn: [{environment: alpha}]}"))
     first = remote.commit("a Ray environment and two others")
     state = tmp_path / "state"
     daemon = StatusDaemon(remote.url, state, tmp_path / "daemon.log", ["--interval", "1s"])
@@ -158,6 +161,13 @@ def test_the_page_lists_environments_updates_without_reload_and_shows_workers_an
         for row in cells.values():
             assert (row["target"], row["sync"], row["health"]) == ("local", "Synced", "Healthy"), row
             assert row["revision"].startswith(f"{first[:12]} a Ray environment and two others")
+
+        steps = chrome.execute_script("""
+            return Array.from(document.querySelectorAll("#promotions:not([hidden]) ol.chain li"))
+              .map((li) => [li.dataset.environment, li.innerText]);""")
+        assert [name for name, _ in steps] == ["alpha", "beta"], steps  # the promotion chain, in order
+        assert "first" in steps[0][1] and "after alpha" in steps[1][1], steps
+        assert all("Synced" in text and "Healthy" in text and first[:12] in text for _, text in steps), steps
 
         chrome.execute_script("window.sameDocument = 'the first load';")
         remote.write("environments/alpha/settings.yaml", "apiVersion: v1\nkind: ConfigMap\n"
